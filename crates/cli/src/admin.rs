@@ -1,0 +1,169 @@
+//! Administration from the server's own shell: users, migrations, backups.
+//! These act as the console operator (who owns the data directory).
+
+use std::io::{BufRead, IsTerminal};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use overvisor_control::accounts::NewUser;
+use overvisor_control::authz::Subject;
+use overvisor_model::account::{Email, Role, UserName};
+use overvisor_server::Config;
+use overvisor_store::users::UserChanges;
+
+use crate::serve::open_app;
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Create an account; prompts for its password and prints its first API key once.
+    Create {
+        name: String,
+        email: String,
+        #[arg(long, default_value = "operator", value_parser = ["reader", "operator", "admin"])]
+        role: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List accounts.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable an account: its sessions end and its API keys stop working.
+    Disable { name: String },
+    /// Re-enable a disabled account.
+    Enable { name: String },
+    /// Set a new password (prompted, or from standard input); all sessions end.
+    ResetPassword {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from stdin")?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no terminal to prompt for a password; use --password-stdin");
+    }
+    let first = rpassword::prompt_password("Password: ")?;
+    let second = rpassword::prompt_password("Repeat password: ")?;
+    if first != second {
+        bail!("the passwords do not match");
+    }
+    Ok(first)
+}
+
+pub async fn user(config: Config, command: UserCommand) -> anyhow::Result<()> {
+    crate::serve::init_logging("text");
+    let app = open_app(&config).await?;
+    let console = Subject::console();
+    match command {
+        UserCommand::Create {
+            name,
+            email,
+            role,
+            password_stdin,
+        } => {
+            let new = NewUser {
+                name: UserName::parse(&name)?,
+                email: Email::parse(&email)?,
+                role: role.parse::<Role>()?,
+                password: Some(read_password(password_stdin)?),
+            };
+            let created = app.user_create(&console, new).await?;
+            println!(
+                "created user {} ({}, role {})",
+                created.user.name, created.user.id, created.user.role
+            );
+            println!("API key \"{}\" (shown only now):", created.api_key.name);
+            println!("{}", created.api_token);
+        }
+        UserCommand::List { json } => {
+            let users = app.users_list(&console).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&users)?);
+            } else {
+                println!(
+                    "{:<20} {:<9} {:<9} {:<30} ID",
+                    "NAME", "ROLE", "STATUS", "EMAIL"
+                );
+                for u in users {
+                    let status = if u.disabled { "disabled" } else { "active" };
+                    println!(
+                        "{:<20} {:<9} {:<9} {:<30} {}",
+                        u.name,
+                        u.role,
+                        status,
+                        u.email.as_str(),
+                        u.id
+                    );
+                }
+            }
+        }
+        UserCommand::Disable { name } | UserCommand::Enable { name } if name.is_empty() => {
+            bail!("name is empty")
+        }
+        UserCommand::Disable { name } => set_disabled(&app, &console, &name, true).await?,
+        UserCommand::Enable { name } => set_disabled(&app, &console, &name, false).await?,
+        UserCommand::ResetPassword {
+            name,
+            password_stdin,
+        } => {
+            let user = app.user_by_name(&console, &name).await?;
+            let password = read_password(password_stdin)?;
+            app.user_reset_password(&console, user.id, Some(password))
+                .await?;
+            println!("password of {name} changed; all of its sessions were ended");
+        }
+    }
+    Ok(())
+}
+
+async fn set_disabled(
+    app: &overvisor_control::App,
+    console: &Subject,
+    name: &str,
+    disabled: bool,
+) -> anyhow::Result<()> {
+    let user = app.user_by_name(console, name).await?;
+    let changes = UserChanges {
+        disabled: Some(disabled),
+        ..Default::default()
+    };
+    app.user_update(console, user.id, changes).await?;
+    println!(
+        "{name} is now {}",
+        if disabled { "disabled" } else { "enabled" }
+    );
+    Ok(())
+}
+
+pub async fn migrate(config: Config) -> anyhow::Result<()> {
+    open_app(&config).await?;
+    println!("database is up to date");
+    Ok(())
+}
+
+pub async fn backup(config: Config, file: &Path) -> anyhow::Result<()> {
+    if file.exists() {
+        bail!("{} already exists", file.display());
+    }
+    let app = open_app(&config).await?;
+    app.store().backup_to(file).await?;
+    println!("database copied to {}", file.display());
+    println!(
+        "keep the master key ({}) safe as well: sealed secrets need it",
+        config.master_key_path().display()
+    );
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! `overvisor serve`: opens the store, bootstraps the first administrator,
+//! binds both ports and serves until SIGINT/SIGTERM, then drains.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use overvisor_control::{App, AppConfig, login_limit::Limits};
+use overvisor_server::{AppState, Config, Listeners, Settings};
+use overvisor_store::{MasterKey, Sealer, Store};
+use tokio_util::sync::CancellationToken;
+
+/// Opens the data directory, master key and database (migrated) as configured.
+pub async fn open_app(config: &Config) -> anyhow::Result<App> {
+    create_private_dir(&config.data_dir)?;
+    let master = match &config.master_key {
+        Some(b64) => MasterKey::from_base64(b64).context("OVERVISOR_MASTER_KEY")?,
+        None => {
+            let path = config.master_key_path();
+            let (key, created) = MasterKey::load_or_create(&path)
+                .with_context(|| format!("master key file {}", path.display()))?;
+            if created {
+                tracing::info!(path = %path.display(), "generated a new master key; back it up with the database");
+            }
+            key
+        }
+    };
+    let store = Store::open_url(&config.database_url())
+        .await
+        .context("opening the database")?;
+    store.migrate().await.context("migrating the database")?;
+    let app_config = AppConfig {
+        session_ttl: std::time::Duration::from_secs(config.session_ttl_secs),
+        login_limits: Limits {
+            window: std::time::Duration::from_secs(config.login_window_secs),
+            per_account: config.login_max_failures_per_account,
+            per_address: config.login_max_failures_per_address,
+        },
+    };
+    Ok(App::new(store, Sealer::new(&master), app_config))
+}
+
+fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(path)
+        .with_context(|| format!("creating data directory {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OVERVISOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    if let Err(err) = result {
+        eprintln!("warning: logging not initialised: {err}");
+    }
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let started = Instant::now();
+    init_logging(&config.log_format);
+    // Install the metrics recorder before anything records.
+    overvisor_server::observe::prometheus();
+    let app = open_app(&config).await?;
+
+    if let Some(admin) = app.bootstrap_admin().await? {
+        // Printed once, to the terminal only — deliberately not through the log.
+        let password = admin.password.unwrap_or_default();
+        println!("================================================================");
+        println!(" Overvisor first start: administrator account created");
+        println!("   user name: {}", admin.user.name);
+        println!("   password:  {password}");
+        println!("   API key:   {}", admin.api_token);
+        println!(
+            " These are shown only now. Sign in at http://{} and",
+            config.ui_bind
+        );
+        println!(" change it on the Account page.");
+        println!("================================================================");
+    }
+
+    let listeners = Listeners::bind(&config)
+        .await
+        .with_context(|| format!("binding {} and {}", config.ui_bind, config.api_bind))?;
+    let (ui, api) = listeners.addresses()?;
+    let settings = Settings {
+        secure_cookies: config.secure_cookies(),
+        trust_forwarded_for: config.trust_forwarded_for,
+        public_api_url: config
+            .public_api_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{api}")),
+        started,
+    };
+    let state = AppState {
+        app: app.clone(),
+        settings: Arc::new(settings),
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    tracing::info!(%ui, %api, ready_ms = started.elapsed().as_millis() as u64, "overvisor listening");
+    overvisor_server::serve(state, &config, listeners, shutdown).await?;
+    app.store().close().await;
+    tracing::info!("overvisor stopped");
+    Ok(())
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

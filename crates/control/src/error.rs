@@ -1,0 +1,56 @@
+//! The one error type of the application layer. It knows nothing of HTTP;
+//! the server maps each variant to a status in one place. `Internal` keeps
+//! the detail for the log and never shows it to the caller.
+
+use overvisor_model::InvalidInput;
+use overvisor_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// No valid credentials were presented.
+    #[error("authentication required")]
+    Unauthenticated,
+    /// Credentials were presented but are wrong (sign-in).
+    #[error("invalid name or password")]
+    BadCredentials,
+    /// Authenticated, allowed to know the thing exists, but not to do this.
+    #[error("you are not allowed to {0}")]
+    Forbidden(&'static str),
+    /// Does not exist, or belongs to someone the caller may not see.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Invalid(#[from] InvalidInput),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("too many attempts; try again in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<StoreError> for AppError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound(what) => AppError::NotFound(what),
+            StoreError::Conflict(msg) => AppError::Conflict(msg),
+            StoreError::Unavailable(msg) => AppError::Unavailable(msg),
+            StoreError::Database(sqlx_err) if is_pool_exhaustion(&sqlx_err) => {
+                AppError::Unavailable("database busy".into())
+            }
+            other => AppError::Internal(other.to_string()),
+        }
+    }
+}
+
+fn is_pool_exhaustion(err: &overvisor_store_sqlx::Error) -> bool {
+    matches!(
+        err,
+        overvisor_store_sqlx::Error::PoolTimedOut | overvisor_store_sqlx::Error::PoolClosed
+    )
+}
+
+// The store re-exports nothing of sqlx on purpose except through its error; name it once here.
+use overvisor_store::sqlx as overvisor_store_sqlx;

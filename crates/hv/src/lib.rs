@@ -1,0 +1,17 @@
+//! Hypervisor drivers of Overvisor: how the control plane reaches hosts
+//! (one shared SSH connection per host, [`ssh`]), how every remote argument
+//! is quoted ([`quote`]), the driver interface ([`driver`]) and its libvirt
+//! implementation ([`libvirt`]). The Hyper-V driver will join them.
+
+pub mod driver;
+pub mod libvirt;
+pub mod quote;
+pub mod ssh;
+
+pub use driver::{HvError, HvResult, Hypervisor};
+pub use libvirt::LibvirtDriver;
+pub use quote::{CommandLine, quote};
+pub use ssh::{
+    ClientKey, ExecOutput, HostKeyPolicy, PresentedHostKey, PtyChannel, PtyOutput, SshConfig,
+    SshError, SshSession, TcpTunnel, probe_host_key,
+};

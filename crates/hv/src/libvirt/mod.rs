@@ -1,0 +1,373 @@
+//! The libvirt (KVM/QEMU) driver: `virsh -c <uri>` run over the host's
+//! shared SSH session.
+//!
+//! virsh is on every libvirt host and speaks the same protocol as the C
+//! API, so the control plane needs no libvirt client library and no open
+//! libvirt port. Commands run under `LC_ALL=C` so error texts can be
+//! classified, and only machine formats are parsed (see [`parse`]).
+
+pub mod parse;
+
+use std::collections::HashMap;
+
+use futures::future::BoxFuture;
+use futures::stream::{self, BoxStream, StreamExt};
+use overvisor_model::host::HostFacts;
+use overvisor_model::vm::{VmAction, VmEvent, VmInfo, VmName, VmState, VmSummary};
+
+use crate::driver::{HvError, HvResult, Hypervisor};
+use crate::quote::CommandLine;
+use crate::ssh::{ExecOutput, PtyChannel, SshSession, TcpTunnel};
+
+/// Drives one libvirt host.
+#[derive(Debug, Clone)]
+pub struct LibvirtDriver {
+    ssh: SshSession,
+    uri: String,
+}
+
+impl LibvirtDriver {
+    /// `uri` is the libvirt URI on the host, usually `qemu:///system`.
+    pub fn new(ssh: SshSession, uri: impl Into<String>) -> Self {
+        Self {
+            ssh,
+            uri: uri.into(),
+        }
+    }
+
+    pub fn ssh(&self) -> &SshSession {
+        &self.ssh
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// `env LC_ALL=C virsh -q -c <uri> <args…>`, every word quoted later.
+    fn virsh<I, S>(&self, args: I) -> CommandLine
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        CommandLine::new("env")
+            .args(["LC_ALL=C", "virsh", "-q", "-c"])
+            .arg(self.uri.clone())
+            .args(args)
+    }
+
+    /// Runs virsh and turns a failure into a typed error.
+    async fn run(
+        &self,
+        args: &[&str],
+        vm: Option<(&VmName, Option<VmAction>)>,
+    ) -> HvResult<String> {
+        let out = self.ssh.exec(&self.virsh(args.iter().copied())).await?;
+        if out.success() {
+            return Ok(out.stdout_text());
+        }
+        Err(classify(&out, vm))
+    }
+
+    /// Serial console of `vm` on a PTY (`virsh console --force`, so a stale
+    /// session elsewhere does not block it). Write 0x1d (`^]`) to leave.
+    pub async fn console(&self, vm: &VmName) -> HvResult<PtyChannel> {
+        let cmd = self.virsh(["console", "--force", "--domain", vm.as_str()]);
+        Ok(self.ssh.open_pty(&cmd, 80, 24).await?)
+    }
+
+    /// A tunnel to the VNC server of a running `vm`, through the SSH
+    /// connection (the VNC port listens on the host's loopback).
+    pub async fn vnc_tunnel(&self, vm: &VmName) -> HvResult<TcpTunnel> {
+        let xml = self
+            .run(&["dumpxml", "--domain", vm.as_str()], Some((vm, None)))
+            .await?;
+        let dom = parse::domain_xml(&xml)?;
+        let g = dom
+            .graphics
+            .iter()
+            .find(|g| g.kind == "vnc")
+            .ok_or_else(|| HvError::Host(format!("VM {vm} has no VNC display")))?;
+        let port = g.port.ok_or_else(|| HvError::InvalidState {
+            vm: vm.to_string(),
+            action: VmAction::Start,
+            message: "VNC display has no port (VM not running)".into(),
+        })?;
+        let listen = match g.listen.as_deref() {
+            None | Some("0.0.0.0") | Some("::") => "127.0.0.1".to_owned(),
+            Some(l) => l.to_owned(),
+        };
+        Ok(self.ssh.direct_tcpip(&listen, port).await?)
+    }
+
+    async fn list(&self) -> HvResult<Vec<VmSummary>> {
+        let (names, stats) = futures::try_join!(
+            self.run(&["list", "--all", "--uuid", "--name"], None),
+            self.run(
+                &["domstats", "--raw", "--state", "--balloon", "--vcpu"],
+                None
+            ),
+        )?;
+        let stats = parse::domstats(&stats);
+        let empty = HashMap::new();
+        Ok(parse::list_uuid_name(&names)?
+            .into_iter()
+            .map(|(uuid, name)| {
+                // A VM defined between the two calls has no stats yet.
+                let (state, vcpus, memory_mib) =
+                    parse::stats_summary(stats.get(&name).unwrap_or(&empty));
+                VmSummary {
+                    uuid,
+                    name,
+                    state,
+                    vcpus,
+                    memory_mib,
+                }
+            })
+            .collect())
+    }
+
+    async fn info(&self, vm: &VmName) -> HvResult<VmInfo> {
+        let target = Some((vm, None));
+        let dumpxml = ["dumpxml", "--domain", vm.as_str()];
+        let domstate = ["domstate", "--domain", vm.as_str()];
+        let (xml, state) =
+            futures::try_join!(self.run(&dumpxml, target), self.run(&domstate, target))?;
+        let dom = parse::domain_xml(&xml)?;
+        let uuid = dom
+            .uuid
+            .ok_or_else(|| HvError::Parse(format!("domain XML of {vm} has no <uuid>")))?;
+        Ok(VmInfo {
+            uuid,
+            name: dom.name,
+            state: VmState::from_virsh(&state),
+            vcpus: dom.vcpus,
+            memory_mib: dom.memory_mib,
+            disks: dom.disks,
+            nics: dom.nics,
+            // libvirt knows addresses only from a guest agent or its own
+            // DHCP leases; neither is assumed yet.
+            ips: Vec::new(),
+            os: dom.os,
+            graphics: dom.graphics,
+        })
+    }
+
+    async fn action(&self, vm: &VmName, action: VmAction) -> HvResult<()> {
+        let verb = match action {
+            VmAction::Start => "start",
+            VmAction::Shutdown => "shutdown",
+            VmAction::ForceStop => "destroy",
+            VmAction::Reboot => "reboot",
+            VmAction::Reset => "reset",
+            VmAction::Suspend => "suspend",
+            VmAction::Resume => "resume",
+            VmAction::Delete => return self.remove(vm, false).await,
+        };
+        self.run(&[verb, "--domain", vm.as_str()], Some((vm, Some(action))))
+            .await
+            .map(drop)
+    }
+
+    async fn remove(&self, vm: &VmName, with_storage: bool) -> HvResult<()> {
+        // Metadata that would otherwise make undefine refuse (snapshots,
+        // checkpoints, managed save, UEFI vars) goes with the VM.
+        let mut args = vec![
+            "undefine",
+            "--domain",
+            vm.as_str(),
+            "--managed-save",
+            "--snapshots-metadata",
+            "--checkpoints-metadata",
+            "--nvram",
+        ];
+        if with_storage {
+            args.push("--remove-all-storage");
+        }
+        self.run(&args, Some((vm, Some(VmAction::Delete))))
+            .await
+            .map(drop)
+    }
+
+    async fn facts(&self) -> HvResult<HostFacts> {
+        let (hostname, nodeinfo, memstats, version) = futures::try_join!(
+            self.run(&["hostname"], None),
+            self.run(&["nodeinfo"], None),
+            self.run(&["nodememstats"], None),
+            self.run(&["version"], None),
+        )?;
+        parse::host_facts(&hostname, &nodeinfo, &memstats, &version)
+    }
+
+    async fn event_stream(&self) -> HvResult<BoxStream<'static, HvResult<VmEvent>>> {
+        // On a PTY: when we drop the channel, the remote virsh gets SIGHUP
+        // instead of lingering with an event callback registered.
+        let lines = self
+            .ssh
+            .stream_lines(&self.virsh(["event", "--all", "--loop"]))
+            .await?;
+        let s = stream::unfold(Some(lines), |state| async move {
+            let mut lines = state?;
+            loop {
+                match lines.next_line().await {
+                    Ok(Some(line)) => {
+                        if let Some(ev) = parse::event_line(&line) {
+                            return Some((Ok(ev), Some(lines)));
+                        }
+                        if line.starts_with("error:") {
+                            return Some((Err(HvError::Host(line)), None));
+                        }
+                    }
+                    Ok(None) => return None,
+                    Err(e) => return Some((Err(e.into()), None)),
+                }
+            }
+        });
+        Ok(s.boxed())
+    }
+}
+
+/// Maps a failed virsh run to an error the API can answer with. The texts
+/// are libvirt's (C locale); everything unrecognised stays a host error with
+/// the host's message.
+fn classify(out: &ExecOutput, vm: Option<(&VmName, Option<VmAction>)>) -> HvError {
+    let stderr = out.stderr_text();
+    let message = stderr
+        .lines()
+        .map(|l| l.trim().trim_start_matches("error: ").trim())
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ");
+    let message = if message.is_empty() {
+        format!("virsh exited with {:?}", out.exit_status)
+    } else {
+        message
+    };
+    let lower = message.to_ascii_lowercase();
+    let Some((vm, action)) = vm else {
+        return HvError::Host(message);
+    };
+    if lower.contains("failed to get domain") || lower.contains("domain not found") {
+        return HvError::NotFound(vm.to_string());
+    }
+    let invalid = [
+        "requested operation is not valid",
+        "domain is not running",
+        "domain is already running",
+        "domain is already active",
+        "is not paused",
+        "already paused",
+        "supported only on stopped domains",
+    ];
+    if let Some(action) = action
+        && invalid.iter().any(|p| lower.contains(p))
+    {
+        return HvError::InvalidState {
+            vm: vm.to_string(),
+            action,
+            message,
+        };
+    }
+    HvError::Host(message)
+}
+
+impl Hypervisor for LibvirtDriver {
+    fn list_vms(&self) -> BoxFuture<'_, HvResult<Vec<VmSummary>>> {
+        Box::pin(self.list())
+    }
+
+    fn vm_info<'a>(&'a self, vm: &'a VmName) -> BoxFuture<'a, HvResult<VmInfo>> {
+        Box::pin(self.info(vm))
+    }
+
+    fn vm_state<'a>(&'a self, vm: &'a VmName) -> BoxFuture<'a, HvResult<VmState>> {
+        Box::pin(async move {
+            let out = self
+                .run(&["domstate", "--domain", vm.as_str()], Some((vm, None)))
+                .await?;
+            Ok(VmState::from_virsh(&out))
+        })
+    }
+
+    fn act<'a>(&'a self, vm: &'a VmName, action: VmAction) -> BoxFuture<'a, HvResult<()>> {
+        Box::pin(self.action(vm, action))
+    }
+
+    fn undefine<'a>(&'a self, vm: &'a VmName, with_storage: bool) -> BoxFuture<'a, HvResult<()>> {
+        Box::pin(self.remove(vm, with_storage))
+    }
+
+    fn host_facts(&self) -> BoxFuture<'_, HvResult<HostFacts>> {
+        Box::pin(self.facts())
+    }
+
+    fn events(&self) -> BoxFuture<'_, HvResult<BoxStream<'static, HvResult<VmEvent>>>> {
+        Box::pin(self.event_stream())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(stderr: &str) -> ExecOutput {
+        ExecOutput {
+            stderr: stderr.as_bytes().to_vec(),
+            exit_status: Some(1),
+            ..ExecOutput::default()
+        }
+    }
+
+    #[test]
+    fn virsh_errors_are_classified() {
+        let vm = VmName::parse("t1").expect("valid");
+        let t = Some((&vm, Some(VmAction::Resume)));
+        assert!(matches!(
+            classify(&failed("error: failed to get domain 'nope'\n"), t),
+            HvError::NotFound(_)
+        ));
+        let e = classify(
+            &failed(
+                "error: Failed to resume domain 't1'\nerror: Requested operation is not valid: domain is already running\n",
+            ),
+            t,
+        );
+        match e {
+            HvError::InvalidState {
+                message, action, ..
+            } => {
+                assert_eq!(action, VmAction::Resume);
+                assert!(message.contains("already running"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            classify(
+                &failed("error: Domain is already active\n"),
+                Some((&vm, Some(VmAction::Start)))
+            ),
+            HvError::InvalidState { .. }
+        ));
+        assert!(matches!(
+            classify(&failed("error: internal error: something\n"), t),
+            HvError::Host(m) if m == "internal error: something"
+        ));
+        assert!(matches!(classify(&failed(""), None), HvError::Host(_)));
+    }
+
+    #[test]
+    fn commands_are_quoted() {
+        let cfg = crate::ssh::SshConfig::new(
+            "h",
+            22,
+            "u",
+            crate::ssh::ClientKey::from_seed_for_tests(),
+            crate::ssh::HostKeyPolicy::TrustOnFirstUse,
+        );
+        let d = LibvirtDriver::new(SshSession::new(cfg), "qemu:///system");
+        let line = d.virsh(["start", "--domain", "a b"]).render();
+        assert_eq!(
+            line,
+            "env LC_ALL=C virsh -q -c qemu:///system start --domain 'a b'"
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! The one place where remote command lines are built.
+//!
+//! An SSH `exec` request carries a single string that the remote login shell
+//! parses, so every argument must be quoted for a POSIX shell. Doing that in
+//! one function, and making [`CommandLine`] the only thing the SSH layer
+//! accepts, means no caller can forget to quote or quote differently.
+
+use std::fmt;
+
+/// Quotes `arg` so a POSIX shell reads it back as exactly one word with
+/// exactly these bytes: wrap it in single quotes (inside which nothing is
+/// special) and turn each `'` into `'\''` (close, escaped quote, reopen).
+///
+/// Words made only of characters no shell treats specially are left bare,
+/// which keeps logged command lines readable.
+pub fn quote(arg: &str) -> String {
+    let safe = |c: char| {
+        c.is_ascii_alphanumeric()
+            || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | '+' | ',' | '@')
+    };
+    // A leading `~` would be tilde-expanded even with only safe characters after it.
+    if !arg.is_empty() && arg.chars().all(safe) && !arg.starts_with('~') {
+        return arg.to_owned();
+    }
+    let mut out = String::with_capacity(arg.len() + 2);
+    out.push('\'');
+    for c in arg.chars() {
+        if c == '\'' {
+            out.push_str("'\\''");
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// A remote command: a program and its arguments, each quoted by [`quote`]
+/// when the line is rendered.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CommandLine {
+    words: Vec<String>,
+}
+
+impl CommandLine {
+    pub fn new(program: impl Into<String>) -> Self {
+        Self {
+            words: vec![program.into()],
+        }
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.words.push(arg.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.words.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// The program and arguments as given, unquoted.
+    pub fn words(&self) -> &[String] {
+        &self.words
+    }
+
+    /// Whether any word holds a NUL byte. A shell cannot receive one (the
+    /// line would be cut there), so the SSH layer refuses such lines.
+    pub fn has_nul(&self) -> bool {
+        self.words.iter().any(|w| w.contains('\0'))
+    }
+
+    /// The line the remote shell will parse.
+    pub fn render(&self) -> String {
+        self.words
+            .iter()
+            .map(|w| quote(w))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+impl fmt::Display for CommandLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render())
+    }
+}
+
+impl fmt::Debug for CommandLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CommandLine({})", self.render())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_words_stay_bare() {
+        assert_eq!(quote("virsh"), "virsh");
+        assert_eq!(quote("qemu:///system"), "qemu:///system");
+        assert_eq!(quote("--all"), "--all");
+        assert_eq!(quote("web-01.example"), "web-01.example");
+    }
+
+    #[test]
+    fn special_words_are_single_quoted() {
+        assert_eq!(quote(""), "''");
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("x;touch /tmp/pwned"), "'x;touch /tmp/pwned'");
+        assert_eq!(quote("$(id)"), "'$(id)'");
+        assert_eq!(quote("`id`"), "'`id`'");
+        assert_eq!(quote("it's"), "'it'\\''s'");
+        assert_eq!(quote("'"), "''\\'''");
+        assert_eq!(quote("a\nb"), "'a\nb'");
+        assert_eq!(quote("~root"), "'~root'");
+        assert_eq!(quote("*"), "'*'");
+        assert_eq!(quote("\\"), "'\\'");
+    }
+
+    #[test]
+    fn command_line_renders_each_word_quoted() {
+        let c = CommandLine::new("virsh")
+            .args(["-c", "qemu:///system", "start"])
+            .arg("a'b; rm -rf /");
+        assert_eq!(
+            c.render(),
+            "virsh -c qemu:///system start 'a'\\''b; rm -rf /'"
+        );
+        assert_eq!(c.words().len(), 5);
+        assert!(!c.has_nul());
+        assert!(CommandLine::new("echo").arg("a\0b").has_nul());
+    }
+
+    /// The real test: a shell must read every hostile word back unchanged.
+    #[test]
+    fn a_real_shell_reads_back_the_same_words() {
+        let hostile = [
+            "plain",
+            "",
+            " ",
+            "a b  c",
+            "x;touch /tmp/ov-quote-pwned",
+            "$(touch /tmp/ov-quote-pwned)",
+            "`touch /tmp/ov-quote-pwned`",
+            "'",
+            "''",
+            "\"",
+            "it's \"quoted\"",
+            "\\",
+            "\\'",
+            "a\nb\r\n",
+            "\t",
+            "$HOME ${HOME} $1 $@ $*",
+            "*",
+            "?",
+            "[a]",
+            "~",
+            "~root",
+            "a=b",
+            "-n",
+            "-e",
+            "!",
+            "!!",
+            "#comment",
+            "&&|;<>()",
+            "{a,b}",
+            "ünïcödé ✓",
+            "\u{1b}[31m",
+        ];
+        let mut line = CommandLine::new("printf").arg("%s\\0");
+        for h in hostile {
+            line = line.arg(h);
+        }
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(line.render())
+            .output()
+            .expect("run sh");
+        assert!(out.status.success());
+        let words: Vec<&[u8]> = out.stdout.split(|b| *b == 0).collect();
+        // printf's output ends with a NUL, so the split has one empty tail.
+        assert_eq!(words.len(), hostile.len() + 1);
+        for (got, want) in words.iter().zip(hostile) {
+            assert_eq!(*got, want.as_bytes());
+        }
+        assert!(!std::path::Path::new("/tmp/ov-quote-pwned").exists());
+    }
+}

@@ -1,0 +1,850 @@
+//! The SSH transport every driver uses: one pure-Rust connection per host,
+//! shared by all work on that host.
+//!
+//! A handshake costs ~80 ms of CPU, so [`SshSession`] keeps the connection
+//! and multiplexes channels over it (bounded by a semaphore, below OpenSSH's
+//! `MaxSessions`). It pins host keys, reconnects with capped exponential
+//! backoff when the connection drops, and puts a deadline on everything that
+//! goes over the network. Remote commands are [`CommandLine`]s, so every
+//! argument went through [`crate::quote`].
+
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use overvisor_model::host::HostKeyFingerprint;
+use russh::client::{self, Handle};
+use russh::keys::ssh_key::{HashAlg, PublicKey};
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{ChannelMsg, Disconnect};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, timeout};
+
+use crate::quote::CommandLine;
+
+mod channel;
+
+use channel::ClosingChannel;
+pub use channel::{LineStream, PtyChannel, PtyOutput, TcpTunnel};
+
+/// Which host key a connection accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKeyPolicy {
+    /// Only this key; anything else is refused with
+    /// [`SshError::HostKeyMismatch`].
+    Pinned(HostKeyFingerprint),
+    /// Accept the first key presented and pin it for the reconnects of this
+    /// session. Only when an operator asked for it; the caller reads
+    /// [`SshSession::host_key_fingerprint`] to record what was accepted.
+    TrustOnFirstUse,
+}
+
+/// The private key we log in with. Its `Debug` shows the public
+/// fingerprint only, so it cannot leak into logs or error messages.
+#[derive(Clone)]
+pub struct ClientKey(Arc<PrivateKey>);
+
+impl ClientKey {
+    /// Parses an OpenSSH (or PuTTY) private key without a passphrase.
+    pub fn from_openssh(text: &str) -> Result<Self, SshError> {
+        russh::keys::decode_secret_key(text, None)
+            .map(|k| Self(Arc::new(k)))
+            .map_err(|e| SshError::Key(e.to_string()))
+    }
+
+    pub fn load(path: &Path) -> Result<Self, SshError> {
+        russh::keys::load_secret_key(path, None)
+            .map(|k| Self(Arc::new(k)))
+            .map_err(|e| SshError::Key(format!("{}: {e}", path.display())))
+    }
+
+    /// The public half in `authorized_keys` form.
+    pub fn public_key_openssh(&self) -> String {
+        self.0.public_key().to_openssh().unwrap_or_default()
+    }
+
+    pub fn fingerprint(&self) -> String {
+        self.0.public_key().fingerprint(HashAlg::Sha256).to_string()
+    }
+
+    /// A fixed key from a seed, not a key file: nothing secret-looking in
+    /// the tree.
+    #[cfg(test)]
+    pub(crate) fn from_seed_for_tests() -> Self {
+        let pair = russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[7; 32]);
+        Self(Arc::new(PrivateKey::from(pair)))
+    }
+}
+
+impl fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientKey({})", self.fingerprint())
+    }
+}
+
+/// How to reach one host, and the limits that apply to it.
+#[derive(Debug, Clone)]
+pub struct SshConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub key: ClientKey,
+    pub host_key: HostKeyPolicy,
+    /// TCP connect + handshake + authentication.
+    pub connect_timeout: Duration,
+    /// Default deadline of one [`SshSession::exec`], waiting for a free
+    /// channel included.
+    pub command_timeout: Duration,
+    /// Keepalives find a dead peer on an idle connection (and on a
+    /// long-lived event channel that would otherwise wait forever).
+    pub keepalive_interval: Duration,
+    /// Unanswered keepalives after which the connection counts as dead.
+    pub keepalive_max: usize,
+    /// Channels open at once on the connection. OpenSSH refuses more than
+    /// `MaxSessions` (default 10) session channels per connection.
+    pub max_channels: usize,
+    /// Per stream (stdout, stderr) of one exec; the rest is dropped and
+    /// [`ExecOutput::truncated`] set.
+    pub max_output_bytes: usize,
+    /// First wait after a failed connect; doubled per failure up to
+    /// `backoff_max`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl SshConfig {
+    pub fn new(
+        host: impl Into<String>,
+        port: u16,
+        user: impl Into<String>,
+        key: ClientKey,
+        host_key: HostKeyPolicy,
+    ) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            user: user.into(),
+            key,
+            host_key,
+            connect_timeout: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(15),
+            keepalive_max: 3,
+            max_channels: 8,
+            max_output_bytes: 16 << 20,
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+
+    /// `host:port`, for messages.
+    pub fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Everything that can go wrong on the way to a host and back.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no SSH session with {addr} within {after:?}")]
+    ConnectTimeout { addr: String, after: Duration },
+    #[error(
+        "host key of {addr} does not match the pinned one: expected {expected}, presented {presented}"
+    )]
+    HostKeyMismatch {
+        addr: String,
+        expected: HostKeyFingerprint,
+        presented: HostKeyFingerprint,
+    },
+    #[error("{user}@{addr} did not accept our key")]
+    AuthRejected { addr: String, user: String },
+    #[error("{addr} is unreachable (last error: {last_error}); next attempt in {retry_in:?}")]
+    Backoff {
+        addr: String,
+        retry_in: Duration,
+        last_error: String,
+    },
+    #[error("connection to {addr} lost: {reason}")]
+    Disconnected { addr: String, reason: String },
+    #[error("`{what}` on {addr} timed out after {after:?}")]
+    Timeout {
+        addr: String,
+        what: String,
+        after: Duration,
+    },
+    #[error("{addr} refused a channel: {reason}")]
+    ChannelRefused { addr: String, reason: String },
+    #[error("invalid remote command: {0}")]
+    InvalidCommand(&'static str),
+    #[error("unusable client key: {0}")]
+    Key(String),
+    #[error("SSH protocol error with {addr}: {source}")]
+    Protocol {
+        addr: String,
+        #[source]
+        source: russh::Error,
+    },
+}
+
+impl SshError {
+    /// Whether the host could not be reached or talked to at all (as
+    /// opposed to a command that ran and failed): the host is disconnected.
+    pub fn is_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. }
+                | Self::ConnectTimeout { .. }
+                | Self::Backoff { .. }
+                | Self::Disconnected { .. }
+                | Self::Protocol { .. }
+        )
+    }
+}
+
+/// What a command left behind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// `None` when the command died of a signal.
+    pub exit_status: Option<u32>,
+    pub exit_signal: Option<String>,
+    /// Output beyond [`SshConfig::max_output_bytes`] was dropped.
+    pub truncated: bool,
+}
+
+impl ExecOutput {
+    pub fn success(&self) -> bool {
+        self.exit_status == Some(0)
+    }
+
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// A host key as presented by a server, for an operator to confirm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresentedHostKey {
+    pub fingerprint: HostKeyFingerprint,
+    /// `ssh-ed25519 AAAA...`
+    pub public_key: String,
+}
+
+fn presented_key(key: &PublicKeyOrCertificate) -> Option<PresentedHostKey> {
+    let public = match key {
+        PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
+        PublicKeyOrCertificate::Certificate(cert) => PublicKey::from(cert.public_key().clone()),
+    };
+    let fingerprint =
+        HostKeyFingerprint::parse(&public.fingerprint(HashAlg::Sha256).to_string()).ok()?;
+    Some(PresentedHostKey {
+        fingerprint,
+        public_key: public.to_openssh().ok()?,
+    })
+}
+
+/// russh calls this during the handshake; it decides on the host key and
+/// remembers what was presented so errors can say it.
+struct ClientHandler {
+    /// `None` accepts any key (trust on first use, probing).
+    expected: Option<HostKeyFingerprint>,
+    /// Probing only looks at the key and never goes on to authenticate.
+    reject_all: bool,
+    presented: Arc<StdMutex<Option<PresentedHostKey>>>,
+}
+
+impl client::Handler for ClientHandler {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let Some(presented) = presented_key(key) else {
+            return Ok(false);
+        };
+        let ok = !self.reject_all
+            && self
+                .expected
+                .as_ref()
+                .is_none_or(|e| *e == presented.fingerprint);
+        if let Ok(mut slot) = self.presented.lock() {
+            *slot = Some(presented);
+        }
+        Ok(ok)
+    }
+}
+
+fn russh_config(cfg: &SshConfig) -> Arc<client::Config> {
+    Arc::new(client::Config {
+        keepalive_interval: Some(cfg.keepalive_interval),
+        keepalive_max: cfg.keepalive_max,
+        inactivity_timeout: None,
+        nodelay: true,
+        ..Default::default()
+    })
+}
+
+/// Connects to `host:port` only to read the host key it presents, without
+/// authenticating: "this is the fingerprint, do you trust it?".
+pub async fn probe_host_key(
+    host: &str,
+    port: u16,
+    connect_timeout: Duration,
+) -> Result<PresentedHostKey, SshError> {
+    let addr = format!("{host}:{port}");
+    let presented = Arc::new(StdMutex::new(None));
+    let handler = ClientHandler {
+        expected: None,
+        reject_all: true,
+        presented: presented.clone(),
+    };
+    let config = Arc::new(client::Config {
+        nodelay: true,
+        ..Default::default()
+    });
+    let result = timeout(
+        connect_timeout,
+        client::connect(config, (host, port), handler),
+    )
+    .await;
+    let key = presented.lock().ok().and_then(|p| p.clone());
+    match (result, key) {
+        (_, Some(key)) => Ok(key),
+        (Err(_), None) => Err(SshError::ConnectTimeout {
+            addr,
+            after: connect_timeout,
+        }),
+        (Ok(Err(russh::Error::IO(source))), None) => Err(SshError::Connect { addr, source }),
+        (Ok(Err(source)), None) => Err(SshError::Protocol { addr, source }),
+        (Ok(Ok(_)), None) => Err(SshError::Disconnected {
+            addr,
+            reason: "server presented no host key".into(),
+        }),
+    }
+}
+
+type SshHandle = Handle<ClientHandler>;
+
+#[derive(Default)]
+struct ConnState {
+    handle: Option<Arc<SshHandle>>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
+}
+
+struct Inner {
+    cfg: SshConfig,
+    addr: String,
+    /// Trust on first use turns into `Pinned` after the first handshake.
+    policy: StdMutex<HostKeyPolicy>,
+    presented: Arc<StdMutex<Option<PresentedHostKey>>>,
+    state: Mutex<ConnState>,
+    channels: Arc<Semaphore>,
+}
+
+/// A cloneable handle on the one connection to a host. Connects lazily (or
+/// eagerly with [`SshSession::connect`]) and again after the connection
+/// dropped, no sooner than the backoff allows.
+#[derive(Clone)]
+pub struct SshSession {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for SshSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SshSession")
+            .field("addr", &self.inner.addr)
+            .field("user", &self.inner.cfg.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a session stands, for "host disconnected: why" displays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionStatus {
+    pub connected: bool,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+}
+
+impl SshSession {
+    /// A session that connects on first use.
+    pub fn new(cfg: SshConfig) -> Self {
+        let addr = cfg.addr();
+        let policy = StdMutex::new(cfg.host_key.clone());
+        let channels = Arc::new(Semaphore::new(cfg.max_channels.max(1)));
+        Self {
+            inner: Arc::new(Inner {
+                cfg,
+                addr,
+                policy,
+                presented: Arc::new(StdMutex::new(None)),
+                state: Mutex::new(ConnState::default()),
+                channels,
+            }),
+        }
+    }
+
+    /// A session that is connected and authenticated on return.
+    pub async fn connect(cfg: SshConfig) -> Result<Self, SshError> {
+        let session = Self::new(cfg);
+        session.handle().await?;
+        Ok(session)
+    }
+
+    pub fn config(&self) -> &SshConfig {
+        &self.inner.cfg
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// The host key presented at the latest handshake.
+    pub fn host_key(&self) -> Option<PresentedHostKey> {
+        self.inner.presented.lock().ok().and_then(|p| p.clone())
+    }
+
+    pub fn host_key_fingerprint(&self) -> Option<HostKeyFingerprint> {
+        self.host_key().map(|k| k.fingerprint)
+    }
+
+    pub async fn status(&self) -> ConnectionStatus {
+        let st = self.inner.state.lock().await;
+        ConnectionStatus {
+            connected: st.handle.as_ref().is_some_and(|h| !h.is_closed()),
+            last_error: st.last_error.clone(),
+            consecutive_failures: st.failures,
+        }
+    }
+
+    /// Closes the connection; the next call reconnects.
+    pub async fn close(&self) {
+        let handle = self.inner.state.lock().await.handle.take();
+        if let Some(h) = handle {
+            let _ = timeout(
+                Duration::from_secs(2),
+                h.disconnect(Disconnect::ByApplication, "closing", "en"),
+            )
+            .await;
+        }
+    }
+
+    /// The live connection, connecting first if there is none and the
+    /// backoff allows. Holding the lock while connecting makes concurrent
+    /// callers share one attempt instead of stampeding the host.
+    async fn handle(&self) -> Result<Arc<SshHandle>, SshError> {
+        let mut st = self.inner.state.lock().await;
+        if let Some(h) = &st.handle {
+            if !h.is_closed() {
+                return Ok(h.clone());
+            }
+            tracing::info!(addr = %self.inner.addr, "SSH connection dropped");
+            st.handle = None;
+        }
+        if let Some(at) = st.retry_at {
+            let now = Instant::now();
+            if now < at {
+                return Err(SshError::Backoff {
+                    addr: self.inner.addr.clone(),
+                    retry_in: at - now,
+                    last_error: st.last_error.clone().unwrap_or_default(),
+                });
+            }
+        }
+        let after = self.inner.cfg.connect_timeout;
+        let result = match timeout(after, self.connect_once()).await {
+            Ok(r) => r,
+            Err(_) => Err(SshError::ConnectTimeout {
+                addr: self.inner.addr.clone(),
+                after,
+            }),
+        };
+        match result {
+            Ok(h) => {
+                let h = Arc::new(h);
+                if st.failures > 0 {
+                    tracing::info!(addr = %self.inner.addr, "SSH reconnected");
+                }
+                *st = ConnState {
+                    handle: Some(h.clone()),
+                    ..ConnState::default()
+                };
+                Ok(h)
+            }
+            Err(e) => {
+                st.failures = st.failures.saturating_add(1);
+                let cfg = &self.inner.cfg;
+                let factor = 1u32 << st.failures.saturating_sub(1).min(16);
+                let backoff = cfg
+                    .backoff_initial
+                    .saturating_mul(factor)
+                    .min(cfg.backoff_max);
+                st.retry_at = Some(Instant::now() + backoff);
+                st.last_error = Some(e.to_string());
+                tracing::warn!(addr = %self.inner.addr, error = %e, ?backoff, "SSH connect failed");
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect_once(&self) -> Result<SshHandle, SshError> {
+        let cfg = &self.inner.cfg;
+        let addr = self.inner.addr.clone();
+        let expected = match self.inner.policy.lock() {
+            Ok(p) => match &*p {
+                HostKeyPolicy::Pinned(f) => Some(f.clone()),
+                HostKeyPolicy::TrustOnFirstUse => None,
+            },
+            // A poisoned lock means a panic elsewhere: fail closed.
+            Err(_) => return Err(SshError::Key("host key policy unavailable".into())),
+        };
+        let handler = ClientHandler {
+            expected: expected.clone(),
+            reject_all: false,
+            presented: self.inner.presented.clone(),
+        };
+        let connected =
+            client::connect(russh_config(cfg), (cfg.host.as_str(), cfg.port), handler).await;
+        let mut handle = match connected {
+            Ok(h) => h,
+            Err(russh::Error::UnknownKey) => {
+                let presented = self.host_key_fingerprint();
+                return Err(match (expected, presented) {
+                    (Some(expected), Some(presented)) => SshError::HostKeyMismatch {
+                        addr,
+                        expected,
+                        presented,
+                    },
+                    _ => SshError::Protocol {
+                        addr,
+                        source: russh::Error::UnknownKey,
+                    },
+                });
+            }
+            Err(russh::Error::IO(source)) => return Err(SshError::Connect { addr, source }),
+            Err(source) => return Err(SshError::Protocol { addr, source }),
+        };
+        let hash = if cfg.key.0.algorithm().is_rsa() {
+            handle
+                .best_supported_rsa_hash()
+                .await
+                .map_err(|source| SshError::Protocol {
+                    addr: addr.clone(),
+                    source,
+                })?
+                .flatten()
+        } else {
+            None
+        };
+        let auth = handle
+            .authenticate_publickey(
+                cfg.user.clone(),
+                PrivateKeyWithHashAlg::new(cfg.key.0.clone(), hash),
+            )
+            .await
+            .map_err(|source| SshError::Protocol {
+                addr: addr.clone(),
+                source,
+            })?;
+        if !auth.success() {
+            return Err(SshError::AuthRejected {
+                addr,
+                user: cfg.user.clone(),
+            });
+        }
+        // Pin what we accepted, so a key change after first use is caught.
+        if expected.is_none()
+            && let (Some(f), Ok(mut p)) = (self.host_key_fingerprint(), self.inner.policy.lock())
+        {
+            *p = HostKeyPolicy::Pinned(f);
+        }
+        tracing::debug!(%addr, user = %cfg.user, "SSH connected");
+        Ok(handle)
+    }
+
+    async fn channel_error(&self, h: &Arc<SshHandle>, e: russh::Error) -> SshError {
+        let addr = self.inner.addr.clone();
+        if h.is_closed() {
+            let mut st = self.inner.state.lock().await;
+            if st.handle.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, h)) {
+                st.handle = None;
+            }
+            return SshError::Disconnected {
+                addr,
+                reason: e.to_string(),
+            };
+        }
+        match e {
+            russh::Error::ChannelOpenFailure(reason) => SshError::ChannelRefused {
+                addr,
+                reason: format!("{reason:?}"),
+            },
+            source => SshError::Protocol { addr, source },
+        }
+    }
+
+    async fn permit(&self) -> Result<OwnedSemaphorePermit, SshError> {
+        self.inner
+            .channels
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| SshError::Disconnected {
+                addr: self.inner.addr.clone(),
+                reason: "session closed".into(),
+            })
+    }
+
+    fn timeout_error(&self, cmd: &CommandLine, after: Duration) -> SshError {
+        // The program and first arguments identify the call; the rest may be long.
+        let what = cmd
+            .words()
+            .iter()
+            .take(4)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ");
+        SshError::Timeout {
+            addr: self.inner.addr.clone(),
+            what,
+            after,
+        }
+    }
+
+    /// Runs `cmd` with the default timeout and no input.
+    pub async fn exec(&self, cmd: &CommandLine) -> Result<ExecOutput, SshError> {
+        self.exec_with(cmd, None, self.inner.cfg.command_timeout)
+            .await
+    }
+
+    /// Runs `cmd` feeding it `stdin` (e.g. an XML document or a secret that
+    /// must not appear on a command line).
+    pub async fn exec_with_stdin(
+        &self,
+        cmd: &CommandLine,
+        stdin: &[u8],
+    ) -> Result<ExecOutput, SshError> {
+        self.exec_with(cmd, Some(stdin), self.inner.cfg.command_timeout)
+            .await
+    }
+
+    /// Runs `cmd` with an explicit deadline, which covers waiting for a
+    /// channel, the command itself and reading all of its output.
+    pub async fn exec_with(
+        &self,
+        cmd: &CommandLine,
+        stdin: Option<&[u8]>,
+        deadline: Duration,
+    ) -> Result<ExecOutput, SshError> {
+        if cmd.has_nul() {
+            return Err(SshError::InvalidCommand("NUL byte in an argument"));
+        }
+        let run = async {
+            let _permit = self.permit().await?;
+            let h = self.handle().await?;
+            let mut ch = match h.channel_open_session().await {
+                Ok(ch) => ClosingChannel(Some(ch)),
+                Err(e) => return Err(self.channel_error(&h, e).await),
+            };
+            let result = self.run_on(&mut ch, cmd, stdin).await;
+            match result {
+                Err(e) => Err(self.channel_error(&h, e).await),
+                Ok(None) => Err(self
+                    .lost(&h, "channel closed before the command finished")
+                    .await),
+                Ok(Some(out)) => Ok(out),
+            }
+        };
+        match timeout(deadline, run).await {
+            Ok(r) => r,
+            Err(_) => Err(self.timeout_error(cmd, deadline)),
+        }
+    }
+
+    async fn lost(&self, h: &Arc<SshHandle>, reason: &str) -> SshError {
+        if h.is_closed() {
+            let mut st = self.inner.state.lock().await;
+            if st.handle.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, h)) {
+                st.handle = None;
+            }
+        }
+        SshError::Disconnected {
+            addr: self.inner.addr.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// `Ok(None)`: the channel ended without an exit status.
+    async fn run_on(
+        &self,
+        ch: &mut ClosingChannel,
+        cmd: &CommandLine,
+        stdin: Option<&[u8]>,
+    ) -> Result<Option<ExecOutput>, russh::Error> {
+        let max = self.inner.cfg.max_output_bytes;
+        let ch = ch.get();
+        ch.exec(true, cmd.render()).await?;
+        if let Some(data) = stdin {
+            ch.data(data).await?;
+        }
+        // EOF even without input, so a command that reads stdin ends.
+        ch.eof().await?;
+        let mut out = ExecOutput::default();
+        let mut finished = false;
+        while let Some(msg) = ch.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
+                    append(&mut out.stdout, &data, max, &mut out.truncated)
+                }
+                ChannelMsg::ExtendedData { data, ext: 1 } => {
+                    append(&mut out.stderr, &data, max, &mut out.truncated)
+                }
+                ChannelMsg::ExitStatus { exit_status } => {
+                    out.exit_status = Some(exit_status);
+                    finished = true;
+                }
+                ChannelMsg::ExitSignal { signal_name, .. } => {
+                    out.exit_signal = Some(format!("{signal_name:?}"));
+                    finished = true;
+                }
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        Ok(finished.then_some(out))
+    }
+
+    /// Runs `cmd` on a pseudo-terminal (for `virsh console` and anything
+    /// that must die with the channel: a remote process on a PTY gets
+    /// SIGHUP when we go away, one without keeps running).
+    pub async fn open_pty(
+        &self,
+        cmd: &CommandLine,
+        cols: u32,
+        rows: u32,
+    ) -> Result<PtyChannel, SshError> {
+        if cmd.has_nul() {
+            return Err(SshError::InvalidCommand("NUL byte in an argument"));
+        }
+        let deadline = self.inner.cfg.command_timeout;
+        let open = async {
+            let permit = self.permit().await?;
+            let h = self.handle().await?;
+            let ch = match h.channel_open_session().await {
+                Ok(ch) => ClosingChannel(Some(ch)),
+                Err(e) => return Err(self.channel_error(&h, e).await),
+            };
+            let started = async {
+                ch.channel()
+                    .request_pty(true, "xterm", cols, rows, 0, 0, &[])
+                    .await?;
+                ch.channel().exec(true, cmd.render()).await
+            };
+            if let Err(e) = started.await {
+                return Err(self.channel_error(&h, e).await);
+            }
+            Ok(PtyChannel {
+                ch,
+                _permit: permit,
+                addr: self.inner.addr.clone(),
+            })
+        };
+        match timeout(deadline, open).await {
+            Ok(r) => r,
+            Err(_) => Err(self.timeout_error(cmd, deadline)),
+        }
+    }
+
+    /// Runs a long-lived command on a PTY and hands back its output line by
+    /// line (for `virsh event --loop`).
+    pub async fn stream_lines(&self, cmd: &CommandLine) -> Result<LineStream, SshError> {
+        // Wide, so the remote side does not wrap long lines.
+        let pty = self.open_pty(cmd, 4096, 24).await?;
+        Ok(LineStream {
+            pty,
+            buf: Vec::new(),
+            ended: false,
+        })
+    }
+
+    /// A TCP connection from the host to `host:port` as seen from the host
+    /// (e.g. a VNC server on its loopback), tunnelled over this session.
+    pub async fn direct_tcpip(&self, host: &str, port: u16) -> Result<TcpTunnel, SshError> {
+        let deadline = self.inner.cfg.command_timeout;
+        let open = async {
+            let permit = self.permit().await?;
+            let h = self.handle().await?;
+            match h
+                .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0)
+                .await
+            {
+                Ok(ch) => Ok(TcpTunnel {
+                    stream: ch.into_stream(),
+                    _permit: permit,
+                }),
+                Err(e) => Err(self.channel_error(&h, e).await),
+            }
+        };
+        match timeout(deadline, open).await {
+            Ok(r) => r,
+            Err(_) => Err(SshError::Timeout {
+                addr: self.inner.addr.clone(),
+                what: format!("direct-tcpip to {host}:{port}"),
+                after: deadline,
+            }),
+        }
+    }
+}
+
+fn append(buf: &mut Vec<u8>, data: &[u8], max: usize, truncated: &mut bool) {
+    let room = max.saturating_sub(buf.len());
+    if data.len() > room {
+        *truncated = true;
+    }
+    buf.extend_from_slice(&data[..data.len().min(room)]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_bounded() {
+        let mut buf = Vec::new();
+        let mut truncated = false;
+        append(&mut buf, b"hello", 8, &mut truncated);
+        assert!(!truncated);
+        append(&mut buf, b"world", 8, &mut truncated);
+        assert_eq!(buf, b"hellowor");
+        assert!(truncated);
+    }
+
+    #[test]
+    fn client_key_debug_hides_the_secret() {
+        let key = ClientKey::from_seed_for_tests();
+        let shown = format!("{key:?}");
+        assert!(shown.starts_with("ClientKey(SHA256:"), "{shown}");
+        assert!(!shown.contains("0707"));
+        assert!(key.public_key_openssh().starts_with("ssh-ed25519 "));
+        assert!(ClientKey::from_openssh("not a key").is_err());
+    }
+}

@@ -1,0 +1,296 @@
+//! The libvirt driver against real libvirtd + QEMU hosts of the lab, with
+//! real (tiny) guests booting under TCG. Changes made behind the driver's
+//! back go through the testkit (root virsh inside the host).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use overvisor_hv::{CommandLine, HvError, Hypervisor, LibvirtDriver};
+use overvisor_model::vm::{VmAction, VmEvent, VmEventKind, VmName, VmState};
+use overvisor_testkit::{Lab, unique_name};
+use tokio::io::AsyncReadExt;
+
+const BOOT: Duration = Duration::from_secs(60);
+
+fn name(s: &str) -> VmName {
+    VmName::parse(s).unwrap()
+}
+
+async fn state(d: &LibvirtDriver, vm: &VmName) -> VmState {
+    d.vm_state(vm).await.unwrap()
+}
+
+async fn wait_state(d: &LibvirtDriver, vm: &VmName, want: VmState, timeout: Duration) {
+    common::eventually(timeout, &format!("{vm} to be {want}"), || async {
+        (state(d, vm).await == want).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hosts_list_their_own_domains_and_facts() {
+    let lab = Lab::load();
+    let [h1, h2] = lab.hosts(2) else {
+        unreachable!()
+    };
+    let (d1, d2) = (
+        common::driver(&lab, h1).await,
+        common::driver(&lab, h2).await,
+    );
+    let only_on_h1 = lab.define_guest(h1, &unique_name("list"));
+
+    let (l1, l2) = futures::join!(d1.list_vms(), d2.list_vms());
+    let (l1, l2) = (l1.unwrap(), l2.unwrap());
+    let mine = l1
+        .iter()
+        .find(|v| v.name == only_on_h1.name)
+        .expect("listed on h1");
+    assert_eq!(mine.state, VmState::ShutOff);
+    assert_eq!(mine.memory_mib, Some(128));
+    assert!(!l2.iter().any(|v| v.name == only_on_h1.name));
+    // The UUID addresses the VM as well as the name does.
+    let by_uuid = d1.vm_info(&VmName::from_uuid(mine.uuid)).await.unwrap();
+    assert_eq!(by_uuid.name, only_on_h1.name);
+
+    let (f1, f2) = futures::join!(d1.host_facts(), d2.host_facts());
+    let (f1, f2) = (f1.unwrap(), f2.unwrap());
+    assert_eq!(f1.hostname, h1.name);
+    assert_eq!(f2.hostname, h2.name);
+    assert_eq!(f1.hypervisor, "QEMU");
+    assert!(f1.cpus >= 1 && f1.memory_total_mib > 0 && f1.memory_free_mib.is_some());
+    assert!(!f1.management_version.is_empty() && !f1.hypervisor_version.is_empty());
+
+    let missing = name(&unique_name("missing"));
+    assert!(matches!(
+        d1.vm_info(&missing).await,
+        Err(HvError::NotFound(_))
+    ));
+    assert!(matches!(
+        d1.start(&missing).await,
+        Err(HvError::NotFound(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_lifecycle_action_on_a_real_guest() {
+    let lab = Lab::load();
+    let host = &lab.hosts[0];
+    let d = common::driver(&lab, host).await;
+    let guest = lab.define_guest(host, &unique_name("life"));
+    let vm = name(&guest.name);
+    assert_eq!(state(&d, &vm).await, VmState::ShutOff);
+
+    d.start(&vm).await.unwrap();
+    assert_eq!(host.domstate(&guest.name), "running");
+    guest.wait_ready(1, BOOT);
+
+    let info = d.vm_info(&vm).await.unwrap();
+    assert_eq!(info.state, VmState::Running);
+    assert_eq!((info.vcpus, info.memory_mib), (1, 128));
+    assert_eq!(info.nics.len(), 1);
+    assert_eq!(info.nics[0].source.as_deref(), Some("br0"));
+    assert!(
+        info.nics[0]
+            .mac
+            .as_deref()
+            .unwrap()
+            .starts_with("52:54:00:")
+    );
+    let vnc_port = info.graphics[0].port.expect("VNC port while running");
+    assert!(vnc_port >= 5900);
+
+    // The VNC server answers through the SSH connection.
+    let mut tunnel = d.vnc_tunnel(&vm).await.unwrap();
+    let mut banner = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), tunnel.read_exact(&mut banner))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&banner[..4], b"RFB ");
+    drop(tunnel);
+
+    // Transitions the host refuses are typed, for a 409.
+    assert!(matches!(
+        d.start(&vm).await,
+        Err(HvError::InvalidState {
+            action: VmAction::Start,
+            ..
+        })
+    ));
+    assert!(matches!(
+        d.resume(&vm).await,
+        Err(HvError::InvalidState { .. })
+    ));
+
+    d.suspend(&vm).await.unwrap();
+    assert_eq!(host.domstate(&guest.name), "paused");
+    assert_eq!(state(&d, &vm).await, VmState::Paused);
+    d.resume(&vm).await.unwrap();
+    assert_eq!(host.domstate(&guest.name), "running");
+
+    // Reboot goes through the guest (ACPI), reset does not; both boot again.
+    d.reboot(&vm).await.unwrap();
+    guest.wait_ready(2, BOOT);
+    assert_eq!(guest.boots(), 2);
+    d.reset(&vm).await.unwrap();
+    guest.wait_ready(3, BOOT);
+    assert_eq!(state(&d, &vm).await, VmState::Running);
+
+    d.shutdown(&vm).await.unwrap();
+    wait_state(&d, &vm, VmState::ShutOff, Duration::from_secs(30)).await;
+    assert!(
+        host.serial_log(&guest.name)
+            .contains("LAB-ACPI-POWERBUTTON")
+    );
+    assert!(matches!(
+        d.shutdown(&vm).await,
+        Err(HvError::InvalidState { .. })
+    ));
+
+    d.start(&vm).await.unwrap();
+    assert_eq!(host.domstate(&guest.name), "running");
+    d.force_stop(&vm).await.unwrap();
+    assert_eq!(host.domstate(&guest.name), "shut off");
+    assert!(matches!(
+        d.force_stop(&vm).await,
+        Err(HvError::InvalidState { .. })
+    ));
+
+    d.undefine(&vm, true).await.unwrap();
+    assert!(host.try_virsh(&["domstate", &guest.name]).is_err());
+    assert!(matches!(d.vm_info(&vm).await, Err(HvError::NotFound(_))));
+    guest.disarm();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serial_console_on_a_pty() {
+    let lab = Lab::load();
+    let host = &lab.hosts[1];
+    let d = common::driver(&lab, host).await;
+    let guest = lab.define_guest(host, &unique_name("cons"));
+    let vm = name(&guest.name);
+    d.start(&vm).await.unwrap();
+    guest.wait_ready(1, BOOT);
+
+    let mut console = d.console(&vm).await.unwrap();
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut sent = false;
+        loop {
+            if !sent {
+                // Give virsh a moment to attach before typing.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                console.write(b"echo CONSOLE-$((6*7))\r").await.unwrap();
+                sent = true;
+            }
+            match console.read().await.unwrap() {
+                overvisor_hv::PtyOutput::Data(d) => seen.push_str(&String::from_utf8_lossy(&d)),
+                overvisor_hv::PtyOutput::Exit(_) => break false,
+            }
+            if seen.contains("CONSOLE-42") {
+                break true;
+            }
+        }
+    })
+    .await;
+    assert_eq!(found, Ok(true), "console said: {seen:?}");
+    console.write(&[0x1d]).await.unwrap(); // ^] leaves virsh console
+    console.close().await;
+}
+
+/// The next event of `kind` for `vm`; other events on the way are skipped
+/// (QEMU starts paused, so libvirt may report Resumed before Started).
+async fn wait_event(
+    events: &mut futures::stream::BoxStream<'static, Result<VmEvent, HvError>>,
+    vm: &str,
+    kind: VmEventKind,
+) -> VmEvent {
+    let mut skipped = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(20), events.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("no {kind:?} event for {vm} within 20 s; skipped {skipped:?}")
+            })
+            .expect("stream open")
+            .unwrap();
+        if ev.vm == vm && ev.kind == kind {
+            return ev;
+        }
+        skipped.push(ev);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_report_out_of_band_changes() {
+    let lab = Lab::load();
+    let host = &lab.hosts[1];
+    let d = common::driver(&lab, host).await;
+    let mut events = d.events().await.unwrap();
+    // virsh registers its callback a moment after it starts; a consumer
+    // resyncs after subscribing, a test just waits.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let guest = lab.define_guest(host, &unique_name("evt"));
+    wait_event(&mut events, &guest.name, VmEventKind::Defined).await;
+    host.virsh(&["start", &guest.name]);
+    let ev = wait_event(&mut events, &guest.name, VmEventKind::Started).await;
+    assert_eq!(ev.detail, "Booted");
+    host.virsh(&["destroy", &guest.name]);
+    let ev = wait_event(&mut events, &guest.name, VmEventKind::Stopped).await;
+    assert_eq!(ev.detail, "Destroyed");
+    host.virsh(&["undefine", &guest.name]);
+    wait_event(&mut events, &guest.name, VmEventKind::Undefined).await;
+    guest.disarm();
+    drop(events);
+
+    // Dropping the stream ends the remote virsh (it ran on a PTY).
+    common::eventually(
+        Duration::from_secs(10),
+        "remote virsh event to exit",
+        || async {
+            let out = d
+                .ssh()
+                .exec(&CommandLine::new("pgrep").args([
+                    "-u",
+                    &host.user,
+                    "-f",
+                    "virsh.*event --all --loop",
+                ]))
+                .await
+                .unwrap();
+            (!out.success()).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn injection_attempts_never_reach_a_host() {
+    let lab = Lab::load();
+    let host = &lab.hosts[0];
+    let d = common::driver(&lab, host).await;
+    let marker = format!("/tmp/{}", unique_name("ov-pwned"));
+    for hostile in [
+        format!("x;touch {marker}"),
+        format!("$(touch {marker})"),
+        format!("`touch {marker}`"),
+        format!("x\ntouch {marker}"),
+        format!("-x;touch {marker}"),
+        "--help".to_owned(),
+        String::new(),
+        "a".repeat(65),
+    ] {
+        assert!(VmName::parse(&hostile).is_err(), "{hostile:?} accepted");
+    }
+    // A valid but absent name still only reaches virsh as a name.
+    assert!(matches!(
+        d.vm_info(&name("x.y_z-1")).await,
+        Err(HvError::NotFound(_))
+    ));
+    assert!(!host.path_exists(std::path::Path::new(&marker)));
+    assert!(!std::path::Path::new(&marker).exists());
+}

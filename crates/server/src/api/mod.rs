@@ -1,0 +1,116 @@
+//! The REST API under `/api/v1`. One module per resource; handlers are
+//! `<resource>_<verb>`. The OpenAPI document is generated from these handlers.
+
+pub mod audit;
+pub mod auth;
+pub mod keys;
+pub mod sessions;
+pub mod users;
+
+use axum::Router;
+use axum::http::{StatusCode, Uri};
+use axum::routing::{get, post};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/auth/login", post(auth::auth_login))
+        .route("/api/v1/auth/logout", post(auth::auth_logout))
+        .route("/api/v1/users/me", get(users::user_me))
+        .route("/api/v1/users/me/password", post(users::password_change))
+        .route("/api/v1/users/me/ssh-key", get(users::ssh_key_get))
+        .route(
+            "/api/v1/users/me/sessions",
+            get(sessions::sessions_list).delete(sessions::sessions_delete_all),
+        )
+        .route(
+            "/api/v1/users/me/sessions/{id}",
+            axum::routing::delete(sessions::session_delete),
+        )
+        .route(
+            "/api/v1/users/me/keys",
+            get(keys::keys_list).post(keys::key_create),
+        )
+        .route(
+            "/api/v1/users/me/keys/{id}",
+            get(keys::key_get).delete(keys::key_revoke),
+        )
+        .route("/api/v1/users/me/keys/{id}/rotate", post(keys::key_rotate))
+        .route(
+            "/api/v1/users",
+            get(users::users_list).post(users::user_create),
+        )
+        .route(
+            "/api/v1/users/{id}",
+            get(users::user_get).patch(users::user_update),
+        )
+        .route(
+            "/api/v1/users/{id}/reset-password",
+            post(users::user_reset_password),
+        )
+        .route("/api/v1/audit", get(audit::audit_list))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Overvisor API", description = "Control plane for QEMU/KVM (libvirt) and Hyper-V hosts. \
+        Authenticate with `Authorization: Bearer <API key>`; errors are `{\"error\": {\"code\", \"message\", \"field\"?}}`."),
+    paths(
+        auth::auth_login, auth::auth_logout,
+        users::user_me, users::password_change, users::ssh_key_get,
+        users::users_list, users::user_create, users::user_get, users::user_update, users::user_reset_password,
+        sessions::sessions_list, sessions::sessions_delete_all, sessions::session_delete,
+        keys::keys_list, keys::key_create, keys::key_get, keys::key_revoke, keys::key_rotate,
+        audit::audit_list,
+        crate::observe::healthz, crate::observe::readyz, crate::observe::metrics_text,
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&SecuritySchemes),
+    security(("bearer" = []), ("session" = [])),
+    tags(
+        (name = "auth", description = "Browser sign-in for the portal and scripts"),
+        (name = "account", description = "The caller's own account, keys and sessions"),
+        (name = "users", description = "User administration (admin)"),
+        (name = "audit", description = "Who did what, when"),
+        (name = "operations", description = "Health and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("ovk_…")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("ov_session"))),
+        );
+    }
+}
+
+pub fn docs_routes() -> Router<AppState> {
+    Router::new().merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", ApiDoc::openapi()))
+}
+
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {}", uri.path()),
+    )
+}

@@ -1,0 +1,219 @@
+//! Service configuration: built-in defaults, then an optional TOML file,
+//! then `OVERVISOR_<FIELD>` environment variables (highest precedence).
+//! Every field of [`Config`] can be set either way, under the same name.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Holds the SQLite database and the generated master key.
+    pub data_dir: PathBuf,
+    pub ui_bind: SocketAddr,
+    pub api_bind: SocketAddr,
+    /// Defaults to `sqlite://<data_dir>/overvisor.db`.
+    pub database_url: Option<String>,
+    /// Base64 master key for sealed secrets; wins over `master_key_file`.
+    pub master_key: Option<String>,
+    /// Defaults to `<data_dir>/master.key`, generated on first start.
+    pub master_key_file: Option<PathBuf>,
+    /// `Secure` on cookies. Defaults to on unless the UI listens on loopback only.
+    pub secure_cookies: Option<bool>,
+    pub session_ttl_secs: u64,
+    /// Base URL shown to users for the API; defaults to `http://<api_bind>`.
+    pub public_api_url: Option<String>,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// Use the left-most `X-Forwarded-For` address as the client address
+    /// (only behind a trusted reverse proxy).
+    pub trust_forwarded_for: bool,
+    pub max_body_bytes: usize,
+    pub login_window_secs: u64,
+    pub login_max_failures_per_account: usize,
+    pub login_max_failures_per_address: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            ui_bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            api_bind: SocketAddr::from(([127, 0, 0, 1], 8001)),
+            database_url: None,
+            master_key: None,
+            master_key_file: None,
+            secure_cookies: None,
+            session_ttl_secs: 12 * 3600,
+            public_api_url: None,
+            log_format: "text".into(),
+            trust_forwarded_for: false,
+            max_body_bytes: 1024 * 1024,
+            login_window_secs: 15 * 60,
+            login_max_failures_per_account: 5,
+            login_max_failures_per_address: 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+const ENV_PREFIX: &str = "OVERVISOR_";
+
+impl Config {
+    /// Loads defaults ← `file` ← environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (key, value) in std::env::vars() {
+            let Some(field) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let field = field.to_ascii_lowercase();
+            if !FIELDS.contains(&field.as_str()) {
+                continue;
+            }
+            table.insert(field, env_value(&value));
+        }
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid(
+                "log_format must be text or json".into(),
+            ));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "max_body_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.session_ttl_secs < 60 {
+            return Err(ConfigError::Invalid(
+                "session_ttl_secs must be at least 60".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("overvisor.db").display()))
+    }
+
+    pub fn master_key_path(&self) -> PathBuf {
+        self.master_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("master.key"))
+    }
+
+    pub fn secure_cookies(&self) -> bool {
+        self.secure_cookies
+            .unwrap_or(!self.ui_bind.ip().is_loopback())
+    }
+
+    pub fn public_api_url(&self) -> String {
+        self.public_api_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.api_bind))
+    }
+}
+
+/// Field names accepted from the environment (and so also from the file).
+const FIELDS: &[&str] = &[
+    "data_dir",
+    "ui_bind",
+    "api_bind",
+    "database_url",
+    "master_key",
+    "master_key_file",
+    "secure_cookies",
+    "session_ttl_secs",
+    "public_api_url",
+    "log_format",
+    "trust_forwarded_for",
+    "max_body_bytes",
+    "login_window_secs",
+    "login_max_failures_per_account",
+    "login_max_failures_per_address",
+];
+
+/// Environment values are typed like TOML values when they parse as one
+/// (`8000`, `true`), and taken as strings otherwise (`127.0.0.1:8000`).
+fn env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !v.is_table())
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_values_are_typed() {
+        assert_eq!(env_value("8000"), toml::Value::Integer(8000));
+        assert_eq!(env_value("true"), toml::Value::Boolean(true));
+        assert_eq!(
+            env_value("127.0.0.1:9"),
+            toml::Value::String("127.0.0.1:9".into())
+        );
+        assert_eq!(
+            env_value("/var/lib/x"),
+            toml::Value::String("/var/lib/x".into())
+        );
+    }
+
+    #[test]
+    fn defaults_and_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "ui_bind = \"0.0.0.0:9000\"\nsession_ttl_secs = 600\n",
+        )
+        .expect("write");
+        let config = Config::load(Some(&path)).expect("load");
+        assert_eq!(config.ui_bind.port(), 9000);
+        assert_eq!(config.session_ttl_secs, 600);
+        assert!(
+            config.secure_cookies(),
+            "non-loopback binds default to Secure cookies"
+        );
+        std::fs::write(&path, "bogus = 1\n").expect("write");
+        assert!(
+            Config::load(Some(&path)).is_err(),
+            "unknown keys are refused"
+        );
+        assert!(!Config::default().secure_cookies());
+    }
+}

@@ -1,0 +1,197 @@
+//! The one mapping from application errors to HTTP responses. Every error
+//! body has the same shape: `{"error": {"code", "message", "field"?}}`.
+//! Internal details are logged, never returned.
+
+use axum::Json;
+use axum::extract::rejection::{FormRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use overvisor_control::AppError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The error envelope of every API response that is not a success.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable code, e.g. `not_found`, `invalid_input`.
+    pub code: &'static str,
+    /// A human-readable explanation.
+    pub message: String,
+    /// The input field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::BAD_REQUEST, "invalid_input", message);
+        e.field = Some(field.to_owned());
+        e
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    pub fn csrf() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "csrf_failed",
+            "missing or invalid CSRF token (send the X-CSRF-Token header with the token from sign-in)",
+        )
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(err: AppError) -> Self {
+        let message = err.to_string();
+        match err {
+            AppError::Unauthenticated => {
+                Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+            }
+            AppError::BadCredentials => {
+                Self::new(StatusCode::UNAUTHORIZED, "bad_credentials", message)
+            }
+            AppError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
+            AppError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
+            AppError::Invalid(invalid) => {
+                let mut e = Self::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_input",
+                    invalid.to_string(),
+                );
+                e.field = Some(invalid.field);
+                e
+            }
+            AppError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            AppError::RateLimited { retry_after_secs } => {
+                let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+                e.retry_after = Some(retry_after_secs);
+                e
+            }
+            AppError::Unavailable(detail) => {
+                tracing::warn!(%detail, "service unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "service temporarily unavailable",
+                )
+            }
+            AppError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                field: self.field,
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after
+            && let Ok(value) = HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = rejection.status();
+        let code = match &rejection {
+            JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
+            JsonRejection::JsonSyntaxError(_) => "bad_json",
+            JsonRejection::JsonDataError(_) => "invalid_input",
+            _ if status == StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+            _ => "bad_request",
+        };
+        // Syntax/data errors from serde name the position and field, never secrets.
+        let status = if code == "invalid_input" {
+            StatusCode::BAD_REQUEST
+        } else {
+            status
+        };
+        Self::new(status, code, rejection.body_text())
+    }
+}
+
+impl From<FormRejection> for ApiError {
+    fn from(rejection: FormRejection) -> Self {
+        let status = rejection.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "body_too_large"
+        } else {
+            "bad_form"
+        };
+        Self::new(status, code, rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            rejection.body_text(),
+        )
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        // A path segment that cannot be an id names nothing that exists.
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such resource ({})", rejection.body_text()),
+        )
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,110 @@
+//! The HTTP face of Overvisor. Handlers are thin: parse, authenticate,
+//! call one application function, map the error. No SQL and no SSH here.
+//!
+//! Two listeners: the UI port serves the portal (and the API, so the
+//! portal's scripts stay same-origin); the API port serves the API, health,
+//! metrics and the OpenAPI document.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod observe;
+pub mod portal;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use overvisor_control::App;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+pub use config::Config;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub app: App,
+    pub settings: Arc<Settings>,
+}
+
+/// The part of the configuration handlers need.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub secure_cookies: bool,
+    pub trust_forwarded_for: bool,
+    /// The API base URL shown to users (dashboard, agent snippet).
+    pub public_api_url: String,
+    pub started: Instant,
+}
+
+/// Builds the router served on the API port.
+pub fn api_router(state: AppState, max_body: usize) -> Router {
+    Router::new()
+        .merge(api::routes())
+        .merge(api::docs_routes())
+        .merge(observe::routes())
+        .fallback(api::not_found)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(observe::track_requests))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// Builds the router served on the UI port: the portal plus the API.
+pub fn ui_router(state: AppState, max_body: usize) -> Router {
+    Router::new()
+        .merge(portal::routes())
+        .merge(api::routes())
+        .merge(observe::health_routes())
+        .fallback(api::not_found)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(observe::track_requests))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// Bound listeners, so callers (and tests) can learn the actual ports.
+pub struct Listeners {
+    pub ui: TcpListener,
+    pub api: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> std::io::Result<Self> {
+        Ok(Self {
+            ui: TcpListener::bind(config.ui_bind).await?,
+            api: TcpListener::bind(config.api_bind).await?,
+        })
+    }
+
+    pub fn addresses(&self) -> std::io::Result<(SocketAddr, SocketAddr)> {
+        Ok((self.ui.local_addr()?, self.api.local_addr()?))
+    }
+}
+
+/// Serves both routers until `shutdown` is cancelled, then drains in-flight requests.
+pub async fn serve(
+    state: AppState,
+    config: &Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let ui = ui_router(state.clone(), config.max_body_bytes)
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let api = api_router(state, config.max_body_bytes)
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let ui_stop = shutdown.clone();
+    let api_stop = shutdown.clone();
+    let ui_server = axum::serve(listeners.ui, ui)
+        .with_graceful_shutdown(async move { ui_stop.cancelled().await });
+    let api_server = axum::serve(listeners.api, api)
+        .with_graceful_shutdown(async move { api_stop.cancelled().await });
+    tokio::try_join!(async { ui_server.await }, async { api_server.await })?;
+    Ok(())
+}

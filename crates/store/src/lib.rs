@@ -1,0 +1,148 @@
+//! Persistence for Overvisor. One [`Store`] owns the database pool; each
+//! resource has its own module (`users`, `sessions`, `api_keys`, …) with
+//! `<resource>_<verb>` functions. SQLite in a data directory is the default
+//! (WAL, versioned migrations embedded in the binary).
+//!
+//! The store never decides who may do what: callers pass ids they have
+//! already authorized in the control layer.
+
+pub mod api_keys;
+pub mod audit;
+pub mod seal;
+pub mod sessions;
+pub mod ssh_identities;
+pub mod users;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+pub use seal::{MasterKey, SealError, Sealer};
+pub use sqlx;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+}
+
+impl StoreError {
+    /// Maps a unique-constraint violation to a conflict naming what collided.
+    pub(crate) fn on_unique(err: sqlx::Error, what: &str) -> Self {
+        match &err {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict(format!("{what} already exists"))
+            }
+            _ => StoreError::Database(err),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The database behind the control plane.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database file at `path` in WAL mode.
+    pub async fn open_sqlite(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        Self::connect_with(options).await
+    }
+
+    /// Opens a database from a `sqlite:` URL (used by tests and `--database-url`).
+    pub async fn open_url(url: &str) -> Result<Self> {
+        if url.starts_with("postgres") {
+            return Err(StoreError::Unavailable(
+                "PostgreSQL support is not available in this build yet; use a sqlite: URL".into(),
+            ));
+        }
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        Self::connect_with(options).await
+    }
+
+    async fn connect_with(options: SqliteConnectOptions) -> Result<Self> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Applies pending migrations; safe to call on every start.
+    pub async fn migrate(&self) -> Result<()> {
+        SQLITE_MIGRATIONS.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Cheap liveness check for `/readyz`.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Writes a consistent copy of the whole database to `dest` (a new file).
+    pub async fn backup_to(&self, dest: &Path) -> Result<()> {
+        let dest = dest
+            .to_str()
+            .ok_or_else(|| StoreError::Conflict("backup path is not valid UTF-8".into()))?;
+        sqlx::query("VACUUM INTO ?")
+            .bind(dest)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+/// Parses a column that must hold a domain value; a bad value means corruption.
+pub(crate) fn parse_col<T: FromStr>(value: &str, what: &str) -> Result<T> {
+    value
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("bad {what} value in database")))
+}
+
+#[cfg(test)]
+pub(crate) async fn test_store() -> Store {
+    let store = Store::open_url("sqlite::memory:").await.expect("open");
+    store.migrate().await.expect("migrate");
+    store
+}
