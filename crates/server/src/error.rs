@@ -152,13 +152,27 @@ impl From<JsonRejection> for ApiError {
             _ => "bad_request",
         };
         // Syntax/data errors from serde name the position and field, never secrets.
-        let status = if code == "invalid_input" {
-            StatusCode::BAD_REQUEST
-        } else {
-            status
-        };
+        if code == "invalid_input" {
+            return data_error(&rejection.body_text());
+        }
         Self::new(status, code, rejection.body_text())
     }
+}
+
+/// Turns serde's "field.path: problem at line L column C" into an error
+/// naming the field, so clients can point at the right input.
+fn data_error(text: &str) -> ApiError {
+    let detail = text
+        .split_once("target type: ")
+        .map_or(text, |(_, rest)| rest);
+    let field = detail.split_once(": ").map(|(path, _)| path).filter(|p| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._[]".contains(c))
+    });
+    let mut err = ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", detail);
+    err.field = field.map(str::to_owned);
+    err
 }
 
 impl From<FormRejection> for ApiError {

@@ -1,0 +1,229 @@
+//! Operations: health, readiness, metrics, the OpenAPI document, the CLI,
+//! graceful shutdown, backups — and that no secret ever reaches a log line
+//! or a later response.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{Api, TestApp};
+
+#[tokio::test]
+async fn health_readiness_metrics_and_openapi() {
+    let app = TestApp::start().await;
+    let anon = app.anonymous();
+    let (s, b) = anon.get("/healthz").await;
+    assert_eq!((s, b["status"].as_str()), (StatusCode::OK, Some("ok")));
+    let (s, b) = anon.get("/readyz").await;
+    assert_eq!((s, b["status"].as_str()), (StatusCode::OK, Some("ready")));
+    app.admin().get("/api/v1/users/me").await;
+    let metrics = reqwest::get(format!("{}/metrics", app.api))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("overvisor_http_requests_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("route=\"/api/v1/users/me\""),
+        "routes are labelled by template"
+    );
+
+    let (s, doc) = anon.get("/api/openapi.json").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/api/v1/users/me",
+        "/api/v1/users/me/keys",
+        "/api/v1/users/{id}",
+        "/api/v1/audit",
+        "/readyz",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let docs = reqwest::get(format!("{}/api/docs/", app.api))
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    assert!(
+        docs.text()
+            .await
+            .unwrap()
+            .to_lowercase()
+            .contains("swagger")
+    );
+}
+
+#[tokio::test]
+async fn cli_manages_users_and_sigterm_shuts_down_cleanly() {
+    let mut app = TestApp::start().await;
+    let out = app.cli(
+        &[
+            "user",
+            "create",
+            "bob",
+            "bob@example.com",
+            "--role",
+            "reader",
+            "--password-stdin",
+        ],
+        Some("bob's long password\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let token = stdout
+        .lines()
+        .find(|l| l.starts_with("ovk_"))
+        .expect("token printed")
+        .to_owned();
+    let bob = app.client(&token);
+    let (s, me) = bob.get("/api/v1/users/me").await;
+    assert_eq!((s, me["role"].as_str()), (StatusCode::OK, Some("reader")));
+    let (_, s, _) = Api::login(&app.api, "bob", "bob's long password").await;
+    assert_eq!(s, StatusCode::OK);
+
+    let out = app.cli(&["user", "list", "--json"], None);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(list.as_array().unwrap().iter().any(|u| u["name"] == "bob"));
+    let out = app.cli(
+        &[
+            "user",
+            "create",
+            "bad;name",
+            "x@example.com",
+            "--password-stdin",
+        ],
+        Some("long enough pass\n"),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("name"));
+
+    assert!(app.cli(&["user", "disable", "bob"], None).status.success());
+    assert_eq!(
+        bob.get("/api/v1/users/me").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(app.cli(&["user", "enable", "bob"], None).status.success());
+    assert_eq!(bob.get("/api/v1/users/me").await.0, StatusCode::OK);
+    let out = app.cli(
+        &["user", "reset-password", "bob", "--password-stdin"],
+        Some("a brand new password\n"),
+    );
+    assert!(out.status.success());
+    let (_, s, _) = Api::login(&app.api, "bob", "a brand new password").await;
+    assert_eq!(s, StatusCode::OK);
+
+    let backup = app.data_path().join("../backup.db");
+    let out = app.cli(&["backup", backup.to_str().unwrap()], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::metadata(&backup).unwrap().len() > 0);
+
+    assert_eq!(
+        app.terminate(),
+        Some(0),
+        "graceful exit on SIGTERM:\n{}",
+        app.logs()
+    );
+    assert!(app.logs().contains("overvisor stopped"));
+}
+
+#[tokio::test]
+async fn secrets_never_appear_in_responses_or_logs() {
+    let app = TestApp::start().await;
+    let (alice_id, alice_token, alice_pw) = app.create_user("alice", "operator").await;
+    let (session, _, login) = Api::login(&app.api, "alice", &alice_pw).await;
+    let csrf = login["csrf_token"].as_str().unwrap().to_owned();
+    let (_, created) = session
+        .post("/api/v1/users/me/keys", json!({"name": "k2"}))
+        .await;
+    let token2 = created["token"].as_str().unwrap().to_owned();
+    let (_, rotated) = session
+        .post(
+            &format!(
+                "/api/v1/users/me/keys/{}/rotate",
+                created["key"]["id"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await;
+    let token3 = rotated["token"].as_str().unwrap().to_owned();
+    Api::login(&app.api, "alice", "a wrong password here").await;
+    session
+        .post(
+            "/api/v1/users/me/password",
+            json!({"current_password": alice_pw, "new_password": "the next password"}),
+        )
+        .await;
+    let (_, reset) = app
+        .admin()
+        .post(
+            &format!("/api/v1/users/{alice_id}/reset-password"),
+            json!({}),
+        )
+        .await;
+    let generated = reset["password"].as_str().unwrap().to_owned();
+
+    // Everything readable afterwards, by the owner and the admin.
+    let alice = app.client(&alice_token);
+    let mut seen = String::new();
+    for path in [
+        "/api/v1/users/me",
+        "/api/v1/users/me/keys",
+        "/api/v1/users/me/ssh-key",
+        "/api/v1/users/me/sessions",
+        "/api/v1/audit",
+    ] {
+        seen.push_str(&alice.get(path).await.1.to_string());
+    }
+    for path in [
+        "/api/v1/users",
+        "/api/v1/audit?all=true&limit=1000",
+        &format!("/api/v1/users/{alice_id}"),
+    ] {
+        seen.push_str(&app.admin().get(path).await.1.to_string());
+    }
+    assert!(seen.contains("ssh-ed25519"), "the public key is shown");
+    let logs = app.logs();
+    assert!(
+        logs.len() > 1000,
+        "debug logging is on, so logs are substantial"
+    );
+    let secrets = [
+        alice_pw.as_str(),
+        "the next password",
+        "a wrong password here",
+        generated.as_str(),
+        alice_token.as_str(),
+        token2.as_str(),
+        token3.as_str(),
+        csrf.as_str(),
+        app.admin_token.as_str(),
+        app.admin_password.as_str(),
+        "PRIVATE KEY",
+        "password_hash",
+        "$argon2",
+    ];
+    for secret in secrets {
+        assert!(!seen.contains(secret), "secret {secret:?} in a response");
+        assert!(!logs.contains(secret), "secret {secret:?} in the logs");
+    }
+    // The master key file is private and never logged.
+    let key = std::fs::read_to_string(app.data_path().join("master.key")).unwrap();
+    assert!(!logs.contains(key.trim()));
+}
