@@ -6,6 +6,12 @@
 //! host) so they can check what the driver sees. A missing lab is a test
 //! failure with instructions, never a skip: a skipped integration test
 //! proves nothing.
+//!
+//! Host allocation (tests run in parallel, in CI too): `ovh1` and `ovh2` are
+//! shared and must never be disrupted; a test that kills a host's sshd or
+//! network owns one host of its own — `ovh3` the SSH driver's resilience
+//! test, `ovh4` the host-registry API's, `ovh5` the jobs/inventory ones.
+//! `scripts/test` brings up five hosts.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
