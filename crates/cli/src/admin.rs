@@ -148,9 +148,119 @@ async fn set_disabled(
     Ok(())
 }
 
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// Create an API key for USER; prints the token once.
+    Create {
+        user: String,
+        name: String,
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// List USER's API keys (never their tokens).
+    List {
+        user: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke one of USER's API keys by id.
+    Revoke { user: String, id: String },
+}
+
+pub async fn key(config: Config, command: KeyCommand) -> anyhow::Result<()> {
+    crate::serve::init_logging("text");
+    let app = open_app(&config).await?;
+    let console = Subject::console();
+    match command {
+        KeyCommand::Create {
+            user,
+            name,
+            expires_in_days,
+        } => {
+            let owner = app.user_by_name(&console, &user).await?;
+            let expires_at = expires_in_days
+                .map(|d| chrono::Utc::now() + chrono::Duration::days(i64::from(d.clamp(1, 3650))));
+            let (key, token) = app
+                .api_key_create_for(&console, owner.id, &name, expires_at)
+                .await?;
+            println!(
+                "API key \"{}\" ({}) for {user} (shown only now):",
+                key.name, key.id
+            );
+            println!("{token}");
+        }
+        KeyCommand::List { user, json } => {
+            let owner = app.user_by_name(&console, &user).await?;
+            let keys = app.api_keys_list_for(&console, owner.id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&keys)?);
+            } else {
+                println!(
+                    "{:<36} {:<20} {:<14} {:<8} EXPIRES",
+                    "ID", "NAME", "PREFIX", "STATUS"
+                );
+                for k in keys {
+                    let status = if k.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
+                    let expires = k
+                        .expires_at
+                        .map_or_else(|| "never".to_owned(), |e| e.to_rfc3339());
+                    println!(
+                        "{:<36} {:<20} {:<14} {:<8} {expires}",
+                        k.id, k.name, k.prefix, status
+                    );
+                }
+            }
+        }
+        KeyCommand::Revoke { user, id } => {
+            let owner = app.user_by_name(&console, &user).await?;
+            let id = id.parse()?;
+            app.api_key_revoke_for(&console, owner.id, id).await?;
+            println!("key {id} of {user} revoked");
+        }
+    }
+    Ok(())
+}
+
 pub async fn migrate(config: Config) -> anyhow::Result<()> {
     open_app(&config).await?;
     println!("database is up to date");
+    Ok(())
+}
+
+/// Replaces the database with a backup. The service must be stopped; the
+/// current database is kept beside it as `overvisor.db.before-restore-<time>`.
+pub async fn restore(config: Config, file: &Path) -> anyhow::Result<()> {
+    if config.database_url.is_some() {
+        bail!("restore handles the default SQLite database in the data directory only");
+    }
+    // Check the backup before touching anything.
+    let backup = overvisor_store::Store::open_sqlite_read_only(file)
+        .await
+        .with_context(|| format!("opening {}", file.display()))?;
+    backup
+        .integrity_check()
+        .await
+        .context("the backup is damaged")?;
+    backup.close().await;
+    let db = config.data_dir.join("overvisor.db");
+    if db.exists() {
+        let aside = config.data_dir.join(format!(
+            "overvisor.db.before-restore-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S")
+        ));
+        std::fs::rename(&db, &aside).context("moving the current database aside")?;
+        println!("current database kept as {}", aside.display());
+    }
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(config.data_dir.join(format!("overvisor.db{suffix}")));
+    }
+    std::fs::copy(file, &db).context("copying the backup into place")?;
+    open_app(&config).await?;
+    println!("database restored from {} and migrated", file.display());
     Ok(())
 }
 

@@ -31,10 +31,15 @@ enum Command {
     /// Manage user accounts on this server.
     #[command(subcommand)]
     User(admin::UserCommand),
+    /// Manage any user's API keys on this server.
+    #[command(subcommand)]
+    Key(admin::KeyCommand),
     /// Apply database migrations and exit.
     Migrate,
     /// Write a consistent copy of the database to FILE (the master key is not included: back it up separately).
     Backup { file: PathBuf },
+    /// Replace the database with a backup made by `backup` (stop the service first).
+    Restore { file: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +67,8 @@ fn main() -> ExitCode {
             Command::User(cmd) => admin::user(config, cmd).await,
             Command::Migrate => admin::migrate(config).await,
             Command::Backup { file } => admin::backup(config, &file).await,
+            Command::Restore { file } => admin::restore(config, &file).await,
+            Command::Key(cmd) => admin::key(config, cmd).await,
         }
     });
     match result {

@@ -134,6 +134,58 @@ async fn cli_manages_users_and_sigterm_shuts_down_cleanly() {
     );
     assert!(std::fs::metadata(&backup).unwrap().len() > 0);
 
+    // Keys of any user from the console: created (shown once), listed, revoked.
+    let out = app.cli(
+        &[
+            "key",
+            "create",
+            "bob",
+            "deploy-bot",
+            "--expires-in-days",
+            "7",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let bot_token = stdout
+        .lines()
+        .find(|l| l.starts_with("ovk_"))
+        .unwrap()
+        .to_owned();
+    let bot = app.client(&bot_token);
+    assert_eq!(bot.get("/api/v1/users/me").await.1["name"], "bob");
+    let out = app.cli(&["key", "list", "bob", "--json"], None);
+    let keys: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !keys.to_string().contains(&bot_token),
+        "listing never shows tokens"
+    );
+    let id = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "deploy-bot")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        app.cli(&["key", "revoke", "bob", &id], None)
+            .status
+            .success()
+    );
+    assert_eq!(
+        bot.get("/api/v1/users/me").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A user created after the backup is gone once the backup is restored.
+    app.create_user("later", "reader").await;
     assert_eq!(
         app.terminate(),
         Some(0),
@@ -141,6 +193,28 @@ async fn cli_manages_users_and_sigterm_shuts_down_cleanly() {
         app.logs()
     );
     assert!(app.logs().contains("overvisor stopped"));
+    let out = app.cli(&["restore", backup.to_str().unwrap()], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    app.restart().await;
+    let (_, users) = app.admin().get("/api/v1/users").await;
+    let names: Vec<&str> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"bob") && !names.contains(&"later"),
+        "{names:?}"
+    );
+    let garbage = app.data_path().join("../garbage.db");
+    std::fs::write(&garbage, b"not a database at all, certainly not sqlite").unwrap();
+    let out = app.cli(&["restore", garbage.to_str().unwrap()], None);
+    assert!(!out.status.success(), "a damaged backup is refused");
 }
 
 #[tokio::test]

@@ -46,17 +46,26 @@ impl App {
         name: &str,
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<(ApiKey, String), AppError> {
-        authorize(
-            subject,
-            Action::ManageCredentials,
-            Resource::Account(subject.id()),
-        )?;
+        self.api_key_create_for(subject, subject.id(), name, expires_at)
+            .await
+    }
+
+    /// Creates a key for `owner` (the subject itself, or anyone for an admin).
+    pub async fn api_key_create_for(
+        &self,
+        subject: &Subject,
+        owner: UserId,
+        name: &str,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<(ApiKey, String), AppError> {
+        authorize(subject, Action::ManageCredentials, Resource::Account(owner))?;
         if expires_at.is_some_and(|e| e <= Utc::now()) {
             return Err(
                 overvisor_model::InvalidInput::new("expires_at", "must be in the future").into(),
             );
         }
-        let (key, token) = self.api_key_insert(subject.id(), name, expires_at).await?;
+        self.store().user_get(owner).await?;
+        let (key, token) = self.api_key_insert(owner, name, expires_at).await?;
         self.audit(
             subject,
             "api_key.create",
@@ -69,8 +78,16 @@ impl App {
     }
 
     pub async fn api_keys_list(&self, subject: &Subject) -> Result<Vec<ApiKey>, AppError> {
-        authorize(subject, Action::Read, Resource::Account(subject.id()))?;
-        Ok(self.store().api_keys_of_user(subject.id()).await?)
+        self.api_keys_list_for(subject, subject.id()).await
+    }
+
+    pub async fn api_keys_list_for(
+        &self,
+        subject: &Subject,
+        owner: UserId,
+    ) -> Result<Vec<ApiKey>, AppError> {
+        authorize(subject, Action::Read, Resource::Account(owner))?;
+        Ok(self.store().api_keys_of_user(owner).await?)
     }
 
     pub async fn api_key_get(&self, subject: &Subject, id: ApiKeyId) -> Result<ApiKey, AppError> {
@@ -83,15 +100,17 @@ impl App {
         subject: &Subject,
         id: ApiKeyId,
     ) -> Result<ApiKey, AppError> {
-        authorize(
-            subject,
-            Action::ManageCredentials,
-            Resource::Account(subject.id()),
-        )?;
-        let key = self
-            .store()
-            .api_key_revoke(subject.id(), id, Utc::now())
-            .await?;
+        self.api_key_revoke_for(subject, subject.id(), id).await
+    }
+
+    pub async fn api_key_revoke_for(
+        &self,
+        subject: &Subject,
+        owner: UserId,
+        id: ApiKeyId,
+    ) -> Result<ApiKey, AppError> {
+        authorize(subject, Action::ManageCredentials, Resource::Account(owner))?;
+        let key = self.store().api_key_revoke(owner, id, Utc::now()).await?;
         self.audit(
             subject,
             "api_key.revoke",

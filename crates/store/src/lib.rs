@@ -76,6 +76,15 @@ impl Store {
         Self::connect_with(options).await
     }
 
+    /// Opens an existing SQLite file read-only, changing nothing (to check a backup).
+    pub async fn open_sqlite_read_only(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true)
+            .create_if_missing(false);
+        Self::connect_with(options).await
+    }
+
     /// Opens a database from a `sqlite:` URL (used by tests and `--database-url`).
     pub async fn open_url(url: &str) -> Result<Self> {
         if url.starts_with("postgres") {
@@ -110,6 +119,18 @@ impl Store {
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// Verifies the database file's structure (`PRAGMA integrity_check`).
+    pub async fn integrity_check(&self) -> Result<()> {
+        let verdict: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&self.pool)
+            .await?;
+        if verdict == "ok" {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt(verdict))
+        }
     }
 
     /// Writes a consistent copy of the whole database to `dest` (a new file).
