@@ -3,6 +3,7 @@
 //! commands — drives the API for scripts.
 
 mod admin;
+mod agent;
 mod serve;
 
 use std::path::PathBuf;
@@ -40,6 +41,9 @@ enum Command {
     Backup { file: PathBuf },
     /// Replace the database with a backup made by `backup` (stop the service first).
     Restore { file: PathBuf },
+    /// Host agent: run on a hypervisor host to enrol it.
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
             Command::Backup { file } => admin::backup(config, &file).await,
             Command::Restore { file } => admin::restore(config, &file).await,
             Command::Key(cmd) => admin::key(config, cmd).await,
+            Command::Agent(cmd) => agent::run(cmd).await,
         }
     });
     match result {

@@ -76,6 +76,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Install the metrics recorder before anything records.
     overvisor_server::observe::prometheus();
     let app = open_app(&config).await?;
+    // Before anything can start a job: what a killed process left unfinished
+    // is marked interrupted, never re-run.
+    let interrupted = app.jobs_recover().await.context("recovering jobs")?;
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "jobs left unfinished by the previous run are marked interrupted"
+        );
+    }
 
     if let Some(admin) = app.bootstrap_admin().await? {
         // Printed once, to the terminal only — deliberately not through the log.
@@ -112,6 +121,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
+    app.inventory_start(
+        overvisor_control::inventory::reconcile::InventorySettings::from_env(),
+        shutdown.clone(),
+    );
     tracing::info!(%ui, %api, ready_ms = started.elapsed().as_millis() as u64, "overvisor listening");
     overvisor_server::serve(state, &config, listeners, shutdown).await?;
     app.store().close().await;

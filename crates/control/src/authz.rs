@@ -87,6 +87,30 @@ pub fn authorize(
     .map(|()| Authorized(resource))
 }
 
+/// Something that belongs to a user (a host, and what hangs off it).
+pub trait Owned {
+    fn owner(&self) -> UserId;
+}
+
+/// Authorizes `action` on a value owned by someone and hands the value back
+/// as the proof (`Authorized<Host>`), so functions that reach a host can
+/// require it.
+pub fn authorize_owned<T: Owned>(
+    subject: &Subject,
+    action: Action,
+    value: T,
+) -> Result<Authorized<T>, AppError> {
+    authorize(subject, action, Resource::OwnedBy(value.owner()))?;
+    Ok(Authorized(value))
+}
+
+/// The proof for the service acting on its own behalf (the inventory's
+/// background reconcilers): there is no subject to check, so only code of
+/// this crate may claim it.
+pub(crate) fn authorize_system<T>(value: T) -> Authorized<T> {
+    Authorized(value)
+}
+
 /// The whole policy as one pure function, so it can be tested as a table.
 fn decide(
     me: UserId,

@@ -27,6 +27,29 @@ pub enum AppError {
     RateLimited { retry_after_secs: u64 },
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// The VM's state forbids the lifecycle action (→ 409 `invalid_transition`).
+    #[error("{0}")]
+    InvalidTransition(String),
+    /// A host could not be reached or talked to, or refused our login
+    /// (→ 502 `host_unreachable`). The message names the host and why.
+    #[error("{0}")]
+    HostUnreachable(String),
+    /// A host presented another SSH key than the pinned one (→ 409
+    /// `host_key_mismatch`): nothing was sent to it.
+    #[error(
+        "host key of {address} does not match the pinned one: expected {expected}, presented {presented}"
+    )]
+    HostKeyMismatch {
+        address: String,
+        expected: String,
+        presented: String,
+    },
+    /// A host did not answer in time (→ 504 `host_timeout`).
+    #[error("{0}")]
+    HostTimeout(String),
+    /// A host ran the operation and failed it, in its own words (→ 502 `host_error`).
+    #[error("{0}")]
+    HostFailed(String),
     #[error("internal error")]
     Internal(String),
 }

@@ -7,10 +7,16 @@ pub mod accounts;
 pub mod api_keys;
 pub mod audit;
 pub mod authz;
+pub mod connections;
 pub mod credentials;
 pub mod error;
+pub mod events;
+pub mod hosts;
+pub mod inventory;
+pub mod jobs;
 pub mod login_limit;
 pub mod sessions;
+pub mod vms;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,10 +53,25 @@ struct AppInner {
     sealer: Sealer,
     config: AppConfig,
     login_limiter: login_limit::LoginLimiter,
+    connections: connections::Connections,
+    events: events::EventBus,
+    jobs: jobs::JobRunner,
+    inventory: inventory::Inventory,
 }
 
 impl App {
     pub fn new(store: Store, sealer: Sealer, config: AppConfig) -> Self {
+        let factory = Arc::new(connections::SshDriverFactory::default());
+        Self::with_driver_factory(store, sealer, config, factory)
+    }
+
+    /// Like [`App::new`], with hosts reached through `factory` (a fake in unit tests).
+    pub fn with_driver_factory(
+        store: Store,
+        sealer: Sealer,
+        config: AppConfig,
+        factory: Arc<dyn connections::DriverFactory>,
+    ) -> Self {
         let login_limiter = login_limit::LoginLimiter::new(config.login_limits.clone());
         Self {
             inner: Arc::new(AppInner {
@@ -58,6 +79,10 @@ impl App {
                 sealer,
                 config,
                 login_limiter,
+                connections: connections::Connections::new(factory),
+                events: events::EventBus::default(),
+                jobs: jobs::JobRunner::default(),
+                inventory: inventory::Inventory::default(),
             }),
         }
     }
@@ -76,5 +101,24 @@ impl App {
 
     pub(crate) fn login_limiter(&self) -> &login_limit::LoginLimiter {
         &self.inner.login_limiter
+    }
+
+    /// The one live driver per host.
+    pub fn connections(&self) -> &connections::Connections {
+        &self.inner.connections
+    }
+
+    /// The event bus (inventory and host connections publish here too).
+    pub fn events(&self) -> &events::EventBus {
+        &self.inner.events
+    }
+
+    pub fn jobs(&self) -> &jobs::JobRunner {
+        &self.inner.jobs
+    }
+
+    /// The live picture of every VM on every host.
+    pub fn inventory(&self) -> &inventory::Inventory {
+        &self.inner.inventory
     }
 }

@@ -245,27 +245,55 @@ async fn events_report_out_of_band_changes() {
     host.virsh(&["undefine", &guest.name]);
     wait_event(&mut events, &guest.name, VmEventKind::Undefined).await;
     guest.disarm();
+    // Other tests (and services under test) run their own `virsh event` on
+    // this host, so look only for the one under *this* SSH connection.
+    assert_eq!(
+        our_event_streams(&d).await,
+        0,
+        "the stream's remote virsh is running"
+    );
     drop(events);
 
     // Dropping the stream ends the remote virsh (it ran on a PTY).
     common::eventually(
         Duration::from_secs(10),
         "remote virsh event to exit",
-        || async {
-            let out = d
-                .ssh()
-                .exec(&CommandLine::new("pgrep").args([
-                    "-u",
-                    &host.user,
-                    "-f",
-                    "virsh.*event --all --loop",
-                ]))
-                .await
-                .unwrap();
-            (!out.success()).then_some(())
-        },
+        || async { (our_event_streams(&d).await == 1).then_some(()) },
     )
     .await;
+}
+
+/// Exit status of a remote script that looks for a `virsh event --all
+/// --loop` descending from this connection's sshd process: 0 = found, 1 = none.
+async fn our_event_streams(d: &LibvirtDriver) -> u32 {
+    // The pattern is assembled at run time so the script's own command line
+    // does not match it.
+    const SCRIPT: &str = r#"
+pat="virsh.*eve""nt --all --loop"
+P=$$
+while [ "$(ps -o comm= -p "$P")" != sshd ]; do
+  P=$(ps -o ppid= -p "$P" | tr -d ' '); [ "${P:-0}" -gt 1 ] || exit 2
+done
+for v in $(pgrep -f "$pat"); do
+  a=$v
+  while [ "${a:-0}" -gt 1 ]; do
+    [ "$a" = "$P" ] && exit 0
+    a=$(ps -o ppid= -p "$a" | tr -d ' ')
+  done
+done
+exit 1"#;
+    let out = d
+        .ssh()
+        .exec(&CommandLine::new("sh").args(["-c", SCRIPT]))
+        .await
+        .unwrap();
+    let status = out.exit_status.unwrap();
+    assert!(
+        status <= 1,
+        "probe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    status
 }
 
 #[tokio::test(flavor = "multi_thread")]

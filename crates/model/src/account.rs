@@ -50,6 +50,8 @@ macro_rules! id_type {
         }
     };
 }
+// Other modules (jobs, hosts) mint their ids the same way.
+pub(crate) use id_type;
 
 id_type!(
     /// Identifies a user account.

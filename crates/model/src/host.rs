@@ -3,9 +3,16 @@
 //! to (an operator accepts a fingerprint, never "any key").
 
 use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::InvalidInput;
+use crate::account::{UserId, id_type};
 
 /// Which driver talks to a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -115,9 +122,239 @@ impl std::str::FromStr for HostKeyFingerprint {
     }
 }
 
+id_type!(
+    /// Identifies a registered host.
+    HostId
+);
+
+/// The SSH user Overvisor logs in as when none is given (the account
+/// `overvisor agent enroll` prepares).
+pub const DEFAULT_SSH_USER: &str = "ovdeploy";
+/// The libvirt URI used when none is given.
+pub const DEFAULT_LIBVIRT_URI: &str = "qemu:///system";
+/// Most tags one host may carry.
+pub const MAX_TAGS: usize = 32;
+
+/// A registered hypervisor host as the API shows it. Credentials are
+/// deliberately absent: only whether the host has its own is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Host {
+    pub id: HostId,
+    pub owner: UserId,
+    /// Display name, unique per owner.
+    pub name: String,
+    pub kind: HostKind,
+    /// Hostname or IP address the control plane connects to; unique per owner.
+    pub address: String,
+    pub port: u16,
+    /// The account Overvisor logs in as.
+    pub ssh_user: String,
+    pub libvirt_uri: String,
+    pub tags: Vec<String>,
+    /// The pinned SSH host key. `None` only for a host that enrolled
+    /// itself without one: it is not used until an operator confirms a key.
+    pub host_key_fingerprint: Option<HostKeyFingerprint>,
+    /// Whether the host has its own uploaded credential (otherwise the
+    /// owner's SSH identity is used).
+    pub has_credential: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A host's display name: 1 to 64 printable characters without
+/// surrounding spaces. It never reaches a host, so it may be friendly.
+pub fn check_host_name(name: &str) -> Result<(), InvalidInput> {
+    let len = name.chars().count();
+    if len == 0 || len > 64 || name.chars().any(char::is_control) || name.trim() != name {
+        return Err(InvalidInput::new(
+            "name",
+            "must be 1 to 64 printable characters without surrounding spaces",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks and normalises a host address: an IPv4/IPv6 address or a DNS
+/// hostname (letters, digits, '-' and '.'; labels of 1 to 63 characters not
+/// starting or ending with '-'). Anything a shell or SSH could read as
+/// syntax or an option is refused. Hostnames are lower-cased.
+pub fn parse_host_address(raw: &str) -> Result<String, InvalidInput> {
+    let bad = || {
+        InvalidInput::new(
+            "address",
+            "must be an IP address or a hostname (letters, digits, '-' and '.')",
+        )
+    };
+    let raw = raw
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(raw);
+    if let Ok(ip) = IpAddr::from_str(raw) {
+        return Ok(ip.to_string());
+    }
+    let host = raw.strip_suffix('.').unwrap_or(raw);
+    if host.is_empty() || host.len() > 253 {
+        return Err(bad());
+    }
+    for label in host.split('.') {
+        let ok = (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(bad());
+        }
+    }
+    // An all-numeric name like "10.0.0.300" is a typo for an address.
+    if host
+        .split('.')
+        .all(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(bad());
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+/// An SSH login name: letters, digits, '.', '_' and '-', not starting with
+/// '-', at most 64 characters (Hyper-V hosts use names like `Administrator`).
+pub fn check_ssh_user(user: &str) -> Result<(), InvalidInput> {
+    let ok = (1..=64).contains(&user.len())
+        && !user.starts_with('-')
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidInput::new(
+            "ssh_user",
+            "must be 1 to 64 of letters, digits, '.', '_' and '-', not starting with '-'",
+        ))
+    }
+}
+
+/// A libvirt connection URI such as `qemu:///system` or
+/// `qemu+ssh://other/system`: a scheme, `://`, and URI characters only.
+pub fn check_libvirt_uri(uri: &str) -> Result<(), InvalidInput> {
+    let bad = || {
+        InvalidInput::new(
+            "libvirt_uri",
+            "must look like qemu:///system (scheme://path, URI characters only)",
+        )
+    };
+    let (scheme, rest) = uri.split_once("://").ok_or_else(bad)?;
+    let scheme_ok = !scheme.is_empty()
+        && scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'+');
+    let rest_ok = rest
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._~:/?=&%-@,+[]".contains(&b));
+    if uri.len() > 256 || !scheme_ok || !rest_ok {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// Checks tags (1 to 64 of letters, digits, '.', '_', ':', '=', '/', '-';
+/// at most [`MAX_TAGS`]) and drops duplicates, keeping the first.
+pub fn normalize_tags(tags: Vec<String>) -> Result<Vec<String>, InvalidInput> {
+    if tags.len() > MAX_TAGS {
+        return Err(InvalidInput::new(
+            "tags",
+            format!("at most {MAX_TAGS} tags are allowed"),
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(tags.len());
+    for tag in tags {
+        let ok = (1..=64).contains(&tag.len())
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:=/-".contains(&b));
+        if !ok {
+            return Err(InvalidInput::new(
+                "tags",
+                "each tag must be 1 to 64 of letters, digits, '.', '_', ':', '=', '/' and '-'",
+            ));
+        }
+        if !out.contains(&tag) {
+            out.push(tag);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_addresses() {
+        assert_eq!(parse_host_address("10.0.0.1").as_deref(), Ok("10.0.0.1"));
+        assert_eq!(parse_host_address("[::1]").as_deref(), Ok("::1"));
+        assert_eq!(parse_host_address("fe80::1").as_deref(), Ok("fe80::1"));
+        assert_eq!(
+            parse_host_address("KVM-01.Example.org.").as_deref(),
+            Ok("kvm-01.example.org")
+        );
+        for bad in [
+            "",
+            "-oProxyCommand=x",
+            "a;b",
+            "a b",
+            "$(id)",
+            "`id`",
+            "a\nb",
+            "host\n",
+            "a|b",
+            "a&b",
+            "a/b",
+            "user@host",
+            "-host",
+            "host-",
+            "a..b",
+            "10.0.0.300",
+            "é.example",
+            &"a".repeat(64),
+            &["a"; 130].join("."),
+        ] {
+            assert!(parse_host_address(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn host_fields() {
+        assert!(check_ssh_user("ovdeploy").is_ok());
+        assert!(check_ssh_user("Administrator").is_ok());
+        for bad in ["", "-l", "a b", "a;b", "root\n", &"u".repeat(65)] {
+            assert!(check_ssh_user(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_libvirt_uri("qemu:///system").is_ok());
+        assert!(check_libvirt_uri("qemu+tcp://h:16509/system").is_ok());
+        for bad in [
+            "",
+            "system",
+            "qemu:///sys tem",
+            "qemu:///x;id",
+            "QEMU:///x",
+            "://x",
+        ] {
+            assert!(check_libvirt_uri(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_host_name("kvm 01 (rack 3)").is_ok());
+        assert!(check_host_name(" x").is_err());
+        assert!(check_host_name("a\nb").is_err());
+        assert_eq!(
+            normalize_tags(vec!["env=prod".into(), "rack:3".into(), "env=prod".into()]),
+            Ok(vec!["env=prod".to_owned(), "rack:3".to_owned()])
+        );
+        assert!(normalize_tags(vec!["a b".into()]).is_err());
+        assert!(normalize_tags(vec![String::new()]).is_err());
+        assert!(normalize_tags(vec!["t".into(); MAX_TAGS + 1]).is_err());
+    }
 
     #[test]
     fn fingerprints() {

@@ -97,6 +97,19 @@ impl From<AppError> for ApiError {
                 e.retry_after = Some(retry_after_secs);
                 e
             }
+            AppError::InvalidTransition(_) => {
+                Self::new(StatusCode::CONFLICT, "invalid_transition", message)
+            }
+            AppError::HostUnreachable(_) => {
+                Self::new(StatusCode::BAD_GATEWAY, "host_unreachable", message)
+            }
+            AppError::HostKeyMismatch { .. } => {
+                Self::new(StatusCode::CONFLICT, "host_key_mismatch", message)
+            }
+            AppError::HostTimeout(_) => {
+                Self::new(StatusCode::GATEWAY_TIMEOUT, "host_timeout", message)
+            }
+            AppError::HostFailed(_) => Self::new(StatusCode::BAD_GATEWAY, "host_error", message),
             AppError::Unavailable(detail) => {
                 tracing::warn!(%detail, "service unavailable");
                 Self::new(

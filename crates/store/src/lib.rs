@@ -8,6 +8,8 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod hosts;
+pub mod jobs;
 pub mod seal;
 pub mod sessions;
 pub mod ssh_identities;

@@ -122,6 +122,9 @@ impl TestApp {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        // On a fresh data directory the service prints a first-start banner;
+        // stdout and stderr are pumped by different threads, so wait for both.
+        let fresh = !self.data_path.join("overvisor.db").exists();
         let mut child = cmd.spawn().expect("spawn overvisor serve");
         let stdout_start = self.stdout.lock().unwrap().len();
         let stderr_start = self.stderr.lock().unwrap().len();
@@ -135,7 +138,11 @@ impl TestApp {
                 .lines()
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())
                 .find(|v| v["fields"]["message"] == "overvisor listening");
-            if let Some(v) = found {
+            let banner_done =
+                !fresh || self.stdout.lock().unwrap()[stdout_start..].contains("API key:");
+            if let Some(v) = found
+                && banner_done
+            {
                 break v;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {

@@ -702,7 +702,10 @@ impl SshSession {
     ) -> Result<Option<ExecOutput>, russh::Error> {
         let max = self.inner.cfg.max_output_bytes;
         let ch = ch.get();
-        #[expect(clippy::disallowed_methods, reason = "the one exec of a quoted CommandLine")]
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the one exec of a quoted CommandLine"
+        )]
         ch.exec(true, cmd.render()).await?;
         if let Some(data) = stdin {
             ch.data(data).await?;
@@ -754,7 +757,10 @@ impl SshSession {
                 Ok(ch) => ClosingChannel(Some(ch)),
                 Err(e) => return Err(self.channel_error(&h, e).await),
             };
-            #[expect(clippy::disallowed_methods, reason = "the one PTY exec of a quoted CommandLine")]
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "the one PTY exec of a quoted CommandLine"
+            )]
             let started = async {
                 ch.channel()
                     .request_pty(true, "xterm", cols, rows, 0, 0, &[])

@@ -3,9 +3,14 @@
 
 pub mod audit;
 pub mod auth;
+pub mod events;
+pub mod hosts;
+pub mod inventory;
+pub mod jobs;
 pub mod keys;
 pub mod sessions;
 pub mod users;
+pub mod vms;
 
 use axum::Router;
 use axum::http::{StatusCode, Uri};
@@ -54,6 +59,38 @@ pub fn routes() -> Router<AppState> {
             post(users::user_reset_password),
         )
         .route("/api/v1/audit", get(audit::audit_list))
+        .route(
+            "/api/v1/hosts",
+            get(hosts::hosts_list).post(hosts::host_create),
+        )
+        .route("/api/v1/hosts/probe", post(hosts::host_probe))
+        .route(
+            "/api/v1/hosts/{id}",
+            get(hosts::host_get)
+                .patch(hosts::host_update)
+                .delete(hosts::host_delete),
+        )
+        .route("/api/v1/hosts/{id}/facts", get(hosts::host_facts))
+        .route("/api/v1/hosts/{id}/vms", get(vms::vms_list))
+        .route(
+            "/api/v1/hosts/{id}/vms/{name}",
+            get(vms::vm_get).delete(vms::vm_delete),
+        )
+        .route(
+            "/api/v1/hosts/{id}/vms/{name}/{action}",
+            post(vms::vm_action),
+        )
+        .route("/api/v1/servers/connect", post(hosts::server_connect))
+        // The path host agents have always used, without the /api prefix.
+        .route("/v1/servers/connect", post(hosts::server_connect))
+        .route("/api/v1/jobs", get(jobs::jobs_list))
+        .route("/api/v1/jobs/{id}", get(jobs::job_get))
+        .route("/api/v1/jobs/{id}/cancel", post(jobs::job_cancel))
+        .merge(jobs::test_routes())
+        .route("/api/v1/events", get(events::events_stream))
+        .route("/api/v1/inventory", get(inventory::inventory_summary))
+        .route("/api/v1/vms", get(inventory::inventory_vms))
+        .route("/api/v1/vms/{id}", get(inventory::inventory_vm))
 }
 
 #[derive(OpenApi)]
@@ -67,6 +104,12 @@ pub fn routes() -> Router<AppState> {
         sessions::sessions_list, sessions::sessions_delete_all, sessions::session_delete,
         keys::keys_list, keys::key_create, keys::key_get, keys::key_revoke, keys::key_rotate,
         audit::audit_list,
+        hosts::host_probe, hosts::host_create, hosts::hosts_list, hosts::host_get, hosts::host_update,
+        hosts::host_delete, hosts::host_facts, hosts::server_connect,
+        vms::vms_list, vms::vm_get, vms::vm_action, vms::vm_delete,
+        jobs::jobs_list, jobs::job_get, jobs::job_cancel,
+        events::events_stream,
+        inventory::inventory_summary, inventory::inventory_vms, inventory::inventory_vm,
         crate::observe::healthz, crate::observe::readyz, crate::observe::metrics_text,
     ),
     components(schemas(ErrorBody)),
@@ -77,6 +120,11 @@ pub fn routes() -> Router<AppState> {
         (name = "account", description = "The caller's own account, keys and sessions"),
         (name = "users", description = "User administration (admin)"),
         (name = "audit", description = "Who did what, when"),
+        (name = "hosts", description = "The host registry, host key confirmation and agent enrolment"),
+        (name = "vms", description = "VMs on a host: list, show, lifecycle actions, delete"),
+        (name = "jobs", description = "Every change runs as a job: status, progress, log, result"),
+        (name = "events", description = "Live stream of job, inventory and host events"),
+        (name = "inventory", description = "Every VM on every host, from memory"),
         (name = "operations", description = "Health and metrics"),
     )
 )]

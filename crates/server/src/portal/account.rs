@@ -6,10 +6,11 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use overvisor_model::account::{ApiKey, ApiKeyId, Session, User};
+use overvisor_control::credentials::ssh_fingerprint;
+use overvisor_model::account::{ApiKey, ApiKeyId, Credential, Session, SessionId, User};
 use serde::Deserialize;
 
-use super::{CsrfOnly, PortalSession, render};
+use super::{Chrome, CsrfOnly, Done, PortalSession, error_response, render};
 use crate::AppState;
 use crate::api::keys::expiry;
 use crate::error::ApiError;
@@ -21,28 +22,35 @@ pub fn routes() -> Router<AppState> {
         .route("/account/keys", post(key_create))
         .route("/account/keys/{id}/revoke", post(key_revoke))
         .route("/account/password", post(password_change))
+        .route("/account/sessions/{id}/end", post(session_end))
         .route("/account/sessions/end-all", post(sessions_end_all))
 }
 
 #[derive(Template)]
 #[template(path = "account.html")]
 struct AccountPage {
-    user_name: String,
-    csrf_token: String,
-    is_admin: bool,
+    chrome: Chrome,
     user: User,
     keys: Vec<ApiKey>,
     sessions: Vec<Session>,
+    current_session: Option<SessionId>,
     ssh_public_key: String,
+    ssh_fingerprint: String,
     notice: Option<String>,
     error: Option<String>,
     new_token: Option<String>,
 }
 
-/// Short codes in `?done=` so redirects after a change can say what happened.
+impl AccountPage {
+    fn is_current(&self, id: &SessionId) -> bool {
+        self.current_session.as_ref() == Some(id)
+    }
+}
+
 fn notice_text(code: &str) -> Option<String> {
     match code {
-        "key-revoked" => Some("The API key was revoked.".into()),
+        "key-revoked" => Some("The API key was revoked; it no longer works.".into()),
+        "session-ended" => Some("That session was signed out.".into()),
         "password-changed" => {
             Some("Your password was changed; your other sessions were signed out.".into())
         }
@@ -50,13 +58,15 @@ fn notice_text(code: &str) -> Option<String> {
     }
 }
 
-async fn render_account(
-    state: &AppState,
-    session: PortalSession,
+/// What the page shows besides its data: a message, or a token shown once.
+#[derive(Default)]
+struct Outcome {
     notice: Option<String>,
     error: Option<String>,
     new_token: Option<String>,
-) -> Response {
+}
+
+async fn render_account(state: &AppState, session: PortalSession, outcome: Outcome) -> Response {
     let subject = &session.subject;
     let loaded = async {
         Ok::<_, overvisor_control::AppError>((
@@ -67,35 +77,49 @@ async fn render_account(
         ))
     }
     .await;
-    match loaded {
-        Ok((user, keys, sessions, ssh_public_key)) => render(&AccountPage {
-            user_name: user.name.to_string(),
-            is_admin: session.is_admin(),
-            csrf_token: session.csrf_token.clone(),
-            user,
-            keys,
-            sessions,
-            ssh_public_key,
-            notice,
-            error,
-            new_token,
-        }),
-        Err(err) => ApiError::from(err).into_response(),
-    }
-}
-
-#[derive(Deserialize)]
-struct AccountQuery {
-    done: Option<String>,
+    let (user, keys, sessions, ssh_public_key) = match loaded {
+        Ok(loaded) => loaded,
+        Err(err) => return error_response(&session, err),
+    };
+    let current_session = match subject.credential {
+        Credential::Session { id } => Some(id),
+        _ => None,
+    };
+    let status = if outcome.error.is_some() {
+        axum::http::StatusCode::BAD_REQUEST
+    } else {
+        axum::http::StatusCode::OK
+    };
+    let page = render(&AccountPage {
+        chrome: Chrome::new(&session, "account"),
+        ssh_fingerprint: ssh_fingerprint(&ssh_public_key).unwrap_or_default(),
+        user,
+        keys,
+        sessions,
+        current_session,
+        ssh_public_key,
+        notice: outcome.notice,
+        error: outcome.error,
+        new_token: outcome.new_token,
+    });
+    (status, page).into_response()
 }
 
 async fn account_page(
     State(state): State<AppState>,
     session: PortalSession,
-    Query(q): Query<AccountQuery>,
+    Query(q): Query<Done>,
 ) -> Response {
     let notice = q.done.as_deref().and_then(notice_text);
-    render_account(&state, session, notice, None, None).await
+    render_account(
+        &state,
+        session,
+        Outcome {
+            notice,
+            ..Outcome::default()
+        },
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -116,10 +140,9 @@ async fn key_create(
     }
     let days = match form.expires_in_days.trim() {
         "" => Ok(None),
-        d => d
-            .parse::<u32>()
-            .map(Some)
-            .map_err(|_| ApiError::invalid("expires_in_days", "must be a whole number of days")),
+        d => d.parse::<u32>().map(Some).map_err(|_| {
+            ApiError::invalid("expires_in_days", "Expiry must be a whole number of days")
+        }),
     };
     let created = match days.and_then(|d| expiry(None, d)) {
         Ok(expires_at) => state
@@ -129,13 +152,18 @@ async fn key_create(
             .map_err(ApiError::from),
         Err(e) => Err(e),
     };
-    match created {
-        Ok((key, token)) => {
-            let notice = Some(format!("API key \"{}\" created.", key.name));
-            render_account(&state, session, notice, None, Some(token)).await
-        }
-        Err(e) => render_account(&state, session, None, Some(e.message), None).await,
-    }
+    let outcome = match created {
+        Ok((key, token)) => Outcome {
+            notice: Some(format!("API key \"{}\" created.", key.name)),
+            new_token: Some(token),
+            ..Outcome::default()
+        },
+        Err(e) => Outcome {
+            error: Some(e.message),
+            ..Outcome::default()
+        },
+    };
+    render_account(&state, session, outcome).await
 }
 
 async fn key_revoke(
@@ -149,9 +177,7 @@ async fn key_revoke(
     }
     match state.app.api_key_revoke(&session.subject, id).await {
         Ok(_) => Redirect::to("/account?done=key-revoked").into_response(),
-        Err(e) => {
-            render_account(&state, session, None, Some(ApiError::from(e).message), None).await
-        }
+        Err(e) => error_response(&session, e),
     }
 }
 
@@ -160,6 +186,7 @@ struct PasswordForm {
     csrf_token: String,
     current_password: String,
     new_password: String,
+    confirm_password: String,
 }
 
 async fn password_change(
@@ -170,6 +197,13 @@ async fn password_change(
     if let Err(rejected) = session.check_csrf(&form.csrf_token) {
         return rejected.into_response();
     }
+    if form.new_password != form.confirm_password {
+        let outcome = Outcome {
+            error: Some("The new password and its confirmation differ.".into()),
+            ..Outcome::default()
+        };
+        return render_account(&state, session, outcome).await;
+    }
     match state
         .app
         .password_change(&session.subject, form.current_password, form.new_password)
@@ -177,8 +211,27 @@ async fn password_change(
     {
         Ok(()) => Redirect::to("/account?done=password-changed").into_response(),
         Err(e) => {
-            render_account(&state, session, None, Some(ApiError::from(e).message), None).await
+            let outcome = Outcome {
+                error: Some(ApiError::from(e).message),
+                ..Outcome::default()
+            };
+            render_account(&state, session, outcome).await
         }
+    }
+}
+
+async fn session_end(
+    State(state): State<AppState>,
+    session: PortalSession,
+    Path(id): Path<SessionId>,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
+        return rejected.into_response();
+    }
+    match state.app.session_revoke(&session.subject, id).await {
+        Ok(()) => Redirect::to("/account?done=session-ended").into_response(),
+        Err(e) => error_response(&session, e),
     }
 }
 
@@ -191,7 +244,7 @@ async fn sessions_end_all(
         return rejected.into_response();
     }
     match state.app.logout_everywhere(&session.subject).await {
-        Ok(_) => Redirect::to("/login").into_response(),
-        Err(e) => ApiError::from(e).into_response(),
+        Ok(_) => Redirect::to("/login?signed_out=1").into_response(),
+        Err(e) => error_response(&session, e),
     }
 }

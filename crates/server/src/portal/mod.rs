@@ -1,55 +1,39 @@
-//! The operator portal: server-rendered pages (askama). Every form carries
-//! the session's CSRF token; the sign-in form uses a double-submit cookie
-//! because there is no session yet.
+//! The operator portal: server-rendered pages (askama) made lively with htmx.
+//! Pages call the application layer (`App` methods) exactly like the API
+//! handlers do — no SQL and no SSH here. Every form carries the session's
+//! CSRF token (and htmx sends it as `X-CSRF-Token` too); the sign-in form
+//! uses a double-submit cookie because there is no session yet.
 
 mod account;
+mod admin;
+pub mod assets;
+mod dashboard;
+mod hosts;
+mod jobs;
+mod login;
+pub mod session;
+mod vms;
 
 use askama::Template;
 use axum::Router;
-use axum::extract::{FromRequestParts, State};
-use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use overvisor_control::authz::Subject;
-use overvisor_control::credentials::{constant_time_eq, random_token};
-use overvisor_model::account::Role;
-use serde::Deserialize;
+use axum::response::{Html, IntoResponse, Response};
 
 use crate::AppState;
-use crate::api::auth::RequestMeta;
-use crate::auth::{
-    client_info, cookie_value, expired_session_cookie, session_cookie, session_cookie_name,
-};
-use crate::extract::Form;
-
-const LOGIN_CSRF_COOKIE: &str = "ov_login_csrf";
+use crate::error::ApiError;
+pub use session::{CsrfRejected, PortalSession};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/", get(dashboard))
-        .route("/login", get(login_page).post(login_submit))
-        .route("/logout", post(logout))
-        .route(
-            "/static/app.css",
-            get(|| async { static_asset("text/css", include_str!("../../static/app.css")) }),
-        )
-        .route(
-            "/static/app.js",
-            get(|| async { static_asset("text/javascript", include_str!("../../static/app.js")) }),
-        )
+        .merge(login::routes())
+        .merge(dashboard::routes())
         .merge(account::routes())
-}
-
-fn static_asset(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "public, max-age=300"),
-        ],
-        body,
-    )
-        .into_response()
+        .merge(admin::routes())
+        .merge(hosts::routes())
+        .merge(jobs::routes())
+        .merge(vms::routes())
+        .merge(assets::routes())
+        .layer(axum::middleware::map_response(assets::security_headers))
 }
 
 /// Renders a template, or a plain 500 if rendering fails (a bug, logged).
@@ -63,167 +47,119 @@ pub(crate) fn render<T: Template>(template: &T) -> Response {
     }
 }
 
-/// A signed-in portal user; anything else is sent to the sign-in page.
-pub struct PortalSession {
-    pub subject: Subject,
+/// What every signed-in page shows around its content: the navigation, who
+/// is signed in, the CSRF token for forms and scripts.
+pub struct Chrome {
+    pub user_name: String,
+    pub csrf_token: String,
+    pub is_admin: bool,
+    pub can_operate: bool,
+    /// Which navigation entry is the current page.
+    pub section: &'static str,
+}
+
+impl Chrome {
+    pub fn new(session: &PortalSession, section: &'static str) -> Self {
+        Self {
+            user_name: session.subject.user.name.to_string(),
+            csrf_token: session.csrf_token.clone(),
+            is_admin: session.is_admin(),
+            can_operate: session.can_operate(),
+            section,
+        }
+    }
+
+    /// `aria-current` for a navigation entry.
+    pub fn current(&self, section: &str) -> &'static str {
+        if self.section == section {
+            "page"
+        } else {
+            "false"
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage {
+    chrome: Chrome,
+    status: u16,
+    message: String,
+}
+
+/// Shows an application error: a page with the navigation, or — for htmx —
+/// the bare message, which the script puts in the page's alert area.
+pub(crate) fn error_response(session: &PortalSession, err: impl Into<ApiError>) -> Response {
+    let err = err.into();
+    if session.htmx {
+        return (
+            err.status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            err.message,
+        )
+            .into_response();
+    }
+    let page = render(&ErrorPage {
+        chrome: Chrome::new(session, ""),
+        status: err.status.as_u16(),
+        message: err.message,
+    });
+    (err.status, page).into_response()
+}
+
+/// Short codes in `?done=` so a redirect after a change can say what happened.
+#[derive(serde::Deserialize, Default)]
+pub(crate) struct Done {
+    pub done: Option<String>,
+}
+
+/// Formats a time for tables: UTC, to the minute.
+pub(crate) fn when(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M").to_string()
+}
+
+/// A form with nothing but the CSRF token (buttons that do one thing).
+#[derive(serde::Deserialize)]
+pub(crate) struct CsrfOnly {
     pub csrf_token: String,
 }
 
-impl PortalSession {
-    pub fn is_admin(&self) -> bool {
-        self.subject.role() == Role::Admin
-    }
-
-    /// Checks a form's CSRF token against the session's.
-    pub fn check_csrf(&self, presented: &str) -> Result<(), CsrfRejected> {
-        if constant_time_eq(presented.as_bytes(), self.csrf_token.as_bytes()) {
-            Ok(())
-        } else {
-            Err(CsrfRejected)
-        }
-    }
+/// Bad input from a form, as the same error the API would give.
+pub(crate) fn invalid(err: overvisor_model::InvalidInput) -> ApiError {
+    ApiError::from(overvisor_control::AppError::from(err))
 }
 
-/// A form whose CSRF token did not match the session's.
-pub struct CsrfRejected;
-
-impl IntoResponse for CsrfRejected {
-    fn into_response(self) -> Response {
-        (
-            StatusCode::FORBIDDEN,
-            "The form has expired or did not come from this site. Go back, reload and try again.",
-        )
-            .into_response()
+/// Memory for people: MiB below 1 GiB, else GiB with one decimal.
+pub(crate) fn mib(mib: impl Mib) -> String {
+    let mib = mib.mib();
+    if mib < 1024 {
+        format!("{mib} MiB")
+    } else if mib.is_multiple_of(1024) {
+        format!("{} GiB", mib / 1024)
+    } else {
+        format!("{:.1} GiB", mib as f64 / 1024.0)
     }
 }
 
-impl FromRequestParts<AppState> for PortalSession {
-    type Rejection = Response;
+/// A VM state as people say it ("shut off", not `shut_off`).
+pub(crate) fn state_label(state: &overvisor_model::vm::VmState) -> String {
+    state.to_string().replace('_', " ")
+}
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let client = client_info(parts, &state.settings);
-        let to_login = || Redirect::to("/login").into_response();
-        let cookie = cookie_value(&parts.headers, session_cookie_name(&state.settings))
-            .ok_or_else(to_login)?;
-        match state.app.session_authenticate(cookie, client.ip).await {
-            Ok(auth) => Ok(PortalSession {
-                subject: auth.subject,
-                csrf_token: auth.csrf_token,
-            }),
-            Err(overvisor_control::AppError::Unauthenticated) => {
-                // Expired or revoked: clear the stale cookie on the way to sign-in.
-                Err((
-                    [(header::SET_COOKIE, expired_session_cookie(&state.settings))],
-                    Redirect::to("/login"),
-                )
-                    .into_response())
-            }
-            Err(err) => Err(crate::error::ApiError::from(err).into_response()),
-        }
+/// Templates hand values over behind one or two references; this lets
+/// [`mib`] take any of them.
+pub(crate) trait Mib {
+    fn mib(&self) -> u64;
+}
+
+impl Mib for u64 {
+    fn mib(&self) -> u64 {
+        *self
     }
 }
 
-#[derive(Template)]
-#[template(path = "login.html")]
-struct LoginPage {
-    csrf_token: String,
-    error: Option<String>,
-    name: String,
-}
-
-fn login_form(error: Option<String>, name: String, status: StatusCode) -> Response {
-    let csrf_token = random_token(24);
-    let cookie = format!(
-        "{LOGIN_CSRF_COOKIE}={csrf_token}; Path=/login; HttpOnly; SameSite=Strict; Max-Age=3600"
-    );
-    let page = render(&LoginPage {
-        csrf_token,
-        error,
-        name,
-    });
-    (status, [(header::SET_COOKIE, cookie)], page).into_response()
-}
-
-async fn login_page() -> Response {
-    login_form(None, String::new(), StatusCode::OK)
-}
-
-#[derive(Deserialize)]
-struct LoginForm {
-    csrf_token: String,
-    name: String,
-    password: String,
-}
-
-async fn login_submit(
-    State(state): State<AppState>,
-    RequestMeta(parts): RequestMeta,
-    Form(form): Form<LoginForm>,
-) -> Response {
-    let expected = cookie_value(&parts.headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
-    if expected.is_empty() || !constant_time_eq(expected.as_bytes(), form.csrf_token.as_bytes()) {
-        return login_form(
-            Some("The sign-in form expired. Please try again.".into()),
-            form.name,
-            StatusCode::FORBIDDEN,
-        );
+impl<T: Mib> Mib for &T {
+    fn mib(&self) -> u64 {
+        (**self).mib()
     }
-    let client = client_info(&parts, &state.settings);
-    match state.app.login(&form.name, form.password, client).await {
-        Ok(signed_in) => {
-            let max_age = (signed_in.session.expires_at - chrono::Utc::now())
-                .num_seconds()
-                .max(0);
-            let cookie = session_cookie(&state.settings, &signed_in.cookie_value, max_age);
-            ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
-        }
-        Err(err) => {
-            let api = crate::error::ApiError::from(err);
-            login_form(Some(api.message), form.name, api.status)
-        }
-    }
-}
-
-#[derive(Deserialize)]
-pub(crate) struct CsrfOnly {
-    csrf_token: String,
-}
-
-async fn logout(
-    State(state): State<AppState>,
-    session: PortalSession,
-    Form(form): Form<CsrfOnly>,
-) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
-    if let Err(err) = state.app.logout(&session.subject).await {
-        return crate::error::ApiError::from(err).into_response();
-    }
-    (
-        [(header::SET_COOKIE, expired_session_cookie(&state.settings))],
-        Redirect::to("/login"),
-    )
-        .into_response()
-}
-
-#[derive(Template)]
-#[template(path = "dashboard.html")]
-struct DashboardPage {
-    user_name: String,
-    csrf_token: String,
-    is_admin: bool,
-    api_url: String,
-}
-
-async fn dashboard(State(state): State<AppState>, session: PortalSession) -> Response {
-    render(&DashboardPage {
-        user_name: session.subject.user.name.to_string(),
-        is_admin: session.is_admin(),
-        csrf_token: session.csrf_token,
-        api_url: state.settings.public_api_url.clone(),
-    })
 }

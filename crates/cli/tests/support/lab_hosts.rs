@@ -1,0 +1,165 @@
+//! Lab hosts as seen through the public API: register one the way an
+//! operator does (probe, compare the fingerprint with the lab's record,
+//! confirm it), and guards that undo what a test did to a shared host.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use overvisor_testkit::{Lab, LabHost};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::Api;
+
+/// Probes `host` through the API and checks the fingerprint against the
+/// lab's own record of the host key — the out-of-band comparison an
+/// operator makes before confirming.
+pub async fn probe(api: &Api, host: &LabHost) -> String {
+    let (status, body) = api
+        .post(
+            "/api/v1/hosts/probe",
+            json!({"address": host.address, "port": host.port}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "probe {}: {body}", host.name);
+    let fingerprint = body["fingerprint"].as_str().unwrap().to_owned();
+    assert_eq!(fingerprint, host.host_key_fingerprint, "{}", host.name);
+    assert_eq!(body["public_key"], host.host_key_pub);
+    fingerprint
+}
+
+/// Registers `host` for the caller with its confirmed fingerprint and the
+/// lab client key as the host's own credential; returns the host.
+pub async fn register(api: &Api, lab: &Lab, host: &LabHost) -> Value {
+    let fingerprint = probe(api, host).await;
+    let (status, body) = api
+        .post(
+            "/api/v1/hosts",
+            json!({
+                "name": host.name,
+                "address": host.address,
+                "port": host.port,
+                "ssh_user": host.user,
+                "libvirt_uri": host.uri,
+                "tags": ["lab"],
+                "host_key_fingerprint": fingerprint,
+                "credential": {"private_key": lab.client_key_pem()},
+            }),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "register {}: {body}",
+        host.name
+    );
+    assert_eq!(body["has_credential"], true);
+    assert!(
+        !body.to_string().contains("PRIVATE KEY"),
+        "the credential came back: {body}"
+    );
+    body
+}
+
+pub fn id(host: &Value) -> String {
+    host["id"].as_str().unwrap().to_owned()
+}
+
+/// Names of the VMs the API lists on a host.
+pub async fn vm_names(api: &Api, host_id: &str) -> Vec<String> {
+    let (status, body) = api.get(&format!("/api/v1/hosts/{host_id}/vms")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Calls `GET path` until it answers 200 or `timeout` passes; returns the
+/// last answer.
+pub async fn get_until_ok(api: &Api, path: &str, timeout: Duration) -> (StatusCode, Value) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, body) = api.get(path).await;
+        if status == StatusCode::OK || Instant::now() > deadline {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Keeps a host's sshd down while alive; starts it again on drop, so a
+/// failing test does not leave the host dead for the next one.
+pub struct SshdDown<'a>(pub &'a LabHost);
+
+impl<'a> SshdDown<'a> {
+    pub fn new(host: &'a LabHost) -> Self {
+        host.stop_sshd();
+        Self(host)
+    }
+}
+
+impl Drop for SshdDown<'_> {
+    fn drop(&mut self) {
+        self.0.start_sshd();
+    }
+}
+
+/// The automation account's `authorized_keys` (one home directory serves
+/// every lab host).
+pub fn authorized_keys_path(host: &LabHost) -> PathBuf {
+    let out = host.run_as_root("getent", &["passwd", &host.user]);
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let home = line.trim().split(':').nth(5).expect("home directory");
+    PathBuf::from(home).join(".ssh").join("authorized_keys")
+}
+
+/// Removes the lines holding `key` (type and base64) from the file on
+/// drop, in place so owner and mode stay: enrolment tests must not leave
+/// their users' keys authorized on the shared lab account.
+pub struct AuthorizedKeyCleanup {
+    pub path: PathBuf,
+    pub key: String,
+}
+
+impl AuthorizedKeyCleanup {
+    pub fn new(path: PathBuf, public_line: &str) -> Self {
+        let key = public_line
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        // An empty pattern would match (and remove) every line.
+        assert!(
+            key.len() > 40 && key.contains(' '),
+            "not a key line: {public_line:?}"
+        );
+        Self { path, key }
+    }
+
+    pub fn count(&self) -> usize {
+        std::fs::read_to_string(&self.path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&self.key))
+            .count()
+    }
+}
+
+impl Drop for AuthorizedKeyCleanup {
+    fn drop(&mut self) {
+        let Ok(text) = std::fs::read_to_string(&self.path) else {
+            return;
+        };
+        let kept: String = text
+            .lines()
+            .filter(|l| !l.contains(&self.key))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if kept != text {
+            let _ = std::fs::write(&self.path, kept);
+        }
+    }
+}

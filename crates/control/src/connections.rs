@@ -1,0 +1,327 @@
+//! The connection registry: ONE driver (over one SSH connection) per host,
+//! shared by every request, job and event stream that touches the host.
+//!
+//! A driver is made lazily from the host row and a login key — the host's
+//! own uploaded key, else the owner's SSH identity — with the host key
+//! pinned to the recorded fingerprint. It is replaced when the host row
+//! changes (update, delete, a mismatching host key), so an edit takes effect
+//! on the next call without a restart. Drivers come from a [`DriverFactory`]
+//! held in the application, so unit tests can put a fake there; integration
+//! tests use the real lab.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use overvisor_hv::{
+    ClientKey, HostKeyPolicy, HvError, Hypervisor, LibvirtDriver, PresentedHostKey, SshConfig,
+    SshError, SshSession, probe_host_key,
+};
+use overvisor_model::host::{Host, HostId, HostKeyFingerprint, HostKind};
+use overvisor_store::hosts::HostSecret;
+
+use crate::authz::Authorized;
+use crate::{App, AppError};
+
+/// Limits of every host connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    /// TCP connect + handshake + login; also the probe's limit.
+    pub connect_timeout: Duration,
+    /// Deadline of one remote command.
+    pub command_timeout: Duration,
+    /// Longest wait between reconnect attempts to a host that is down.
+    pub backoff_max: Duration,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(60),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Makes drivers and probes host keys. The real one speaks SSH.
+pub trait DriverFactory: Send + Sync {
+    /// A driver for `host`, logging in with `key` and accepting only `pinned`.
+    /// It connects lazily: this call does no I/O.
+    fn driver(
+        &self,
+        host: &Host,
+        pinned: HostKeyFingerprint,
+        key: ClientKey,
+    ) -> Result<Arc<dyn Hypervisor>, AppError>;
+
+    /// The host key `address:port` presents, without logging in.
+    fn probe<'a>(
+        &'a self,
+        address: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, Result<PresentedHostKey, SshError>>;
+}
+
+/// Drivers over the SSH transport (libvirt today; Hyper-V joins later).
+#[derive(Debug, Clone, Default)]
+pub struct SshDriverFactory {
+    pub settings: ConnectionSettings,
+}
+
+impl DriverFactory for SshDriverFactory {
+    fn driver(
+        &self,
+        host: &Host,
+        pinned: HostKeyFingerprint,
+        key: ClientKey,
+    ) -> Result<Arc<dyn Hypervisor>, AppError> {
+        match host.kind {
+            HostKind::Libvirt => {
+                let mut cfg = SshConfig::new(
+                    host.address.clone(),
+                    host.port,
+                    host.ssh_user.clone(),
+                    key,
+                    HostKeyPolicy::Pinned(pinned),
+                );
+                cfg.connect_timeout = self.settings.connect_timeout;
+                cfg.command_timeout = self.settings.command_timeout;
+                cfg.backoff_max = self.settings.backoff_max;
+                let ssh = SshSession::new(cfg);
+                Ok(Arc::new(LibvirtDriver::new(ssh, host.libvirt_uri.clone())))
+            }
+            HostKind::Hyperv => Err(AppError::Conflict(
+                "Hyper-V hosts can be registered, but this build has no Hyper-V driver yet".into(),
+            )),
+        }
+    }
+
+    fn probe<'a>(
+        &'a self,
+        address: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, Result<PresentedHostKey, SshError>> {
+        Box::pin(probe_host_key(address, port, self.settings.connect_timeout))
+    }
+}
+
+struct Live {
+    /// The host row the driver was made from; another one means a new driver.
+    version: DateTime<Utc>,
+    driver: Arc<dyn Hypervisor>,
+}
+
+/// A host key mismatch as last seen, so a later "in backoff" error caused
+/// by it still reads as the mismatch it is.
+#[derive(Debug, Clone)]
+struct Mismatch {
+    address: String,
+    expected: String,
+    presented: String,
+}
+
+/// The live drivers, one per host.
+pub struct Connections {
+    factory: Arc<dyn DriverFactory>,
+    live: Mutex<HashMap<HostId, Live>>,
+    mismatches: Mutex<HashMap<HostId, Mismatch>>,
+}
+
+impl Connections {
+    pub fn new(factory: Arc<dyn DriverFactory>) -> Self {
+        Self {
+            factory,
+            live: Mutex::new(HashMap::new()),
+            mismatches: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn factory(&self) -> &dyn DriverFactory {
+        self.factory.as_ref()
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<HostId, Live>> {
+        // The map holds no invariant a panic could break half-way.
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cached(&self, host: &Host) -> Option<Arc<dyn Hypervisor>> {
+        self.live()
+            .get(&host.id)
+            .filter(|l| l.version == host.updated_at)
+            .map(|l| l.driver.clone())
+    }
+
+    /// Keeps `driver` unless a concurrent caller already stored one for the
+    /// same host row, so there is only ever one connection per host.
+    fn insert(&self, host: &Host, driver: Arc<dyn Hypervisor>) -> Arc<dyn Hypervisor> {
+        let mut live = self.live();
+        match live.get(&host.id) {
+            Some(l) if l.version == host.updated_at => l.driver.clone(),
+            _ => {
+                live.insert(
+                    host.id,
+                    Live {
+                        version: host.updated_at,
+                        driver: driver.clone(),
+                    },
+                );
+                driver
+            }
+        }
+    }
+
+    fn mismatches(&self) -> std::sync::MutexGuard<'_, HashMap<HostId, Mismatch>> {
+        self.mismatches.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops the host's driver; its connection closes when the last call
+    /// using it returns.
+    pub fn forget(&self, host: HostId) {
+        self.live().remove(&host);
+        self.mismatches().remove(&host);
+    }
+
+    /// How many hosts have a driver now.
+    pub fn len(&self) -> usize {
+        self.live().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn mismatch_error(m: Mismatch) -> AppError {
+    AppError::HostKeyMismatch {
+        address: m.address,
+        expected: m.expected,
+        presented: m.presented,
+    }
+}
+
+impl App {
+    /// The shared driver of a host the caller was authorized for.
+    pub async fn host_driver(
+        &self,
+        host: &Authorized<Host>,
+    ) -> Result<Arc<dyn Hypervisor>, AppError> {
+        let host = host.get();
+        if let Some(driver) = self.connections().cached(host) {
+            return Ok(driver);
+        }
+        let pinned = host.host_key_fingerprint.clone().ok_or_else(|| {
+            AppError::Conflict(format!(
+                "the SSH host key of {} is not confirmed yet: probe it (POST /api/v1/hosts/probe) \
+                 and set host_key_fingerprint on the host",
+                host.name
+            ))
+        })?;
+        let key = self.host_login_key(host).await?;
+        let driver = self.connections().factory().driver(host, pinned, key)?;
+        Ok(self.connections().insert(host, driver))
+    }
+
+    /// The host's own private key, or else its owner's SSH identity.
+    async fn host_login_key(&self, host: &Host) -> Result<ClientKey, AppError> {
+        let unusable = |what: &str, e: SshError| {
+            AppError::Internal(format!("{what} of host {} is unusable: {e}", host.id))
+        };
+        match self.store().host_secret(self.sealer(), host.id).await? {
+            Some(HostSecret::PrivateKey(pem)) => {
+                ClientKey::from_openssh(&pem).map_err(|e| unusable("the uploaded key", e))
+            }
+            Some(HostSecret::Password(_)) => Err(AppError::Conflict(
+                "password logins are not supported by the SSH transport yet; upload a private key"
+                    .into(),
+            )),
+            None => {
+                let pem = self
+                    .store()
+                    .ssh_private_key(self.sealer(), host.owner)
+                    .await?;
+                let pem = String::from_utf8(pem)
+                    .map_err(|_| AppError::Internal("SSH identity is not UTF-8".into()))?;
+                ClientKey::from_openssh(&pem).map_err(|e| unusable("the owner's SSH identity", e))
+            }
+        }
+    }
+
+    /// Turns a driver error into the application's, naming the host. A host
+    /// key mismatch also drops the connection, so every later call checks
+    /// the key again and says so (rather than "in backoff").
+    pub fn host_error(&self, host: &Host, err: HvError) -> AppError {
+        let name = &host.name;
+        match err {
+            HvError::NotFound(_) => AppError::NotFound("VM"),
+            HvError::InvalidState { message, .. } => AppError::InvalidTransition(message),
+            HvError::Timeout(after) => AppError::HostTimeout(format!(
+                "host {name} did not answer within {} s",
+                after.as_secs()
+            )),
+            HvError::Transport(SshError::HostKeyMismatch {
+                addr,
+                expected,
+                presented,
+            }) => {
+                let seen = Mismatch {
+                    address: addr,
+                    expected: expected.to_string(),
+                    presented: presented.to_string(),
+                };
+                self.connections().forget(host.id);
+                self.connections()
+                    .mismatches()
+                    .insert(host.id, seen.clone());
+                mismatch_error(seen)
+            }
+            // Someone else's call (the inventory, a job) met the mismatch
+            // first and this one only sees the session waiting to retry.
+            HvError::Transport(SshError::Backoff { ref last_error, .. })
+                if let Some(seen) = self
+                    .connections()
+                    .mismatches()
+                    .get(&host.id)
+                    .filter(|m| last_error.contains(&m.presented))
+                    .cloned() =>
+            {
+                mismatch_error(seen)
+            }
+            HvError::Transport(SshError::Timeout { what, after, .. }) => {
+                AppError::HostTimeout(format!(
+                    "host {name}: `{what}` timed out after {} s",
+                    after.as_secs()
+                ))
+            }
+            HvError::Transport(e) => {
+                AppError::HostUnreachable(format!("host {name} is unreachable: {e}"))
+            }
+            HvError::Host(message) => AppError::HostFailed(format!("host {name}: {message}")),
+            HvError::Parse(message) => {
+                AppError::HostFailed(format!("unexpected answer from host {name}: {message}"))
+            }
+        }
+    }
+
+    /// Probes `address:port` for its host key.
+    pub(crate) async fn probe_key(
+        &self,
+        address: &str,
+        port: u16,
+    ) -> Result<PresentedHostKey, AppError> {
+        self.connections()
+            .factory()
+            .probe(address, port)
+            .await
+            .map_err(|e| match e {
+                SshError::ConnectTimeout { addr, after } => AppError::HostTimeout(format!(
+                    "no SSH answer from {addr} within {} s",
+                    after.as_secs()
+                )),
+                e => AppError::HostUnreachable(format!("cannot read the host key: {e}")),
+            })
+    }
+}

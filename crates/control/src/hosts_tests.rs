@@ -1,0 +1,517 @@
+//! Unit tests of the host registry, the connection registry and VM actions
+//! on a real (temporary) SQLite store, with a fake driver factory standing
+//! in for SSH. The real thing is tested against the lab in the CLI's tests.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use overvisor_hv::{ClientKey, HvError, HvResult, Hypervisor, PresentedHostKey, SshError};
+use overvisor_model::account::{Credential, Email, Outcome, Role, UserName};
+use overvisor_model::host::{Host, HostFacts, HostKeyFingerprint, HostKind};
+use overvisor_model::vm::{VmAction, VmEvent, VmInfo, VmName, VmState, VmSummary};
+use overvisor_store::hosts::HostSecret;
+use overvisor_store::{MasterKey, Sealer, Store};
+
+use crate::accounts::NewUser;
+use crate::audit::AuditFilter;
+use crate::authz::Subject;
+use crate::connections::DriverFactory;
+use crate::hosts::{Enrolment, HostChanges, NewHost};
+use crate::{App, AppConfig, AppError};
+
+const FP: &str = "SHA256:WfUtCh6yiEwEmg0bzsZN/86BpFpC2hj+937BK2XDXSI";
+const OTHER_FP: &str = "SHA256:c3xeTobGH1oQCoS3EqFRAkB+t0EFix4JMOHxDARxeF8";
+
+fn fp(s: &str) -> HostKeyFingerprint {
+    HostKeyFingerprint::parse(s).unwrap()
+}
+
+/// A host with VMs in a map; counts the actions that reached it.
+#[derive(Default)]
+struct FakeHost {
+    vms: Mutex<HashMap<String, VmState>>,
+    acts: AtomicUsize,
+    /// When set, calls fail like a host whose key changed: the first with
+    /// the mismatch, later ones with the session's backoff.
+    mismatch: bool,
+    calls: AtomicUsize,
+}
+
+impl FakeHost {
+    fn state(&self, vm: &VmName) -> HvResult<VmState> {
+        if self.mismatch && self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(HvError::Transport(SshError::HostKeyMismatch {
+                addr: "10.0.0.9:22".into(),
+                expected: fp(FP),
+                presented: fp(OTHER_FP),
+            }));
+        }
+        if self.mismatch {
+            return Err(HvError::Transport(SshError::Backoff {
+                addr: "10.0.0.9:22".into(),
+                retry_in: std::time::Duration::from_secs(1),
+                last_error: format!("host key ... presented {OTHER_FP}"),
+            }));
+        }
+        self.vms
+            .lock()
+            .unwrap()
+            .get(vm.as_str())
+            .copied()
+            .ok_or_else(|| HvError::NotFound(vm.to_string()))
+    }
+}
+
+impl Hypervisor for FakeHost {
+    fn list_vms(&self) -> BoxFuture<'_, HvResult<Vec<VmSummary>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    fn vm_info<'a>(&'a self, vm: &'a VmName) -> BoxFuture<'a, HvResult<VmInfo>> {
+        Box::pin(async move { Err(HvError::NotFound(vm.to_string())) })
+    }
+    fn vm_state<'a>(&'a self, vm: &'a VmName) -> BoxFuture<'a, HvResult<VmState>> {
+        Box::pin(async move { self.state(vm) })
+    }
+    fn act<'a>(&'a self, vm: &'a VmName, action: VmAction) -> BoxFuture<'a, HvResult<()>> {
+        Box::pin(async move {
+            self.acts.fetch_add(1, Ordering::SeqCst);
+            let next = match action {
+                VmAction::Start | VmAction::Resume | VmAction::Reboot | VmAction::Reset => {
+                    VmState::Running
+                }
+                VmAction::Suspend => VmState::Paused,
+                _ => VmState::ShutOff,
+            };
+            self.vms.lock().unwrap().insert(vm.to_string(), next);
+            Ok(())
+        })
+    }
+    fn undefine<'a>(&'a self, vm: &'a VmName, _: bool) -> BoxFuture<'a, HvResult<()>> {
+        Box::pin(async move {
+            self.acts.fetch_add(1, Ordering::SeqCst);
+            self.vms.lock().unwrap().remove(vm.as_str());
+            Ok(())
+        })
+    }
+    fn host_facts(&self) -> BoxFuture<'_, HvResult<HostFacts>> {
+        Box::pin(async { Err(HvError::Timeout(std::time::Duration::from_secs(3))) })
+    }
+    fn events(&self) -> BoxFuture<'_, HvResult<BoxStream<'static, HvResult<VmEvent>>>> {
+        Box::pin(async { Err(HvError::Host("no events".into())) })
+    }
+}
+
+/// Hands out one shared [`FakeHost`] and counts the drivers it made.
+#[derive(Default)]
+struct FakeFactory {
+    host: Arc<FakeHost>,
+    made: AtomicUsize,
+    probes: AtomicUsize,
+}
+
+impl DriverFactory for FakeFactory {
+    fn driver(
+        &self,
+        _: &Host,
+        _: HostKeyFingerprint,
+        _: ClientKey,
+    ) -> Result<Arc<dyn Hypervisor>, AppError> {
+        self.made.fetch_add(1, Ordering::SeqCst);
+        Ok(self.host.clone())
+    }
+    fn probe<'a>(
+        &'a self,
+        _: &'a str,
+        _: u16,
+    ) -> BoxFuture<'a, Result<PresentedHostKey, SshError>> {
+        self.probes.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async {
+            Ok(PresentedHostKey {
+                fingerprint: fp(OTHER_FP),
+                public_key: "ssh-ed25519 AAAA".into(),
+            })
+        })
+    }
+}
+
+struct Fixture {
+    app: App,
+    factory: Arc<FakeFactory>,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture(host: FakeHost) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("db.sqlite"))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let factory = Arc::new(FakeFactory {
+        host: Arc::new(host),
+        ..FakeFactory::default()
+    });
+    let app = App::with_driver_factory(
+        store,
+        Sealer::new(&MasterKey::generate()),
+        AppConfig::default(),
+        factory.clone(),
+    );
+    Fixture {
+        app,
+        factory,
+        _dir: dir,
+    }
+}
+
+async fn user(app: &App, name: &str, role: Role) -> Subject {
+    let created = app
+        .user_create(
+            &Subject::console(),
+            NewUser {
+                name: UserName::parse(name).unwrap(),
+                email: Email::parse("u@example.com").unwrap(),
+                role,
+                password: Some("a long enough password".into()),
+            },
+        )
+        .await
+        .unwrap();
+    Subject {
+        user: created.user,
+        credential: Credential::System,
+        source_ip: None,
+    }
+}
+
+fn new_host(address: &str) -> NewHost {
+    NewHost {
+        name: None,
+        kind: HostKind::Libvirt,
+        address: address.into(),
+        port: None,
+        ssh_user: None,
+        libvirt_uri: None,
+        tags: vec!["env=test".into()],
+        host_key_fingerprint: Some(fp(FP)),
+        trust_on_first_use: false,
+        credential: None,
+    }
+}
+
+fn vm(name: &str) -> VmName {
+    VmName::parse(name).unwrap()
+}
+
+#[tokio::test]
+async fn registry_is_owner_scoped() {
+    let f = fixture(FakeHost::default()).await;
+    let alice = user(&f.app, "alice", Role::Operator).await;
+    let bob = user(&f.app, "bob", Role::Operator).await;
+    let admin = user(&f.app, "root", Role::Admin).await;
+    let reader = user(&f.app, "rita", Role::Reader).await;
+
+    let h = f
+        .app
+        .host_create(&alice, new_host("10.0.0.1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (h.name.as_str(), h.port, h.ssh_user.as_str()),
+        ("10.0.0.1", 22, "ovdeploy")
+    );
+    assert_eq!(h.libvirt_uri, "qemu:///system");
+    assert!(matches!(
+        f.app.host_get(&bob, h.id).await,
+        Err(AppError::NotFound("host"))
+    ));
+    assert!(matches!(
+        f.app.host_delete(&bob, h.id).await,
+        Err(AppError::NotFound("host"))
+    ));
+    assert!(f.app.hosts_list(&bob).await.unwrap().is_empty());
+    assert_eq!(f.app.hosts_list(&admin).await.unwrap().len(), 1);
+    assert!(f.app.host_get(&admin, h.id).await.is_ok());
+    assert!(matches!(
+        f.app.host_create(&reader, new_host("10.0.0.2")).await,
+        Err(AppError::Forbidden(_))
+    ));
+    // Same address twice for one owner: a conflict, not a second host.
+    assert!(matches!(
+        f.app.host_create(&alice, new_host("10.0.0.1")).await,
+        Err(AppError::Conflict(_))
+    ));
+    // Bad input changes nothing.
+    for bad in ["a;b", "$(id)", "-oProxyCommand=x", "a b", "x\ny"] {
+        assert!(matches!(
+            f.app.host_create(&alice, new_host(bad)).await,
+            Err(AppError::Invalid(_))
+        ));
+    }
+    let mut no_key = new_host("10.0.0.3");
+    no_key.host_key_fingerprint = None;
+    assert!(matches!(
+        f.app.host_create(&alice, no_key.clone()).await,
+        Err(AppError::Invalid(e)) if e.field == "host_key_fingerprint"
+    ));
+    let mut bad_key = new_host("10.0.0.3");
+    bad_key.credential = Some(HostSecret::PrivateKey("not a key".into()));
+    assert!(matches!(
+        f.app.host_create(&alice, bad_key).await,
+        Err(AppError::Invalid(e)) if e.field == "credential.private_key" && !e.message.contains("not a key")
+    ));
+    assert_eq!(f.app.hosts_list(&alice).await.unwrap().len(), 1);
+    // Trust on first use records the presented key.
+    no_key.trust_on_first_use = true;
+    let tofu = f.app.host_create(&alice, no_key).await.unwrap();
+    assert_eq!(tofu.host_key_fingerprint, Some(fp(OTHER_FP)));
+    assert_eq!(f.factory.probes.load(Ordering::SeqCst), 1);
+
+    let events = f
+        .app
+        .audit_list(
+            &alice,
+            AuditFilter {
+                limit: 100,
+                action_prefix: Some("host.".into()),
+                ..AuditFilter::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "host.create" && e.outcome == Outcome::Success)
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "host.create" && e.outcome == Outcome::Failure)
+    );
+}
+
+#[tokio::test]
+async fn one_driver_per_host_replaced_on_change() {
+    let host = FakeHost::default();
+    host.vms
+        .lock()
+        .unwrap()
+        .insert("web".into(), VmState::ShutOff);
+    let f = fixture(host).await;
+    let alice = user(&f.app, "alice", Role::Operator).await;
+    let h = f
+        .app
+        .host_create(&alice, new_host("kvm1.example"))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        f.app.vms_list(&alice, h.id).await.unwrap();
+    }
+    assert_eq!(f.factory.made.load(Ordering::SeqCst), 1);
+    assert_eq!(f.app.connections().len(), 1);
+    let changes = HostChanges {
+        port: Some(2222),
+        ..HostChanges::default()
+    };
+    assert_eq!(
+        f.app.host_update(&alice, h.id, changes).await.unwrap().port,
+        2222
+    );
+    assert!(f.app.connections().is_empty());
+    f.app.vms_list(&alice, h.id).await.unwrap();
+    assert_eq!(f.factory.made.load(Ordering::SeqCst), 2);
+    f.app.host_delete(&alice, h.id).await.unwrap();
+    assert!(f.app.connections().is_empty());
+}
+
+#[tokio::test]
+async fn transitions_are_checked_before_the_host_is_asked() {
+    let host = FakeHost::default();
+    host.vms
+        .lock()
+        .unwrap()
+        .insert("web".into(), VmState::ShutOff);
+    let f = fixture(host).await;
+    let alice = user(&f.app, "alice", Role::Operator).await;
+    let reader = user(&f.app, "rita", Role::Reader).await;
+    let h = f
+        .app
+        .host_create(&alice, new_host("10.0.0.1"))
+        .await
+        .unwrap();
+    let acts = || f.factory.host.acts.load(Ordering::SeqCst);
+
+    for action in [
+        VmAction::Shutdown,
+        VmAction::Suspend,
+        VmAction::Resume,
+        VmAction::ForceStop,
+    ] {
+        assert!(matches!(
+            f.app.vm_act(&alice, h.id, &vm("web"), action).await,
+            Err(AppError::InvalidTransition(_))
+        ));
+    }
+    assert_eq!(acts(), 0);
+    assert_eq!(
+        f.app
+            .vm_act(&alice, h.id, &vm("web"), VmAction::Start)
+            .await
+            .unwrap(),
+        VmState::Running
+    );
+    assert!(matches!(
+        f.app.vm_delete(&alice, h.id, &vm("web"), false).await,
+        Err(AppError::InvalidTransition(_))
+    ));
+    assert!(matches!(
+        f.app
+            .vm_act(&alice, h.id, &vm("nope"), VmAction::Start)
+            .await,
+        Err(AppError::NotFound("VM"))
+    ));
+    // The admin of another tenant's host may act; a reader of their own may not.
+    let h_reader = {
+        let admin = user(&f.app, "root", Role::Admin).await;
+        let mut nh = new_host("10.0.0.2");
+        nh.name = Some("readers".into());
+        f.app.host_create(&admin, nh).await.unwrap()
+    };
+    assert!(matches!(
+        f.app
+            .vm_act(&reader, h_reader.id, &vm("web"), VmAction::Start)
+            .await,
+        Err(AppError::NotFound("host"))
+    ));
+    assert_eq!(acts(), 1);
+    let events = f
+        .app
+        .audit_list(
+            &alice,
+            AuditFilter {
+                limit: 100,
+                action_prefix: Some("vm.".into()),
+                ..AuditFilter::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "vm.start" && e.outcome == Outcome::Success)
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "vm.shutdown" && e.outcome == Outcome::Failure)
+    );
+}
+
+#[tokio::test]
+async fn host_errors_are_named() {
+    let f = fixture(FakeHost {
+        mismatch: true,
+        ..FakeHost::default()
+    })
+    .await;
+    let alice = user(&f.app, "alice", Role::Operator).await;
+    let h = f
+        .app
+        .host_create(&alice, new_host("10.0.0.9"))
+        .await
+        .unwrap();
+    // First the mismatch itself, then (another caller's session waiting to
+    // retry) still the mismatch, not "unreachable".
+    for _ in 0..2 {
+        match f
+            .app
+            .vm_act(&alice, h.id, &vm("web"), VmAction::Start)
+            .await
+        {
+            Err(AppError::HostKeyMismatch {
+                expected,
+                presented,
+                ..
+            }) => {
+                assert_eq!((expected.as_str(), presented.as_str()), (FP, OTHER_FP));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Each mismatch drops the connection, so the next call checks the key
+    // again: two calls, two drivers.
+    assert_eq!(f.factory.made.load(Ordering::SeqCst), 2);
+    assert!(matches!(
+        f.app.host_facts(&alice, h.id).await,
+        Err(AppError::HostTimeout(m)) if m.contains("10.0.0.9")
+    ));
+}
+
+#[tokio::test]
+async fn enrolment_creates_then_updates() {
+    let f = fixture(FakeHost::default()).await;
+    let alice = user(&f.app, "alice", Role::Operator).await;
+    let first = f
+        .app
+        .host_enrol(
+            &alice,
+            Enrolment {
+                hostname: Some("kvm7".into()),
+                ..Enrolment::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(first.created);
+    assert!(first.authorized_key.starts_with("ssh-ed25519 "));
+    assert_eq!(first.host.host_key_fingerprint, None);
+    // Unconfirmed hosts are never contacted.
+    assert!(matches!(
+        f.app.vms_list(&alice, first.host.id).await,
+        Err(AppError::Conflict(m)) if m.contains("not confirmed")
+    ));
+    let second = f
+        .app
+        .host_enrol(
+            &alice,
+            Enrolment {
+                hostname: Some("kvm7".into()),
+                ip_address: Some("10.0.0.7".into()),
+                port: Some(2222),
+                host_key_fingerprint: Some(fp(FP)),
+                ..Enrolment::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!second.created);
+    assert_eq!(second.host.id, first.host.id);
+    assert_eq!(
+        (second.host.address.as_str(), second.host.port),
+        ("10.0.0.7", 2222)
+    );
+    assert_eq!(f.app.hosts_list(&alice).await.unwrap().len(), 1);
+    assert!(f.app.vms_list(&alice, first.host.id).await.is_ok());
+    for bad in [
+        Enrolment::default(),
+        Enrolment {
+            ip_address: Some("10.0.0.1;id".into()),
+            ..Enrolment::default()
+        },
+        Enrolment {
+            hostname: Some("$(id)".into()),
+            ..Enrolment::default()
+        },
+    ] {
+        assert!(matches!(
+            f.app.host_enrol(&alice, bad).await,
+            Err(AppError::Invalid(_))
+        ));
+    }
+}

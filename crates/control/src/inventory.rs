@@ -1,0 +1,672 @@
+//! The live inventory: an in-memory picture of every VM on every host,
+//! rebuilt from the hosts themselves (they are the source of truth; there
+//! is no VM table to go stale), kept current by each host's libvirt event
+//! stream and periodic full resyncs ([`reconcile`]).
+//!
+//! Reads never wait on a host: writers update per-host maps under a short
+//! lock (never held across an await), and readers use an immutable
+//! [`Snapshot`] with every sort order precomputed, rebuilt at most once per
+//! change and shared by all readers. A page of 100 out of 20,000 VMs is a
+//! filtered walk over one precomputed order, without cloning the VMs.
+
+pub mod reconcile;
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use chrono::{DateTime, Utc};
+use overvisor_model::account::UserId;
+use overvisor_model::host::{Host, HostId};
+use overvisor_model::vm::{VmState, VmSummary};
+use serde::Serialize;
+use tokio::sync::Notify;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::authz::{Action, Resource, Subject, authorize};
+use crate::events::{Event, EventBus, VmBrief};
+use crate::{App, AppError};
+
+/// One VM as the inventory knows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct VmRecord {
+    pub uuid: Uuid,
+    pub name: String,
+    pub state: VmState,
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub host_id: HostId,
+    pub host_name: String,
+    pub owner: UserId,
+    /// The host's tags.
+    #[schema(value_type = Vec<String>)]
+    pub tags: Arc<[String]>,
+    /// When the inventory last learnt something about this VM.
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip)]
+    name_key: String,
+}
+
+impl VmRecord {
+    fn brief(&self) -> VmBrief {
+        VmBrief {
+            uuid: self.uuid,
+            name: self.name.clone(),
+            state: self.state,
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+        }
+    }
+
+    /// Whether `name_or_uuid` names this VM.
+    fn is_called(&self, name_or_uuid: &str) -> bool {
+        self.name == name_or_uuid || Uuid::try_parse(name_or_uuid).is_ok_and(|u| u == self.uuid)
+    }
+
+    fn same_facts(&self, vm: &VmSummary) -> bool {
+        self.name == vm.name
+            && self.state == vm.state
+            && self.vcpus == vm.vcpus
+            && self.memory_mib == vm.memory_mib
+    }
+}
+
+/// Whether the inventory can currently talk to a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Connectivity {
+    /// Not synced yet since it was registered or the service started.
+    Connecting,
+    Connected,
+    /// Its VMs are shown as last seen; `last_error` says why.
+    Disconnected,
+}
+
+/// A host's state in the inventory.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HostStatus {
+    pub host_id: HostId,
+    pub host_name: String,
+    pub owner: UserId,
+    pub status: Connectivity,
+    /// Since when it has had this status.
+    pub since: DateTime<Utc>,
+    pub last_error: Option<String>,
+    /// Last successful full resync.
+    pub last_seen: Option<DateTime<Utc>>,
+    pub vm_count: usize,
+}
+
+struct HostSlot {
+    status: HostStatus,
+    tags: Arc<[String]>,
+    vms: HashMap<Uuid, Arc<VmRecord>>,
+}
+
+/// How a list is sorted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VmSort {
+    #[default]
+    Name,
+    State,
+    Host,
+    Memory,
+    Vcpus,
+}
+
+impl VmSort {
+    const ALL: [VmSort; 5] = [
+        VmSort::Name,
+        VmSort::State,
+        VmSort::Host,
+        VmSort::Memory,
+        VmSort::Vcpus,
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "name" => Self::Name,
+            "state" => Self::State,
+            "host" => Self::Host,
+            "memory" => Self::Memory,
+            "vcpus" => Self::Vcpus,
+            _ => return None,
+        })
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn compare(self, a: &VmRecord, b: &VmRecord) -> Ordering {
+        let primary = match self {
+            Self::Name => Ordering::Equal,
+            Self::State => a.state.to_string().cmp(&b.state.to_string()),
+            Self::Host => a.host_name.cmp(&b.host_name),
+            Self::Memory => a.memory_mib.cmp(&b.memory_mib),
+            Self::Vcpus => a.vcpus.cmp(&b.vcpus),
+        };
+        // Ties broken by name, then identity, so pages are stable.
+        primary
+            .then_with(|| a.name_key.cmp(&b.name_key))
+            .then_with(|| a.host_id.cmp(&b.host_id))
+            .then_with(|| a.uuid.cmp(&b.uuid))
+    }
+}
+
+/// What a caller asks of the VM list.
+#[derive(Debug, Clone, Default)]
+pub struct VmQuery {
+    pub host: Option<HostId>,
+    pub state: Option<VmState>,
+    /// Case-insensitive substring of the name.
+    pub name: Option<String>,
+    /// Hosts carrying all these tags.
+    pub tags: Vec<String>,
+    pub sort: VmSort,
+    pub descending: bool,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+/// One page of VMs and how many matched in all.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct VmPage {
+    pub total: usize,
+    pub offset: usize,
+    pub limit: usize,
+    #[schema(value_type = Vec<VmRecord>)]
+    pub items: Vec<Arc<VmRecord>>,
+}
+
+/// An immutable view of every VM, with every sort order precomputed.
+pub struct Snapshot {
+    generation: u64,
+    vms: Vec<Arc<VmRecord>>,
+    orders: [Vec<u32>; 5],
+    by_uuid: HashMap<Uuid, u32>,
+}
+
+impl Snapshot {
+    fn build(generation: u64, vms: Vec<Arc<VmRecord>>) -> Self {
+        let orders = VmSort::ALL.map(|sort| {
+            let mut order: Vec<u32> = (0..vms.len() as u32).collect();
+            order.sort_unstable_by(|&a, &b| sort.compare(&vms[a as usize], &vms[b as usize]));
+            order
+        });
+        let by_uuid = vms
+            .iter()
+            .enumerate()
+            .map(|(i, vm)| (vm.uuid, i as u32))
+            .collect();
+        Self {
+            generation,
+            vms,
+            orders,
+            by_uuid,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.vms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vms.is_empty()
+    }
+
+    /// Filters and pages; `visible` decides per owner (memoised by caller).
+    fn page(&self, query: &VmQuery, mut visible: impl FnMut(UserId) -> bool) -> VmPage {
+        let needle = query.name.as_ref().map(|n| n.to_lowercase());
+        let order = &self.orders[query.sort.index()];
+        let matches = |vm: &VmRecord, visible: &mut dyn FnMut(UserId) -> bool| {
+            query.host.is_none_or(|h| vm.host_id == h)
+                && query.state.is_none_or(|s| vm.state == s)
+                && needle
+                    .as_ref()
+                    .is_none_or(|n| vm.name_key.contains(n.as_str()))
+                && query.tags.iter().all(|t| vm.tags.contains(t))
+                && visible(vm.owner)
+        };
+        let mut total = 0;
+        let mut items = Vec::with_capacity(query.limit.min(1000));
+        let mut consider = |i: &u32| {
+            let vm = &self.vms[*i as usize];
+            if matches(vm, &mut visible) {
+                if total >= query.offset && items.len() < query.limit {
+                    items.push(vm.clone());
+                }
+                total += 1;
+            }
+        };
+        if query.descending {
+            order.iter().rev().for_each(&mut consider);
+        } else {
+            order.iter().for_each(&mut consider);
+        }
+        VmPage {
+            total,
+            offset: query.offset,
+            limit: query.limit,
+            items,
+        }
+    }
+}
+
+/// Counts for the dashboard.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct InventorySummary {
+    pub hosts: usize,
+    /// Hosts by connectivity (`connected`, `disconnected`, `connecting`).
+    pub hosts_by_status: HashMap<String, usize>,
+    pub vms: usize,
+    /// VMs by state (`running`, `shut_off`, ...).
+    pub vms_by_state: HashMap<String, usize>,
+    pub host_status: Vec<HostStatus>,
+}
+
+/// The inventory itself (lives in [`App`]).
+pub struct Inventory {
+    hosts: RwLock<HashMap<HostId, HostSlot>>,
+    generation: AtomicU64,
+    snapshot: RwLock<Arc<Snapshot>>,
+    rebuild: Mutex<()>,
+    /// Wakes the supervisor (host added, changed or removed).
+    pub(crate) wake: Notify,
+}
+
+impl Default for Inventory {
+    fn default() -> Self {
+        Self {
+            hosts: RwLock::default(),
+            generation: AtomicU64::new(1),
+            snapshot: RwLock::new(Arc::new(Snapshot::build(0, Vec::new()))),
+            rebuild: Mutex::new(()),
+            wake: Notify::new(),
+        }
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Inventory {
+    fn changed(&self) {
+        self.generation.fetch_add(1, AtomicOrdering::Release);
+    }
+
+    /// The current snapshot, rebuilt first if anything changed since.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        let wanted = self.generation.load(AtomicOrdering::Acquire);
+        let current = read(&self.snapshot).clone();
+        if current.generation == wanted {
+            return current;
+        }
+        // One reader rebuilds; the others wait for it and reuse its work.
+        let _guard = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let current = read(&self.snapshot).clone();
+        let wanted = self.generation.load(AtomicOrdering::Acquire);
+        if current.generation == wanted {
+            return current;
+        }
+        let vms: Vec<Arc<VmRecord>> = read(&self.hosts)
+            .values()
+            .flat_map(|slot| slot.vms.values().cloned())
+            .collect();
+        let fresh = Arc::new(Snapshot::build(wanted, vms));
+        *write(&self.snapshot) = fresh.clone();
+        fresh
+    }
+
+    /// Registers (or refreshes the name and tags of) a host.
+    pub fn host_upsert(&self, host: &Host) {
+        let mut hosts = write(&self.hosts);
+        let tags: Arc<[String]> = host.tags.clone().into();
+        let slot = hosts.entry(host.id).or_insert_with(|| HostSlot {
+            status: HostStatus {
+                host_id: host.id,
+                host_name: host.name.clone(),
+                owner: host.owner,
+                status: Connectivity::Connecting,
+                since: Utc::now(),
+                last_error: None,
+                last_seen: None,
+                vm_count: 0,
+            },
+            tags: tags.clone(),
+            vms: HashMap::new(),
+        });
+        if slot.status.host_name != host.name || slot.tags != tags {
+            slot.status.host_name = host.name.clone();
+            slot.tags = tags.clone();
+            for vm in slot.vms.values_mut() {
+                let mut r = (**vm).clone();
+                r.host_name = host.name.clone();
+                r.tags = tags.clone();
+                *vm = Arc::new(r);
+            }
+            self.changed();
+        }
+    }
+
+    /// Forgets a host that was deleted; its VMs leave the picture.
+    pub fn host_remove(&self, bus: &EventBus, id: HostId) {
+        let Some(slot) = write(&self.hosts).remove(&id) else {
+            return;
+        };
+        for vm in slot.vms.values() {
+            bus.publish(
+                vm.owner,
+                Event::VmRemoved {
+                    host_id: id,
+                    vm: vm.brief(),
+                },
+            );
+        }
+        self.changed();
+    }
+
+    /// Replaces a host's VMs with a full list from the host, publishing
+    /// what was added, changed or removed.
+    pub fn apply_full(&self, bus: &EventBus, id: HostId, list: Vec<VmSummary>) {
+        let mut events = Vec::new();
+        let owner;
+        {
+            let mut hosts = write(&self.hosts);
+            let Some(slot) = hosts.get_mut(&id) else {
+                return;
+            };
+            owner = slot.status.owner;
+            let now = Utc::now();
+            let mut fresh = HashMap::with_capacity(list.len());
+            for vm in list {
+                let old = slot.vms.remove(&vm.uuid);
+                let record = match old {
+                    Some(old) if old.same_facts(&vm) => old,
+                    old => {
+                        let record = Arc::new(new_record(&slot.status, &slot.tags, vm, now));
+                        events.push(if old.is_some() {
+                            Event::VmChanged {
+                                host_id: id,
+                                vm: record.brief(),
+                            }
+                        } else {
+                            Event::VmAdded {
+                                host_id: id,
+                                vm: record.brief(),
+                            }
+                        });
+                        record
+                    }
+                };
+                fresh.insert(record.uuid, record);
+            }
+            for gone in slot.vms.values() {
+                events.push(Event::VmRemoved {
+                    host_id: id,
+                    vm: gone.brief(),
+                });
+            }
+            slot.vms = fresh;
+            slot.status.vm_count = slot.vms.len();
+            slot.status.last_seen = Some(now);
+        }
+        if !events.is_empty() {
+            self.changed();
+        }
+        for event in events {
+            bus.publish(owner, event);
+        }
+    }
+
+    /// Applies a state the host pushed for the VM called `name`. Returns
+    /// false when the VM is unknown (the caller should resync).
+    pub fn apply_state(&self, bus: &EventBus, id: HostId, name: &str, state: VmState) -> bool {
+        let published = {
+            let mut hosts = write(&self.hosts);
+            let Some(slot) = hosts.get_mut(&id) else {
+                return false;
+            };
+            let Some(vm) = slot.vms.values_mut().find(|vm| vm.is_called(name)) else {
+                return false;
+            };
+            if vm.state == state {
+                return true;
+            }
+            let mut record = (**vm).clone();
+            record.state = state;
+            record.updated_at = Utc::now();
+            *vm = Arc::new(record);
+            (vm.owner, vm.brief())
+        };
+        self.changed();
+        bus.publish(
+            published.0,
+            Event::VmChanged {
+                host_id: id,
+                vm: published.1,
+            },
+        );
+        true
+    }
+
+    /// Removes the VM called `name` (the host said it was undefined).
+    pub fn apply_removed(&self, bus: &EventBus, id: HostId, name: &str) {
+        let removed = {
+            let mut hosts = write(&self.hosts);
+            let Some(slot) = hosts.get_mut(&id) else {
+                return;
+            };
+            let uuid = slot
+                .vms
+                .values()
+                .find(|vm| vm.name == name)
+                .map(|vm| vm.uuid);
+            let removed = uuid.and_then(|u| slot.vms.remove(&u));
+            slot.status.vm_count = slot.vms.len();
+            removed
+        };
+        if let Some(vm) = removed {
+            self.changed();
+            bus.publish(
+                vm.owner,
+                Event::VmRemoved {
+                    host_id: id,
+                    vm: vm.brief(),
+                },
+            );
+        }
+    }
+
+    /// Records that the host answered; publishes when that is news.
+    pub fn mark_connected(&self, bus: &EventBus, id: HostId) {
+        let owner = {
+            let mut hosts = write(&self.hosts);
+            let Some(slot) = hosts.get_mut(&id) else {
+                return;
+            };
+            if slot.status.status == Connectivity::Connected {
+                return;
+            }
+            slot.status.status = Connectivity::Connected;
+            slot.status.since = Utc::now();
+            slot.status.last_error = None;
+            slot.status.owner
+        };
+        tracing::info!(host = %id, "host connected");
+        bus.publish(owner, Event::HostConnected { host_id: id });
+    }
+
+    /// Records that the host cannot be reached and why.
+    pub fn mark_disconnected(&self, bus: &EventBus, id: HostId, error: &str) {
+        let (owner, since) = {
+            let mut hosts = write(&self.hosts);
+            let Some(slot) = hosts.get_mut(&id) else {
+                return;
+            };
+            let news = slot.status.status != Connectivity::Disconnected;
+            slot.status.last_error = Some(error.to_owned());
+            if !news {
+                return;
+            }
+            slot.status.status = Connectivity::Disconnected;
+            slot.status.since = Utc::now();
+            (slot.status.owner, slot.status.since)
+        };
+        tracing::warn!(host = %id, %error, "host disconnected");
+        bus.publish(
+            owner,
+            Event::HostDisconnected {
+                host_id: id,
+                error: error.to_owned(),
+                since,
+            },
+        );
+    }
+
+    pub fn host_status(&self, id: HostId) -> Option<HostStatus> {
+        read(&self.hosts).get(&id).map(|slot| slot.status.clone())
+    }
+
+    /// A connected host's VMs by name (`None` while it is connecting or
+    /// disconnected: the caller decides whether to ask the host).
+    pub fn host_vms(&self, id: HostId) -> Option<Vec<VmSummary>> {
+        let hosts = read(&self.hosts);
+        let slot = hosts.get(&id)?;
+        if slot.status.status != Connectivity::Connected {
+            return None;
+        }
+        let mut vms: Vec<VmSummary> = slot
+            .vms
+            .values()
+            .map(|r| VmSummary {
+                uuid: r.uuid,
+                name: r.name.clone(),
+                state: r.state,
+                vcpus: r.vcpus,
+                memory_mib: r.memory_mib,
+            })
+            .collect();
+        vms.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(vms)
+    }
+
+    /// Loads `vms` as a host's full list without events (benchmarks, tests).
+    pub fn load_synthetic(&self, host: &Host, vms: Vec<VmSummary>) {
+        self.host_upsert(host);
+        self.apply_full(&EventBus::new(1), host.id, vms);
+        self.mark_connected(&EventBus::new(1), host.id);
+    }
+}
+
+fn new_record(
+    status: &HostStatus,
+    tags: &Arc<[String]>,
+    vm: VmSummary,
+    now: DateTime<Utc>,
+) -> VmRecord {
+    VmRecord {
+        name_key: vm.name.to_lowercase(),
+        uuid: vm.uuid,
+        name: vm.name,
+        state: vm.state,
+        vcpus: vm.vcpus,
+        memory_mib: vm.memory_mib,
+        host_id: status.host_id,
+        host_name: status.host_name.clone(),
+        owner: status.owner,
+        tags: tags.clone(),
+        updated_at: now,
+    }
+}
+
+/// Memoises `authorize` per owner: a page walk asks once per distinct owner.
+fn visibility(subject: &Subject) -> impl FnMut(UserId) -> bool + '_ {
+    let mut seen: HashMap<UserId, bool> = HashMap::new();
+    move |owner| {
+        *seen
+            .entry(owner)
+            .or_insert_with(|| authorize(subject, Action::Read, Resource::OwnedBy(owner)).is_ok())
+    }
+}
+
+impl App {
+    /// A page of the VMs `subject` may see.
+    pub fn inventory_vms(&self, subject: &Subject, query: &VmQuery) -> Result<VmPage, AppError> {
+        authorize(subject, Action::Read, Resource::OwnedBy(subject.id()))?;
+        if let Some(host) = query.host {
+            self.inventory_host_visible(subject, host)?;
+        }
+        Ok(self.inventory().snapshot().page(query, visibility(subject)))
+    }
+
+    /// One VM by UUID, if `subject` may see it.
+    pub fn inventory_vm(&self, subject: &Subject, uuid: Uuid) -> Result<Arc<VmRecord>, AppError> {
+        let snapshot = self.inventory().snapshot();
+        let vm = snapshot
+            .by_uuid
+            .get(&uuid)
+            .map(|i| snapshot.vms[*i as usize].clone())
+            .ok_or(AppError::NotFound("VM"))?;
+        authorize(subject, Action::Read, Resource::OwnedBy(vm.owner))
+            .map_err(|_| AppError::NotFound("VM"))?;
+        Ok(vm)
+    }
+
+    fn inventory_host_visible(&self, subject: &Subject, host: HostId) -> Result<(), AppError> {
+        let status = self
+            .inventory()
+            .host_status(host)
+            .ok_or(AppError::NotFound("host"))?;
+        authorize(subject, Action::Read, Resource::OwnedBy(status.owner))
+            .map_err(|_| AppError::NotFound("host"))?;
+        Ok(())
+    }
+
+    /// Hosts by connectivity and VMs by state, over what `subject` may see.
+    pub fn inventory_summary(&self, subject: &Subject) -> Result<InventorySummary, AppError> {
+        authorize(subject, Action::Read, Resource::OwnedBy(subject.id()))?;
+        let mut visible = visibility(subject);
+        let mut summary = InventorySummary::default();
+        let mut host_status: Vec<HostStatus> = read(&self.inventory().hosts)
+            .values()
+            .filter(|slot| visible(slot.status.owner))
+            .map(|slot| slot.status.clone())
+            .collect();
+        host_status.sort_by(|a, b| a.host_name.cmp(&b.host_name));
+        for h in &host_status {
+            let key = serde_json::to_value(h.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            *summary.hosts_by_status.entry(key).or_default() += 1;
+        }
+        summary.hosts = host_status.len();
+        summary.host_status = host_status;
+        let snapshot = self.inventory().snapshot();
+        for vm in snapshot.vms.iter().filter(|vm| visible(vm.owner)) {
+            *summary
+                .vms_by_state
+                .entry(vm.state.to_string())
+                .or_default() += 1;
+            summary.vms += 1;
+        }
+        Ok(summary)
+    }
+
+    /// Tells the reconcilers to look at the host registry now (call after
+    /// a host was added, changed or removed).
+    pub fn inventory_wake(&self) {
+        self.inventory().wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests;

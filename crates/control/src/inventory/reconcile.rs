@@ -1,0 +1,252 @@
+//! The background reconcilers that keep the inventory true to the hosts:
+//! a supervisor that follows the host registry, and one loop per host that
+//! subscribes to the host's libvirt events, resyncs fully (on connect, on
+//! a timer, and shortly after events that change more than a state), marks
+//! the host disconnected with the error when the connection breaks, and
+//! reconnects with backoff. They take no input, are idempotent, log and
+//! carry on, and stop on shutdown.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use overvisor_model::host::{Host, HostId};
+use overvisor_model::vm::{VmEventKind, VmState};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::authz::authorize_system;
+use crate::{App, AppError};
+
+/// How the reconcilers pace themselves.
+#[derive(Debug, Clone)]
+pub struct InventorySettings {
+    /// Full resync of every connected host this often.
+    pub resync_every: Duration,
+    /// The host registry is re-read this often (and on [`App::inventory_wake`]).
+    pub registry_every: Duration,
+    /// First wait before reconnecting to a host; doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// A resync follows an event that changes more than a state after this.
+    pub debounce: Duration,
+}
+
+impl Default for InventorySettings {
+    fn default() -> Self {
+        Self {
+            resync_every: Duration::from_secs(60),
+            registry_every: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(15),
+            debounce: Duration::from_millis(50),
+        }
+    }
+}
+
+impl InventorySettings {
+    /// Defaults, with `OVERVISOR_INVENTORY_RESYNC_SECS` honoured.
+    pub fn from_env() -> Self {
+        let mut settings = Self::default();
+        if let Some(secs) = std::env::var("OVERVISOR_INVENTORY_RESYNC_SECS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|s| *s > 0)
+        {
+            settings.resync_every = Duration::from_secs(secs);
+        }
+        settings
+    }
+}
+
+impl App {
+    /// Starts the inventory's reconcilers; they stop when `shutdown` is
+    /// cancelled.
+    pub fn inventory_start(&self, settings: InventorySettings, shutdown: CancellationToken) {
+        tokio::spawn(supervise(self.clone(), settings, shutdown));
+    }
+}
+
+/// Follows the host registry: one reconciler per host, restarted when the
+/// host row changes, stopped when it is removed.
+async fn supervise(app: App, settings: InventorySettings, shutdown: CancellationToken) {
+    let mut running: HashMap<HostId, (DateTime<Utc>, CancellationToken)> = HashMap::new();
+    let mut tick = tokio::time::interval(settings.registry_every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = app.inventory().wake.notified() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        let hosts = match app.store().hosts_list(None).await {
+            Ok(hosts) => hosts,
+            Err(err) => {
+                tracing::warn!(error = %err, "inventory cannot read the host registry");
+                continue;
+            }
+        };
+        let mut present = HashMap::with_capacity(hosts.len());
+        for host in hosts {
+            present.insert(host.id, ());
+            let current = running.get(&host.id).map(|(version, _)| *version);
+            if current == Some(host.updated_at) {
+                continue;
+            }
+            if let Some((_, stop)) = running.remove(&host.id) {
+                stop.cancel();
+            }
+            app.inventory().host_upsert(&host);
+            let stop = shutdown.child_token();
+            running.insert(host.id, (host.updated_at, stop.clone()));
+            tokio::spawn(reconcile_host(app.clone(), host, settings.clone(), stop));
+        }
+        running.retain(|id, (_, stop)| {
+            let keep = present.contains_key(id);
+            if !keep {
+                stop.cancel();
+                app.inventory().host_remove(app.events(), *id);
+            }
+            keep
+        });
+    }
+    for (_, (_, stop)) in running {
+        stop.cancel();
+    }
+}
+
+/// Keeps one host's VMs current until `stop`.
+async fn reconcile_host(
+    app: App,
+    host: Host,
+    settings: InventorySettings,
+    stop: CancellationToken,
+) {
+    let mut backoff = settings.backoff_min;
+    loop {
+        let started = Instant::now();
+        let error = tokio::select! {
+            _ = stop.cancelled() => return,
+            error = session(&app, &host, &settings) => error,
+        };
+        app.inventory()
+            .mark_disconnected(app.events(), host.id, &error.to_string());
+        if needs_an_edit(&error) {
+            // Retrying cannot help (wrong or unconfirmed host key, no
+            // usable credential); an edit of the host restarts this loop.
+            stop.cancelled().await;
+            return;
+        }
+        // A session that lasted a while was a real connection: start over.
+        if started.elapsed() > settings.backoff_max {
+            backoff = settings.backoff_min;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(settings.backoff_max);
+    }
+}
+
+/// Errors only an operator can fix.
+fn needs_an_edit(error: &AppError) -> bool {
+    matches!(
+        error,
+        AppError::HostKeyMismatch { .. } | AppError::Conflict(_) | AppError::Internal(_)
+    )
+}
+
+/// One connected stretch: subscribe, resync, follow events. Returns why it
+/// ended (it only ends on an error; cancellation drops it).
+async fn session(app: &App, host: &Host, settings: &InventorySettings) -> AppError {
+    let proof = authorize_system(host.clone());
+    let driver = match app.host_driver(&proof).await {
+        Ok(driver) => driver,
+        Err(err) => return err,
+    };
+    let describe = |err| app.host_error(host, err);
+    // Subscribe first: events during the resync are then not lost.
+    let mut events = match driver.events().await {
+        Ok(events) => events,
+        Err(err) => return describe(err),
+    };
+    let resync = async || -> Result<(), AppError> {
+        let list = driver.list_vms().await.map_err(describe)?;
+        app.inventory().apply_full(app.events(), host.id, list);
+        app.inventory().mark_connected(app.events(), host.id);
+        Ok(())
+    };
+    if let Err(error) = resync().await {
+        return error;
+    }
+    let mut tick = tokio::time::interval_at(
+        Instant::now() + settings.resync_every,
+        settings.resync_every,
+    );
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut soon: Option<Instant> = None;
+    loop {
+        let debounce = async {
+            match soon {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Ok(event)) => {
+                    let known = match state_after(event.kind) {
+                        Some(state) => app
+                            .inventory()
+                            .apply_state(app.events(), host.id, &event.vm, state),
+                        None if event.kind == VmEventKind::Undefined => {
+                            app.inventory().apply_removed(app.events(), host.id, &event.vm);
+                            true
+                        }
+                        None => false,
+                    };
+                    if !known && soon.is_none() {
+                        soon = Some(Instant::now() + settings.debounce);
+                    }
+                }
+                Some(Err(err)) => return describe(err),
+                None => {
+                    return AppError::HostUnreachable(format!(
+                        "host {}: the event stream ended",
+                        host.name
+                    ));
+                }
+            },
+            _ = debounce => {
+                soon = None;
+                if let Err(error) = resync().await {
+                    return error;
+                }
+            }
+            _ = tick.tick() => {
+                if let Err(error) = resync().await {
+                    return error;
+                }
+            }
+        }
+    }
+}
+
+/// The state a lifecycle event leaves a VM in, when the event says it all;
+/// `None` means "re-read the host" (defined, rebooted, device changes, ...).
+fn state_after(kind: VmEventKind) -> Option<VmState> {
+    match kind {
+        VmEventKind::Started | VmEventKind::Resumed => Some(VmState::Running),
+        VmEventKind::Suspended => Some(VmState::Paused),
+        VmEventKind::Stopped => Some(VmState::ShutOff),
+        VmEventKind::Crashed => Some(VmState::Crashed),
+        VmEventKind::PmSuspended => Some(VmState::PmSuspended),
+        VmEventKind::Defined
+        | VmEventKind::Undefined
+        | VmEventKind::Shutdown
+        | VmEventKind::Rebooted
+        | VmEventKind::Other => None,
+    }
+}

@@ -1,0 +1,172 @@
+//! Unit tests of the inventory's bookkeeping and queries (no hosts).
+#![allow(clippy::unwrap_used)]
+
+use overvisor_model::host::HostKind;
+
+use super::*;
+
+fn host(owner: UserId, name: &str, tags: &[&str]) -> Host {
+    Host {
+        id: HostId::new(),
+        owner,
+        name: name.into(),
+        kind: HostKind::Libvirt,
+        address: "10.0.0.1".into(),
+        port: 22,
+        ssh_user: "ovdeploy".into(),
+        libvirt_uri: "qemu:///system".into(),
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        host_key_fingerprint: None,
+        has_credential: false,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    }
+}
+
+fn vm(name: &str, state: VmState, mem: u64) -> VmSummary {
+    VmSummary {
+        uuid: Uuid::new_v4(),
+        name: name.into(),
+        state,
+        vcpus: Some(1),
+        memory_mib: Some(mem),
+    }
+}
+
+fn all(query: VmQuery) -> VmQuery {
+    VmQuery {
+        limit: 100,
+        ..query
+    }
+}
+
+#[test]
+fn full_sync_diffs_and_publishes() {
+    let inv = Inventory::default();
+    let bus = EventBus::new(64);
+    let mut rx = bus.receiver();
+    let owner = UserId::new();
+    let h = host(owner, "h1", &[]);
+    inv.host_upsert(&h);
+    let a = vm("a", VmState::ShutOff, 64);
+    let b = vm("b", VmState::Running, 64);
+    inv.apply_full(&bus, h.id, vec![a.clone(), b.clone()]);
+    assert_eq!(inv.snapshot().len(), 2);
+    // Same list again: nothing published.
+    inv.apply_full(&bus, h.id, vec![a.clone(), b.clone()]);
+    let mut a2 = a.clone();
+    a2.state = VmState::Running;
+    inv.apply_full(&bus, h.id, vec![a2]);
+    assert!(inv.apply_state(&bus, h.id, "a", VmState::Paused));
+    assert!(!inv.apply_state(&bus, h.id, "nope", VmState::Paused));
+    inv.apply_removed(&bus, h.id, "a");
+    let mut types = Vec::new();
+    while let Ok(env) = rx.try_recv() {
+        types.push(env.event.type_name());
+    }
+    assert_eq!(
+        types,
+        [
+            "vm.added",
+            "vm.added",
+            "vm.changed",
+            "vm.removed",
+            "vm.changed",
+            "vm.removed"
+        ]
+    );
+    assert!(inv.snapshot().is_empty());
+    inv.mark_disconnected(&bus, h.id, "boom");
+    inv.mark_disconnected(&bus, h.id, "boom again");
+    let status = inv.host_status(h.id).unwrap();
+    assert_eq!(status.status, Connectivity::Disconnected);
+    assert_eq!(status.last_error.as_deref(), Some("boom again"));
+    inv.mark_connected(&bus, h.id);
+    assert_eq!(
+        inv.host_status(h.id).unwrap().status,
+        Connectivity::Connected
+    );
+}
+
+#[test]
+fn queries_filter_sort_page_and_hide_other_tenants() {
+    let inv = Inventory::default();
+    let (me, other) = (UserId::new(), UserId::new());
+    let h1 = host(me, "alpha", &["prod"]);
+    let h2 = host(me, "beta", &[]);
+    let h3 = host(other, "gamma", &["prod"]);
+    inv.load_synthetic(
+        &h1,
+        vec![
+            vm("Web-2", VmState::Running, 512),
+            vm("web-1", VmState::ShutOff, 256),
+        ],
+    );
+    inv.load_synthetic(&h2, vec![vm("db", VmState::Running, 1024)]);
+    inv.load_synthetic(&h3, vec![vm("web-3", VmState::Running, 128)]);
+    let snap = inv.snapshot();
+    let mine = |owner: UserId| owner == me;
+    let names = |page: VmPage| {
+        page.items
+            .iter()
+            .map(|v| v.name.clone())
+            .collect::<Vec<_>>()
+    };
+
+    assert_eq!(
+        names(snap.page(&all(VmQuery::default()), mine)),
+        ["db", "web-1", "Web-2"]
+    );
+    assert_eq!(
+        names(snap.page(&all(VmQuery::default()), |_| true)).len(),
+        4
+    );
+    let web = all(VmQuery {
+        name: Some("WEB".into()),
+        ..Default::default()
+    });
+    assert_eq!(names(snap.page(&web, mine)), ["web-1", "Web-2"]);
+    let by_mem = all(VmQuery {
+        sort: VmSort::Memory,
+        descending: true,
+        ..Default::default()
+    });
+    assert_eq!(names(snap.page(&by_mem, mine)), ["db", "Web-2", "web-1"]);
+    let running_on_alpha = all(VmQuery {
+        host: Some(h1.id),
+        state: Some(VmState::Running),
+        ..Default::default()
+    });
+    assert_eq!(names(snap.page(&running_on_alpha, mine)), ["Web-2"]);
+    let prod = all(VmQuery {
+        tags: vec!["prod".into()],
+        ..Default::default()
+    });
+    assert_eq!(names(snap.page(&prod, mine)), ["web-1", "Web-2"]);
+    let page2 = VmQuery {
+        offset: 1,
+        limit: 1,
+        ..Default::default()
+    };
+    let page = snap.page(&page2, mine);
+    assert_eq!((page.total, names(page)), (3, vec!["web-1".to_owned()]));
+}
+
+#[test]
+fn snapshot_is_shared_until_something_changes() {
+    let inv = Inventory::default();
+    let h = host(UserId::new(), "h", &[]);
+    inv.load_synthetic(&h, vec![vm("a", VmState::Running, 1)]);
+    let s1 = inv.snapshot();
+    let s2 = inv.snapshot();
+    assert!(Arc::ptr_eq(&s1, &s2));
+    inv.apply_state(&EventBus::new(1), h.id, "a", VmState::Paused);
+    let s3 = inv.snapshot();
+    assert!(!Arc::ptr_eq(&s1, &s3));
+    assert_eq!(s3.vms[0].state, VmState::Paused);
+    assert_eq!(
+        s1.vms[0].state,
+        VmState::Running,
+        "old readers keep their view"
+    );
+}

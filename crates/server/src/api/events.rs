@@ -1,0 +1,142 @@
+//! `GET /api/v1/events`: the live stream of job updates, inventory changes
+//! and host connects/disconnects a caller may see, as JSON messages over a
+//! WebSocket — or as Server-Sent Events with `Accept: text/event-stream`.
+//!
+//! The subscription is taken before the upgrade, so nothing published
+//! while the handshake completes is lost; the first message is
+//! `{"type":"subscribed"}`. A client too slow to keep up gets
+//! `{"type":"resync","missed":N}` and should re-read what it shows.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use overvisor_control::events::{EventFilter, Subscription};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::Query;
+
+/// How often an idle WebSocket is pinged (keeps proxies from closing it).
+const PING_EVERY: Duration = Duration::from_secs(25);
+const SUBSCRIBED: &str = r#"{"type":"subscribed"}"#;
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventsParams {
+    /// Comma-separated types or families: `job`, `vm`, `host`,
+    /// `job.updated`, `vm.changed`, ... (default: all).
+    pub types: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", params(EventsParams),
+    responses(
+        (status = 101, description = "WebSocket of JSON events: `{\"seq\", \"at\", \"type\", ...}`"),
+        (status = 200, description = "With `Accept: text/event-stream`: the same events as SSE", content_type = "text/event-stream"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn events_stream(
+    State(state): State<AppState>,
+    Caller(subject): Caller,
+    Query(params): Query<EventsParams>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    check_origin(&headers)?;
+    let filter = EventFilter::parse(params.types.as_deref().unwrap_or_default())
+        .map_err(overvisor_control::AppError::from)?;
+    let subscription = state.app.events_subscribe(&subject, filter)?;
+    match ws {
+        Ok(upgrade) => Ok(upgrade
+            .on_upgrade(move |socket| pump_websocket(socket, subscription))
+            .into_response()),
+        Err(_) if wants_sse(&headers) => Ok(sse(subscription).into_response()),
+        Err(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "upgrade_required",
+            "open this as a WebSocket, or send Accept: text/event-stream",
+        )),
+    }
+}
+
+fn wants_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"))
+}
+
+/// Browsers send cookies with cross-site WebSocket handshakes and SSE
+/// requests, and no CSRF token travels with a GET; so a request that
+/// authenticates by cookie must come from a page of this origin. API-key
+/// clients send no Origin (or set their own) and are not affected.
+fn check_origin(headers: &HeaderMap) -> ApiResult<()> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return Ok(());
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, host)| host.trim_end_matches('/'));
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match (origin_host, host) {
+        (Some(o), Some(h)) if o.eq_ignore_ascii_case(h) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "bad_origin",
+            "the event stream may only be opened from this site's own pages",
+        )),
+    }
+}
+
+async fn pump_websocket(mut socket: WebSocket, mut subscription: Subscription) {
+    if socket.send(Message::Text(SUBSCRIBED.into())).await.is_err() {
+        return;
+    }
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            delivery = subscription.next() => {
+                let Some(delivery) = delivery else { break };
+                if socket.send(Message::Text(delivery.to_json().into())).await.is_err() {
+                    break;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                // Pings are answered by the library; clients have nothing to say.
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+            _ = ping.tick() => {
+                if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+}
+
+fn sse(
+    subscription: Subscription,
+) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
+    let first = futures::stream::once(async { Ok(SseEvent::default().data(SUBSCRIBED)) });
+    let rest = futures::stream::unfold(subscription, |mut sub| async move {
+        let delivery = sub.next().await?;
+        Some((Ok(SseEvent::default().data(delivery.to_json())), sub))
+    });
+    Sse::new(futures::StreamExt::chain(first, rest)).keep_alive(KeepAlive::default())
+}

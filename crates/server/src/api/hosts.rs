@@ -1,0 +1,292 @@
+//! Hosts: probe a host key, register (with the confirmed fingerprint),
+//! list, show, change, remove, live facts — and agent enrolment at
+//! `POST /v1/servers/connect`.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use overvisor_control::hosts::{Enrolment, HostChanges, NewHost};
+use overvisor_model::host::{Host, HostFacts, HostId, HostKeyFingerprint, HostKind};
+use overvisor_store::hosts::HostSecret;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiResult, ErrorBody};
+use crate::extract::{Json, Path};
+
+/// A host's own login secret. Write-only: never shown again.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CredentialInput {
+    /// An OpenSSH private key without passphrase.
+    PrivateKey(String),
+    /// Not supported by the SSH transport yet (refused with 400).
+    Password(String),
+}
+
+impl From<CredentialInput> for HostSecret {
+    fn from(c: CredentialInput) -> Self {
+        match c {
+            CredentialInput::PrivateKey(k) => HostSecret::PrivateKey(k),
+            CredentialInput::Password(p) => HostSecret::Password(p),
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostProbe {
+    pub address: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+fn default_port() -> u16 {
+    22
+}
+
+/// The key a host presented, for the operator to compare out of band.
+#[derive(Serialize, ToSchema)]
+pub struct ProbedHostKey {
+    pub address: String,
+    pub port: u16,
+    pub fingerprint: HostKeyFingerprint,
+    /// `ssh-ed25519 AAAA…`
+    pub public_key: String,
+}
+
+/// Reads the SSH host key `address:port` presents, without logging in.
+/// Send the fingerprint back as `host_key_fingerprint` once confirmed.
+#[utoipa::path(post, path = "/api/v1/hosts/probe", tag = "hosts", request_body = HostProbe,
+    responses((status = 200, body = ProbedHostKey), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 502, body = ErrorBody), (status = 504, body = ErrorBody)))]
+pub async fn host_probe(
+    State(state): State<AppState>,
+    Caller(subject): Caller,
+    Json(body): Json<HostProbe>,
+) -> ApiResult<Json<ProbedHostKey>> {
+    let key = state
+        .app
+        .host_probe(&subject, &body.address, body.port)
+        .await?;
+    Ok(Json(ProbedHostKey {
+        address: body.address,
+        port: body.port,
+        fingerprint: key.fingerprint,
+        public_key: key.public_key,
+    }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostCreate {
+    /// Display name; defaults to the address.
+    pub name: Option<String>,
+    #[serde(default = "default_kind")]
+    pub kind: HostKind,
+    /// Hostname or IP address.
+    pub address: String,
+    /// Default 22.
+    pub port: Option<u16>,
+    /// Default `ovdeploy`.
+    pub ssh_user: Option<String>,
+    /// Default `qemu:///system`.
+    pub libvirt_uri: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The fingerprint you confirmed (see `POST /api/v1/hosts/probe`).
+    pub host_key_fingerprint: Option<HostKeyFingerprint>,
+    /// Without a fingerprint: record whatever key the host presents now.
+    #[serde(default)]
+    pub trust_on_first_use: bool,
+    /// The host's own login; without one, your SSH identity is used.
+    pub credential: Option<CredentialInput>,
+}
+
+fn default_kind() -> HostKind {
+    HostKind::Libvirt
+}
+
+#[utoipa::path(post, path = "/api/v1/hosts", tag = "hosts", request_body = HostCreate,
+    responses((status = 201, body = Host), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn host_create(
+    State(state): State<AppState>,
+    Caller(subject): Caller,
+    Json(body): Json<HostCreate>,
+) -> ApiResult<Response> {
+    let new = NewHost {
+        name: body.name,
+        kind: body.kind,
+        address: body.address,
+        port: body.port,
+        ssh_user: body.ssh_user,
+        libvirt_uri: body.libvirt_uri,
+        tags: body.tags,
+        host_key_fingerprint: body.host_key_fingerprint,
+        trust_on_first_use: body.trust_on_first_use,
+        credential: body.credential.map(HostSecret::from),
+    };
+    let host = state.app.host_create(&subject, new).await?;
+    Ok(created(host))
+}
+
+fn created(host: Host) -> Response {
+    let location = format!("/api/v1/hosts/{}", host.id);
+    (
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(host),
+    )
+        .into_response()
+}
+
+/// Your hosts; an administrator sees everyone's.
+#[utoipa::path(get, path = "/api/v1/hosts", tag = "hosts",
+    responses((status = 200, body = Vec<Host>), (status = 401, body = ErrorBody)))]
+pub async fn hosts_list(
+    State(state): State<AppState>,
+    Caller(subject): Caller,
+) -> ApiResult<Json<Vec<Host>>> {
+    Ok(Json(state.app.hosts_list(&subject).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/hosts/{id}", tag = "hosts", params(("id" = String, Path)),
+    responses((status = 200, body = Host), (status = 404, body = ErrorBody)))]
+pub async fn host_get(
+    State(state): State<AppState>,
+    Caller(subject): Caller,
+    Path(id): Path<HostId>,
+) -> ApiResult<Json<Host>> {
+    Ok(Json(state.app.host_get(&subject, id).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostUpdate {
+    pub name: Option<String>,
+    pub address: Option<String>,
+    pub port: Option<u16>,
+    pub ssh_user: Option<String>,
+    pub libvirt_uri: Option<String>,
+    /// Replaces all tags.
+    pub tags: Option<Vec<String>>,
+    /// A newly confirmed host key (after a host was reinstalled).
+    pub host_key_fingerprint: Option<HostKeyFingerprint>,
+    pub credential: Option<CredentialInput>,
+    /// Forget the host's own credential and use your SSH identity again.
+    #[serde(default)]
+    pub remove_credential: bool,
+}
+
+/// Changes a host; its connection is replaced on the next call.
+#[utoipa::path(patch, path = "/api/v1/hosts/{id}", tag = "hosts", params(("id" = String, Path)),
+    request_body = HostUpdate,
+    responses((status = 200, body = Host), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn host_update(
+    State(state): State<AppState>,
+    Caller(subject): Caller,
+    Path(id): Path<HostId>,
+    Json(body): Json<HostUpdate>,
+) -> ApiResult<Json<Host>> {
+    let changes = HostChanges {
+        name: body.name,
+        address: body.address,
+        port: body.port,
+        ssh_user: body.ssh_user,
+        libvirt_uri: body.libvirt_uri,
+        tags: body.tags,
+        host_key_fingerprint: body.host_key_fingerprint,
+        credential: body.credential.map(HostSecret::from),
+        remove_credential: body.remove_credential,
+    };
+    Ok(Json(state.app.host_update(&subject, id, changes).await?))
+}
+
+/// Removes the host from Overvisor (its VMs are not touched).
+#[utoipa::path(delete, path = "/api/v1/hosts/{id}", tag = "hosts", params(("id" = String, Path)),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn host_delete(
+    State(state): State<AppState>,
+    Caller(subject): Caller,
+    Path(id): Path<HostId>,
+) -> ApiResult<StatusCode> {
+    state.app.host_delete(&subject, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// CPU, memory and hypervisor versions, asked of the host now.
+#[utoipa::path(get, path = "/api/v1/hosts/{id}/facts", tag = "hosts", params(("id" = String, Path)),
+    responses((status = 200, body = HostFacts), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 502, body = ErrorBody), (status = 504, body = ErrorBody)))]
+pub async fn host_facts(
+    State(state): State<AppState>,
+    Caller(subject): Caller,
+    Path(id): Path<HostId>,
+) -> ApiResult<Json<HostFacts>> {
+    Ok(Json(state.app.host_facts(&subject, id).await?))
+}
+
+/// What a host agent reports when it enrols.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConnect {
+    pub hostname: Option<String>,
+    pub ip_address: Option<String>,
+    /// SSH port; default 22.
+    pub port: Option<u16>,
+    /// The automation account; default `ovdeploy`.
+    pub user: Option<String>,
+    /// The host's own SSH host key fingerprint, read on the host. Without
+    /// it the host is recorded unconfirmed until an operator sets one.
+    pub host_key_fingerprint: Option<HostKeyFingerprint>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ServerConnected {
+    pub host: Host,
+    /// Whether this call created the host (else it updated it).
+    pub created: bool,
+    /// The account to authorize the key for.
+    pub automation_user: String,
+    pub port: u16,
+    /// The line to add to the automation account's `authorized_keys`.
+    pub authorized_keys: String,
+}
+
+/// Host agent enrolment (`overvisor agent enroll`): creates or updates
+/// your host at this address — never a second one — and answers the public
+/// key its automation account must authorize. Also at `/v1/servers/connect`.
+#[utoipa::path(post, path = "/api/v1/servers/connect", tag = "hosts", request_body = ServerConnect,
+    responses((status = 201, body = ServerConnected), (status = 200, body = ServerConnected),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn server_connect(
+    State(state): State<AppState>,
+    Caller(subject): Caller,
+    Json(body): Json<ServerConnect>,
+) -> ApiResult<Response> {
+    let enrolment = Enrolment {
+        hostname: body.hostname,
+        ip_address: body.ip_address,
+        port: body.port,
+        ssh_user: body.user,
+        host_key_fingerprint: body.host_key_fingerprint,
+    };
+    let enrolled = state.app.host_enrol(&subject, enrolment).await?;
+    let status = if enrolled.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let body = ServerConnected {
+        automation_user: enrolled.host.ssh_user.clone(),
+        port: enrolled.host.port,
+        created: enrolled.created,
+        authorized_keys: enrolled.authorized_key,
+        host: enrolled.host,
+    };
+    Ok((status, Json(body)).into_response())
+}

@@ -1,0 +1,133 @@
+//! VMs of a host: list, show, lifecycle actions, delete. Names are
+//! validated here (400) before anything reaches the application, let alone
+//! a host; invalid transitions answer 409 `invalid_transition`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use overvisor_model::host::HostId;
+use overvisor_model::vm::{VmAction, VmInfo, VmName, VmSummary};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{Json, Path, Query};
+
+fn vm_name(raw: &str) -> Result<VmName, ApiError> {
+    VmName::parse(raw).map_err(|e| ApiError::invalid("name", e.to_string()))
+}
+
+/// The actions of `POST …/vms/{name}/{action}`, as spelled in the URL.
+const ACTIONS: [(&str, VmAction); 7] = [
+    ("start", VmAction::Start),
+    ("shutdown", VmAction::Shutdown),
+    ("force-stop", VmAction::ForceStop),
+    ("reboot", VmAction::Reboot),
+    ("reset", VmAction::Reset),
+    ("suspend", VmAction::Suspend),
+    ("resume", VmAction::Resume),
+];
+
+fn parse_action(raw: &str) -> Result<VmAction, ApiError> {
+    ACTIONS
+        .iter()
+        .find(|(name, _)| *name == raw)
+        .map(|(_, a)| *a)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "action",
+                "must be one of start, shutdown, force-stop, reboot, reset, suspend, resume",
+            )
+        })
+}
+
+/// The VMs defined on the host, asked of the host now.
+#[utoipa::path(get, path = "/api/v1/hosts/{id}/vms", tag = "vms", params(("id" = String, Path)),
+    responses((status = 200, body = Vec<VmSummary>), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 502, body = ErrorBody), (status = 504, body = ErrorBody)))]
+pub async fn vms_list(
+    State(state): State<AppState>,
+    Caller(subject): Caller,
+    Path(id): Path<HostId>,
+) -> ApiResult<Json<Vec<VmSummary>>> {
+    Ok(Json(state.app.vms_list(&subject, id).await?))
+}
+
+/// One VM in detail (by name or UUID).
+#[utoipa::path(get, path = "/api/v1/hosts/{id}/vms/{name}", tag = "vms",
+    params(("id" = String, Path), ("name" = String, Path, description = "VM name or UUID")),
+    responses((status = 200, body = VmInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 502, body = ErrorBody), (status = 504, body = ErrorBody)))]
+pub async fn vm_get(
+    State(state): State<AppState>,
+    Caller(subject): Caller,
+    Path((id, name)): Path<(HostId, String)>,
+) -> ApiResult<Json<VmInfo>> {
+    let name = vm_name(&name)?;
+    Ok(Json(state.app.vm_get(&subject, id, &name).await?))
+}
+
+/// Runs a lifecycle action: `start`, `shutdown` (graceful), `force-stop`,
+/// `reboot` (graceful), `reset`, `suspend`, `resume`.
+#[utoipa::path(post, path = "/api/v1/hosts/{id}/vms/{name}/{action}", tag = "vms",
+    params(("id" = String, Path), ("name" = String, Path, description = "VM name or UUID"),
+        ("action" = String, Path, description = "start | shutdown | force-stop | reboot | reset | suspend | resume")),
+    responses((status = 202, body = overvisor_model::job::Job, description = "The job running the action; `Location` names it and its result is `{\"state\"}`"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody),
+        (status = 504, body = ErrorBody)))]
+pub async fn vm_action(
+    State(state): State<AppState>,
+    Caller(subject): Caller,
+    Path((id, name, action)): Path<(HostId, String, String)>,
+) -> ApiResult<axum::response::Response> {
+    let name = vm_name(&name)?;
+    let action = parse_action(&action)?;
+    let job = state.app.vm_act_job(&subject, id, &name, action).await?;
+    Ok(crate::api::jobs::job_accepted(&job))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmDeleteQuery {
+    /// Also delete the VM's disks. Default false.
+    #[serde(default)]
+    pub with_storage: bool,
+}
+
+/// Undefines a shut-off VM, optionally with its disks.
+#[utoipa::path(delete, path = "/api/v1/hosts/{id}/vms/{name}", tag = "vms",
+    params(("id" = String, Path), ("name" = String, Path, description = "VM name or UUID"),
+        ("with_storage" = Option<bool>, Query, description = "also delete its disks")),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn vm_delete(
+    State(state): State<AppState>,
+    Caller(subject): Caller,
+    Path((id, name)): Path<(HostId, String)>,
+    Query(query): Query<VmDeleteQuery>,
+) -> ApiResult<StatusCode> {
+    let name = vm_name(&name)?;
+    state
+        .app
+        .vm_delete(&subject, id, &name, query.with_storage)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use overvisor_control::vms::action_name;
+
+    #[test]
+    fn url_actions_round_trip() {
+        for (name, action) in ACTIONS {
+            assert_eq!(parse_action(name).ok(), Some(action));
+            assert_eq!(action_name(action).replace('_', "-"), name);
+        }
+        for bad in ["delete", "Start", "force_stop", "", "start;id"] {
+            assert!(parse_action(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Signing in and out. The sign-in form has no session to bind a CSRF token
+//! to, so it uses a double-submit cookie scoped to `/login`. Room is left for
+//! single sign-on providers (OIDC) next to the password form.
+
+use askama::Template;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use overvisor_control::credentials::{constant_time_eq, random_token};
+use serde::Deserialize;
+
+use super::session::safe_next;
+use super::{CsrfOnly, PortalSession, render};
+use crate::AppState;
+use crate::api::auth::RequestMeta;
+use crate::auth::{client_info, cookie_value, expired_session_cookie, session_cookie};
+use crate::error::ApiError;
+use crate::extract::{Form, Query};
+
+const LOGIN_CSRF_COOKIE: &str = "ov_login_csrf";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/login", get(login_page).post(login_submit))
+        .route("/logout", post(logout))
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    csrf_token: String,
+    error: Option<String>,
+    notice: Option<String>,
+    name: String,
+    next: String,
+}
+
+fn login_form(
+    error: Option<String>,
+    notice: Option<String>,
+    name: String,
+    next: String,
+    status: StatusCode,
+) -> Response {
+    let csrf_token = random_token(24);
+    let cookie = format!(
+        "{LOGIN_CSRF_COOKIE}={csrf_token}; Path=/login; HttpOnly; SameSite=Strict; Max-Age=3600"
+    );
+    let page = render(&LoginPage {
+        csrf_token,
+        error,
+        notice,
+        name,
+        next,
+    });
+    (status, [(header::SET_COOKIE, cookie)], page).into_response()
+}
+
+#[derive(Deserialize, Default)]
+struct LoginQuery {
+    expired: Option<String>,
+    next: Option<String>,
+    signed_out: Option<String>,
+}
+
+async fn login_page(Query(q): Query<LoginQuery>) -> Response {
+    let notice = if q.expired.is_some() {
+        Some("Your session has ended. Please sign in again.".to_owned())
+    } else if q.signed_out.is_some() {
+        Some("You are signed out.".to_owned())
+    } else {
+        None
+    };
+    let next = q
+        .next
+        .as_deref()
+        .and_then(safe_next)
+        .unwrap_or("/")
+        .to_owned();
+    login_form(None, notice, String::new(), next, StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    csrf_token: String,
+    name: String,
+    password: String,
+    #[serde(default)]
+    next: String,
+}
+
+async fn login_submit(
+    State(state): State<AppState>,
+    RequestMeta(parts): RequestMeta,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let next = safe_next(&form.next).unwrap_or("/").to_owned();
+    let expected = cookie_value(&parts.headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
+    if expected.is_empty() || !constant_time_eq(expected.as_bytes(), form.csrf_token.as_bytes()) {
+        return login_form(
+            Some("The sign-in form expired. Please try again.".into()),
+            None,
+            form.name,
+            next,
+            StatusCode::FORBIDDEN,
+        );
+    }
+    let client = client_info(&parts, &state.settings);
+    match state.app.login(&form.name, form.password, client).await {
+        Ok(signed_in) => {
+            let max_age = (signed_in.session.expires_at - chrono::Utc::now())
+                .num_seconds()
+                .max(0);
+            let cookie = session_cookie(&state.settings, &signed_in.cookie_value, max_age);
+            ([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response()
+        }
+        Err(err) => {
+            let api = ApiError::from(err);
+            login_form(Some(api.message), None, form.name, next, api.status)
+        }
+    }
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    session: PortalSession,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
+        return rejected.into_response();
+    }
+    if let Err(err) = state.app.logout(&session.subject).await {
+        return super::error_response(&session, err);
+    }
+    (
+        [(header::SET_COOKIE, expired_session_cookie(&state.settings))],
+        Redirect::to("/login?signed_out=1"),
+    )
+        .into_response()
+}

@@ -1,0 +1,400 @@
+//! The host registry: one row per hypervisor a user drives. A host may carry
+//! a credential of its own (an uploaded private key or a password), sealed
+//! under the master key and bound to the host's row, so it cannot be opened
+//! for another host; it never leaves this module except to the transport.
+
+use std::fmt;
+
+use overvisor_model::account::UserId;
+use overvisor_model::host::{Host, HostId, HostKeyFingerprint};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use crate::{Result, Sealer, Store, StoreError, parse_col};
+
+/// A host's own login secret. `Debug` is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub enum HostSecret {
+    /// An OpenSSH private key without passphrase.
+    PrivateKey(String),
+    Password(String),
+}
+
+impl HostSecret {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::PrivateKey(_) => "private_key",
+            Self::Password(_) => "password",
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::PrivateKey(s) | Self::Password(s) => s.as_bytes(),
+        }
+    }
+}
+
+impl fmt::Debug for HostSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HostSecret::{}(<redacted>)", self.kind())
+    }
+}
+
+/// What to do with a host's credential on update.
+#[derive(Debug, Clone)]
+pub enum CredentialChange {
+    Keep,
+    Set(HostSecret),
+    Remove,
+}
+
+/// The associated data binding a sealed credential to its host and kind.
+fn binding(host: HostId, kind: &str) -> String {
+    format!("hosts.credential:{host}:{kind}")
+}
+
+const COLUMNS: &str = "id, owner_id, name, kind, address, port, ssh_user, libvirt_uri, tags, \
+     host_key_fingerprint, credential_kind IS NOT NULL AS has_credential, created_at, updated_at";
+
+fn host_from_row(row: &SqliteRow) -> Result<Host> {
+    let id: String = row.try_get("id")?;
+    let owner: String = row.try_get("owner_id")?;
+    let kind: String = row.try_get("kind")?;
+    let port: i64 = row.try_get("port")?;
+    let tags: String = row.try_get("tags")?;
+    let fingerprint: Option<String> = row.try_get("host_key_fingerprint")?;
+    Ok(Host {
+        id: parse_col(&id, "host id")?,
+        owner: parse_col(&owner, "user id")?,
+        name: row.try_get("name")?,
+        kind: parse_col(&kind, "host kind")?,
+        address: row.try_get("address")?,
+        port: u16::try_from(port).map_err(|_| StoreError::Corrupt("bad host port".into()))?,
+        ssh_user: row.try_get("ssh_user")?,
+        libvirt_uri: row.try_get("libvirt_uri")?,
+        tags: tags
+            .split('\n')
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        host_key_fingerprint: fingerprint
+            .map(|f| parse_col::<HostKeyFingerprint>(&f, "host key fingerprint"))
+            .transpose()?,
+        has_credential: row.try_get("has_credential")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn on_unique(err: sqlx::Error) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            let what = if db.message().contains("hosts.name") {
+                "a host with this name"
+            } else {
+                "a host with this address"
+            };
+            StoreError::Conflict(format!("{what} already exists"))
+        }
+        _ => StoreError::Database(err),
+    }
+}
+
+impl Store {
+    /// Inserts a host; `host.has_credential` is derived from `secret`.
+    pub async fn host_insert(
+        &self,
+        sealer: &Sealer,
+        host: &Host,
+        secret: Option<&HostSecret>,
+    ) -> Result<Host> {
+        let kind = secret.map(HostSecret::kind);
+        let sealed = secret.map(|s| sealer.seal(&binding(host.id, s.kind()), s.bytes()));
+        sqlx::query(
+            "INSERT INTO hosts (id, owner_id, name, kind, address, port, ssh_user, libvirt_uri,
+                tags, host_key_fingerprint, credential_kind, credential_sealed, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(host.id.to_string())
+        .bind(host.owner.to_string())
+        .bind(&host.name)
+        .bind(host.kind.to_string())
+        .bind(&host.address)
+        .bind(i64::from(host.port))
+        .bind(&host.ssh_user)
+        .bind(&host.libvirt_uri)
+        .bind(host.tags.join("\n"))
+        .bind(host.host_key_fingerprint.as_ref().map(|f| f.as_str()))
+        .bind(kind)
+        .bind(sealed)
+        .bind(host.created_at)
+        .bind(host.updated_at)
+        .execute(self.pool())
+        .await
+        .map_err(on_unique)?;
+        self.host_get(host.id).await
+    }
+
+    /// One host, whoever owns it: the caller authorizes against its owner.
+    pub async fn host_get(&self, id: HostId) -> Result<Host> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM hosts WHERE id = ?"))
+            .bind(id.to_string())
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or(StoreError::NotFound("host"))?;
+        host_from_row(&row)
+    }
+
+    /// The hosts of `owner`, or of everyone with `None`, by name.
+    pub async fn hosts_list(&self, owner: Option<UserId>) -> Result<Vec<Host>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM hosts WHERE ?1 IS NULL OR owner_id = ?1 ORDER BY name, id"
+        ))
+        .bind(owner.map(|o| o.to_string()))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(host_from_row).collect()
+    }
+
+    /// The host of `owner` at `address` (the enrolment match).
+    pub async fn host_by_address(&self, owner: UserId, address: &str) -> Result<Option<Host>> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM hosts WHERE owner_id = ? AND address = ?"
+        ))
+        .bind(owner.to_string())
+        .bind(address)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(host_from_row).transpose()
+    }
+
+    /// Writes every field of `host` (matched by id and owner) and applies
+    /// `credential`.
+    pub async fn host_update(
+        &self,
+        sealer: &Sealer,
+        host: &Host,
+        credential: &CredentialChange,
+    ) -> Result<Host> {
+        let mut tx = self.pool().begin().await?;
+        let done = sqlx::query(
+            "UPDATE hosts SET name = ?, kind = ?, address = ?, port = ?, ssh_user = ?,
+                libvirt_uri = ?, tags = ?, host_key_fingerprint = ?, updated_at = ?
+             WHERE id = ? AND owner_id = ?",
+        )
+        .bind(&host.name)
+        .bind(host.kind.to_string())
+        .bind(&host.address)
+        .bind(i64::from(host.port))
+        .bind(&host.ssh_user)
+        .bind(&host.libvirt_uri)
+        .bind(host.tags.join("\n"))
+        .bind(host.host_key_fingerprint.as_ref().map(|f| f.as_str()))
+        .bind(host.updated_at)
+        .bind(host.id.to_string())
+        .bind(host.owner.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(on_unique)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("host"));
+        }
+        let (kind, sealed) = match credential {
+            CredentialChange::Keep => (None, None),
+            CredentialChange::Set(s) => (
+                Some(s.kind()),
+                Some(sealer.seal(&binding(host.id, s.kind()), s.bytes())),
+            ),
+            CredentialChange::Remove => (None, None),
+        };
+        if !matches!(credential, CredentialChange::Keep) {
+            sqlx::query("UPDATE hosts SET credential_kind = ?, credential_sealed = ? WHERE id = ?")
+                .bind(kind)
+                .bind(sealed)
+                .bind(host.id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.host_get(host.id).await
+    }
+
+    pub async fn host_delete(&self, owner: UserId, id: HostId) -> Result<()> {
+        let done = sqlx::query("DELETE FROM hosts WHERE id = ? AND owner_id = ?")
+            .bind(id.to_string())
+            .bind(owner.to_string())
+            .execute(self.pool())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("host"));
+        }
+        Ok(())
+    }
+
+    /// The host's own credential, opened, for the SSH transport only.
+    pub async fn host_secret(&self, sealer: &Sealer, id: HostId) -> Result<Option<HostSecret>> {
+        let row = sqlx::query("SELECT credential_kind, credential_sealed FROM hosts WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or(StoreError::NotFound("host"))?;
+        let kind: Option<String> = row.try_get("credential_kind")?;
+        let sealed: Option<Vec<u8>> = row.try_get("credential_sealed")?;
+        let (Some(kind), Some(sealed)) = (kind, sealed) else {
+            return Ok(None);
+        };
+        let plain = sealer.open(&binding(id, &kind), &sealed)?;
+        let text = String::from_utf8(plain)
+            .map_err(|_| StoreError::Corrupt("host credential is not UTF-8".into()))?;
+        match kind.as_str() {
+            "private_key" => Ok(Some(HostSecret::PrivateKey(text))),
+            "password" => Ok(Some(HostSecret::Password(text))),
+            _ => Err(StoreError::Corrupt("bad host credential kind".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MasterKey, test_store};
+    use chrono::Utc;
+    use overvisor_model::account::{Email, Role, User, UserName};
+    use overvisor_model::host::HostKind;
+
+    async fn user(store: &Store, name: &str) -> UserId {
+        let now = Utc::now();
+        let user = User {
+            id: UserId::new(),
+            name: UserName::parse(name).expect("name"),
+            email: Email::parse("x@example.com").expect("email"),
+            role: Role::Operator,
+            disabled: false,
+            created_at: now,
+            updated_at: now,
+        };
+        store.user_insert(&user, None).await.expect("user");
+        user.id
+    }
+
+    fn host(owner: UserId, name: &str, address: &str) -> Host {
+        let now = Utc::now();
+        Host {
+            id: HostId::new(),
+            owner,
+            name: name.into(),
+            kind: HostKind::Libvirt,
+            address: address.into(),
+            port: 22,
+            ssh_user: "ovdeploy".into(),
+            libvirt_uri: "qemu:///system".into(),
+            tags: vec!["env=test".into(), "rack:1".into()],
+            host_key_fingerprint: HostKeyFingerprint::parse(
+                "SHA256:WfUtCh6yiEwEmg0bzsZN/86BpFpC2hj+937BK2XDXSI",
+            )
+            .ok(),
+            has_credential: false,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[tokio::test]
+    async fn crud_and_uniqueness() {
+        let store = test_store().await;
+        let sealer = Sealer::new(&MasterKey::generate());
+        let (a, b) = (user(&store, "a").await, user(&store, "b").await);
+        let h = store
+            .host_insert(&sealer, &host(a, "one", "10.0.0.1"), None)
+            .await
+            .expect("insert");
+        assert_eq!(h.tags, ["env=test", "rack:1"]);
+        assert!(!h.has_credential);
+        // Same address or name for the same owner collides; for another owner not.
+        for dup in [host(a, "two", "10.0.0.1"), host(a, "one", "10.0.0.2")] {
+            assert!(matches!(
+                store.host_insert(&sealer, &dup, None).await,
+                Err(StoreError::Conflict(_))
+            ));
+        }
+        store
+            .host_insert(&sealer, &host(b, "one", "10.0.0.1"), None)
+            .await
+            .expect("other owner");
+        assert_eq!(store.hosts_list(Some(a)).await.expect("list").len(), 1);
+        assert_eq!(store.hosts_list(None).await.expect("all").len(), 2);
+        assert_eq!(
+            store
+                .host_by_address(a, "10.0.0.1")
+                .await
+                .expect("by address")
+                .map(|h| h.id),
+            Some(h.id)
+        );
+        let mut changed = h.clone();
+        changed.port = 2222;
+        changed.tags.clear();
+        changed.host_key_fingerprint = None;
+        let changed = store
+            .host_update(&sealer, &changed, &CredentialChange::Keep)
+            .await
+            .expect("update");
+        assert_eq!((changed.port, changed.tags.len()), (2222, 0));
+        assert!(changed.host_key_fingerprint.is_none());
+        // Another owner's id does not reach the row.
+        assert!(matches!(
+            store.host_delete(b, h.id).await,
+            Err(StoreError::NotFound(_))
+        ));
+        store.host_delete(a, h.id).await.expect("delete");
+        assert!(matches!(
+            store.host_get(h.id).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn credential_is_sealed_and_bound() {
+        let store = test_store().await;
+        let sealer = Sealer::new(&MasterKey::generate());
+        let a = user(&store, "a").await;
+        let secret = HostSecret::PrivateKey("PRIVATE-KEY-TEXT".into());
+        let h1 = store
+            .host_insert(&sealer, &host(a, "one", "h1"), Some(&secret))
+            .await
+            .expect("insert");
+        let h2 = store
+            .host_insert(&sealer, &host(a, "two", "h2"), None)
+            .await
+            .expect("insert");
+        assert!(h1.has_credential && !h2.has_credential);
+        assert_eq!(
+            store.host_secret(&sealer, h1.id).await.expect("open"),
+            Some(secret.clone())
+        );
+        assert_eq!(format!("{secret:?}"), "HostSecret::private_key(<redacted>)");
+        let raw: Vec<u8> = sqlx::query_scalar("SELECT credential_sealed FROM hosts WHERE id = ?")
+            .bind(h1.id.to_string())
+            .fetch_one(store.pool())
+            .await
+            .expect("raw");
+        assert!(!raw.windows(7).any(|w| w == b"PRIVATE"));
+        // Copied to another host's row, it no longer opens.
+        sqlx::query(
+            "UPDATE hosts SET credential_kind = 'private_key', credential_sealed = ? WHERE id = ?",
+        )
+        .bind(&raw)
+        .bind(h2.id.to_string())
+        .execute(store.pool())
+        .await
+        .expect("copy");
+        assert!(store.host_secret(&sealer, h2.id).await.is_err());
+        let h1 = store
+            .host_update(&sealer, &h1, &CredentialChange::Remove)
+            .await
+            .expect("remove");
+        assert!(!h1.has_credential);
+        assert_eq!(store.host_secret(&sealer, h1.id).await.expect("none"), None);
+    }
+}

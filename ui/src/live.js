@@ -1,0 +1,99 @@
+// Live updates. Pages mark the parts that depend on changing data with
+// `data-live="topic topic…"` plus an htmx `hx-get` that re-renders that part
+// on the `ov:live` event. This module keeps one WebSocket to the event stream
+// and, for every event, fires `ov:live` on the elements whose topics match.
+// The server stays the only place that renders state; events only say
+// "this changed". After a reconnect every live element refreshes once, so
+// events missed while disconnected are not lost.
+
+import htmx from 'htmx.org';
+
+const MAX_BACKOFF_MS = 15000;
+
+// Topics an event concerns: its family (`vm`, `job`, `host`) and, when the
+// event names one, the specific object (`vm:<id>`, `job:<id>`, `host:<id>`).
+export function topicsOf(message) {
+  const topics = new Set();
+  const kind = String(message.kind || message.type || message.event || '');
+  const family = kind.split(/[._:]/)[0];
+  if (family) topics.add(family);
+  const add = (prefix, value) => {
+    if (value === undefined || value === null || value === '') return;
+    topics.add(prefix);
+    topics.add(`${prefix}:${value}`);
+  };
+  const body = message.data && typeof message.data === 'object' ? { ...message, ...message.data } : message;
+  add('job', body.job_id ?? (family === 'job' ? body.id : undefined));
+  add('host', body.host_id ?? (family === 'host' ? body.id : undefined));
+  add('vm', body.vm_id ?? body.uuid ?? (family === 'vm' ? body.id : undefined));
+  if (body.vm && typeof body.vm === 'object') {
+    add('vm', body.vm.id ?? body.vm.uuid);
+    add('host', body.vm.host_id);
+  }
+  if (body.job && typeof body.job === 'object') add('job', body.job.id);
+  if (body.host && typeof body.host === 'object') add('host', body.host.id);
+  return topics;
+}
+
+function liveElements() {
+  return Array.from(document.querySelectorAll('[data-live]'));
+}
+
+function refresh(elements) {
+  for (const el of elements) htmx.trigger(el, 'ov:live');
+}
+
+function setStatus(text, state) {
+  const badge = document.getElementById('live-status');
+  if (!badge) return;
+  badge.textContent = text;
+  badge.dataset.state = state;
+}
+
+export function setupLive() {
+  if (liveElements().length === 0) return;
+  let backoff = 500;
+  let connectedOnce = false;
+
+  const connect = () => {
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const socket = new WebSocket(`${scheme}//${location.host}/api/v1/events`);
+    socket.addEventListener('open', () => {
+      backoff = 500;
+      setStatus('Live', 'on');
+      document.body.dataset.live = 'on';
+      if (connectedOnce) refresh(liveElements());
+      connectedOnce = true;
+    });
+    socket.addEventListener('message', (event) => {
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      const topics = topicsOf(message);
+      const hit = liveElements().filter((el) =>
+        el.dataset.live.split(/\s+/).some((t) => topics.has(t)),
+      );
+      refresh(hit);
+    });
+    socket.addEventListener('close', async () => {
+      setStatus('Reconnecting…', 'off');
+      document.body.dataset.live = 'off';
+      // A closed stream is often an expired session: go and sign in again.
+      try {
+        const me = await fetch('/api/v1/users/me', { credentials: 'same-origin' });
+        if (me.status === 401) {
+          location.assign('/login');
+          return;
+        }
+      } catch {
+        // the server is unreachable; keep retrying
+      }
+      setTimeout(connect, backoff);
+      backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
+    });
+  };
+  connect();
+}
