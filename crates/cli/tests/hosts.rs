@@ -40,11 +40,11 @@ async fn act(api: &Api, host: &str, vm: &str, action: &str) -> (StatusCode, Valu
     .await
 }
 
-/// Runs an action as the API does — `202` and a job — waits for the job,
-/// and returns `{"action", "state"}` from its result.
-async fn act_ok(api: &Api, host: &str, vm: &str, action: &str) -> Value {
-    let (status, job) = act(api, host, vm, action).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{action}: {job}");
+/// Checks a change was accepted as a `kind` job (`202`), waits for the
+/// job and returns it, succeeded.
+async fn job_done(api: &Api, (status, job): (StatusCode, Value), kind: &str) -> Value {
+    assert_eq!(status, StatusCode::ACCEPTED, "{kind}: {job}");
+    assert_eq!(job["kind"], kind, "{job}");
     let (status, done) = api
         .get(&format!(
             "/api/v1/jobs/{}?wait=60",
@@ -52,7 +52,22 @@ async fn act_ok(api: &Api, host: &str, vm: &str, action: &str) -> Value {
         ))
         .await;
     assert_eq!(status, StatusCode::OK, "{done}");
-    assert_eq!(done["status"], "succeeded", "{action}: {done}");
+    assert_eq!(done["status"], "succeeded", "{kind}: {done}");
+    done
+}
+
+/// The caller's jobs of one kind.
+async fn jobs_of(api: &Api, kind: &str) -> Vec<Value> {
+    let (status, list) = api.get(&format!("/api/v1/jobs?kind={kind}")).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    list.as_array().unwrap().clone()
+}
+
+/// Runs an action as the API does — `202` and a job — waits for the job,
+/// and returns `{"action", "state"}` from its result.
+async fn act_ok(api: &Api, host: &str, vm: &str, action: &str) -> Value {
+    let kind = format!("vm.{}", action.replace('-', "_"));
+    let done = job_done(api, act(api, host, vm, action).await, &kind).await;
     let kind = done["kind"].as_str().unwrap();
     json!({"action": kind.strip_prefix("vm.").unwrap(), "state": done["result"]["state"]})
 }
@@ -125,6 +140,10 @@ async fn two_hosts_and_every_lifecycle_action_on_a_real_guest() {
     g1.wait_ready(1, BOOT);
     let (status, body) = act(&api, &id1, vm, "start").await;
     assert_error(status, &body, StatusCode::CONFLICT, "invalid_transition");
+    // A running VM cannot be deleted: refused before any job exists.
+    let (status, body) = api.delete(&format!("/api/v1/hosts/{id1}/vms/{vm}")).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "invalid_transition");
+    assert!(jobs_of(&api, "vm.delete").await.is_empty());
 
     assert_eq!(act_ok(&api, &id1, vm, "suspend").await["state"], "paused");
     assert_eq!(ovh1.domstate(vm), "paused");
@@ -152,10 +171,20 @@ async fn two_hosts_and_every_lifecycle_action_on_a_real_guest() {
     );
     assert_eq!(ovh1.domstate(vm), "shut off");
 
-    let (status, body) = api
-        .delete(&format!("/api/v1/hosts/{id1}/vms/{vm}?with_storage=false"))
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    // A stopped VM is deleted by a job.
+    let deletes = jobs_of(&api, "vm.delete").await.len();
+    let deleted = job_done(
+        &api,
+        api.delete(&format!("/api/v1/hosts/{id1}/vms/{vm}?with_storage=false"))
+            .await,
+        "vm.delete",
+    )
+    .await;
+    assert_eq!(
+        deleted["result"],
+        json!({"deleted": vm, "with_storage": false})
+    );
+    assert_eq!(jobs_of(&api, "vm.delete").await.len(), deletes + 1);
     assert!(ovh1.try_virsh(&["domstate", vm]).is_err(), "still defined");
     g1.disarm();
     let (status, body) = api.get(&format!("/api/v1/hosts/{id1}/vms/{vm}")).await;
@@ -321,6 +350,10 @@ async fn hostile_names_and_addresses_never_reach_a_host() {
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["address"], ovh1.address);
     assert_eq!(list[0]["ssh_user"], ovh1.user);
+    // Refused changes created no jobs (only the registration's).
+    assert!(jobs_of(&api, "host.update").await.is_empty());
+    assert!(jobs_of(&api, "vm.delete").await.is_empty());
+    assert_eq!(jobs_of(&api, "host.create").await.len(), 1);
 }
 
 /// Percent-encodes everything but unreserved characters.
@@ -371,26 +404,51 @@ async fn host_keys_are_pinned() {
     let (status, body) = act(&api, &wrong, "anything", "start").await;
     assert_error(status, &body, StatusCode::CONFLICT, "host_key_mismatch");
     // The operator confirms the right key: the host works at once.
-    let (status, body) = api
-        .patch(
+    let updated = job_done(
+        &api,
+        api.patch(
             &format!("/api/v1/hosts/{wrong}"),
             json!({"host_key_fingerprint": ovh2.host_key_fingerprint}),
         )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+        .await,
+        "host.update",
+    )
+    .await;
+    assert_eq!(
+        updated["result"]["host"]["host_key_fingerprint"],
+        ovh2.host_key_fingerprint
+    );
     vm_names(&api, &wrong).await;
 
     // Trust on first use only when asked for: records the presented key.
-    let (status, tofu) = api
-        .post(
-            "/api/v1/hosts",
-            json!({"address": ovh1.address, "trust_on_first_use": true,
-                   "credential": {"private_key": lab.client_key_pem()}}),
+    // The host is created at once (201, `Location`), and the change is
+    // recorded as a finished job (`X-Job-Id`).
+    let resp = api
+        .request(Method::POST, "/api/v1/hosts")
+        .json(&json!({"address": ovh1.address, "trust_on_first_use": true,
+                      "credential": {"private_key": lab.client_key_pem()}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let job_id = resp.headers()["x-job-id"].to_str().unwrap().to_owned();
+    let tofu: Value = resp.json().await.unwrap();
+    assert_eq!(tofu["host_key_fingerprint"], ovh1.host_key_fingerprint);
+    let (_, job) = api.get(&format!("/api/v1/jobs/{job_id}")).await;
+    assert_eq!(job["kind"], "host.create", "{job}");
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["result"]["host"]["id"], tofu["id"]);
+    assert!(!job.to_string().contains("PRIVATE KEY"), "{job}");
+    vm_names(&api, &id(&tofu)).await;
+    // A clash is refused at once, and no job is created.
+    let (status, body) = api
+        .patch(
+            &format!("/api/v1/hosts/{}", id(&tofu)),
+            json!({"name": "pinned-wrong"}),
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{tofu}");
-    assert_eq!(tofu["host_key_fingerprint"], ovh1.host_key_fingerprint);
-    vm_names(&api, &id(&tofu)).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    assert_eq!(jobs_of(&api, "host.update").await.len(), 1);
     let (_, audit) = api.get("/api/v1/audit?action=host.").await;
     assert!(audit.to_string().contains("trust_on_first_use"), "{audit}");
 }
@@ -463,8 +521,15 @@ async fn tenants_and_roles() {
             .iter()
             .any(|h| h["id"] == host.as_str())
     );
-    let (status, body) = app.admin().delete(&format!("/api/v1/hosts/{host}")).await;
-    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let removed = job_done(
+        &app.admin(),
+        app.admin().delete(&format!("/api/v1/hosts/{host}")).await,
+        "host.delete",
+    )
+    .await;
+    assert_eq!(removed["result"], json!({"host": null}));
+    // The owner sees the job too: it changed their infrastructure.
+    assert_eq!(jobs_of(&rita, "host.delete").await.len(), 1);
     let (status, body) = rita.get(&format!("/api/v1/hosts/{host}")).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
     // Removing a host leaves its VMs alone.

@@ -7,6 +7,8 @@
 //! confirmed the fingerprint a probe showed, or explicitly asked for trust
 //! on first use (the key presented at registration is then recorded).
 
+use std::future::Future;
+
 use chrono::Utc;
 use overvisor_hv::ClientKey;
 use overvisor_model::InvalidInput;
@@ -15,10 +17,12 @@ use overvisor_model::host::{
     DEFAULT_LIBVIRT_URI, DEFAULT_SSH_USER, Host, HostFacts, HostId, HostKeyFingerprint, HostKind,
     check_host_name, check_libvirt_uri, check_ssh_user, normalize_tags, parse_host_address,
 };
+use overvisor_model::job::Job;
 use overvisor_store::hosts::{CredentialChange, HostSecret};
 
 use crate::audit::Target;
 use crate::authz::{Action, Authorized, Owned, Resource, Subject, authorize, authorize_owned};
+use crate::jobs::JobSpec;
 use crate::{App, AppError};
 
 impl Owned for Host {
@@ -58,6 +62,16 @@ pub struct HostChanges {
     pub credential: Option<HostSecret>,
     pub remove_credential: bool,
 }
+
+/// A host change that passed every check, ready to write.
+struct PreparedUpdate {
+    current: Host,
+    host: Host,
+    credential: CredentialChange,
+}
+
+/// How long recording an already-made change may take to show as finished.
+const HOST_JOB_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a host agent reports about its host when it enrols.
 #[derive(Debug, Clone, Default)]
@@ -179,8 +193,53 @@ impl App {
         })
     }
 
-    pub async fn host_create(&self, subject: &Subject, new: NewHost) -> Result<Host, AppError> {
-        self.host_register(subject, new, false).await
+    /// Registers a host and records the change as a finished `host.create`
+    /// job (the host must exist before the answer, so the caller learns its
+    /// id; the job only keeps the jobs history complete).
+    pub async fn host_create(
+        &self,
+        subject: &Subject,
+        new: NewHost,
+    ) -> Result<(Host, Job), AppError> {
+        let host = self.host_register(subject, new, false).await?;
+        let job = self.host_job_record(subject, "host.create", &host).await?;
+        Ok((host, job))
+    }
+
+    /// A job for a host change already made, finished before it returns.
+    async fn host_job_record(
+        &self,
+        subject: &Subject,
+        kind: &str,
+        host: &Host,
+    ) -> Result<Job, AppError> {
+        let spec = JobSpec::new(kind, host.owner).target(format!("host:{}", host.id));
+        let done = serde_json::json!({ "host": host });
+        let job = self
+            .job_submit(subject, spec, move |_| async move { Ok(done) })
+            .await?;
+        Ok(self.job_wait(subject, job.id, HOST_JOB_WAIT).await?.job)
+    }
+
+    /// Submits a quick host change as a `kind` job whose result is
+    /// `{"host": …}` (or `null` when the host is gone).
+    async fn host_job_submit<F, Fut>(
+        &self,
+        subject: &Subject,
+        kind: &str,
+        host: &Host,
+        work: F,
+    ) -> Result<Job, AppError>
+    where
+        F: FnOnce(App) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<Host>, AppError>> + Send + 'static,
+    {
+        let spec = JobSpec::new(kind, host.owner).target(format!("host:{}", host.id));
+        self.job_submit(subject, spec, move |ctx| async move {
+            let host = work(ctx.app().clone()).await?;
+            Ok(serde_json::json!({ "host": host }))
+        })
+        .await
     }
 
     /// Registers a host. Without a fingerprint it probes for one under
@@ -273,12 +332,41 @@ impl App {
         Ok(host.into_inner())
     }
 
+    /// Changes a host at once (enrolment's way; the API uses
+    /// [`App::host_update_job`]).
     pub async fn host_update(
         &self,
         subject: &Subject,
         id: HostId,
         changes: HostChanges,
     ) -> Result<Host, AppError> {
+        let prepared = self.host_update_prepare(subject, id, changes).await?;
+        self.host_update_apply(subject, prepared).await
+    }
+
+    /// Checks a change now (400/403/404/409: nothing changes, no job
+    /// exists), then writes it in a `host.update` job.
+    pub async fn host_update_job(
+        &self,
+        subject: &Subject,
+        id: HostId,
+        changes: HostChanges,
+    ) -> Result<Job, AppError> {
+        let prepared = self.host_update_prepare(subject, id, changes).await?;
+        let current = prepared.current.clone();
+        let requester = subject.clone();
+        self.host_job_submit(subject, "host.update", &current, move |app| async move {
+            app.host_update_apply(&requester, prepared).await.map(Some)
+        })
+        .await
+    }
+
+    async fn host_update_prepare(
+        &self,
+        subject: &Subject,
+        id: HostId,
+        changes: HostChanges,
+    ) -> Result<PreparedUpdate, AppError> {
         let current = self
             .host_authorized(subject, id, Action::Operate, "host.update")
             .await?
@@ -323,7 +411,43 @@ impl App {
             (None, true) => CredentialChange::Remove,
             (None, false) => CredentialChange::Keep,
         };
+        // Clashes answer now rather than fail the job later (the store's
+        // unique keys still catch a race with a concurrent change).
+        for other in self.store().hosts_list(Some(host.owner)).await? {
+            if other.id == host.id {
+                continue;
+            }
+            if other.name == host.name {
+                return Err(AppError::Conflict(format!(
+                    "host {} already exists",
+                    host.name
+                )));
+            }
+            if other.address == host.address {
+                return Err(AppError::Conflict(format!(
+                    "a host at {} already exists",
+                    host.address
+                )));
+            }
+        }
         host.updated_at = Utc::now();
+        Ok(PreparedUpdate {
+            current,
+            host,
+            credential,
+        })
+    }
+
+    async fn host_update_apply(
+        &self,
+        subject: &Subject,
+        prepared: PreparedUpdate,
+    ) -> Result<Host, AppError> {
+        let PreparedUpdate {
+            current,
+            host,
+            credential,
+        } = prepared;
         let detail = change_summary(&current, &host, &credential);
         let result = self
             .store()
@@ -331,7 +455,7 @@ impl App {
             .await
             .map_err(AppError::from);
         // Whatever changed, the next call connects afresh with the new row.
-        self.connections().forget(id);
+        self.connections().forget(host.id);
         self.inventory_wake();
         self.audited(
             subject,
@@ -343,13 +467,33 @@ impl App {
         .await
     }
 
+    /// Removes a host at once (the API uses [`App::host_delete_job`]).
     pub async fn host_delete(&self, subject: &Subject, id: HostId) -> Result<(), AppError> {
         let host = self
             .host_authorized(subject, id, Action::Operate, "host.delete")
             .await?
             .into_inner();
-        let result = self.store().host_delete(host.owner, id).await;
-        self.connections().forget(id);
+        self.host_delete_apply(subject, host).await
+    }
+
+    /// Checks access now (403/404, no job), then removes the host in a
+    /// `host.delete` job.
+    pub async fn host_delete_job(&self, subject: &Subject, id: HostId) -> Result<Job, AppError> {
+        let host = self
+            .host_authorized(subject, id, Action::Operate, "host.delete")
+            .await?
+            .into_inner();
+        let requester = subject.clone();
+        let gone = host.clone();
+        self.host_job_submit(subject, "host.delete", &host, move |app| async move {
+            app.host_delete_apply(&requester, gone).await.map(|()| None)
+        })
+        .await
+    }
+
+    async fn host_delete_apply(&self, subject: &Subject, host: Host) -> Result<(), AppError> {
+        let result = self.store().host_delete(host.owner, host.id).await;
+        self.connections().forget(host.id);
         self.inventory_wake();
         self.audited(
             subject,
@@ -445,6 +589,12 @@ impl App {
                 (self.host_register(subject, new, true).await?, true)
             }
         };
+        let kind = if created {
+            "host.create"
+        } else {
+            "host.update"
+        };
+        self.host_job_record(subject, kind, &host).await?;
         Ok(Enrolled {
             host,
             created,

@@ -13,6 +13,7 @@ use futures::stream::BoxStream;
 use overvisor_hv::{ClientKey, HvError, HvResult, Hypervisor, PresentedHostKey, SshError};
 use overvisor_model::account::{Credential, Email, Outcome, Role, UserName};
 use overvisor_model::host::{Host, HostFacts, HostKeyFingerprint, HostKind};
+use overvisor_model::job::JobStatus;
 use overvisor_model::vm::{VmAction, VmEvent, VmInfo, VmName, VmState, VmSummary};
 use overvisor_store::hosts::HostSecret;
 use overvisor_store::{MasterKey, Sealer, Store};
@@ -22,6 +23,7 @@ use crate::audit::AuditFilter;
 use crate::authz::Subject;
 use crate::connections::DriverFactory;
 use crate::hosts::{Enrolment, HostChanges, NewHost};
+use crate::jobs::JobFilter;
 use crate::{App, AppConfig, AppError};
 
 const FP: &str = "SHA256:WfUtCh6yiEwEmg0bzsZN/86BpFpC2hj+937BK2XDXSI";
@@ -219,7 +221,8 @@ async fn registry_is_owner_scoped() {
         .app
         .host_create(&alice, new_host("10.0.0.1"))
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     assert_eq!(
         (h.name.as_str(), h.port, h.ssh_user.as_str()),
         ("10.0.0.1", 22, "ovdeploy")
@@ -267,7 +270,7 @@ async fn registry_is_owner_scoped() {
     assert_eq!(f.app.hosts_list(&alice).await.unwrap().len(), 1);
     // Trust on first use records the presented key.
     no_key.trust_on_first_use = true;
-    let tofu = f.app.host_create(&alice, no_key).await.unwrap();
+    let tofu = f.app.host_create(&alice, no_key).await.unwrap().0;
     assert_eq!(tofu.host_key_fingerprint, Some(fp(OTHER_FP)));
     assert_eq!(f.factory.probes.load(Ordering::SeqCst), 1);
 
@@ -308,7 +311,8 @@ async fn one_driver_per_host_replaced_on_change() {
         .app
         .host_create(&alice, new_host("kvm1.example"))
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     for _ in 0..3 {
         f.app.vms_list(&alice, h.id).await.unwrap();
     }
@@ -330,6 +334,80 @@ async fn one_driver_per_host_replaced_on_change() {
 }
 
 #[tokio::test]
+async fn host_changes_are_jobs_and_refusals_create_none() {
+    let host = FakeHost::default();
+    host.vms
+        .lock()
+        .unwrap()
+        .insert("web".into(), VmState::Running);
+    let f = fixture(host).await;
+    let alice = user(&f.app, "alice", Role::Operator).await;
+    let (h, created) = f
+        .app
+        .host_create(&alice, new_host("10.0.0.1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (created.kind.as_str(), created.status),
+        ("host.create", JobStatus::Succeeded)
+    );
+    let mut other = new_host("10.0.0.2");
+    other.name = Some("other".into());
+    f.app.host_create(&alice, other).await.unwrap();
+    let jobs = || async {
+        let filter = JobFilter {
+            limit: 100,
+            ..JobFilter::default()
+        };
+        f.app.jobs_list(&alice, filter).await.unwrap().len()
+    };
+    assert_eq!(jobs().await, 2);
+
+    // Bad input, a clash, a running VM: refused at once, no job.
+    let bad = HostChanges {
+        port: Some(0),
+        ..HostChanges::default()
+    };
+    assert!(matches!(
+        f.app.host_update_job(&alice, h.id, bad).await,
+        Err(AppError::Invalid(_))
+    ));
+    let clash = HostChanges {
+        name: Some("other".into()),
+        ..HostChanges::default()
+    };
+    assert!(matches!(
+        f.app.host_update_job(&alice, h.id, clash).await,
+        Err(AppError::Conflict(_))
+    ));
+    assert!(matches!(
+        f.app.vm_delete_job(&alice, h.id, &vm("web"), false).await,
+        Err(AppError::InvalidTransition(_))
+    ));
+    assert_eq!(jobs().await, 2);
+
+    // Good changes run as jobs that do the work.
+    let port = HostChanges {
+        port: Some(2222),
+        ..HostChanges::default()
+    };
+    let job = f.app.host_update_job(&alice, h.id, port).await.unwrap();
+    let done = f.app.job_follow(&alice, &job, WAIT).await.unwrap();
+    assert_eq!(done.result.unwrap()["host"]["port"], 2222);
+    assert_eq!(f.app.host_get(&alice, h.id).await.unwrap().port, 2222);
+    let job = f.app.host_delete_job(&alice, h.id).await.unwrap();
+    assert_eq!(job.kind, "host.delete");
+    f.app.job_follow(&alice, &job, WAIT).await.unwrap();
+    assert!(matches!(
+        f.app.host_get(&alice, h.id).await,
+        Err(AppError::NotFound("host"))
+    ));
+    assert_eq!(jobs().await, 4);
+}
+
+const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[tokio::test]
 async fn transitions_are_checked_before_the_host_is_asked() {
     let host = FakeHost::default();
     host.vms
@@ -343,7 +421,8 @@ async fn transitions_are_checked_before_the_host_is_asked() {
         .app
         .host_create(&alice, new_host("10.0.0.1"))
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     let acts = || f.factory.host.acts.load(Ordering::SeqCst);
 
     for action in [
@@ -380,7 +459,7 @@ async fn transitions_are_checked_before_the_host_is_asked() {
         let admin = user(&f.app, "root", Role::Admin).await;
         let mut nh = new_host("10.0.0.2");
         nh.name = Some("readers".into());
-        f.app.host_create(&admin, nh).await.unwrap()
+        f.app.host_create(&admin, nh).await.unwrap().0
     };
     assert!(matches!(
         f.app
@@ -425,7 +504,8 @@ async fn host_errors_are_named() {
         .app
         .host_create(&alice, new_host("10.0.0.9"))
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     // First the mismatch itself, then (another caller's session waiting to
     // retry) still the mismatch, not "unreachable".
     for _ in 0..2 {

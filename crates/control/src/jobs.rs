@@ -399,6 +399,25 @@ impl App {
         self.job_get(subject, id).await
     }
 
+    /// Waits up to `wait` for a job the caller just started and answers
+    /// like the synchronous call would have: the job once it succeeded (or
+    /// is still running), its error when it did not succeed. For pages that
+    /// show an outcome rather than a job.
+    pub async fn job_follow(
+        &self,
+        subject: &Subject,
+        job: &Job,
+        wait: Duration,
+    ) -> Result<Job, AppError> {
+        let job = self.job_wait(subject, job.id, wait).await?.job;
+        match job.status {
+            JobStatus::Failed | JobStatus::Cancelled | JobStatus::Interrupted => Err(
+                AppError::HostFailed(job.error.clone().unwrap_or_else(|| job.status.to_string())),
+            ),
+            _ => Ok(job),
+        }
+    }
+
     /// Waits for a job to finish without authorization (the caller checked).
     async fn job_wait_unchecked(&self, id: JobId, wait: Option<Duration>) -> Result<Job, AppError> {
         // Subscribe before reading, so a change in between is not missed.

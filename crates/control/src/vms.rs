@@ -113,6 +113,32 @@ impl App {
         if action == VmAction::Delete {
             return Err(InvalidInput::new("action", "delete the VM with DELETE").into());
         }
+        self.vm_change_job(subject, host, vm, action, false).await
+    }
+
+    /// [`App::vm_delete`] as a job, checked like [`App::vm_act_job`] (a
+    /// VM that is not shut off is a 409 before any job exists). The job's
+    /// result is `{"deleted": <name>, "with_storage": <bool>}`.
+    pub async fn vm_delete_job(
+        &self,
+        subject: &Subject,
+        host: HostId,
+        vm: &VmName,
+        with_storage: bool,
+    ) -> Result<Job, AppError> {
+        self.vm_change_job(subject, host, vm, VmAction::Delete, with_storage)
+            .await
+    }
+
+    /// Checks a change now, then submits it as a `vm.<action>` job.
+    async fn vm_change_job(
+        &self,
+        subject: &Subject,
+        host: HostId,
+        vm: &VmName,
+        action: VmAction,
+        with_storage: bool,
+    ) -> Result<Job, AppError> {
         let kind = format!("vm.{}", action_name(action));
         let authorized = self
             .host_authorized(subject, host, Action::Operate, &kind)
@@ -145,8 +171,16 @@ impl App {
             .timeout(VM_JOB_TIMEOUT);
         let (requester, vm) = (subject.clone(), vm.clone());
         self.job_submit(subject, spec, move |ctx| async move {
+            let app = ctx.app();
+            if action == VmAction::Delete {
+                ctx.info(format!("delete {vm} (with_storage={with_storage})"))
+                    .await;
+                app.vm_delete(&requester, host, &vm, with_storage).await?;
+                ctx.info(format!("{vm} is deleted")).await;
+                return Ok(serde_json::json!({ "deleted": vm, "with_storage": with_storage }));
+            }
             ctx.info(format!("{} {vm}", action_name(action))).await;
-            let state = ctx.app().vm_act(&requester, host, &vm, action).await?;
+            let state = app.vm_act(&requester, host, &vm, action).await?;
             ctx.info(format!("{vm} is {state}")).await;
             Ok(serde_json::json!({ "state": state }))
         })

@@ -3,7 +3,7 @@
 //! `POST /v1/servers/connect`.
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use overvisor_control::hosts::{Enrolment, HostChanges, NewHost};
 use overvisor_model::host::{Host, HostFacts, HostId, HostKeyFingerprint, HostKind};
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::AppState;
+use crate::api::jobs::job_accepted;
 use crate::auth::Caller;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
@@ -109,8 +110,10 @@ fn default_kind() -> HostKind {
     HostKind::Libvirt
 }
 
+/// Registers a host. `Location` names the host; `X-Job-Id` the finished
+/// `host.create` job that records the change.
 #[utoipa::path(post, path = "/api/v1/hosts", tag = "hosts", request_body = HostCreate,
-    responses((status = 201, body = Host), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 201, body = Host, headers(("x-job-id" = String, description = "The host.create job"))), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn host_create(
     State(state): State<AppState>,
@@ -129,19 +132,22 @@ pub async fn host_create(
         trust_on_first_use: body.trust_on_first_use,
         credential: body.credential.map(HostSecret::from),
     };
-    let host = state.app.host_create(&subject, new).await?;
-    Ok(created(host))
-}
-
-fn created(host: Host) -> Response {
+    let (host, job) = state.app.host_create(&subject, new).await?;
     let location = format!("/api/v1/hosts/{}", host.id);
-    (
+    Ok((
         StatusCode::CREATED,
-        [(header::LOCATION, location)],
+        [
+            (header::LOCATION, location),
+            (JOB_ID_HEADER, job.id.to_string()),
+        ],
         Json(host),
     )
-        .into_response()
+        .into_response())
 }
+
+/// Names the (finished) `host.create` job that recorded a registration:
+/// `Location` already names the new host.
+pub const JOB_ID_HEADER: HeaderName = HeaderName::from_static("x-job-id");
 
 /// Your hosts; an administrator sees everyone's.
 #[utoipa::path(get, path = "/api/v1/hosts", tag = "hosts",
@@ -181,17 +187,19 @@ pub struct HostUpdate {
     pub remove_credential: bool,
 }
 
-/// Changes a host; its connection is replaced on the next call.
+/// Changes a host in a `host.update` job (its result is `{"host"}`); the
+/// host's connection is replaced on the next call. Bad input, access and
+/// clashes are refused before any job exists.
 #[utoipa::path(patch, path = "/api/v1/hosts/{id}", tag = "hosts", params(("id" = String, Path)),
     request_body = HostUpdate,
-    responses((status = 200, body = Host), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 202, body = overvisor_model::job::Job, description = "The job; `Location` names it"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn host_update(
     State(state): State<AppState>,
     Caller(subject): Caller,
     Path(id): Path<HostId>,
     Json(body): Json<HostUpdate>,
-) -> ApiResult<Json<Host>> {
+) -> ApiResult<Response> {
     let changes = HostChanges {
         name: body.name,
         address: body.address,
@@ -203,19 +211,21 @@ pub async fn host_update(
         credential: body.credential.map(HostSecret::from),
         remove_credential: body.remove_credential,
     };
-    Ok(Json(state.app.host_update(&subject, id, changes).await?))
+    let job = state.app.host_update_job(&subject, id, changes).await?;
+    Ok(job_accepted(&job))
 }
 
-/// Removes the host from Overvisor (its VMs are not touched).
+/// Removes the host from Overvisor (its VMs are not touched) in a
+/// `host.delete` job.
 #[utoipa::path(delete, path = "/api/v1/hosts/{id}", tag = "hosts", params(("id" = String, Path)),
-    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 202, body = overvisor_model::job::Job, description = "The job; `Location` names it"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn host_delete(
     State(state): State<AppState>,
     Caller(subject): Caller,
     Path(id): Path<HostId>,
-) -> ApiResult<StatusCode> {
-    state.app.host_delete(&subject, id).await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> ApiResult<Response> {
+    let job = state.app.host_delete_job(&subject, id).await?;
+    Ok(job_accepted(&job))
 }
 
 /// CPU, memory and hypervisor versions, asked of the host now.

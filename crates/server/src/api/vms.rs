@@ -3,7 +3,6 @@
 //! a host; invalid transitions answer 409 `invalid_transition`.
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use overvisor_model::host::HostId;
 use overvisor_model::vm::{VmAction, VmInfo, VmName, VmSummary};
 use serde::Deserialize;
@@ -95,24 +94,26 @@ pub struct VmDeleteQuery {
     pub with_storage: bool,
 }
 
-/// Undefines a shut-off VM, optionally with its disks.
+/// Undefines a shut-off VM, optionally with its disks, as a `vm.delete`
+/// job. A VM that is not shut off is refused (409) before any job exists.
 #[utoipa::path(delete, path = "/api/v1/hosts/{id}/vms/{name}", tag = "vms",
     params(("id" = String, Path), ("name" = String, Path, description = "VM name or UUID"),
         ("with_storage" = Option<bool>, Query, description = "also delete its disks")),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 202, body = overvisor_model::job::Job, description = "The job deleting the VM; `Location` names it"),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn vm_delete(
     State(state): State<AppState>,
     Caller(subject): Caller,
     Path((id, name)): Path<(HostId, String)>,
     Query(query): Query<VmDeleteQuery>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<axum::response::Response> {
     let name = vm_name(&name)?;
-    state
+    let job = state
         .app
-        .vm_delete(&subject, id, &name, query.with_storage)
+        .vm_delete_job(&subject, id, &name, query.with_storage)
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(crate::api::jobs::job_accepted(&job))
 }
 
 #[cfg(test)]

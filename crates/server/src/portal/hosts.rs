@@ -231,6 +231,7 @@ async fn host_create(
             .app
             .host_create(&session.subject, new)
             .await
+            .map(|(host, _job)| host)
             .map_err(ApiError::from)
     }
     .await;
@@ -332,6 +333,9 @@ async fn host_vms_fragment(
     })
 }
 
+/// How long a page waits for a (quick) host job before showing the outcome.
+const HOST_JOB_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// More than this and the host page links to the searchable list instead.
 const HOST_VMS_SHOWN: usize = 200;
 
@@ -364,9 +368,14 @@ async fn host_edit(
             host_key_fingerprint: fingerprint,
             ..HostChanges::default()
         };
+        // A job like the API's, followed here: the page shows the outcome.
+        let job = state
+            .app
+            .host_update_job(&session.subject, id, changes)
+            .await?;
         state
             .app
-            .host_update(&session.subject, id, changes)
+            .job_follow(&session.subject, &job, HOST_JOB_WAIT)
             .await
             .map_err(ApiError::from)
     }
@@ -398,8 +407,16 @@ async fn host_delete(
     if let Err(rejected) = session.check_csrf(&form.csrf_token) {
         return rejected.into_response();
     }
-    match state.app.host_delete(&session.subject, id).await {
-        Ok(()) => Redirect::to("/hosts?done=removed").into_response(),
+    let removed = async {
+        let job = state.app.host_delete_job(&session.subject, id).await?;
+        state
+            .app
+            .job_follow(&session.subject, &job, HOST_JOB_WAIT)
+            .await
+    }
+    .await;
+    match removed {
+        Ok(_) => Redirect::to("/hosts?done=removed").into_response(),
         Err(e) => error_response(&session, e),
     }
 }

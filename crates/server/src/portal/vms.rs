@@ -396,6 +396,9 @@ async fn vm_action(
     Redirect::to(&format!("/vms/{host_id}/{uuid}")).into_response()
 }
 
+/// How long the delete form waits for its job before redirecting.
+const DELETE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Deserialize)]
 struct DeleteForm {
     csrf_token: String,
@@ -413,16 +416,24 @@ async fn vm_delete(
         return rejected.into_response();
     }
     let name = VmName::from_uuid(uuid);
-    match state
-        .app
-        .vm_delete(
-            &session.subject,
-            host_id,
-            &name,
-            form.with_storage.is_some(),
-        )
-        .await
-    {
+    // The API's job, followed here so the page can show the outcome.
+    let deleted = async {
+        let job = state
+            .app
+            .vm_delete_job(
+                &session.subject,
+                host_id,
+                &name,
+                form.with_storage.is_some(),
+            )
+            .await?;
+        state
+            .app
+            .job_follow(&session.subject, &job, DELETE_WAIT)
+            .await
+    }
+    .await;
+    match deleted {
         Ok(_) => Redirect::to(&format!("/hosts/{host_id}")).into_response(),
         Err(e) => error_response(&session, e),
     }
