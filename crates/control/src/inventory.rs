@@ -13,7 +13,7 @@ pub mod reconcile;
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
@@ -271,8 +271,12 @@ pub struct InventorySummary {
 pub struct Inventory {
     hosts: RwLock<HashMap<HostId, HostSlot>>,
     generation: AtomicU64,
-    snapshot: RwLock<Arc<Snapshot>>,
+    snapshot: Arc<RwLock<Arc<Snapshot>>>,
     rebuild: Mutex<()>,
+    /// A background rebuild is under way.
+    rebuilding: Arc<AtomicBool>,
+    /// How long the last rebuild took (µs): decides inline vs. background.
+    last_build_micros: Arc<AtomicU64>,
     /// Wakes the supervisor (host added, changed or removed).
     pub(crate) wake: Notify,
 }
@@ -282,11 +286,29 @@ impl Default for Inventory {
         Self {
             hosts: RwLock::default(),
             generation: AtomicU64::new(1),
-            snapshot: RwLock::new(Arc::new(Snapshot::build(0, Vec::new()))),
+            snapshot: Arc::new(RwLock::new(Arc::new(Snapshot::build(0, Vec::new())))),
             rebuild: Mutex::new(()),
+            rebuilding: Arc::default(),
+            last_build_micros: Arc::default(),
             wake: Notify::new(),
         }
     }
+}
+
+/// Above this rebuild time (µs), snapshots are rebuilt in the background.
+const INLINE_REBUILD_MICROS: u64 = 5_000;
+
+/// Installs `fresh` unless a newer snapshot got there first.
+fn publish(slot: &RwLock<Arc<Snapshot>>, fresh: Arc<Snapshot>) {
+    let mut current = write(slot);
+    if current.generation < fresh.generation {
+        *current = fresh;
+    }
+}
+
+fn record_build_time(timing: &AtomicU64, started: std::time::Instant) {
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    timing.store(micros, AtomicOrdering::Relaxed);
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -302,11 +324,22 @@ impl Inventory {
         self.generation.fetch_add(1, AtomicOrdering::Release);
     }
 
-    /// The current snapshot, rebuilt first if anything changed since.
+    /// The current snapshot. While the inventory is small it is rebuilt
+    /// inline when anything changed, so a read sees every change before it.
+    /// Once a rebuild takes longer than [`INLINE_REBUILD_MICROS`] (tens of
+    /// thousands of VMs), reads keep getting the previous snapshot while one
+    /// background thread builds the next: under constant churn no request
+    /// pays for re-sorting the fleet, and the picture lags by one rebuild.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         let wanted = self.generation.load(AtomicOrdering::Acquire);
         let current = read(&self.snapshot).clone();
         if current.generation == wanted {
+            return current;
+        }
+        if self.last_build_micros.load(AtomicOrdering::Relaxed) > INLINE_REBUILD_MICROS {
+            if !self.rebuilding.swap(true, AtomicOrdering::AcqRel) {
+                self.rebuild_in_background();
+            }
             return current;
         }
         // One reader rebuilds; the others wait for it and reuse its work.
@@ -316,13 +349,47 @@ impl Inventory {
         if current.generation == wanted {
             return current;
         }
-        let vms: Vec<Arc<VmRecord>> = read(&self.hosts)
+        let fresh = Arc::new(self.build_timed(wanted));
+        publish(&self.snapshot, fresh.clone());
+        fresh
+    }
+
+    fn collect_vms(&self) -> Vec<Arc<VmRecord>> {
+        read(&self.hosts)
             .values()
             .flat_map(|slot| slot.vms.values().cloned())
-            .collect();
-        let fresh = Arc::new(Snapshot::build(wanted, vms));
-        *write(&self.snapshot) = fresh.clone();
-        fresh
+            .collect()
+    }
+
+    fn build_timed(&self, generation: u64) -> Snapshot {
+        let started = std::time::Instant::now();
+        let snapshot = Snapshot::build(generation, self.collect_vms());
+        record_build_time(&self.last_build_micros, started);
+        snapshot
+    }
+
+    fn rebuild_in_background(&self) {
+        // Collecting the records is cheap (reference counts); sorting is not.
+        let wanted = self.generation.load(AtomicOrdering::Acquire);
+        let vms = self.collect_vms();
+        let (slot, busy, timing) = (
+            self.snapshot.clone(),
+            self.rebuilding.clone(),
+            self.last_build_micros.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("inventory-rebuild".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                let fresh = Arc::new(Snapshot::build(wanted, vms));
+                record_build_time(&timing, started);
+                publish(&slot, fresh);
+                busy.store(false, AtomicOrdering::Release);
+            });
+        if let Err(err) = spawned {
+            tracing::warn!(error = %err, "cannot start an inventory rebuild thread");
+            self.rebuilding.store(false, AtomicOrdering::Release);
+        }
     }
 
     /// Registers (or refreshes the name and tags of) a host.

@@ -170,3 +170,37 @@ fn snapshot_is_shared_until_something_changes() {
         "old readers keep their view"
     );
 }
+
+#[test]
+fn slow_rebuilds_happen_in_the_background_and_reads_never_wait() {
+    let inv = Inventory::default();
+    let bus = EventBus::new(64);
+    let h = host(UserId::new(), "h1", &[]);
+    inv.host_upsert(&h);
+    inv.apply_full(&bus, h.id, vec![vm("a", VmState::ShutOff, 64)]);
+    let before = inv.snapshot();
+    assert_eq!(before.len(), 1);
+    // Pretend the fleet is large: the last rebuild was slow.
+    inv.last_build_micros
+        .store(INLINE_REBUILD_MICROS + 1, AtomicOrdering::Relaxed);
+    inv.apply_full(
+        &bus,
+        h.id,
+        vec![vm("a", VmState::ShutOff, 64), vm("b", VmState::Running, 64)],
+    );
+    // The read answers at once with the previous picture…
+    let stale = inv.snapshot();
+    assert!(Arc::ptr_eq(&stale, &before), "a slow rebuild is not waited for");
+    // …and the background rebuild publishes the new one shortly after.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while inv.snapshot().len() != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "background rebuild never landed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // The rebuild was fast, so the next change is applied inline again.
+    inv.apply_full(&bus, h.id, vec![vm("a", VmState::Running, 64)]);
+    assert_eq!(inv.snapshot().len(), 1);
+}
