@@ -592,8 +592,12 @@ async fn agent_enrolment_creates_then_updates_and_authorizes_the_key() {
     assert_eq!(host["ssh_user"], "ovdeploy");
     assert_eq!(host["has_credential"], false);
     assert_eq!(host["host_key_fingerprint"], ovh2.host_key_fingerprint);
-    // The host now accepts erin's own SSH identity: the API drives it.
-    vm_names(&api, &id(host)).await;
+    // The host now accepts erin's own SSH identity: the API drives it. The
+    // inventory may have dialled the host in the instant between enrolment
+    // and the key being installed; the connection then retries by itself.
+    let vms = format!("/api/v1/hosts/{}/vms", id(host));
+    let (status, body) = get_until_ok(&api, &vms, Duration::from_secs(15)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 
     let second = enroll();
     assert!(

@@ -190,7 +190,10 @@ fn slow_rebuilds_happen_in_the_background_and_reads_never_wait() {
     );
     // The read answers at once with the previous picture…
     let stale = inv.snapshot();
-    assert!(Arc::ptr_eq(&stale, &before), "a slow rebuild is not waited for");
+    assert!(
+        Arc::ptr_eq(&stale, &before),
+        "a slow rebuild is not waited for"
+    );
     // …and the background rebuild publishes the new one shortly after.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while inv.snapshot().len() != 2 {
