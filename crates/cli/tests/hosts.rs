@@ -16,8 +16,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use lab_hosts::{
-    AuthorizedKeyCleanup, SshdDown, authorized_keys_path, get_until_ok, id, probe, register,
-    vm_names,
+    AuthorizedKeyCleanup, SshdDown, authorized_keys_path, get_until_ok, host_vms, id, probe,
+    register, resync, vm_names, wait_host_status,
 };
 use overvisor_testkit::{Lab, unique_name};
 use reqwest::{Method, StatusCode};
@@ -388,19 +388,24 @@ async fn host_keys_are_pinned() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{wrong}");
     let wrong = id(&wrong);
-    for path in [
-        format!("/api/v1/hosts/{wrong}/vms"),
-        format!("/api/v1/hosts/{wrong}/facts"),
-    ] {
-        let (status, body) = api.get(&path).await;
-        assert_error(status, &body, StatusCode::CONFLICT, "host_key_mismatch");
-        let message = body["error"]["message"].as_str().unwrap();
+    let names_both_keys = |message: &str| {
         assert!(
             message.contains(&ovh1.host_key_fingerprint)
                 && message.contains(&ovh2.host_key_fingerprint),
             "{message}"
         );
-    }
+    };
+    let (status, body) = api.get(&format!("/api/v1/hosts/{wrong}/facts")).await;
+    assert_error(status, &body, StatusCode::CONFLICT, "host_key_mismatch");
+    names_both_keys(body["error"]["message"].as_str().unwrap());
+    // The inventory's view says why the host shows nothing, at once.
+    let listed = wait_host_status(&api, &wrong, "disconnected", Duration::from_secs(20)).await;
+    names_both_keys(listed["host"]["last_error"].as_str().unwrap());
+    assert_eq!(listed["total"], 0, "{listed}");
+    // A resync asked for now fails with the same reason, as a failed job.
+    let job = resync(&api, &wrong).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    names_both_keys(job["error"].as_str().unwrap());
     let (status, body) = act(&api, &wrong, "anything", "start").await;
     assert_error(status, &body, StatusCode::CONFLICT, "host_key_mismatch");
     // The operator confirms the right key: the host works at once.
@@ -471,6 +476,11 @@ async fn tenants_and_roles() {
         (Method::GET, format!("/api/v1/hosts/{host}/facts")),
         (Method::GET, format!("/api/v1/hosts/{host}/vms")),
         (Method::GET, format!("/api/v1/hosts/{host}/vms/{vm}")),
+        (Method::POST, format!("/api/v1/hosts/{host}/resync")),
+        (
+            Method::POST,
+            format!("/api/v1/inventory/resync?host={host}"),
+        ),
         (Method::POST, format!("/api/v1/hosts/{host}/vms/{vm}/start")),
         (Method::DELETE, format!("/api/v1/hosts/{host}/vms/{vm}")),
         (Method::PATCH, format!("/api/v1/hosts/{host}")),
@@ -486,7 +496,8 @@ async fn tenants_and_roles() {
     let (_, list) = bob.get("/api/v1/hosts").await;
     assert_eq!(list, json!([]));
 
-    // The owner demoted to reader: may look, may not act.
+    assert!(vm_names(&rita, &host).await.contains(&guest.name));
+    // The owner demoted to reader: may look, may not act (nor resync).
     let (status, body) = app
         .admin()
         .patch(
@@ -497,7 +508,8 @@ async fn tenants_and_roles() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let (_, list) = rita.get("/api/v1/hosts").await;
     assert_eq!(list.as_array().unwrap().len(), 1);
-    assert!(vm_names(&rita, &host).await.contains(&guest.name));
+    let listed = host_vms(&rita, &host).await;
+    assert!(listed.to_string().contains(&guest.name), "{listed}");
     for (method, path) in &paths[4..] {
         let req = rita
             .request(method.clone(), path)
@@ -595,9 +607,8 @@ async fn agent_enrolment_creates_then_updates_and_authorizes_the_key() {
     // The host now accepts erin's own SSH identity: the API drives it. The
     // inventory may have dialled the host in the instant between enrolment
     // and the key being installed; the connection then retries by itself.
-    let vms = format!("/api/v1/hosts/{}/vms", id(host));
-    let (status, body) = get_until_ok(&api, &vms, Duration::from_secs(15)).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_host_status(&api, &id(host), "connected", Duration::from_secs(20)).await;
+    vm_names(&api, &id(host)).await;
 
     let second = enroll();
     assert!(
@@ -658,11 +669,24 @@ async fn a_dead_host_fails_clearly_while_others_work_and_it_recovers_by_itself()
     let h4 = id(&register(&api, &lab, ovh4).await);
     // Warm connections to both.
     vm_names(&api, &h1).await;
-    vm_names(&api, &h4).await;
+    let listed_before = vm_names(&api, &h4).await;
 
     let down = SshdDown::new(ovh4);
+    // The list is the inventory's: it answers at once, marks the host
+    // disconnected with the reason, and keeps the VMs as last seen.
+    let listed = wait_host_status(&api, &h4, "disconnected", Duration::from_secs(30)).await;
+    assert!(
+        listed["host"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("ovh4"),
+        "{listed}"
+    );
+    assert_eq!(listed["total"], listed_before.len(), "{listed}");
+    let job = resync(&api, &h4).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(job["error"].as_str().unwrap().contains("ovh4"), "{job}");
     for path in [
-        format!("/api/v1/hosts/{h4}/vms"),
         format!("/api/v1/hosts/{h4}/facts"),
         format!("/api/v1/hosts/{h4}/vms/anything"),
     ] {
@@ -687,12 +711,14 @@ async fn a_dead_host_fails_clearly_while_others_work_and_it_recovers_by_itself()
     assert_error(status, &body, StatusCode::BAD_GATEWAY, "host_unreachable");
 
     drop(down);
-    // Back by itself (reconnect backoff is at most 10 s), no edit needed.
+    // Back by itself (reconnect backoff is at most 15 s), no edit needed.
+    wait_host_status(&api, &h4, "connected", Duration::from_secs(45)).await;
     let (status, body) = get_until_ok(
         &api,
-        &format!("/api/v1/hosts/{h4}/vms"),
-        Duration::from_secs(45),
+        &format!("/api/v1/hosts/{h4}/facts"),
+        Duration::from_secs(15),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "ovh4 did not come back: {body}");
+    assert_eq!(vm_names(&api, &h4).await, listed_before);
 }

@@ -15,7 +15,7 @@ mod support;
 use std::time::Duration;
 
 use futures::StreamExt;
-use lab_hosts::{SshdDown, id, register};
+use lab_hosts::{SshdDown, id, job_finished, probe, register};
 use overvisor_testkit::{Lab, LabHost, unique_name};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -94,14 +94,7 @@ async fn wait_connected(api: &Api, host: &str) {
 }
 
 async fn job_done(api: &Api, job: &Value) -> Value {
-    let (status, done) = api
-        .get(&format!(
-            "/api/v1/jobs/{}?wait=60",
-            job["id"].as_str().unwrap()
-        ))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{done}");
-    done
+    job_finished(api, job["id"].as_str().unwrap()).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -295,4 +288,135 @@ async fn a_job_on_a_host_that_dies_fails_clearly_and_the_host_reconnects() {
     let (status, vms) = api.get(&format!("/api/v1/hosts/{host}/vms")).await;
     assert_eq!(status, StatusCode::OK, "{vms}");
     drop(guest);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_vm_lists_come_from_the_inventory_and_resync_runs_on_demand() {
+    let lab = Lab::load();
+    let (ovh1, ovh2) = (lab.host("ovh1"), lab.host("ovh2"));
+    let app = TestApp::start().await;
+    let (_, token, _) = app.create_user("rhea", "operator").await;
+    let (_, other_token, _) = app.create_user("otto", "operator").await;
+    let (_, reader_token, _) = app.create_user("rory", "reader").await;
+    let (api, other) = (app.client(&token), app.client(&other_token));
+    let h1 = id(&register(&api, &lab, ovh1).await);
+    // A host that cannot be resynced: ovh2's address pinned to ovh1's key.
+    probe(&api, ovh2).await;
+    let (status, bad) = api
+        .post(
+            "/api/v1/hosts",
+            json!({"name": "bad-key", "address": ovh2.address,
+                   "host_key_fingerprint": ovh1.host_key_fingerprint,
+                   "credential": {"private_key": lab.client_key_pem()}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{bad}");
+    let prefix = unique_name("inv-page");
+    let guests: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|s| lab.define_guest(ovh1, &format!("{prefix}-{s}")))
+        .collect();
+
+    // The whole fleet at once, as one job that lists what failed.
+    let resp = api
+        .request(reqwest::Method::POST, "/api/v1/inventory/resync")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let job: Value = resp.json().await.unwrap();
+    assert_eq!(
+        location,
+        format!("/api/v1/jobs/{}", job["id"].as_str().unwrap())
+    );
+    let done = job_done(&api, &job).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let report = &done["result"];
+    assert_eq!(report["hosts"], 2, "{report}");
+    assert!(report["vms"].as_u64().unwrap() >= 3, "{report}");
+    assert!(report["duration_ms"].as_f64().unwrap() > 0.0, "{report}");
+    let failed = report["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{report}");
+    assert_eq!(failed[0]["host_id"], bad["id"]);
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains(&ovh1.host_key_fingerprint),
+        "{report}"
+    );
+
+    // One host's VMs: from memory, with its status, filtered, sorted, paged.
+    let path = format!("/api/v1/hosts/{h1}/vms?name={prefix}&sort=-name&limit=2");
+    let (status, page) = api.get(&path).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["host"]["status"], "connected", "{page}");
+    assert_eq!(page["host"]["host_name"], "ovh1");
+    assert!(page["host"]["last_seen"].is_string(), "{page}");
+    assert_eq!(
+        (page["total"].as_u64(), page["limit"].as_u64()),
+        (Some(3), Some(2))
+    );
+    let names: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [format!("{prefix}-c"), format!("{prefix}-b")]);
+    let (_, rest) = api.get(&format!("{path}&offset=2")).await;
+    assert_eq!(rest["items"][0]["name"], format!("{prefix}-a"), "{rest}");
+    let (_, none) = api
+        .get(&format!(
+            "/api/v1/hosts/{h1}/vms?name={prefix}&state=running"
+        ))
+        .await;
+    assert_eq!(none["total"], 0, "{none}");
+    for (bad_query, code) in [
+        (format!("host={h1}"), "invalid_input"),
+        ("limit=0".into(), "invalid_input"),
+        ("sort=colour".into(), "invalid_input"),
+        ("colour=red".into(), "invalid_query"),
+    ] {
+        let (status, body) = api
+            .get(&format!("/api/v1/hosts/{h1}/vms?{bad_query}"))
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, code);
+    }
+    let (status, body) = api
+        .post("/api/v1/inventory/resync?host=not-an-id", json!({}))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_query");
+
+    // Undefined behind our back and resynced at once: gone from the list.
+    drop(guests);
+    let one = lab_hosts::resync(&api, &h1).await;
+    assert_eq!(one["status"], "succeeded", "{one}");
+    assert_eq!(one["target"], format!("host:{h1}"));
+    let (_, page) = api
+        .get(&format!("/api/v1/hosts/{h1}/vms?name={prefix}"))
+        .await;
+    assert_eq!(page["total"], 0, "{page}");
+
+    // Another tenant resyncs only their own (none); readers may not.
+    let (status, job) = other.post("/api/v1/inventory/resync", json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(job_done(&other, &job).await["result"]["hosts"], 0);
+    let (status, body) = other.get(&format!("/api/v1/hosts/{h1}/vms")).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = app
+        .client(&reader_token)
+        .post("/api/v1/inventory/resync", json!({}))
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    // The administrator's covers every tenant's hosts.
+    let (status, job) = app
+        .admin()
+        .post("/api/v1/inventory/resync", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(job_done(&app.admin(), &job).await["result"]["hosts"], 2);
+    let (_, audit) = api.get("/api/v1/audit?action=job.inventory.resync").await;
+    assert!(audit.to_string().contains("inventory.resync"), "{audit}");
 }

@@ -314,7 +314,7 @@ async fn one_driver_per_host_replaced_on_change() {
         .unwrap()
         .0;
     for _ in 0..3 {
-        f.app.vms_list(&alice, h.id).await.unwrap();
+        contact(&f.app, &alice, h.id).await.unwrap();
     }
     assert_eq!(f.factory.made.load(Ordering::SeqCst), 1);
     assert_eq!(f.app.connections().len(), 1);
@@ -327,7 +327,7 @@ async fn one_driver_per_host_replaced_on_change() {
         2222
     );
     assert!(f.app.connections().is_empty());
-    f.app.vms_list(&alice, h.id).await.unwrap();
+    contact(&f.app, &alice, h.id).await.unwrap();
     assert_eq!(f.factory.made.load(Ordering::SeqCst), 2);
     f.app.host_delete(&alice, h.id).await.unwrap();
     assert!(f.app.connections().is_empty());
@@ -553,7 +553,7 @@ async fn enrolment_creates_then_updates() {
     assert_eq!(first.host.host_key_fingerprint, None);
     // Unconfirmed hosts are never contacted.
     assert!(matches!(
-        f.app.vms_list(&alice, first.host.id).await,
+        contact(&f.app, &alice, first.host.id).await,
         Err(AppError::Conflict(m)) if m.contains("not confirmed")
     ));
     let second = f
@@ -577,7 +577,7 @@ async fn enrolment_creates_then_updates() {
         ("10.0.0.7", 2222)
     );
     assert_eq!(f.app.hosts_list(&alice).await.unwrap().len(), 1);
-    assert!(f.app.vms_list(&alice, first.host.id).await.is_ok());
+    assert!(contact(&f.app, &alice, first.host.id).await.is_ok());
     for bad in [
         Enrolment::default(),
         Enrolment {
@@ -594,4 +594,20 @@ async fn enrolment_creates_then_updates() {
             Err(AppError::Invalid(_))
         ));
     }
+}
+
+/// Reaches a host through the app's shared driver, as every live call does.
+async fn contact(
+    app: &App,
+    subject: &Subject,
+    id: overvisor_model::host::HostId,
+) -> Result<Vec<VmSummary>, AppError> {
+    let host = app
+        .host_authorized(subject, id, crate::authz::Action::Read, "vm.read")
+        .await?;
+    let driver = app.host_driver(&host).await?;
+    driver
+        .list_vms()
+        .await
+        .map_err(|e| app.host_error(host.get(), e))
 }

@@ -10,6 +10,7 @@
 //! filtered walk over one precomputed order, without cloning the VMs.
 
 pub mod reconcile;
+pub mod resync;
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -181,6 +182,16 @@ pub struct VmPage {
     pub items: Vec<Arc<VmRecord>>,
 }
 
+/// One host's VMs as the inventory knows them, with the host's status:
+/// when it is not `connected`, the VMs are as last seen and `last_error`
+/// says why.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HostVmPage {
+    pub host: HostStatus,
+    #[serde(flatten)]
+    pub page: VmPage,
+}
+
 /// An immutable view of every VM, with every sort order precomputed.
 pub struct Snapshot {
     generation: u64,
@@ -279,6 +290,8 @@ pub struct Inventory {
     last_build_micros: Arc<AtomicU64>,
     /// Wakes the supervisor (host added, changed or removed).
     pub(crate) wake: Notify,
+    /// Each host reconciler's queue of resync requests.
+    pub(crate) resyncers: resync::Resyncers,
 }
 
 impl Default for Inventory {
@@ -291,6 +304,7 @@ impl Default for Inventory {
             rebuilding: Arc::default(),
             last_build_micros: Arc::default(),
             wake: Notify::new(),
+            resyncers: resync::Resyncers::default(),
         }
     }
 }
@@ -602,29 +616,6 @@ impl Inventory {
         read(&self.hosts).get(&id).map(|slot| slot.status.clone())
     }
 
-    /// A connected host's VMs by name (`None` while it is connecting or
-    /// disconnected: the caller decides whether to ask the host).
-    pub fn host_vms(&self, id: HostId) -> Option<Vec<VmSummary>> {
-        let hosts = read(&self.hosts);
-        let slot = hosts.get(&id)?;
-        if slot.status.status != Connectivity::Connected {
-            return None;
-        }
-        let mut vms: Vec<VmSummary> = slot
-            .vms
-            .values()
-            .map(|r| VmSummary {
-                uuid: r.uuid,
-                name: r.name.clone(),
-                state: r.state,
-                vcpus: r.vcpus,
-                memory_mib: r.memory_mib,
-            })
-            .collect();
-        vms.sort_by(|a, b| a.name.cmp(&b.name));
-        Some(vms)
-    }
-
     /// Loads `vms` as a host's full list without events (benchmarks, tests).
     pub fn load_synthetic(&self, host: &Host, vms: Vec<VmSummary>) {
         self.host_upsert(host);
@@ -685,6 +676,43 @@ impl App {
         authorize(subject, Action::Read, Resource::OwnedBy(vm.owner))
             .map_err(|_| AppError::NotFound("VM"))?;
         Ok(vm)
+    }
+
+    /// A page of one host's VMs with the host's status, from memory: the
+    /// host is never asked (a dead host answers at once, as last seen).
+    pub async fn inventory_host_vms(
+        &self,
+        subject: &Subject,
+        host: HostId,
+        query: &VmQuery,
+    ) -> Result<HostVmPage, AppError> {
+        let host = self
+            .host_authorized(subject, host, Action::Read, "vm.read")
+            .await?;
+        let host = host.get();
+        // Registered a moment ago and not picked up by the reconcilers yet.
+        let status = self
+            .inventory()
+            .host_status(host.id)
+            .unwrap_or_else(|| HostStatus {
+                host_id: host.id,
+                host_name: host.name.clone(),
+                owner: host.owner,
+                status: Connectivity::Connecting,
+                since: host.created_at,
+                last_error: None,
+                last_seen: None,
+                vm_count: 0,
+            });
+        let query = VmQuery {
+            host: Some(host.id),
+            ..query.clone()
+        };
+        let page = self
+            .inventory()
+            .snapshot()
+            .page(&query, visibility(subject));
+        Ok(HostVmPage { host: status, page })
     }
 
     fn inventory_host_visible(&self, subject: &Subject, host: HostId) -> Result<(), AppError> {

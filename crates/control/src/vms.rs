@@ -1,9 +1,7 @@
-//! VMs on a host: list, show, lifecycle actions and delete.
-//!
-//! For now every call goes live to the host's shared driver. The
-//! functions here are the seam the in-memory inventory and the job runner
-//! plug into: reads can be answered from the inventory and changes wrapped
-//! in jobs without the HTTP layer noticing.
+//! VMs on a host: detail, lifecycle actions and delete. Lists come from
+//! the inventory (`inventory.rs`); the detail here is read live (the
+//! domain's full definition is not kept in memory), and changes run as
+//! jobs through the host's shared driver.
 //!
 //! A change is checked twice before it reaches a host: the name already is
 //! a [`VmName`] (validated, safe to quote), and the VM's current state must
@@ -13,7 +11,7 @@
 use overvisor_model::InvalidInput;
 use overvisor_model::host::HostId;
 use overvisor_model::job::Job;
-use overvisor_model::vm::{VmAction, VmInfo, VmName, VmState, VmSummary, allowed};
+use overvisor_model::vm::{VmAction, VmInfo, VmName, VmState, allowed};
 
 use crate::audit::Target;
 use crate::authz::{Action, Subject};
@@ -51,22 +49,6 @@ fn vm_target(host: HostId, owner: overvisor_model::account::UserId, vm: &VmName)
 }
 
 impl App {
-    /// The VMs defined on a host, live.
-    pub async fn vms_list(
-        &self,
-        subject: &Subject,
-        host: HostId,
-    ) -> Result<Vec<VmSummary>, AppError> {
-        let host = self
-            .host_authorized(subject, host, Action::Read, "vm.read")
-            .await?;
-        let driver = self.host_driver(&host).await?;
-        driver
-            .list_vms()
-            .await
-            .map_err(|e| self.host_error(host.get(), e))
-    }
-
     /// One VM in detail, live.
     pub async fn vm_get(
         &self,

@@ -66,15 +66,68 @@ pub fn id(host: &Value) -> String {
     host["id"].as_str().unwrap().to_owned()
 }
 
-/// Names of the VMs the API lists on a host.
-pub async fn vm_names(api: &Api, host_id: &str) -> Vec<String> {
+/// Waits (long-poll) for job `id` to end and returns it.
+pub async fn job_finished(api: &Api, id: &str) -> Value {
+    let (status, done) = api.get(&format!("/api/v1/jobs/{id}?wait=60")).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert!(
+        !matches!(done["status"].as_str(), Some("queued" | "running")),
+        "job {id} still unfinished after 60 s: {done}"
+    );
+    done
+}
+
+/// `POST /api/v1/hosts/{host}/resync`: accepted as an `inventory.resync`
+/// job; returns the finished job (succeeded or failed).
+pub async fn resync(api: &Api, host_id: &str) -> Value {
+    let (status, job) = api
+        .post(&format!("/api/v1/hosts/{host_id}/resync"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(job["kind"], "inventory.resync", "{job}");
+    job_finished(api, job["id"].as_str().unwrap()).await
+}
+
+/// `GET /api/v1/hosts/{host}/vms` (the inventory's view, with the host's
+/// status); always answers at once, whatever the host's state.
+pub async fn host_vms(api: &Api, host_id: &str) -> Value {
     let (status, body) = api.get(&format!("/api/v1/hosts/{host_id}/vms")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    body.as_array()
+    body
+}
+
+/// Names of the VMs on a host after an explicit resync (so VMs defined
+/// behind our back a moment ago are listed).
+pub async fn vm_names(api: &Api, host_id: &str) -> Vec<String> {
+    let job = resync(api, host_id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let body = host_vms(api, host_id).await;
+    assert_eq!(body["host"]["status"], "connected", "{body}");
+    assert_eq!(body["total"], job["result"]["vms"], "{body} vs {job}");
+    body["items"]
+        .as_array()
         .unwrap()
         .iter()
         .map(|v| v["name"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// Polls the host's VM list until the host's status is `want`; returns
+/// the last answer.
+pub async fn wait_host_status(api: &Api, host_id: &str, want: &str, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let body = host_vms(api, host_id).await;
+        if body["host"]["status"] == want {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "host {host_id} not {want} after {timeout:?}: {}",
+            body["host"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Calls `GET path` until it answers 200 or `timeout` passes; returns the

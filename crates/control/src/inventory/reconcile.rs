@@ -13,10 +13,12 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use overvisor_model::host::{Host, HostId};
 use overvisor_model::vm::{VmEventKind, VmState};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::authz::authorize_system;
+use crate::inventory::resync::{ResyncReply, answer_all};
 use crate::{App, AppError};
 
 /// How the reconcilers pace themselves.
@@ -100,12 +102,20 @@ async fn supervise(app: App, settings: InventorySettings, shutdown: Cancellation
             app.inventory().host_upsert(&host);
             let stop = shutdown.child_token();
             running.insert(host.id, (host.updated_at, stop.clone()));
-            tokio::spawn(reconcile_host(app.clone(), host, settings.clone(), stop));
+            let requests = app.inventory().resyncers.open(&host);
+            tokio::spawn(reconcile_host(
+                app.clone(),
+                host,
+                settings.clone(),
+                requests,
+                stop,
+            ));
         }
         running.retain(|id, (_, stop)| {
             let keep = present.contains_key(id);
             if !keep {
                 stop.cancel();
+                app.inventory().resyncers.close(*id);
                 app.inventory().host_remove(app.events(), *id);
             }
             keep
@@ -116,27 +126,38 @@ async fn supervise(app: App, settings: InventorySettings, shutdown: Cancellation
     }
 }
 
-/// Keeps one host's VMs current until `stop`.
+/// Keeps one host's VMs current until `stop`, answering resync requests.
 async fn reconcile_host(
     app: App,
     host: Host,
     settings: InventorySettings,
+    mut requests: mpsc::Receiver<ResyncReply>,
     stop: CancellationToken,
 ) {
     let mut backoff = settings.backoff_min;
+    // Requests that arrived while disconnected: answered by the next attempt.
+    let mut waiting: Vec<ResyncReply> = Vec::new();
     loop {
         let started = Instant::now();
         let error = tokio::select! {
             _ = stop.cancelled() => return,
-            error = session(&app, &host, &settings) => error,
+            error = session(&app, &host, &settings, &mut requests, &mut waiting) => error,
         };
         app.inventory()
             .mark_disconnected(app.events(), host.id, &error.to_string());
+        answer_all(std::mem::take(&mut waiting), &Err(error.to_string()));
         if needs_an_edit(&error) {
             // Retrying cannot help (wrong or unconfirmed host key, no
             // usable credential); an edit of the host restarts this loop.
-            stop.cancelled().await;
-            return;
+            // Until then a resync request is answered with the reason.
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    Some(reply) = requests.recv() => {
+                        answer_all(vec![reply], &Err(error.to_string()));
+                    }
+                }
+            }
         }
         // A session that lasted a while was a real connection: start over.
         if started.elapsed() > settings.backoff_max {
@@ -145,6 +166,12 @@ async fn reconcile_host(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
+            // Someone wants this host now: try at once.
+            Some(reply) = requests.recv() => {
+                waiting.push(reply);
+                backoff = settings.backoff_min;
+                continue;
+            }
         }
         backoff = (backoff * 2).min(settings.backoff_max);
     }
@@ -158,9 +185,25 @@ fn needs_an_edit(error: &AppError) -> bool {
     )
 }
 
+/// Every request queued right now (one resync serves them all).
+fn drain(first: ResyncReply, requests: &mut mpsc::Receiver<ResyncReply>) -> Vec<ResyncReply> {
+    let mut replies = vec![first];
+    while let Ok(reply) = requests.try_recv() {
+        replies.push(reply);
+    }
+    replies
+}
+
 /// One connected stretch: subscribe, resync, follow events. Returns why it
-/// ended (it only ends on an error; cancellation drops it).
-async fn session(app: &App, host: &Host, settings: &InventorySettings) -> AppError {
+/// ended (it only ends on an error; cancellation drops it). `waiting`
+/// requests are answered after the first resync.
+async fn session(
+    app: &App,
+    host: &Host,
+    settings: &InventorySettings,
+    requests: &mut mpsc::Receiver<ResyncReply>,
+    waiting: &mut Vec<ResyncReply>,
+) -> AppError {
     let proof = authorize_system(host.clone());
     let driver = match app.host_driver(&proof).await {
         Ok(driver) => driver,
@@ -172,14 +215,16 @@ async fn session(app: &App, host: &Host, settings: &InventorySettings) -> AppErr
         Ok(events) => events,
         Err(err) => return describe(err),
     };
-    let resync = async || -> Result<(), AppError> {
+    let resync = async || -> Result<usize, AppError> {
         let list = driver.list_vms().await.map_err(describe)?;
+        let count = list.len();
         app.inventory().apply_full(app.events(), host.id, list);
         app.inventory().mark_connected(app.events(), host.id);
-        Ok(())
+        Ok(count)
     };
-    if let Err(error) = resync().await {
-        return error;
+    match resync().await {
+        Ok(count) => answer_all(std::mem::take(waiting), &Ok(count)),
+        Err(error) => return error,
     }
     let mut tick = tokio::time::interval_at(
         Instant::now() + settings.resync_every,
@@ -219,6 +264,17 @@ async fn session(app: &App, host: &Host, settings: &InventorySettings) -> AppErr
                     ));
                 }
             },
+            Some(first) = requests.recv() => {
+                let replies = drain(first, requests);
+                let outcome = resync().await;
+                answer_all(
+                    replies,
+                    &outcome.as_ref().map(|n| *n).map_err(ToString::to_string),
+                );
+                if let Err(error) = outcome {
+                    return error;
+                }
+            }
             _ = debounce => {
                 soon = None;
                 if let Err(error) = resync().await {

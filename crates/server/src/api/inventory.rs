@@ -1,9 +1,12 @@
 //! The live inventory over HTTP: a fleet summary and the VM list across
-//! every host the caller may see — filtered, sorted, paginated — answered
-//! from memory, never by asking a host.
+//! every host the caller may see — or one host's, with its status —
+//! filtered, sorted, paginated, answered from memory, never by asking a
+//! host; and resync on demand, as a job.
 
 use axum::extract::State;
-use overvisor_control::inventory::{InventorySummary, VmPage, VmQuery, VmRecord, VmSort};
+use overvisor_control::inventory::{
+    HostVmPage, InventorySummary, VmPage, VmQuery, VmRecord, VmSort,
+};
 use overvisor_model::host::HostId;
 use overvisor_model::vm::VmState;
 use serde::Deserialize;
@@ -112,4 +115,65 @@ pub async fn inventory_vm(
 ) -> ApiResult<Json<VmRecord>> {
     let vm = state.app.inventory_vm(&subject, id)?;
     Ok(Json(VmRecord::clone(&vm)))
+}
+
+/// One host's VMs from the inventory, with the host's status (`connected`,
+/// `connecting`, or `disconnected` with `last_error`: the VMs are then as
+/// last seen). Takes the parameters of `GET /api/v1/vms` except `host`.
+#[utoipa::path(get, path = "/api/v1/hosts/{id}/vms", tag = "vms",
+    params(("id" = String, Path), VmsParams),
+    responses((status = 200, body = HostVmPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn host_vms(
+    State(state): State<AppState>,
+    Caller(subject): Caller,
+    Path(id): Path<HostId>,
+    Query(params): Query<VmsParams>,
+) -> ApiResult<Json<HostVmPage>> {
+    if params.host.is_some() {
+        return Err(ApiError::invalid("host", "the host is given by the path"));
+    }
+    let query = vm_query(params)?;
+    Ok(Json(
+        state.app.inventory_host_vms(&subject, id, &query).await?,
+    ))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ResyncParams {
+    /// Only this host (default: every host the caller may operate).
+    pub host: Option<HostId>,
+}
+
+/// Re-reads hosts now over their kept connections, as an
+/// `inventory.resync` job; its result is `{hosts, vms, failed: [{host_id,
+/// host_name, error}], duration_ms}`. Over many hosts the job succeeds and
+/// lists the hosts that failed; for one host it fails with the host's error.
+#[utoipa::path(post, path = "/api/v1/inventory/resync", tag = "inventory", params(ResyncParams),
+    responses((status = 202, body = overvisor_model::job::Job, description = "The job; `Location` names it"),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn inventory_resync(
+    State(state): State<AppState>,
+    Caller(subject): Caller,
+    Query(params): Query<ResyncParams>,
+) -> ApiResult<axum::response::Response> {
+    let job = state
+        .app
+        .inventory_resync_job(&subject, params.host)
+        .await?;
+    Ok(crate::api::jobs::job_accepted(&job))
+}
+
+/// Re-reads one host now (`POST /api/v1/inventory/resync?host=ID`).
+#[utoipa::path(post, path = "/api/v1/hosts/{id}/resync", tag = "inventory",
+    params(("id" = String, Path)),
+    responses((status = 202, body = overvisor_model::job::Job, description = "The job; `Location` names it"),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn host_resync(
+    State(state): State<AppState>,
+    Caller(subject): Caller,
+    Path(id): Path<HostId>,
+) -> ApiResult<axum::response::Response> {
+    let job = state.app.inventory_resync_job(&subject, Some(id)).await?;
+    Ok(crate::api::jobs::job_accepted(&job))
 }

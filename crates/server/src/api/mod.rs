@@ -71,7 +71,8 @@ pub fn routes() -> Router<AppState> {
                 .delete(hosts::host_delete),
         )
         .route("/api/v1/hosts/{id}/facts", get(hosts::host_facts))
-        .route("/api/v1/hosts/{id}/vms", get(vms::vms_list))
+        .route("/api/v1/hosts/{id}/vms", get(inventory::host_vms))
+        .route("/api/v1/hosts/{id}/resync", post(inventory::host_resync))
         .route(
             "/api/v1/hosts/{id}/vms/{name}",
             get(vms::vm_get).delete(vms::vm_delete),
@@ -89,6 +90,10 @@ pub fn routes() -> Router<AppState> {
         .merge(jobs::test_routes())
         .route("/api/v1/events", get(events::events_stream))
         .route("/api/v1/inventory", get(inventory::inventory_summary))
+        .route(
+            "/api/v1/inventory/resync",
+            post(inventory::inventory_resync),
+        )
         .route("/api/v1/vms", get(inventory::inventory_vms))
         .route("/api/v1/vms/{id}", get(inventory::inventory_vm))
 }
@@ -106,10 +111,11 @@ pub fn routes() -> Router<AppState> {
         audit::audit_list,
         hosts::host_probe, hosts::host_create, hosts::hosts_list, hosts::host_get, hosts::host_update,
         hosts::host_delete, hosts::host_facts, hosts::server_connect,
-        vms::vms_list, vms::vm_get, vms::vm_action, vms::vm_delete,
+        inventory::host_vms, vms::vm_get, vms::vm_action, vms::vm_delete,
         jobs::jobs_list, jobs::job_get, jobs::job_cancel,
         events::events_stream,
         inventory::inventory_summary, inventory::inventory_vms, inventory::inventory_vm,
+        inventory::inventory_resync, inventory::host_resync,
         crate::observe::healthz, crate::observe::readyz, crate::observe::metrics_text,
     ),
     components(schemas(ErrorBody)),
@@ -121,7 +127,7 @@ pub fn routes() -> Router<AppState> {
         (name = "users", description = "User administration (admin)"),
         (name = "audit", description = "Who did what, when"),
         (name = "hosts", description = "The host registry, host key confirmation and agent enrolment"),
-        (name = "vms", description = "VMs on a host: list, show, lifecycle actions, delete"),
+        (name = "vms", description = "VMs on a host: list (from the inventory), show, lifecycle actions, delete"),
         (name = "jobs", description = "Every change runs as a job: status, progress, log, result"),
         (name = "events", description = "Live stream of job, inventory and host events"),
         (name = "inventory", description = "Every VM on every host, from memory"),

@@ -1,10 +1,11 @@
-//! VMs of a host: list, show, lifecycle actions, delete. Names are
+//! VMs of a host: show (live), lifecycle actions, delete (the host's VM
+//! list is the inventory's, in `inventory.rs`). Names are
 //! validated here (400) before anything reaches the application, let alone
 //! a host; invalid transitions answer 409 `invalid_transition`.
 
 use axum::extract::State;
 use overvisor_model::host::HostId;
-use overvisor_model::vm::{VmAction, VmInfo, VmName, VmSummary};
+use overvisor_model::vm::{VmAction, VmInfo, VmName};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -39,18 +40,6 @@ fn parse_action(raw: &str) -> Result<VmAction, ApiError> {
                 "must be one of start, shutdown, force-stop, reboot, reset, suspend, resume",
             )
         })
-}
-
-/// The VMs defined on the host, asked of the host now.
-#[utoipa::path(get, path = "/api/v1/hosts/{id}/vms", tag = "vms", params(("id" = String, Path)),
-    responses((status = 200, body = Vec<VmSummary>), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 502, body = ErrorBody), (status = 504, body = ErrorBody)))]
-pub async fn vms_list(
-    State(state): State<AppState>,
-    Caller(subject): Caller,
-    Path(id): Path<HostId>,
-) -> ApiResult<Json<Vec<VmSummary>>> {
-    Ok(Json(state.app.vms_list(&subject, id).await?))
 }
 
 /// One VM in detail (by name or UUID).

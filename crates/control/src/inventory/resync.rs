@@ -1,0 +1,226 @@
+//! Resync on demand: an operator (or a benchmark, or the portal's refresh
+//! button) asks the inventory to re-read hosts now instead of waiting for
+//! the periodic resync. The request goes to each host's own reconciler,
+//! which re-lists over the connection it already keeps (no second SSH
+//! connection, no race with its own resyncs); a disconnected host's
+//! reconciler cuts its backoff short and answers after the attempt.
+//!
+//! It runs as an `inventory.resync` job so its duration and per-host
+//! failures are on record like any other operation.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use overvisor_model::host::{Host, HostId};
+use overvisor_model::job::{Job, LogLevel};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::authz::{Action, Resource, Subject, authorize};
+use crate::jobs::JobSpec;
+use crate::{App, AppError};
+
+/// How a reconciler answers one request: the host's VM count, or why not.
+pub(crate) type ResyncReply = oneshot::Sender<Result<usize, String>>;
+
+/// Requests a reconciler may have queued; more are refused, not dropped.
+const QUEUE: usize = 32;
+/// A whole resync job gives up on hosts that have not answered by then.
+const RESYNC_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a request waits for the reconcilers to pick up a host change.
+const PICKUP_WAIT: Duration = Duration::from_secs(10);
+
+/// Each running reconciler's request queue, with the version (the host
+/// row's `updated_at`) of the host it was started for.
+#[derive(Default)]
+pub(crate) struct Resyncers(Mutex<HashMap<HostId, Queue>>);
+
+struct Queue {
+    version: DateTime<Utc>,
+    sender: mpsc::Sender<ResyncReply>,
+}
+
+/// The answer to one request.
+type Answer = oneshot::Receiver<Result<usize, String>>;
+
+impl Resyncers {
+    /// A fresh queue for `host`'s (new) reconciler, replacing the old one.
+    pub(crate) fn open(&self, host: &Host) -> mpsc::Receiver<ResyncReply> {
+        let (sender, rx) = mpsc::channel(QUEUE);
+        let queue = Queue {
+            version: host.updated_at,
+            sender,
+        };
+        self.lock().insert(host.id, queue);
+        rx
+    }
+
+    pub(crate) fn close(&self, host: HostId) {
+        self.lock().remove(&host);
+    }
+
+    /// Asks the reconciler of `host` as of `version` (or newer) to resync;
+    /// `None` while no such reconciler runs yet.
+    fn request(&self, host: HostId, version: DateTime<Utc>) -> Option<Result<Answer, String>> {
+        let sender = match self.lock().get(&host) {
+            Some(queue) if queue.version >= version => queue.sender.clone(),
+            _ => return None,
+        };
+        let (reply, answer) = oneshot::channel();
+        Some(
+            sender
+                .try_send(reply)
+                .map(|()| answer)
+                .map_err(|_| "too many resync requests are queued for this host".to_owned()),
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<HostId, Queue>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Answers every queued request with the same outcome (one resync serves
+/// all requests that arrived while it was pending).
+pub(crate) fn answer_all(replies: Vec<ResyncReply>, outcome: &Result<usize, String>) {
+    for reply in replies {
+        // The requester may have given up (job timeout, cancel): fine.
+        let _ = reply.send(outcome.clone());
+    }
+}
+
+/// One host that could not be resynced.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResyncFailure {
+    pub host_id: HostId,
+    pub host_name: String,
+    pub error: String,
+}
+
+/// The result of an `inventory.resync` job.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResyncReport {
+    /// Hosts asked.
+    pub hosts: usize,
+    /// VMs listed by the hosts that answered.
+    pub vms: usize,
+    pub failed: Vec<ResyncFailure>,
+    /// From the first request to the last answer.
+    pub duration_ms: f64,
+}
+
+impl App {
+    /// Starts an `inventory.resync` job over `host`, or over every host the
+    /// subject may operate when `None`. Operators and admins only; another
+    /// tenant's host is not found. With one host, the job fails when that
+    /// host cannot be resynced; over many, it succeeds and lists failures.
+    pub async fn inventory_resync_job(
+        &self,
+        subject: &Subject,
+        host: Option<HostId>,
+    ) -> Result<Job, AppError> {
+        authorize(subject, Action::Operate, Resource::OwnedBy(subject.id()))?;
+        let (targets, spec) = match host {
+            Some(id) => {
+                let host = self
+                    .host_authorized(subject, id, Action::Operate, "inventory.resync")
+                    .await?;
+                let host = host.get().clone();
+                let spec =
+                    JobSpec::new("inventory.resync", host.owner).target(format!("host:{id}"));
+                (vec![host], spec)
+            }
+            None => {
+                let mut targets = self.store().hosts_list(None).await?;
+                targets.retain(|h| {
+                    authorize(subject, Action::Operate, Resource::OwnedBy(h.owner)).is_ok()
+                });
+                let spec = JobSpec::new("inventory.resync", subject.id()).target("inventory");
+                (targets, spec)
+            }
+        };
+        let single = host.is_some();
+        let spec = spec.timeout(RESYNC_TIMEOUT + Duration::from_secs(5));
+        self.job_submit(subject, spec, move |ctx| async move {
+            let report = ctx.app().inventory_resync(&targets).await;
+            for failure in &report.failed {
+                let line = format!("{}: {}", failure.host_name, failure.error);
+                if single {
+                    return Err(crate::jobs::JobError::new(line));
+                }
+                ctx.log(LogLevel::Warn, line).await;
+            }
+            ctx.info(format!(
+                "{} hosts, {} VMs in {:.0} ms",
+                report.hosts, report.vms, report.duration_ms
+            ))
+            .await;
+            Ok(serde_json::to_value(&report)?)
+        })
+        .await
+    }
+
+    /// Asks every host in `targets` to resync at once and waits for all
+    /// answers (or [`RESYNC_TIMEOUT`]).
+    async fn inventory_resync(&self, targets: &[Host]) -> ResyncReport {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + RESYNC_TIMEOUT;
+        let pending: FuturesUnordered<_> = targets
+            .iter()
+            .map(|host| async move {
+                let outcome = match self.resync_request(host).await {
+                    Ok(answer) => match tokio::time::timeout_at(deadline, answer).await {
+                        Ok(Ok(outcome)) => outcome,
+                        Ok(Err(_)) => Err("the host's reconciler stopped".to_owned()),
+                        Err(_) => Err(format!("no answer within {RESYNC_TIMEOUT:?}")),
+                    },
+                    Err(error) => Err(error),
+                };
+                (host, outcome)
+            })
+            .collect();
+        let outcomes: Vec<_> = pending.collect().await;
+        let mut vms = 0;
+        let mut failed = Vec::new();
+        for (host, outcome) in outcomes {
+            match outcome {
+                Ok(count) => vms += count,
+                Err(error) => failed.push(ResyncFailure {
+                    host_id: host.id,
+                    host_name: host.name.clone(),
+                    error,
+                }),
+            }
+        }
+        failed.sort_by(|a, b| a.host_name.cmp(&b.host_name));
+        ResyncReport {
+            hosts: targets.len(),
+            vms,
+            failed,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        }
+    }
+
+    /// Queues a request with the reconciler of `host` as it is now: a host
+    /// registered or edited a moment ago may not have one yet, so the
+    /// reconcilers are woken and given a little time to pick it up.
+    async fn resync_request(&self, host: &Host) -> Result<Answer, String> {
+        let resyncers = &self.inventory().resyncers;
+        if let Some(queued) = resyncers.request(host.id, host.updated_at) {
+            return queued;
+        }
+        self.inventory_wake();
+        let give_up = tokio::time::Instant::now() + PICKUP_WAIT;
+        while tokio::time::Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Some(queued) = resyncers.request(host.id, host.updated_at) {
+                return queued;
+            }
+        }
+        Err("the inventory has not picked this host up yet".to_owned())
+    }
+}
