@@ -57,7 +57,16 @@ describe('hosts and VMs', () => {
     // Facts and VMs come from the host itself.
     await page.locator('#host-facts table').waitFor({ timeout: 20000 });
     await page.locator(`#host-vm-table tr[data-vm="${guest.name}"]`).waitFor({ timeout: 20000 });
+    // The connection status follows the host live.
+    await page.locator('#host-status .badge.connected').waitFor({ timeout: 20000 });
     await screenshot(page, 'host');
+    // "Resync now" re-reads the host as a job and says so.
+    await page.getByRole('button', { name: 'Resync now' }).click();
+    await page.waitForURL(/\/hosts\/[0-9a-f-]{36}\?done=resynced/);
+    assert.match(await page.locator('#notice').innerText(), /re-read just now/);
+    await page.locator(`#host-vm-table tr[data-vm="${guest.name}"]`).waitFor({ timeout: 20000 });
+    const resyncs = await api(server, '/api/v1/jobs?kind=inventory.resync', { token: server.admin.apiKey });
+    assert.equal(resyncs.json[0]?.status, 'succeeded', JSON.stringify(resyncs.json));
     // The list and the dashboard show the host connected, from the live inventory.
     await page.goto(`${server.ui}/hosts`);
     await page.locator('tr[data-host="lab-ovh1"] .badge.connected').waitFor({ timeout: 20000 });

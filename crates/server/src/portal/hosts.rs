@@ -32,6 +32,7 @@ pub fn routes() -> Router<AppState> {
         .route("/hosts/{id}/vms", get(host_vms_fragment))
         .route("/hosts/{id}/edit", post(host_edit))
         .route("/hosts/{id}/delete", post(host_delete))
+        .route("/hosts/{id}/resync", post(host_resync))
 }
 
 #[derive(Template)]
@@ -259,6 +260,7 @@ fn host_notice(code: &str) -> Option<String> {
     match code {
         "created" => Some("The host was added, pinned to the fingerprint you confirmed.".into()),
         "saved" => Some("Your changes were saved.".into()),
+        "resynced" => Some("The host's VMs were re-read just now.".into()),
         _ => None,
     }
 }
@@ -395,6 +397,34 @@ async fn host_edit(
             }
             Err(_) => error_response(&session, e),
         },
+    }
+}
+
+/// "Resync now": an `inventory.resync` job; a failure shows its job page.
+async fn host_resync(
+    State(state): State<AppState>,
+    session: PortalSession,
+    Path(id): Path<HostId>,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
+        return rejected.into_response();
+    }
+    let job = match state
+        .app
+        .inventory_resync_job(&session.subject, Some(id))
+        .await
+    {
+        Ok(job) => job,
+        Err(e) => return error_response(&session, e),
+    };
+    match state
+        .app
+        .job_follow(&session.subject, &job, HOST_JOB_WAIT)
+        .await
+    {
+        Ok(_) => Redirect::to(&format!("/hosts/{id}?done=resynced")).into_response(),
+        Err(_) => Redirect::to(&format!("/jobs/{}", job.id)).into_response(),
     }
 }
 
