@@ -224,3 +224,50 @@ impl App {
         Err("the inventory has not picked this host up yet".to_owned())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use overvisor_model::account::UserId;
+
+    use super::*;
+
+    fn host() -> Host {
+        crate::inventory::tests::host(UserId::new(), "kvm1", &[])
+    }
+
+    #[tokio::test]
+    async fn requests_reach_only_the_reconciler_of_the_current_host_row() {
+        let resyncers = Resyncers::default();
+        let mut old = host();
+        assert!(resyncers.request(old.id, old.updated_at).is_none());
+        let mut queue = resyncers.open(&old);
+        let answer = resyncers.request(old.id, old.updated_at).unwrap().unwrap();
+        let reply = queue.recv().await.unwrap();
+        answer_all(vec![reply], &Ok(7));
+        assert_eq!(answer.await.unwrap(), Ok(7));
+
+        // An edited row: the old reconciler must not answer for it.
+        let edited_at = old.updated_at + chrono::Duration::seconds(1);
+        assert!(resyncers.request(old.id, edited_at).is_none());
+        old.updated_at = edited_at;
+        let _fresh = resyncers.open(&old);
+        assert!(resyncers.request(old.id, edited_at).is_some());
+        resyncers.close(old.id);
+        assert!(resyncers.request(old.id, edited_at).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_instead_of_dropping() {
+        let resyncers = Resyncers::default();
+        let h = host();
+        let _queue = resyncers.open(&h);
+        let answers: Vec<_> = (0..QUEUE)
+            .map(|_| resyncers.request(h.id, h.updated_at).unwrap().unwrap())
+            .collect();
+        let refused = resyncers.request(h.id, h.updated_at).unwrap();
+        assert!(refused.unwrap_err().contains("too many"));
+        drop(answers);
+    }
+}

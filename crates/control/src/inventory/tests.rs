@@ -5,7 +5,7 @@ use overvisor_model::host::HostKind;
 
 use super::*;
 
-fn host(owner: UserId, name: &str, tags: &[&str]) -> Host {
+pub(super) fn host(owner: UserId, name: &str, tags: &[&str]) -> Host {
     Host {
         id: HostId::new(),
         owner,
