@@ -16,8 +16,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use lab_hosts::{
-    AuthorizedKeyCleanup, SshdDown, authorized_keys_path, get_until_ok, host_vms, id, probe,
-    register, resync, vm_names, wait_host_status,
+    AuthorizedKeyCleanup, SshdDown, authorized_keys_path, get_until_ok, host_vms, id, register,
+    register_with_wrong_key, resync, vm_names, wait_host_status,
 };
 use overvisor_testkit::{Lab, unique_name};
 use reqwest::{Method, StatusCode};
@@ -377,17 +377,7 @@ async fn host_keys_are_pinned() {
     let api = operator(&app, "pia").await;
 
     // ovh2's address with ovh1's key: refused on use, naming both keys.
-    probe(&api, ovh2).await;
-    let (status, wrong) = api
-        .post(
-            "/api/v1/hosts",
-            json!({"name": "pinned-wrong", "address": ovh2.address,
-                   "host_key_fingerprint": ovh1.host_key_fingerprint,
-                   "credential": {"private_key": lab.client_key_pem()}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{wrong}");
-    let wrong = id(&wrong);
+    let wrong = id(&register_with_wrong_key(&api, &lab, "pinned-wrong", ovh2, ovh1).await);
     let names_both_keys = |message: &str| {
         assert!(
             message.contains(&ovh1.host_key_fingerprint)

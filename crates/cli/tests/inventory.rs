@@ -15,7 +15,7 @@ mod support;
 use std::time::Duration;
 
 use futures::StreamExt;
-use lab_hosts::{SshdDown, id, job_finished, probe, register};
+use lab_hosts::{SshdDown, id, job_finished, register, register_with_wrong_key};
 use overvisor_testkit::{Lab, LabHost, unique_name};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -301,16 +301,7 @@ async fn host_vm_lists_come_from_the_inventory_and_resync_runs_on_demand() {
     let (api, other) = (app.client(&token), app.client(&other_token));
     let h1 = id(&register(&api, &lab, ovh1).await);
     // A host that cannot be resynced: ovh2's address pinned to ovh1's key.
-    probe(&api, ovh2).await;
-    let (status, bad) = api
-        .post(
-            "/api/v1/hosts",
-            json!({"name": "bad-key", "address": ovh2.address,
-                   "host_key_fingerprint": ovh1.host_key_fingerprint,
-                   "credential": {"private_key": lab.client_key_pem()}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{bad}");
+    let bad = register_with_wrong_key(&api, &lab, "bad-key", ovh2, ovh1).await;
     let prefix = unique_name("inv-page");
     let guests: Vec<_> = ["a", "b", "c"]
         .iter()

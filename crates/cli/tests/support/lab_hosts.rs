@@ -62,6 +62,28 @@ pub async fn register(api: &Api, lab: &Lab, host: &LabHost) -> Value {
     body
 }
 
+/// Registers `name` at `at`'s address but pinned to `key_of`'s host key
+/// (the API accepts it; every use is then refused as a key mismatch).
+pub async fn register_with_wrong_key(
+    api: &Api,
+    lab: &Lab,
+    name: &str,
+    at: &LabHost,
+    key_of: &LabHost,
+) -> Value {
+    probe(api, at).await;
+    let (status, host) = api
+        .post(
+            "/api/v1/hosts",
+            json!({"name": name, "address": at.address,
+                   "host_key_fingerprint": key_of.host_key_fingerprint,
+                   "credential": {"private_key": lab.client_key_pem()}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{host}");
+    host
+}
+
 pub fn id(host: &Value) -> String {
     host["id"].as_str().unwrap().to_owned()
 }
