@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use overvisor_control::inventory::reconcile::InventorySettings;
 use overvisor_control::{App, AppConfig, login_limit::Limits};
 use overvisor_server::{AppState, Config, Listeners, Settings};
 use overvisor_store::{MasterKey, Sealer, Store};
@@ -36,6 +37,8 @@ pub async fn open_app(config: &Config) -> anyhow::Result<App> {
             per_account: config.login_max_failures_per_account,
             per_address: config.login_max_failures_per_address,
         },
+        stream_recheck: std::time::Duration::from_secs(config.stream_recheck_secs),
+        test_jobs: config.test_jobs,
     };
     Ok(App::new(store, Sealer::new(&master), app_config))
 }
@@ -122,7 +125,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
     app.inventory_start(
-        overvisor_control::inventory::reconcile::InventorySettings::from_env(),
+        InventorySettings {
+            resync_every: std::time::Duration::from_secs(config.inventory_resync_secs),
+            ..InventorySettings::default()
+        },
         shutdown.clone(),
     );
     tracing::info!(%ui, %api, ready_ms = started.elapsed().as_millis() as u64, "overvisor listening");

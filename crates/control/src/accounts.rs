@@ -155,6 +155,8 @@ impl App {
         if after.disabled {
             self.store().sessions_delete_all(id, None).await?;
         }
+        // Open event streams of this user re-check their role and standing.
+        self.events().credentials_changed(id);
         let detail = format!(
             "role={} disabled={}{}",
             after.role,
@@ -208,6 +210,7 @@ impl App {
             .user_set_password_hash(id, &hash, Utc::now())
             .await?;
         self.store().sessions_delete_all(id, None).await?;
+        self.events().credentials_changed(id);
         self.audit(
             subject,
             "user.reset_password",
@@ -253,6 +256,7 @@ impl App {
             _ => None,
         };
         self.store().sessions_delete_all(me, keep).await?;
+        self.events().credentials_changed(me);
         self.audit(
             subject,
             "user.change_password",

@@ -111,6 +111,7 @@ impl App {
     ) -> Result<ApiKey, AppError> {
         authorize(subject, Action::ManageCredentials, Resource::Account(owner))?;
         let key = self.store().api_key_revoke(owner, id, Utc::now()).await?;
+        self.events().credentials_changed(owner);
         self.audit(
             subject,
             "api_key.revoke",
@@ -147,6 +148,7 @@ impl App {
             .store()
             .api_key_replace_secret(subject.id(), id, &fresh.prefix, &fresh.hash, expires_at)
             .await?;
+        self.events().credentials_changed(subject.id());
         self.audit(
             subject,
             "api_key.rotate",
@@ -165,15 +167,26 @@ impl App {
         source_ip: Option<String>,
     ) -> Result<Subject, AppError> {
         let prefix = api_token_prefix(token).ok_or(AppError::Unauthenticated)?;
+        self.api_key_authenticate_digest(prefix, &sha256(token.as_bytes()), source_ip)
+            .await
+    }
+
+    /// Authenticates a token known by its lookup prefix and SHA-256: the
+    /// path every request takes, and the one open event streams re-check
+    /// through without keeping the token itself.
+    pub(crate) async fn api_key_authenticate_digest(
+        &self,
+        prefix: &str,
+        digest: &[u8],
+        source_ip: Option<String>,
+    ) -> Result<Subject, AppError> {
         let record = match self.store().api_key_by_prefix(prefix).await {
             Ok(r) => r,
             Err(StoreError::NotFound(_)) => return Err(AppError::Unauthenticated),
             Err(e) => return Err(e.into()),
         };
         let now = Utc::now();
-        if !constant_time_eq(&record.token_hash, &sha256(token.as_bytes()))
-            || !record.key.is_usable_at(now)
-        {
+        if !constant_time_eq(&record.token_hash, digest) || !record.key.is_usable_at(now) {
             return Err(AppError::Unauthenticated);
         }
         let user = self.store().user_get(record.key.user_id).await?;

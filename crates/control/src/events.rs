@@ -5,12 +5,21 @@
 //! Publishing never waits: it is a `tokio::sync::broadcast` channel, so a
 //! subscriber that falls behind loses the oldest events and is told to
 //! resync, instead of slowing down the jobs and reconcilers that publish.
+//!
+//! A client's subscription lives only as long as the credential it was
+//! opened with: whatever revokes a key, ends a session, disables a user or
+//! changes a role announces it on a second channel, and the user's open
+//! streams re-authenticate (through the same lookups every request makes)
+//! and end if that fails or the role changed. A timer repeats the check,
+//! for expiry and for changes made by another process on the same
+//! database. Neither costs anything per event.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use overvisor_model::account::UserId;
+use overvisor_model::account::{Credential, UserId};
 use overvisor_model::host::HostId;
 use overvisor_model::job::{Job, JobId, JobLogLine};
 use overvisor_model::vm::VmState;
@@ -23,6 +32,9 @@ use crate::{App, AppError};
 
 /// How many events a subscriber may fall behind before it must resync.
 pub const BUS_CAPACITY: usize = 4096;
+/// Credential changes queued per subscriber; one that falls behind simply
+/// re-checks, so this only needs to absorb a burst.
+const CREDENTIAL_CHANGES_CAPACITY: usize = 256;
 
 /// A VM as events describe it: enough to update a list row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -111,6 +123,8 @@ struct Wire<'a> {
 pub struct EventBus {
     tx: broadcast::Sender<Arc<Envelope>>,
     seq: AtomicU64,
+    /// Users whose credentials, standing or role just changed.
+    credentials: broadcast::Sender<UserId>,
 }
 
 impl Default for EventBus {
@@ -122,10 +136,20 @@ impl Default for EventBus {
 impl EventBus {
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(1));
+        let (credentials, _) = broadcast::channel(CREDENTIAL_CHANGES_CAPACITY);
         Self {
             tx,
             seq: AtomicU64::new(1),
+            credentials,
         }
+    }
+
+    /// Tells `user`'s open streams to re-check their credential: called
+    /// after a key is revoked or rotated, a session ends, or the account is
+    /// disabled or its role changes (once the change is stored). Never blocks.
+    pub fn credentials_changed(&self, user: UserId) {
+        // No open stream is normal; nothing to tell then.
+        let _ = self.credentials.send(user);
     }
 
     /// Publishes `event` for `owner` (and administrators). Never blocks.
@@ -218,6 +242,8 @@ pub enum Delivery {
     Resync {
         missed: u64,
     },
+    /// The subscription is over because of its credential; nothing follows.
+    Ended(StreamEnd),
 }
 
 impl Delivery {
@@ -228,32 +254,215 @@ impl Delivery {
             Self::Resync { missed } => {
                 serde_json::json!({"type": "resync", "missed": missed}).to_string()
             }
+            Self::Ended(end) => end.to_json(),
         }
     }
 }
 
-/// A subscriber's view of the bus: only what its subject may see and asked for.
+/// Why a client's subscription ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The key was revoked, rotated or expired, the session ended or
+    /// expired, or the account was disabled: sign in again.
+    CredentialsInvalid,
+    /// The account's role changed, and with it what the stream may show:
+    /// reconnect to get the stream the new role allows.
+    RoleChanged,
+}
+
+impl StreamEnd {
+    /// A stable machine-readable reason.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::CredentialsInvalid => "credentials_revoked",
+            Self::RoleChanged => "role_changed",
+        }
+    }
+
+    /// A short human-readable reason (fits a WebSocket close frame).
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::CredentialsInvalid => "credentials revoked or expired",
+            Self::RoleChanged => "role changed; reconnect",
+        }
+    }
+
+    /// `{"type":"closed","reason":..., "message":...}`, the last message.
+    pub fn to_json(self) -> String {
+        serde_json::json!({"type": "closed", "reason": self.code(), "message": self.message()})
+            .to_string()
+    }
+}
+
+/// The secret a client authenticated with, kept only as its SHA-256 (what
+/// the database holds anyway), so an open stream can be re-authenticated
+/// through the same lookups as a request without holding the secret.
+#[derive(Clone)]
+pub enum PresentedCredential {
+    ApiKey { prefix: String, digest: Vec<u8> },
+    Session { digest: Vec<u8> },
+}
+
+impl std::fmt::Debug for PresentedCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Digests are not secrets, but nothing gains from printing them.
+        f.write_str(match self {
+            Self::ApiKey { .. } => "PresentedCredential::ApiKey",
+            Self::Session { .. } => "PresentedCredential::Session",
+        })
+    }
+}
+
+impl PresentedCredential {
+    /// From an `Authorization: Bearer` token; `None` if it is not shaped like one of ours.
+    pub fn api_key(token: &str) -> Option<Self> {
+        let prefix = crate::credentials::api_token_prefix(token)?;
+        Some(Self::ApiKey {
+            prefix: prefix.to_owned(),
+            digest: crate::credentials::sha256(token.as_bytes()),
+        })
+    }
+
+    /// From a session cookie's value.
+    pub fn session(cookie_value: &str) -> Self {
+        Self::Session {
+            digest: crate::credentials::sha256(cookie_value.as_bytes()),
+        }
+    }
+
+    /// Whether this is what `credential` (as authentication recorded it) was made from.
+    fn kind_matches(&self, credential: &Credential) -> bool {
+        matches!(
+            (self, credential),
+            (Self::ApiKey { .. }, Credential::ApiKey { .. })
+                | (Self::Session { .. }, Credential::Session { .. })
+        )
+    }
+}
+
+/// What a client subscription needs to keep its credential honest.
+struct CredentialWatch {
+    app: App,
+    presented: PresentedCredential,
+    changes: broadcast::Receiver<UserId>,
+    every: tokio::time::Interval,
+    /// A re-check was triggered and has not completed yet. Kept across
+    /// cancelled `next()` calls, so a trigger is never lost.
+    due: bool,
+}
+
+impl CredentialWatch {
+    /// Resolves when the credential should be re-checked: a change for
+    /// `user` was announced (or changes were missed), or the timer fired.
+    /// Cancel-safe: every await in it is.
+    async fn triggered(&mut self, user: UserId) {
+        loop {
+            tokio::select! {
+                _ = self.every.tick() => return,
+                change = self.changes.recv() => match change {
+                    Ok(changed) if changed != user => {}
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    // The bus is going away with the service; the timer still works.
+                    Err(broadcast::error::RecvError::Closed) => {
+                        self.every.tick().await;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Re-authenticates; `Ok(subject)` to carry on (with the fresh
+    /// account), `Err(end)` when the stream must end. A failure to ask the
+    /// database keeps the stream and is retried at the next trigger.
+    async fn recheck(&self, current: &Subject) -> Result<Subject, Option<StreamEnd>> {
+        let fresh = match self
+            .app
+            .authenticate_presented(&self.presented, current.source_ip.clone())
+            .await
+        {
+            Ok(fresh) => fresh,
+            Err(AppError::Unauthenticated | AppError::NotFound(_)) => {
+                return Err(Some(StreamEnd::CredentialsInvalid));
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, user = %current.id(), "cannot re-check an event stream's credential; will retry");
+                return Err(None);
+            }
+        };
+        if fresh.id() != current.id() || fresh.credential != current.credential {
+            return Err(Some(StreamEnd::CredentialsInvalid));
+        }
+        // What the stream shows was decided under the old role.
+        if fresh.role() != current.role() {
+            return Err(Some(StreamEnd::RoleChanged));
+        }
+        authorize(&fresh, Action::Read, Resource::OwnedBy(fresh.id()))
+            .map_err(|_| Some(StreamEnd::CredentialsInvalid))?;
+        Ok(fresh)
+    }
+}
+
+/// Resolves when `watch` wants a re-check; never, without a watch.
+async fn recheck_triggered(watch: &mut Option<CredentialWatch>, user: UserId) {
+    match watch {
+        Some(watch) => watch.triggered(user).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A subscriber's view of the bus: only what its subject may see and asked
+/// for, and — for a client — only while its credential stays valid.
 pub struct Subscription {
     rx: broadcast::Receiver<Arc<Envelope>>,
     subject: Subject,
     filter: EventFilter,
+    watch: Option<CredentialWatch>,
+    ended: bool,
 }
 
 impl Subscription {
-    /// The next deliverable event; `None` when the bus is gone (shutdown).
+    /// The next deliverable event; [`Delivery::Ended`] once when the
+    /// credential stopped being valid; `None` after that and when the bus
+    /// is gone (shutdown). Cancel-safe.
     pub async fn next(&mut self) -> Option<Delivery> {
         loop {
-            match self.rx.recv().await {
-                Ok(env) => {
-                    if self.filter.matches(env.event.type_name()) && may_see(&self.subject, &env) {
-                        return Some(Delivery::Event(env));
+            if self.ended {
+                return None;
+            }
+            if let Some(watch) = self.watch.as_mut().filter(|w| w.due) {
+                match watch.recheck(&self.subject).await {
+                    Ok(fresh) => self.subject = fresh,
+                    Err(Some(end)) => {
+                        self.ended = true;
+                        metrics::counter!("overvisor_event_streams_ended_total", "reason" => end.code())
+                            .increment(1);
+                        return Some(Delivery::Ended(end));
+                    }
+                    Err(None) => {}
+                }
+                watch.due = false;
+            }
+            tokio::select! {
+                // A revocation wins over events already queued behind it.
+                biased;
+                () = recheck_triggered(&mut self.watch, self.subject.id()) => {
+                    if let Some(watch) = self.watch.as_mut() {
+                        watch.due = true;
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    metrics::counter!("overvisor_event_subscriber_lagged_total").increment(1);
-                    return Some(Delivery::Resync { missed });
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+                received = self.rx.recv() => match received {
+                    Ok(env) => {
+                        if self.filter.matches(env.event.type_name()) && may_see(&self.subject, &env) {
+                            return Some(Delivery::Event(env));
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        metrics::counter!("overvisor_event_subscriber_lagged_total").increment(1);
+                        return Some(Delivery::Resync { missed });
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
             }
         }
     }
@@ -264,7 +473,9 @@ fn may_see(subject: &Subject, env: &Envelope) -> bool {
 }
 
 impl App {
-    /// Subscribes `subject` to the events it may see, filtered by type.
+    /// Subscribes `subject` to the events it may see, filtered by type, for
+    /// as long as the service runs (for the service's own use and tests;
+    /// clients go through [`App::events_subscribe_client`]).
     pub fn events_subscribe(
         &self,
         subject: &Subject,
@@ -276,13 +487,212 @@ impl App {
             rx: self.events().receiver(),
             subject: subject.clone(),
             filter,
+            watch: None,
+            ended: false,
         })
+    }
+
+    /// Subscribes a client that authenticated as `subject` with `presented`:
+    /// the subscription ends (with [`Delivery::Ended`]) once that credential
+    /// stops being valid or the account's role changes.
+    pub fn events_subscribe_client(
+        &self,
+        subject: &Subject,
+        presented: PresentedCredential,
+        filter: EventFilter,
+    ) -> Result<Subscription, AppError> {
+        if !presented.kind_matches(&subject.credential) {
+            return Err(AppError::Unauthenticated);
+        }
+        // Subscribed before anything can change, so no announcement is missed.
+        let changes = self.events().credentials.subscribe();
+        let mut subscription = self.events_subscribe(subject, filter)?;
+        let period = self.config().stream_recheck.max(Duration::from_millis(100));
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        subscription.watch = Some(CredentialWatch {
+            app: self.clone(),
+            presented,
+            changes,
+            every,
+            due: false,
+        });
+        Ok(subscription)
+    }
+
+    /// Authenticates a presented credential exactly as a request carrying
+    /// it would be.
+    pub async fn authenticate_presented(
+        &self,
+        presented: &PresentedCredential,
+        source_ip: Option<String>,
+    ) -> Result<Subject, AppError> {
+        match presented {
+            PresentedCredential::ApiKey { prefix, digest } => {
+                self.api_key_authenticate_digest(prefix, digest, source_ip)
+                    .await
+            }
+            PresentedCredential::Session { digest } => Ok(self
+                .session_authenticate_digest(digest, source_ip)
+                .await?
+                .subject),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::AppConfig;
+    use crate::accounts::NewUser;
+    use overvisor_model::account::{Email, Role, UserName};
+    use overvisor_store::users::UserChanges;
+    use overvisor_store::{MasterKey, Sealer, Store};
+
+    async fn app_with(stream_recheck: Duration) -> (App, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_sqlite(&dir.path().join("db.sqlite"))
+            .await
+            .expect("open");
+        store.migrate().await.expect("migrate");
+        let config = AppConfig {
+            stream_recheck,
+            ..AppConfig::default()
+        };
+        let app = App::new(store, Sealer::new(&MasterKey::generate()), config);
+        (app, dir)
+    }
+
+    /// Creates a user; returns the subject its first key authenticates as, and the token.
+    async fn user(app: &App, name: &str, role: Role) -> (Subject, String) {
+        let created = app
+            .user_create(
+                &Subject::console(),
+                NewUser {
+                    name: UserName::parse(name).expect("name"),
+                    email: Email::parse(&format!("{name}@example.com")).expect("email"),
+                    role,
+                    password: None,
+                },
+            )
+            .await
+            .expect("create");
+        let subject = app
+            .api_key_authenticate(&created.api_token, None)
+            .await
+            .expect("authenticate");
+        (subject, created.api_token)
+    }
+
+    async fn client(app: &App, subject: &Subject, token: &str) -> Subscription {
+        let presented = PresentedCredential::api_key(token).expect("token shape");
+        app.events_subscribe_client(subject, presented, EventFilter::default())
+            .expect("subscribe")
+    }
+
+    fn key_id(subject: &Subject) -> overvisor_model::account::ApiKeyId {
+        match subject.credential {
+            Credential::ApiKey { id } => id,
+            _ => panic!("not a key"),
+        }
+    }
+
+    async fn next(sub: &mut Subscription) -> Option<Delivery> {
+        tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("nothing within 10 s")
+    }
+
+    fn host_event(app: &App, owner: UserId) {
+        app.events().publish(
+            owner,
+            Event::HostConnected {
+                host_id: HostId::new(),
+            },
+        );
+    }
+
+    #[tokio::test]
+    async fn a_revocation_ends_the_stream_of_that_key_only() {
+        let (app, _dir) = app_with(Duration::from_secs(3600)).await;
+        let (ann, ann_token) = user(&app, "ann", Role::Operator).await;
+        let (bob, bob_token) = user(&app, "bob", Role::Operator).await;
+        let mut ann_sub = client(&app, &ann, &ann_token).await;
+        let mut bob_sub = client(&app, &bob, &bob_token).await;
+
+        app.api_key_revoke(&ann, key_id(&ann))
+            .await
+            .expect("revoke");
+        assert!(matches!(
+            next(&mut ann_sub).await,
+            Some(Delivery::Ended(StreamEnd::CredentialsInvalid))
+        ));
+        assert!(next(&mut ann_sub).await.is_none(), "nothing after the end");
+
+        // Bob re-checks nothing (the change was Ann's) and still gets his events.
+        host_event(&app, bob.id());
+        assert!(matches!(next(&mut bob_sub).await, Some(Delivery::Event(_))));
+    }
+
+    #[tokio::test]
+    async fn a_role_change_ends_the_stream_and_other_changes_do_not() {
+        let (app, _dir) = app_with(Duration::from_secs(3600)).await;
+        let (ada, token) = user(&app, "ada", Role::Admin).await;
+        // The last administrator cannot be demoted.
+        user(&app, "root", Role::Admin).await;
+        let mut sub = client(&app, &ada, &token).await;
+        let console = Subject::console();
+        let email = UserChanges {
+            email: Some(Email::parse("ada@example.org").expect("email")),
+            ..UserChanges::default()
+        };
+        app.user_update(&console, ada.id(), email)
+            .await
+            .expect("update");
+        host_event(&app, UserId::new());
+        assert!(
+            matches!(next(&mut sub).await, Some(Delivery::Event(_))),
+            "an admin still sees everyone's events"
+        );
+        let demote = UserChanges {
+            role: Some(Role::Operator),
+            ..UserChanges::default()
+        };
+        app.user_update(&console, ada.id(), demote)
+            .await
+            .expect("demote");
+        assert!(matches!(
+            next(&mut sub).await,
+            Some(Delivery::Ended(StreamEnd::RoleChanged))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_timer_catches_changes_nobody_announced() {
+        let (app, _dir) = app_with(Duration::from_millis(200)).await;
+        let (cid, token) = user(&app, "cid", Role::Reader).await;
+        let mut sub = client(&app, &cid, &token).await;
+        // Straight to the store, as another process would.
+        app.store()
+            .api_key_revoke(cid.id(), key_id(&cid), Utc::now())
+            .await
+            .expect("revoke");
+        assert!(matches!(
+            next(&mut sub).await,
+            Some(Delivery::Ended(StreamEnd::CredentialsInvalid))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_credential_of_another_kind_is_refused() {
+        let (app, _dir) = app_with(Duration::from_secs(3600)).await;
+        let (dee, _) = user(&app, "dee", Role::Reader).await;
+        let presented = PresentedCredential::session("not the key it authenticated with");
+        assert!(matches!(
+            app.events_subscribe_client(&dee, presented, EventFilter::default()),
+            Err(AppError::Unauthenticated)
+        ));
+    }
 
     #[test]
     fn filters() {

@@ -31,6 +31,11 @@ pub struct AppConfig {
     /// Absolute lifetime of a browser session.
     pub session_ttl: Duration,
     pub login_limits: login_limit::Limits,
+    /// How often an open event stream re-validates its credential, for
+    /// expiry and for revocations made by another process.
+    pub stream_recheck: Duration,
+    /// Offers the test-only `test.sleep` job kind.
+    pub test_jobs: bool,
 }
 
 impl Default for AppConfig {
@@ -38,6 +43,8 @@ impl Default for AppConfig {
         Self {
             session_ttl: Duration::from_secs(12 * 3600),
             login_limits: login_limit::Limits::default(),
+            stream_recheck: Duration::from_secs(30),
+            test_jobs: false,
         }
     }
 }
@@ -97,6 +104,11 @@ impl App {
 
     pub(crate) fn config(&self) -> &AppConfig {
         &self.inner.config
+    }
+
+    /// Whether the test-only `test.sleep` job kind is offered.
+    pub fn test_jobs_enabled(&self) -> bool {
+        self.inner.config.test_jobs
     }
 
     pub(crate) fn login_limiter(&self) -> &login_limit::LoginLimiter {

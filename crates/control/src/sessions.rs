@@ -149,12 +149,20 @@ impl App {
         cookie_value: &str,
         source_ip: Option<String>,
     ) -> Result<SessionAuth, AppError> {
-        let now = Utc::now();
-        let record = match self
-            .store()
-            .session_by_token_hash(&sha256(cookie_value.as_bytes()), now)
+        self.session_authenticate_digest(&sha256(cookie_value.as_bytes()), source_ip)
             .await
-        {
+    }
+
+    /// Resolves a session by the SHA-256 of its cookie value: the path
+    /// every request takes, and the one open event streams re-check through
+    /// without keeping the cookie itself.
+    pub(crate) async fn session_authenticate_digest(
+        &self,
+        digest: &[u8],
+        source_ip: Option<String>,
+    ) -> Result<SessionAuth, AppError> {
+        let now = Utc::now();
+        let record = match self.store().session_by_token_hash(digest, now).await {
             Ok(r) => r,
             Err(overvisor_store::StoreError::NotFound(_)) => return Err(AppError::Unauthenticated),
             Err(e) => return Err(e.into()),
@@ -182,6 +190,7 @@ impl App {
     pub async fn logout(&self, subject: &Subject) -> Result<(), AppError> {
         if let Credential::Session { id } = subject.credential {
             self.store().session_delete(subject.id(), id).await?;
+            self.events().credentials_changed(subject.id());
             self.audit(
                 subject,
                 "auth.logout",
@@ -202,6 +211,7 @@ impl App {
             Resource::Account(subject.id()),
         )?;
         let ended = self.store().sessions_delete_all(subject.id(), None).await?;
+        self.events().credentials_changed(subject.id());
         self.audit(
             subject,
             "auth.logout_everywhere",
@@ -228,6 +238,7 @@ impl App {
             Resource::Account(subject.id()),
         )?;
         self.store().session_delete(subject.id(), id).await?;
+        self.events().credentials_changed(subject.id());
         self.audit(
             subject,
             "session.revoke",

@@ -85,7 +85,8 @@ fn forwarded_for(headers: &HeaderMap) -> Option<String> {
         .map(|ip| ip.to_string())
 }
 
-fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+/// The token of `Authorization: Bearer <token>`, if the header is there.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };

@@ -34,6 +34,17 @@ pub struct Config {
     pub login_window_secs: u64,
     pub login_max_failures_per_account: usize,
     pub login_max_failures_per_address: usize,
+    /// Full resync of every connected host's inventory this often (at least 1).
+    pub inventory_resync_secs: u64,
+    /// An open event stream re-validates its credential this often (at
+    /// least 1), to end streams whose key or session expired or was revoked
+    /// by another process (such as `overvisor key revoke`). Revocations
+    /// made through this service end streams at once regardless.
+    pub stream_recheck_secs: u64,
+    /// Offers `POST /api/v1/jobs/test-sleep`, a job that only sleeps, for
+    /// integration tests. `true`/`false` (or `1`/`0`); keep it off in production.
+    #[serde(deserialize_with = "flag")]
+    pub test_jobs: bool,
 }
 
 impl Default for Config {
@@ -54,6 +65,9 @@ impl Default for Config {
             login_window_secs: 15 * 60,
             login_max_failures_per_account: 5,
             login_max_failures_per_address: 20,
+            inventory_resync_secs: 60,
+            stream_recheck_secs: 30,
+            test_jobs: false,
         }
     }
 }
@@ -70,6 +84,8 @@ pub enum ConfigError {
 }
 
 const ENV_PREFIX: &str = "OVERVISOR_";
+/// Longest period a background check may be set to (a day).
+const MAX_PERIOD_SECS: u64 = 24 * 3600;
 
 impl Config {
     /// Loads defaults ← `file` ← environment.
@@ -118,6 +134,16 @@ impl Config {
                 "session_ttl_secs must be at least 60".into(),
             ));
         }
+        for (name, secs) in [
+            ("inventory_resync_secs", self.inventory_resync_secs),
+            ("stream_recheck_secs", self.stream_recheck_secs),
+        ] {
+            if !(1..=MAX_PERIOD_SECS).contains(&secs) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be between 1 and {MAX_PERIOD_SECS}"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -162,7 +188,26 @@ const FIELDS: &[&str] = &[
     "login_window_secs",
     "login_max_failures_per_account",
     "login_max_failures_per_address",
+    "inventory_resync_secs",
+    "stream_recheck_secs",
+    "test_jobs",
 ];
+
+/// A switch: `true`/`false`, or `1`/`0` as such variables are often set.
+fn flag<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        Bool(bool),
+        Number(i64),
+    }
+    match Flag::deserialize(deserializer)? {
+        Flag::Bool(b) => Ok(b),
+        Flag::Number(0) => Ok(false),
+        Flag::Number(1) => Ok(true),
+        Flag::Number(_) => Err(serde::de::Error::custom("expected true, false, 1 or 0")),
+    }
+}
 
 /// Environment values are typed like TOML values when they parse as one
 /// (`8000`, `true`), and taken as strings otherwise (`127.0.0.1:8000`).
@@ -215,5 +260,39 @@ mod tests {
             "unknown keys are refused"
         );
         assert!(!Config::default().secure_cookies());
+    }
+
+    fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).expect("write");
+        Config::load(Some(&path))
+    }
+
+    #[test]
+    fn periods_and_test_jobs() {
+        let defaults = Config::default();
+        assert_eq!(defaults.inventory_resync_secs, 60);
+        assert_eq!(defaults.stream_recheck_secs, 30);
+        assert!(!defaults.test_jobs);
+        let config =
+            from_toml("inventory_resync_secs = 5\nstream_recheck_secs = 1\ntest_jobs = true\n")
+                .expect("load");
+        assert_eq!(config.inventory_resync_secs, 5);
+        assert_eq!(config.stream_recheck_secs, 1);
+        assert!(config.test_jobs);
+        // Environment values arrive typed: `1` is a number.
+        assert!(from_toml("test_jobs = 1\n").expect("load").test_jobs);
+        assert!(!from_toml("test_jobs = 0\n").expect("load").test_jobs);
+        for bad in [
+            "test_jobs = 2\n",
+            "test_jobs = \"yes\"\n",
+            "stream_recheck_secs = 0\n",
+            "inventory_resync_secs = 0\n",
+            "inventory_resync_secs = 86401\n",
+            "stream_recheck_secs = -1\n",
+        ] {
+            assert!(from_toml(bad).is_err(), "{bad} was accepted");
+        }
     }
 }

@@ -47,6 +47,7 @@ pub struct Settings {
 pub fn api_router(state: AppState, max_body: usize) -> Router {
     Router::new()
         .merge(api::routes())
+        .merge(api::jobs::test_routes(state.app.test_jobs_enabled()))
         .merge(api::docs_routes())
         .merge(observe::routes())
         .fallback(api::not_found)
@@ -61,6 +62,7 @@ pub fn ui_router(state: AppState, max_body: usize) -> Router {
     Router::new()
         .merge(portal::routes())
         .merge(api::routes())
+        .merge(api::jobs::test_routes(state.app.test_jobs_enabled()))
         .merge(observe::health_routes())
         .fallback(api::not_found)
         .with_state(state)

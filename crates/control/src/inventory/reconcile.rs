@@ -47,21 +47,6 @@ impl Default for InventorySettings {
     }
 }
 
-impl InventorySettings {
-    /// Defaults, with `OVERVISOR_INVENTORY_RESYNC_SECS` honoured.
-    pub fn from_env() -> Self {
-        let mut settings = Self::default();
-        if let Some(secs) = std::env::var("OVERVISOR_INVENTORY_RESYNC_SECS")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|s| *s > 0)
-        {
-            settings.resync_every = Duration::from_secs(secs);
-        }
-        settings
-    }
-}
-
 impl App {
     /// Starts the inventory's reconcilers; they stop when `shutdown` is
     /// cancelled.

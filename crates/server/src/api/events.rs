@@ -6,28 +6,45 @@
 //! while the handshake completes is lost; the first message is
 //! `{"type":"subscribed"}`. A client too slow to keep up gets
 //! `{"type":"resync","missed":N}` and should re-read what it shows.
+//!
+//! A stream lasts only as long as the credential it was opened with. When
+//! the key is revoked, rotated or expires, the session ends, the account is
+//! disabled or its role changes, the last message is
+//! `{"type":"closed","reason":"credentials_revoked"|"role_changed",...}`;
+//! a WebSocket then gets a close frame with code [`CLOSE_CREDENTIALS`]
+//! (sign in again) or [`CLOSE_ROLE_CHANGED`] (reconnect), and an SSE
+//! response ends after a final `event: closed`.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use overvisor_control::events::{EventFilter, Subscription};
+use overvisor_control::AppError;
+use overvisor_control::authz::Subject;
+use overvisor_control::events::{
+    Delivery, EventFilter, PresentedCredential, StreamEnd, Subscription,
+};
+use overvisor_model::account::Credential;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use crate::AppState;
-use crate::auth::Caller;
+use crate::auth::{Caller, bearer_token, cookie_value, session_cookie_name};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Query;
+use crate::{AppState, Settings};
 
 /// How often an idle WebSocket is pinged (keeps proxies from closing it).
 const PING_EVERY: Duration = Duration::from_secs(25);
 const SUBSCRIBED: &str = r#"{"type":"subscribed"}"#;
+/// WebSocket close code: the credential is no longer valid (as HTTP 401).
+pub const CLOSE_CREDENTIALS: u16 = 4401;
+/// WebSocket close code: the account's role changed (as HTTP 403); reconnect.
+pub const CLOSE_ROLE_CHANGED: u16 = 4403;
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -39,8 +56,11 @@ pub struct EventsParams {
 
 #[utoipa::path(get, path = "/api/v1/events", tag = "events", params(EventsParams),
     responses(
-        (status = 101, description = "WebSocket of JSON events: `{\"seq\", \"at\", \"type\", ...}`"),
-        (status = 200, description = "With `Accept: text/event-stream`: the same events as SSE", content_type = "text/event-stream"),
+        (status = 101, description = "WebSocket of JSON events: `{\"seq\", \"at\", \"type\", ...}`; \
+            closed with code 4401 when the credential is revoked or expires, 4403 when the account's role changes, \
+            after a last `{\"type\":\"closed\",\"reason\"}` message"),
+        (status = 200, description = "With `Accept: text/event-stream`: the same events as SSE, \
+            ending with `event: closed` when the credential stops being valid", content_type = "text/event-stream"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn events_stream(
     State(state): State<AppState>,
@@ -52,7 +72,10 @@ pub async fn events_stream(
     check_origin(&headers)?;
     let filter = EventFilter::parse(params.types.as_deref().unwrap_or_default())
         .map_err(overvisor_control::AppError::from)?;
-    let subscription = state.app.events_subscribe(&subject, filter)?;
+    let presented = presented_credential(&headers, &state.settings, &subject)?;
+    let subscription = state
+        .app
+        .events_subscribe_client(&subject, presented, filter)?;
     match ws {
         Ok(upgrade) => Ok(upgrade
             .on_upgrade(move |socket| pump_websocket(socket, subscription))
@@ -63,6 +86,30 @@ pub async fn events_stream(
             "upgrade_required",
             "open this as a WebSocket, or send Accept: text/event-stream",
         )),
+    }
+}
+
+/// The secret the caller authenticated with (the one [`Caller`] chose), so
+/// the stream can re-check it while it is open.
+fn presented_credential(
+    headers: &HeaderMap,
+    settings: &Settings,
+    subject: &Subject,
+) -> ApiResult<PresentedCredential> {
+    let presented = match subject.credential {
+        Credential::ApiKey { .. } => bearer_token(headers)?.and_then(PresentedCredential::api_key),
+        Credential::Session { .. } => {
+            cookie_value(headers, session_cookie_name(settings)).map(PresentedCredential::session)
+        }
+        Credential::Console | Credential::System => None,
+    };
+    presented.ok_or_else(|| AppError::Unauthenticated.into())
+}
+
+fn close_code(end: StreamEnd) -> u16 {
+    match end {
+        StreamEnd::CredentialsInvalid => CLOSE_CREDENTIALS,
+        StreamEnd::RoleChanged => CLOSE_ROLE_CHANGED,
     }
 }
 
@@ -107,11 +154,19 @@ async fn pump_websocket(mut socket: WebSocket, mut subscription: Subscription) {
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     ping.tick().await;
+    let mut close = None;
     loop {
         tokio::select! {
             delivery = subscription.next() => {
                 let Some(delivery) = delivery else { break };
                 if socket.send(Message::Text(delivery.to_json().into())).await.is_err() {
+                    break;
+                }
+                if let Delivery::Ended(end) = delivery {
+                    close = Some(CloseFrame {
+                        code: close_code(end),
+                        reason: end.message().into(),
+                    });
                     break;
                 }
             }
@@ -127,16 +182,22 @@ async fn pump_websocket(mut socket: WebSocket, mut subscription: Subscription) {
             }
         }
     }
-    let _ = socket.send(Message::Close(None)).await;
+    let _ = socket.send(Message::Close(close)).await;
 }
 
 fn sse(
     subscription: Subscription,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
     let first = futures::stream::once(async { Ok(SseEvent::default().data(SUBSCRIBED)) });
+    // `next()` answers `None` after `Ended`, which ends the response.
     let rest = futures::stream::unfold(subscription, |mut sub| async move {
         let delivery = sub.next().await?;
-        Some((Ok(SseEvent::default().data(delivery.to_json())), sub))
+        let event = SseEvent::default().data(delivery.to_json());
+        let event = match delivery {
+            Delivery::Ended(_) => event.event("closed"),
+            _ => event,
+        };
+        Some((Ok(event), sub))
     });
     Sse::new(futures::StreamExt::chain(first, rest)).keep_alive(KeepAlive::default())
 }

@@ -122,12 +122,6 @@ pub async fn job_cancel(
     Ok(Json(state.app.job_cancel(&subject, id).await?))
 }
 
-/// Set to `1` to offer `POST /api/v1/jobs/test-sleep`, a job that only
-/// sleeps: integration tests need a job that is reliably still running when
-/// they kill or cancel it, without depending on a host's timing. Off in
-/// production; it changes nothing anyway.
-pub const TEST_JOBS_ENV: &str = "OVERVISOR_TEST_JOBS";
-
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestSleep {
@@ -152,9 +146,13 @@ pub async fn job_test_sleep(
     Ok(job_accepted(&job))
 }
 
-/// The test-only routes, when [`TEST_JOBS_ENV`] is `1`.
-pub fn test_routes() -> Router<AppState> {
-    if std::env::var(TEST_JOBS_ENV).is_ok_and(|v| v == "1") {
+/// The test-only routes, when `enabled` (the `test_jobs` setting):
+/// `POST /api/v1/jobs/test-sleep`, a job that only sleeps. Integration
+/// tests need a job that is reliably still running when they kill or
+/// cancel it, without depending on a host's timing. Off in production; it
+/// changes nothing anyway.
+pub fn test_routes(enabled: bool) -> Router<AppState> {
+    if enabled {
         Router::new().route("/api/v1/jobs/test-sleep", post(job_test_sleep))
     } else {
         Router::new()

@@ -87,7 +87,6 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/jobs", get(jobs::jobs_list))
         .route("/api/v1/jobs/{id}", get(jobs::job_get))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::job_cancel))
-        .merge(jobs::test_routes())
         .route("/api/v1/events", get(events::events_stream))
         .route("/api/v1/inventory", get(inventory::inventory_summary))
         .route(
