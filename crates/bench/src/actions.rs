@@ -28,6 +28,31 @@ async fn root_virsh(host: &LabHost, args: &[&str]) -> anyhow::Result<Duration> {
     .await?
 }
 
+/// Root-side `virsh VERB NAME` inside `host`, started now off the async
+/// threads; resolves to the instant virsh exited.
+pub fn spawn_virsh(
+    host: &LabHost,
+    verb: &'static str,
+    name: &str,
+) -> tokio::task::JoinHandle<anyhow::Result<Instant>> {
+    let (host, name) = (host.clone(), name.to_owned());
+    tokio::task::spawn_blocking(move || {
+        host.try_virsh(&[verb, &name])
+            .map(|_| Instant::now())
+            .map_err(|e| anyhow!("virsh {verb} {name} on {}: {e}", host.name))
+    })
+}
+
+/// `arrived - exited` in ms; negative when the event overtook the exit of
+/// the virsh that caused it.
+pub fn signed_ms(arrived: Instant, exited: Instant) -> f64 {
+    if arrived >= exited {
+        (arrived - exited).as_secs_f64() * 1000.0
+    } else {
+        -(exited - arrived).as_secs_f64() * 1000.0
+    }
+}
+
 /// Metric 2: driver vs. root virsh, interleaved so both see the same load.
 pub async fn overhead(
     driver: &LibvirtDriver,
@@ -98,14 +123,8 @@ pub async fn event_latency(
         } else {
             ("resume", VmEventKind::Resumed)
         };
-        let host = guest.host.clone();
-        let name = guest.name.clone();
         let started = Instant::now();
-        let command = tokio::task::spawn_blocking(move || {
-            host.try_virsh(&[verb, &name])
-                .map(|_| Instant::now())
-                .map_err(|e| anyhow!("virsh {verb} {name}: {e}"))
-        });
+        let command = spawn_virsh(&guest.host, verb, &guest.name);
         let arrived = loop {
             let ev = tokio::time::timeout(Duration::from_secs(10), events.next())
                 .await
@@ -117,13 +136,7 @@ pub async fn event_latency(
         };
         let exited = command.await??;
         from_start.push(arrived - started);
-        // Negative when the event overtook virsh's own exit.
-        let signed = if arrived >= exited {
-            (arrived - exited).as_secs_f64()
-        } else {
-            -(exited - arrived).as_secs_f64()
-        };
-        from_exit.push_ms(signed * 1000.0);
+        from_exit.push_ms(signed_ms(arrived, exited));
     }
     println!("   from virsh start to event    {}", from_start.line());
     println!("   from virsh exit to event     {}", from_exit.line());

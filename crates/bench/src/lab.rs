@@ -1,7 +1,8 @@
-//! Shared lab plumbing of metrics 2–4: loading the lab (a missing lab is an
-//! error, never a skip), warm SSH drivers, and defining many domains at
-//! once in one root virsh session reading commands on stdin (a process per
-//! define costs 20–270 ms; a line in one session ~2 ms).
+//! Shared lab plumbing of metrics 2–4 and the fleet mode: loading the lab
+//! (a missing lab is an error, never a skip), a booted guest of our own,
+//! warm SSH drivers, and defining many domains at once in one root virsh
+//! session reading commands on stdin (a process per define costs 20–270 ms;
+//! a line in one session ~2 ms).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -10,24 +11,67 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use overvisor_hv::{ClientKey, HostKeyPolicy, LibvirtDriver, SshConfig, SshSession};
 use overvisor_model::host::HostKeyFingerprint;
-use overvisor_testkit::{Lab, LabHost};
+use overvisor_testkit::{Lab, LabHost, TestGuest};
 
 /// The lab, or an error that says how to bring it up.
 pub fn load() -> anyhow::Result<Lab> {
-    // `Lab::load` panics with instructions (it serves tests); turn that into
-    // an error here. The default hook would print the message twice.
+    try_load()
+        .map_err(|why| anyhow!("{why}\n(bench --no-lab runs only the metrics that need no lab)"))
+}
+
+/// How to bring up the fleet mode's own lab, for its error messages.
+const FLEET_HOWTO: &str = "The fleet mode needs its own lab instance beside the test lab. As root:
+  OVERVISOR_LAB_INSTANCE=2 scripts/lab up --hosts 200
+  OVERVISOR_LAB_INSTANCE=2 scripts/lab populate 100
+  OVERVISOR_LAB_INSTANCE=2 cargo run --release -p overvisor-bench -- --fleet
+  OVERVISOR_LAB_INSTANCE=2 scripts/lab down";
+
+/// The fleet mode's lab: a lab instance of its own (never the default lab
+/// the test suite uses), or an error that says how to bring one up.
+pub fn load_fleet() -> anyhow::Result<Lab> {
+    let set = |var| std::env::var_os(var).is_some_and(|v| !v.is_empty());
+    if !set("OVERVISOR_LAB_INSTANCE") && !set("OVERVISOR_LAB_DIR") {
+        bail!("no lab instance selected (OVERVISOR_LAB_INSTANCE).\n{FLEET_HOWTO}");
+    }
+    let lab = try_load().map_err(|why| anyhow!("{why}\n{FLEET_HOWTO}"))?;
+    if lab.instance.is_none() {
+        bail!(
+            "{} is the default lab, which the test suite uses.\n{FLEET_HOWTO}",
+            lab.lab_dir.display()
+        );
+    }
+    Ok(lab)
+}
+
+/// `Lab::load`, whose panic (it serves tests) becomes the error text.
+fn try_load() -> Result<Lab, String> {
+    // The default hook would print the message twice.
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let lab = std::panic::catch_unwind(Lab::load);
     std::panic::set_hook(hook);
     lab.map_err(|payload| {
-        let why = payload
+        payload
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-            .unwrap_or_else(|| "unknown reason".into());
-        anyhow!("{why}\n(bench --no-lab runs only the metrics that need no lab)")
+            .unwrap_or_else(|| "unknown reason".into())
     })
+}
+
+/// Defines and starts a tiny guest `name` on `host` as root and waits
+/// until it is up. The guard destroys and undefines it when dropped; a
+/// failure half way drops it too, so nothing is left running.
+pub async fn boot_guest(lab: &Lab, host: &LabHost, name: &str) -> anyhow::Result<TestGuest> {
+    let (lab, host, name) = (lab.clone(), host.clone(), name.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let guest = lab.define_guest(&host, &name);
+        host.virsh(&["start", &name]);
+        guest.wait_ready(1, Duration::from_secs(60));
+        guest
+    })
+    .await
+    .map_err(|e| anyhow!("booting a guest failed (see the message above): {e}"))
 }
 
 /// A driver on a warm (already connected) SSH session to `host`.

@@ -94,7 +94,7 @@ async fn app_with_admin(dir: &std::path::Path) -> anyhow::Result<(App, String, U
 }
 
 /// 100 warm-up GETs, then `requests` timed ones; also the body size.
-async fn time_gets(
+pub async fn time_gets(
     client: &reqwest::Client,
     url: &str,
     token: &str,

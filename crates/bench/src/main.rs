@@ -2,13 +2,17 @@
 //! prints figures (median, p95/p99, max, ratio to the target). It never
 //! asserts a timing. Metrics 2–4 need the hypervisor lab and fail, saying
 //! how to bring it up, when it is missing; `--no-lab` runs only 1 and 5.
+//! `--fleet` instead measures end to end through the running service on a
+//! lab instance of its own (200 hosts × 100 domains; see `fleet`).
 
 mod actions;
 mod coldstart;
+mod fleet;
 mod lab;
 mod list;
 mod process;
 mod resync;
+mod service;
 mod stats;
 
 use std::path::PathBuf;
@@ -36,26 +40,58 @@ struct Args {
     /// for the resync; 0 lists what is there.
     #[arg(long, default_value_t = 100)]
     resync_domains: usize,
-    /// The `overvisor` binary for the cold start (default: next to `bench`).
+    /// The `overvisor` binary for the cold start and the fleet mode
+    /// (default: next to `bench`).
     #[arg(long)]
     overvisor: Option<PathBuf>,
+    /// Only the fleet mode: the real service against every host of the lab
+    /// instance that OVERVISOR_LAB_INSTANCE (or OVERVISOR_LAB_DIR) selects.
+    /// Uses --requests for the list and --runs for the event latency.
+    #[arg(long)]
+    fleet: bool,
+    /// Fleet mode: domains each host holds (`scripts/lab populate COUNT`).
+    #[arg(long, default_value_t = 100)]
+    fleet_domains: usize,
+    /// Fleet mode: register only the first N hosts (default: all).
+    #[arg(long)]
+    fleet_hosts: Option<usize>,
+    /// Fleet mode: timed full resyncs.
+    #[arg(long, default_value_t = 10)]
+    fleet_resyncs: usize,
+    /// Fleet mode: the service's OVERVISOR_LOG filter.
+    #[arg(long, default_value = "warn")]
+    fleet_log: String,
+    /// Fleet mode: longest wait, in seconds, for every host to be connected
+    /// and synced.
+    #[arg(long, default_value_t = 600)]
+    fleet_sync_timeout: u64,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Fail before measuring anything if a prerequisite is missing.
-    let binary = coldstart::locate(args.overvisor.clone())?;
+    let binary = service::locate(args.overvisor.clone())?;
+    if args.fleet {
+        let lab = lab::load_fleet()?;
+        print_machine(", --fleet");
+        let fleet_args = fleet::FleetArgs {
+            domains: args.fleet_domains,
+            hosts: args.fleet_hosts,
+            requests: args.requests,
+            event_runs: args.runs,
+            resyncs: args.fleet_resyncs,
+            log_filter: args.fleet_log.clone(),
+            sync_timeout: Duration::from_secs(args.fleet_sync_timeout),
+        };
+        return fleet::run(&binary, &lab, &fleet_args).await;
+    }
     let lab = if args.no_lab {
         None
     } else {
         Some(lab::load()?)
     };
-    println!(
-        "overvisor bench: {} CPUs available{}",
-        std::thread::available_parallelism().map_or(0, usize::from),
-        if args.no_lab { ", --no-lab" } else { "" }
-    );
+    print_machine(if args.no_lab { ", --no-lab" } else { "" });
 
     list::run(200, 100, args.requests).await?;
     if let Some(lab) = &lab {
@@ -63,6 +99,13 @@ async fn main() -> anyhow::Result<()> {
     }
     coldstart::run(&binary, args.starts).await?;
     Ok(())
+}
+
+fn print_machine(mode: &str) {
+    println!(
+        "overvisor bench: {} CPUs available{mode}",
+        std::thread::available_parallelism().map_or(0, usize::from),
+    );
 }
 
 /// Metrics 2–4. Our own guest on the shared host ovh2 is destroyed and
@@ -75,16 +118,7 @@ async fn lab_metrics(lab: &overvisor_testkit::Lab, args: &Args) -> anyhow::Resul
         .ok_or_else(|| anyhow::anyhow!("the lab has no host ovh2: scripts/lab up"))?;
     let driver = lab::driver(lab, host).await?;
     let name = overvisor_testkit::unique_name("bench");
-    let guest = {
-        let (lab, host, name) = (lab.clone(), host.clone(), name.clone());
-        tokio::task::spawn_blocking(move || {
-            let guest = lab.define_guest(&host, &name);
-            host.virsh(&["start", &name]);
-            guest.wait_ready(1, Duration::from_secs(60));
-            guest
-        })
-        .await?
-    };
+    let guest = lab::boot_guest(lab, host, &name).await?;
     actions::overhead(&driver, &guest, args.runs).await?;
     actions::event_latency(&driver, &guest, args.runs).await?;
     drop(guest);

@@ -23,6 +23,20 @@ use serde::Deserialize;
 /// default as `scripts/lab`).
 pub const DEFAULT_LAB_DIR: &str = "/tmp/overvisor-lab";
 
+/// The lab directory `scripts/lab` uses in this environment:
+/// `OVERVISOR_LAB_DIR`, else instance N's (`OVERVISOR_LAB_INSTANCE=N`, a
+/// second lab beside the default one, e.g. for scale benchmarks), else the
+/// default lab's.
+pub fn lab_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("OVERVISOR_LAB_DIR") {
+        return PathBuf::from(dir);
+    }
+    match std::env::var("OVERVISOR_LAB_INSTANCE") {
+        Ok(n) if !n.is_empty() => PathBuf::from(format!("{DEFAULT_LAB_DIR}-{n}")),
+        _ => PathBuf::from(DEFAULT_LAB_DIR),
+    }
+}
+
 /// The lab as described by `lab.json`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Lab {
@@ -36,6 +50,10 @@ pub struct Lab {
     pub domain_xml_template: PathBuf,
     pub lab_script: PathBuf,
     pub lab_dir: PathBuf,
+    /// The `OVERVISOR_LAB_INSTANCE` the lab was brought up with (`None`:
+    /// the default lab).
+    #[serde(default)]
+    pub instance: Option<u32>,
 }
 
 /// The tiny guest every test VM boots: a kernel and a busybox initramfs
@@ -66,21 +84,25 @@ pub struct LabHost {
     lab_script: PathBuf,
     #[serde(skip)]
     lab_dir: PathBuf,
+    #[serde(skip)]
+    instance: Option<u32>,
 }
 
 impl Lab {
-    /// Reads `$OVERVISOR_LAB_DIR/lab.json`. Panics, telling how to bring the
+    /// Reads `lab.json` in [`lab_dir`]. Panics, telling how to bring the
     /// lab up, if it is not there.
     pub fn load() -> Self {
-        let dir = std::env::var_os("OVERVISOR_LAB_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_LAB_DIR));
+        Self::load_from(&lab_dir())
+    }
+
+    /// Reads `dir/lab.json`; panics like [`Lab::load`].
+    pub fn load_from(dir: &Path) -> Self {
         let path = dir.join("lab.json");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
                 "the hypervisor lab is not up ({}: {e}).\n\
                  Bring it up first, as root: scripts/install-deps && scripts/lab up\n\
-                 (OVERVISOR_LAB_DIR selects another lab directory)",
+                 (OVERVISOR_LAB_INSTANCE=N or OVERVISOR_LAB_DIR select another lab)",
                 path.display()
             )
         });
@@ -93,6 +115,7 @@ impl Lab {
         for h in &mut lab.hosts {
             h.lab_script = lab.lab_script.clone();
             h.lab_dir = lab.lab_dir.clone();
+            h.instance = lab.instance;
         }
         assert!(
             !lab.hosts.is_empty(),
@@ -289,9 +312,15 @@ impl LabHost {
     }
 
     fn lab(&self, verb: &str) {
-        let out = Command::new(&self.lab_script)
-            .args([verb, &self.name])
-            .env("OVERVISOR_LAB_DIR", &self.lab_dir)
+        let mut cmd = Command::new(&self.lab_script);
+        cmd.args([verb, &self.name])
+            .env("OVERVISOR_LAB_DIR", &self.lab_dir);
+        // The instance decides the interface names the script acts on.
+        match self.instance {
+            Some(n) => cmd.env("OVERVISOR_LAB_INSTANCE", n.to_string()),
+            None => cmd.env_remove("OVERVISOR_LAB_INSTANCE"),
+        };
+        let out = cmd
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.lab_script.display()));
         assert!(
