@@ -63,6 +63,16 @@ impl CommandLine {
         self
     }
 
+    /// The same command with its stderr sent to stdout, so a reader of one
+    /// stream sees messages in the order they were written:
+    /// `sh -c 'exec "$@" 2>&1' sh <words…>`. The words stay arguments, never
+    /// part of the script.
+    pub fn with_stderr_merged(self) -> Self {
+        Self::new("sh")
+            .args(["-c", "exec \"$@\" 2>&1", "sh"])
+            .args(self.words)
+    }
+
     /// The program and arguments as given, unquoted.
     pub fn words(&self) -> &[String] {
         &self.words
@@ -121,6 +131,22 @@ mod tests {
         assert_eq!(quote("~root"), "'~root'");
         assert_eq!(quote("*"), "'*'");
         assert_eq!(quote("\\"), "'\\'");
+    }
+
+    #[test]
+    fn merged_stderr_keeps_words_as_arguments() {
+        // Run the rendered line through a real shell, as sshd would.
+        let line = CommandLine::new("sh")
+            .args(["-c", "echo out; echo \"$1\" >&2", "sh", "a'b; $(id) *"])
+            .with_stderr_merged()
+            .render();
+        let out = std::process::Command::new("sh")
+            .args(["-c", &line])
+            .output()
+            .expect("sh runs");
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "out\na'b; $(id) *\n");
+        assert!(out.stderr.is_empty(), "{:?}", out.stderr);
     }
 
     #[test]

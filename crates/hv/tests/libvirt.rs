@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use overvisor_hv::{CommandLine, HvError, Hypervisor, LibvirtDriver};
-use overvisor_model::vm::{VmAction, VmEvent, VmEventKind, VmName, VmState};
+use overvisor_model::vm::{VmAction, VmEvent, VmEventKind, VmName, VmState, VmSummary};
 use overvisor_testkit::{Lab, unique_name};
 use tokio::io::AsyncReadExt;
 
@@ -248,8 +248,8 @@ async fn events_report_out_of_band_changes() {
     // Other tests (and services under test) run their own `virsh event` on
     // this host, so look only for the one under *this* SSH connection.
     assert_eq!(
-        our_event_streams(&d).await,
-        0,
+        our_processes(&d, EVENT_LOOP).await.len(),
+        1,
         "the stream's remote virsh is running"
     );
     drop(events);
@@ -258,42 +258,97 @@ async fn events_report_out_of_band_changes() {
     common::eventually(
         Duration::from_secs(10),
         "remote virsh event to exit",
-        || async { (our_event_streams(&d).await == 1).then_some(()) },
+        || async { our_processes(&d, EVENT_LOOP).await.is_empty().then_some(()) },
     )
     .await;
 }
 
-/// Exit status of a remote script that looks for a `virsh event --all
-/// --loop` descending from this connection's sshd process: 0 = found, 1 = none.
-async fn our_event_streams(d: &LibvirtDriver) -> u32 {
-    // The pattern is assembled at run time so the script's own command line
-    // does not match it.
+/// The remote command line of an event stream (`env` execs virsh).
+const EVENT_LOOP: &str = "virsh -q -c qemu:///system event --all --loop";
+/// The remote command line of the kept interactive virsh.
+const KEPT_VIRSH: &str = "virsh -q -c qemu:///system";
+
+/// Pids of the host's processes whose whole command line is `cmdline` and
+/// that descend from this connection's sshd process (other tests and
+/// services run the same commands on the same host).
+async fn our_processes(d: &LibvirtDriver, cmdline: &str) -> Vec<u32> {
+    // `pgrep -x -f`: the whole command line must match, so the script's
+    // own (which holds the pattern) never does.
     const SCRIPT: &str = r#"
-pat="virsh.*eve""nt --all --loop"
 P=$$
 while [ "$(ps -o comm= -p "$P")" != sshd ]; do
   P=$(ps -o ppid= -p "$P" | tr -d ' '); [ "${P:-0}" -gt 1 ] || exit 2
 done
-for v in $(pgrep -f "$pat"); do
+for v in $(pgrep -x -f "$1"); do
   a=$v
   while [ "${a:-0}" -gt 1 ]; do
-    [ "$a" = "$P" ] && exit 0
+    if [ "$a" = "$P" ]; then echo "$v"; break; fi
     a=$(ps -o ppid= -p "$a" | tr -d ' ')
   done
-done
-exit 1"#;
+done"#;
     let out = d
         .ssh()
-        .exec(&CommandLine::new("sh").args(["-c", SCRIPT]))
+        .exec(&CommandLine::new("sh").args(["-c", SCRIPT, "sh", cmdline]))
         .await
         .unwrap();
-    let status = out.exit_status.unwrap();
     assert!(
-        status <= 1,
+        out.success(),
         "probe failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    status
+    out.stdout_text()
+        .split_whitespace()
+        .map(|pid| pid.parse().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inventory_lists_share_one_kept_virsh_replaced_when_it_dies() {
+    let lab = Lab::load();
+    let host = lab.host("ovh2");
+    let d = common::driver(&lab, host).await;
+    let guest = lab.define_guest(host, &unique_name("kept"));
+    let listed = |list: &[VmSummary]| {
+        list.iter().any(|v| {
+            v.name == guest.name && v.state == VmState::ShutOff && v.memory_mib == Some(128)
+        })
+    };
+
+    for _ in 0..5 {
+        assert!(listed(&d.list_vms().await.unwrap()));
+    }
+    let kept = our_processes(&d, KEPT_VIRSH).await;
+    assert_eq!(kept.len(), 1, "one kept virsh serves every list: {kept:?}");
+    assert_eq!(d.ssh().open_channels(), 1, "and holds one channel");
+
+    // Killed behind the driver's back: lists keep answering (a virsh per
+    // command meanwhile) and a new kept virsh takes its place.
+    let kill = CommandLine::new("kill")
+        .args(["-KILL"])
+        .arg(kept[0].to_string());
+    assert!(d.ssh().exec(&kill).await.unwrap().success());
+    let replaced = common::eventually(Duration::from_secs(10), "a new kept virsh", || async {
+        assert!(listed(&d.list_vms().await.unwrap()));
+        let now = our_processes(&d, KEPT_VIRSH).await;
+        (now.len() == 1 && now[0] != kept[0]).then(|| now[0])
+    })
+    .await;
+    assert_ne!(replaced, kept[0]);
+    assert_eq!(d.ssh().open_channels(), 1);
+
+    // The kept virsh reports failures as virsh would: a host whose libvirt
+    // URI is wrong fails the list with the host's message.
+    let wrong = LibvirtDriver::new(d.ssh().clone(), "qemu:///nosuch");
+    let err = wrong.list_vms().await.unwrap_err();
+    assert!(
+        matches!(err, HvError::Host(ref m) if m.contains("nosuch") || m.contains("connect")),
+        "{err}"
+    );
+    assert_eq!(
+        wrong.ssh().open_channels(),
+        1,
+        "only the first driver's kept virsh stays open"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

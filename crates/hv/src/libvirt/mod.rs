@@ -7,8 +7,10 @@
 //! classified, and only machine formats are parsed (see [`parse`]).
 
 pub mod parse;
+mod shell;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, StreamExt};
@@ -18,12 +20,30 @@ use overvisor_model::vm::{VmAction, VmEvent, VmInfo, VmName, VmState, VmSummary}
 use crate::driver::{HvError, HvResult, Hypervisor};
 use crate::quote::CommandLine;
 use crate::ssh::{ExecOutput, PtyChannel, SshSession, TcpTunnel};
+use shell::{FixedCommand, VirshShell};
+
+/// `list` for the inventory: every domain's UUID and name.
+const LIST_COMMAND: FixedCommand = "list --all --uuid --name";
+/// `domstats` for the inventory: state, memory and vCPUs of every domain.
+const STATS_COMMAND: FixedCommand = "domstats --raw --state --balloon --vcpu";
 
 /// Drives one libvirt host.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LibvirtDriver {
     ssh: SshSession,
     uri: String,
+    /// The kept interactive virsh for inventory reads (see [`shell`]);
+    /// `None` until first used and after it failed.
+    shell: Arc<tokio::sync::Mutex<Option<VirshShell>>>,
+}
+
+impl std::fmt::Debug for LibvirtDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LibvirtDriver")
+            .field("ssh", &self.ssh)
+            .field("uri", &self.uri)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LibvirtDriver {
@@ -32,6 +52,7 @@ impl LibvirtDriver {
         Self {
             ssh,
             uri: uri.into(),
+            shell: Arc::default(),
         }
     }
 
@@ -99,31 +120,46 @@ impl LibvirtDriver {
         Ok(self.ssh.direct_tcpip(&listen, port).await?)
     }
 
+    /// Every domain, through the kept virsh when it is free and works,
+    /// otherwise with a virsh per command. After a timeout or with the
+    /// connection gone, the other way is not tried: it would only double
+    /// the wait.
     async fn list(&self) -> HvResult<Vec<VmSummary>> {
-        let (names, stats) = futures::try_join!(
-            self.run(&["list", "--all", "--uuid", "--name"], None),
-            self.run(
-                &["domstats", "--raw", "--state", "--balloon", "--vcpu"],
-                None
-            ),
-        )?;
-        let stats = parse::domstats(&stats);
-        let empty = HashMap::new();
-        Ok(parse::list_uuid_name(&names)?
-            .into_iter()
-            .map(|(uuid, name)| {
-                // A VM defined between the two calls has no stats yet.
-                let (state, vcpus, memory_mib) =
-                    parse::stats_summary(stats.get(&name).unwrap_or(&empty));
-                VmSummary {
-                    uuid,
-                    name,
-                    state,
-                    vcpus,
-                    memory_mib,
-                }
-            })
-            .collect())
+        match self.list_on_shell().await {
+            Ok(Some(list)) => return Ok(list),
+            Ok(None) => {}
+            Err(e @ HvError::Timeout(_)) => return Err(e),
+            Err(e) if !self.ssh.status().await.connected => return Err(e),
+            Err(e) => {
+                tracing::debug!(addr = %self.ssh.addr(), error = %e, "kept virsh failed; running virsh per command");
+            }
+        }
+        let (list, stats) = (split(LIST_COMMAND), split(STATS_COMMAND));
+        let (names, stats) = futures::try_join!(self.run(&list, None), self.run(&stats, None))?;
+        summaries(&names, &stats)
+    }
+
+    /// `Ok(None)`: the kept virsh is busy with another list.
+    async fn list_on_shell(&self) -> HvResult<Option<Vec<VmSummary>>> {
+        let Ok(mut slot) = self.shell.try_lock() else {
+            return Ok(None);
+        };
+        let answer = async {
+            let shell = match &mut *slot {
+                Some(shell) => shell,
+                empty => empty
+                    .insert(VirshShell::open(&self.ssh, self.virsh(Vec::<String>::new())).await?),
+            };
+            let names = shell.run(LIST_COMMAND).await?;
+            let stats = shell.run(STATS_COMMAND).await?;
+            summaries(&names, &stats)
+        }
+        .await;
+        if answer.is_err() {
+            // Dropping the channel ends the remote virsh (its stdin closes).
+            *slot = None;
+        }
+        answer.map(Some)
     }
 
     async fn info(&self, vm: &VmName) -> HvResult<VmInfo> {
@@ -224,6 +260,32 @@ impl LibvirtDriver {
         });
         Ok(s.boxed())
     }
+}
+
+/// A fixed command's words, for running it as its own virsh.
+fn split(command: FixedCommand) -> Vec<&'static str> {
+    command.split_ascii_whitespace().collect()
+}
+
+/// Joins `list --uuid --name` and `domstats` output into summaries.
+fn summaries(names: &str, stats: &str) -> HvResult<Vec<VmSummary>> {
+    let stats = parse::domstats(stats);
+    let empty = HashMap::new();
+    Ok(parse::list_uuid_name(names)?
+        .into_iter()
+        .map(|(uuid, name)| {
+            // A VM defined between the two calls has no stats yet.
+            let (state, vcpus, memory_mib) =
+                parse::stats_summary(stats.get(&name).unwrap_or(&empty));
+            VmSummary {
+                uuid,
+                name,
+                state,
+                vcpus,
+                memory_mib,
+            }
+        })
+        .collect())
 }
 
 /// Maps a failed virsh run to an error the API can answer with. The texts

@@ -1,5 +1,6 @@
 //! Channels handed out by [`super::SshSession`] that outlive one call: a
-//! PTY for consoles, a line stream for event loops, a TCP tunnel for VNC.
+//! PTY for consoles, a line stream for event loops, a pipe for a remote
+//! command that serves requests on stdin, a TCP tunnel for VNC.
 //! Each holds a permit of the session's channel semaphore until dropped.
 
 use std::pin::Pin;
@@ -107,6 +108,22 @@ impl PtyChannel {
         if let Some(ch) = self.ch.0.take() {
             let _ = timeout(Duration::from_secs(2), ch.close()).await;
         }
+    }
+}
+
+/// A long-lived command's stdin and output without a terminal: what it
+/// writes to stdout or stderr arrives as [`PtyOutput::Data`]. Dropping it
+/// closes the channel, and with it the command's stdin.
+pub struct PipedChannel(pub(super) PtyChannel);
+
+impl PipedChannel {
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), SshError> {
+        self.0.write(data).await
+    }
+
+    /// As [`PtyChannel::read`].
+    pub async fn read(&mut self) -> Result<PtyOutput, SshError> {
+        self.0.read().await
     }
 }
 

@@ -26,7 +26,7 @@ use crate::quote::CommandLine;
 mod channel;
 
 use channel::ClosingChannel;
-pub use channel::{LineStream, PtyChannel, PtyOutput, TcpTunnel};
+pub use channel::{LineStream, PipedChannel, PtyChannel, PtyOutput, TcpTunnel};
 
 /// Which host key a connection accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -436,6 +436,15 @@ impl SshSession {
         }
     }
 
+    /// Channels open right now on this connection (kept ones included).
+    pub fn open_channels(&self) -> usize {
+        self.inner
+            .cfg
+            .max_channels
+            .max(1)
+            .saturating_sub(self.inner.channels.available_permits())
+    }
+
     /// Closes the connection; the next call reconnects.
     pub async fn close(&self) {
         let handle = self.inner.state.lock().await.handle.take();
@@ -746,6 +755,22 @@ impl SshSession {
         cols: u32,
         rows: u32,
     ) -> Result<PtyChannel, SshError> {
+        self.open_interactive(cmd, Some((cols, rows))).await
+    }
+
+    /// Runs `cmd` with its stdin and stdout kept open, without a terminal
+    /// (so nothing is echoed or rewritten), for a remote program that reads
+    /// requests on stdin and must end when its stdin closes, i.e. when the
+    /// channel is dropped.
+    pub async fn open_piped(&self, cmd: &CommandLine) -> Result<PipedChannel, SshError> {
+        Ok(PipedChannel(self.open_interactive(cmd, None).await?))
+    }
+
+    async fn open_interactive(
+        &self,
+        cmd: &CommandLine,
+        pty: Option<(u32, u32)>,
+    ) -> Result<PtyChannel, SshError> {
         if cmd.has_nul() {
             return Err(SshError::InvalidCommand("NUL byte in an argument"));
         }
@@ -759,12 +784,14 @@ impl SshSession {
             };
             #[expect(
                 clippy::disallowed_methods,
-                reason = "the one PTY exec of a quoted CommandLine"
+                reason = "the one interactive exec of a quoted CommandLine"
             )]
             let started = async {
-                ch.channel()
-                    .request_pty(true, "xterm", cols, rows, 0, 0, &[])
-                    .await?;
+                if let Some((cols, rows)) = pty {
+                    ch.channel()
+                        .request_pty(true, "xterm", cols, rows, 0, 0, &[])
+                        .await?;
+                }
                 ch.channel().exec(true, cmd.render()).await
             };
             if let Err(e) = started.await {
