@@ -78,14 +78,22 @@ export function setupLive() {
       );
       refresh(hit);
     });
-    socket.addEventListener('close', async () => {
+    socket.addEventListener('close', async (event) => {
+      // The server ends the stream when the session stops being valid
+      // (4401) or the account's role changed (4403). Reloading lets the
+      // server answer: sign-in (then back to this page), or the page as the
+      // new role sees it.
+      if (event.code === 4401 || event.code === 4403) {
+        location.reload();
+        return;
+      }
       setStatus('Reconnecting…', 'off');
       document.body.dataset.live = 'off';
-      // A closed stream is often an expired session: go and sign in again.
+      // A stream that broke otherwise may still be an expired session.
       try {
         const me = await fetch('/api/v1/users/me', { credentials: 'same-origin' });
         if (me.status === 401) {
-          location.assign('/login');
+          location.reload();
           return;
         }
       } catch {

@@ -159,6 +159,22 @@ describe('administration and tenants', () => {
     await page.context().close();
   });
 
+  test('a changed role reloads the user\'s live pages as the new role sees them', async () => {
+    await bob.goto(`${server.ui}/jobs`);
+    await bob.waitForFunction(() => document.body.dataset.live === 'on');
+    // Marks this page load; a reload forgets it.
+    await bob.evaluate(() => { window.beforeRoleChange = true; });
+    const users = await api(server, '/api/v1/users', { token: server.admin.apiKey });
+    const id = users.json.find((u) => u.name === 'bob').id;
+    const changed = await api(server, `/api/v1/users/${id}`, {
+      token: server.admin.apiKey, method: 'PATCH', body: { role: 'reader' },
+    });
+    assert.equal(changed.status, 200, changed.text);
+    await bob.waitForFunction(() => window.beforeRoleChange === undefined, null, { timeout: 10000 });
+    assert.equal(new URL(bob.url()).pathname, '/jobs');
+    await bob.waitForFunction(() => document.body.dataset.live === 'on');
+  });
+
   test('a disabled user is signed out at once', async () => {
     const admin = await newPage(browser);
     await signIn(admin, server, 'admin', server.admin.password);
@@ -168,8 +184,9 @@ describe('administration and tenants', () => {
     await admin.waitForURL(/done=disabled/);
     assert.match(await admin.locator('tr[data-user="bob"]').innerText(), /disabled/);
 
-    await bob.goto(`${server.ui}/account`);
-    assert.match(bob.url(), /\/login\?expired=1/);
+    // Bob's open page (the jobs list, live since the previous test) goes
+    // to sign-in by itself.
+    await bob.waitForURL(/\/login\?expired=1&next=\/jobs$/, { timeout: 10000 });
     assert.match(await bob.locator('.notice').innerText(), /session has ended/);
     await bob.context().close();
     await admin.context().close();
@@ -182,17 +199,20 @@ describe('sessions', () => {
     const two = await newPage(browser);
     await signIn(one, server, 'admin', server.admin.password);
     await signIn(two, server, 'admin', server.admin.password);
+    // A page with a live event stream open: it follows the sign-out by itself.
+    await two.goto(`${server.ui}/jobs`);
+    await two.waitForFunction(() => document.body.dataset.live === 'on');
     await one.goto(`${server.ui}/account`);
     await one.getByRole('button', { name: 'Sign out everywhere' }).click();
     await confirmDialog(one, true);
     await one.waitForURL(/\/login/);
-    await two.goto(`${server.ui}/audit`);
-    assert.match(two.url(), /\/login\?expired=1&next=\/audit$/);
+    await two.waitForURL(/\/login\?expired=1&next=\/jobs$/, { timeout: 10000 });
+    assert.match(await two.locator('.notice').innerText(), /session has ended/);
     // Signing in again returns to the page that was asked for.
     await two.getByLabel('User name').fill('admin');
     await two.getByLabel('Password').fill(server.admin.password);
     await two.getByRole('button', { name: 'Sign in' }).click();
-    await two.waitForURL(`${server.ui}/audit`);
+    await two.waitForURL(`${server.ui}/jobs`);
     await one.context().close();
     await two.context().close();
   });

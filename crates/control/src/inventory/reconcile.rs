@@ -212,7 +212,7 @@ async fn session(
         Err(error) => return error,
     }
     let mut tick = tokio::time::interval_at(
-        Instant::now() + settings.resync_every,
+        Instant::now() + first_resync_after(settings.resync_every),
         settings.resync_every,
     );
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -275,6 +275,15 @@ async fn session(
     }
 }
 
+/// When a host's first periodic resync is due: somewhere between half and
+/// one and a half periods after it connected. Hosts connect together (at
+/// start-up, after a network blip); without the spread their resyncs would
+/// all fall on the same instant, every period.
+fn first_resync_after(every: Duration) -> Duration {
+    use rand::Rng;
+    every.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
+}
+
 /// The state a lifecycle event leaves a VM in, when the event says it all;
 /// `None` means "re-read the host" (defined, rebooted, device changes, ...).
 fn state_after(kind: VmEventKind) -> Option<VmState> {
@@ -289,5 +298,20 @@ fn state_after(kind: VmEventKind) -> Option<VmState> {
         | VmEventKind::Shutdown
         | VmEventKind::Rebooted
         | VmEventKind::Other => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periodic_resyncs_are_spread_over_a_period() {
+        let every = Duration::from_secs(60);
+        let firsts: Vec<Duration> = (0..200).map(|_| first_resync_after(every)).collect();
+        assert!(firsts.iter().all(|d| *d >= every / 2 && *d < every * 3 / 2));
+        // Spread, not bunched: both halves of the window are used.
+        assert!(firsts.iter().any(|d| *d < every));
+        assert!(firsts.iter().any(|d| *d > every));
     }
 }
