@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use overvisor_control::connections::ConnectionSettings;
 use overvisor_control::inventory::reconcile::InventorySettings;
 use overvisor_control::{App, AppConfig, login_limit::Limits};
 use overvisor_server::{AppState, Config, Listeners, Settings};
@@ -39,6 +40,10 @@ pub async fn open_app(config: &Config) -> anyhow::Result<App> {
         },
         stream_recheck: std::time::Duration::from_secs(config.stream_recheck_secs),
         test_jobs: config.test_jobs,
+        connections: ConnectionSettings {
+            connects_in_flight: config.ssh_connects_in_flight,
+            ..ConnectionSettings::default()
+        },
     };
     Ok(App::new(store, Sealer::new(&master), app_config))
 }

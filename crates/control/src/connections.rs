@@ -16,8 +16,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use overvisor_hv::{
-    ClientKey, HostKeyPolicy, HvError, Hypervisor, LibvirtDriver, PresentedHostKey, SshConfig,
-    SshError, SshSession, probe_host_key,
+    ClientKey, ConnectGate, HostKeyPolicy, HvError, Hypervisor, LibvirtDriver, PresentedHostKey,
+    SshConfig, SshError, SshSession, probe_host_key,
 };
 use overvisor_model::host::{Host, HostId, HostKeyFingerprint, HostKind};
 use overvisor_store::hosts::HostSecret;
@@ -34,6 +34,9 @@ pub struct ConnectionSettings {
     pub command_timeout: Duration,
     /// Longest wait between reconnect attempts to a host that is down.
     pub backoff_max: Duration,
+    /// SSH handshakes in flight at once across all hosts, so a restart
+    /// with hundreds of hosts brings them up steadily (see [`ConnectGate`]).
+    pub connects_in_flight: usize,
 }
 
 impl Default for ConnectionSettings {
@@ -42,6 +45,7 @@ impl Default for ConnectionSettings {
             connect_timeout: Duration::from_secs(10),
             command_timeout: Duration::from_secs(60),
             backoff_max: Duration::from_secs(10),
+            connects_in_flight: 16,
         }
     }
 }
@@ -66,9 +70,24 @@ pub trait DriverFactory: Send + Sync {
 }
 
 /// Drivers over the SSH transport (libvirt today; Hyper-V joins later).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SshDriverFactory {
-    pub settings: ConnectionSettings,
+    settings: ConnectionSettings,
+    /// Shared by every host's session.
+    gate: ConnectGate,
+}
+
+impl SshDriverFactory {
+    pub fn new(settings: ConnectionSettings) -> Self {
+        let gate = ConnectGate::new(settings.connects_in_flight);
+        Self { settings, gate }
+    }
+}
+
+impl Default for SshDriverFactory {
+    fn default() -> Self {
+        Self::new(ConnectionSettings::default())
+    }
 }
 
 impl DriverFactory for SshDriverFactory {
@@ -90,6 +109,7 @@ impl DriverFactory for SshDriverFactory {
                 cfg.connect_timeout = self.settings.connect_timeout;
                 cfg.command_timeout = self.settings.command_timeout;
                 cfg.backoff_max = self.settings.backoff_max;
+                cfg.connect_gate = Some(self.gate.clone());
                 let ssh = SshSession::new(cfg);
                 Ok(Arc::new(LibvirtDriver::new(ssh, host.libvirt_uri.clone())))
             }

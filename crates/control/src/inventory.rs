@@ -144,7 +144,7 @@ impl VmSort {
     fn compare(self, a: &VmRecord, b: &VmRecord) -> Ordering {
         let primary = match self {
             Self::Name => Ordering::Equal,
-            Self::State => a.state.to_string().cmp(&b.state.to_string()),
+            Self::State => a.state.as_str().cmp(b.state.as_str()),
             Self::Host => a.host_name.cmp(&b.host_name),
             Self::Memory => a.memory_mib.cmp(&b.memory_mib),
             Self::Vcpus => a.vcpus.cmp(&b.vcpus),
@@ -193,11 +193,13 @@ pub struct HostVmPage {
 }
 
 /// An immutable view of every VM, with every sort order precomputed.
+/// The orders and the index are shared between snapshots that differ
+/// only in one VM's facts (see [`Snapshot::with_record`]).
 pub struct Snapshot {
     generation: u64,
     vms: Vec<Arc<VmRecord>>,
-    orders: [Vec<u32>; 5],
-    by_uuid: HashMap<Uuid, u32>,
+    orders: [Arc<Vec<u32>>; 5],
+    by_uuid: Arc<HashMap<Uuid, u32>>,
 }
 
 impl Snapshot {
@@ -205,7 +207,7 @@ impl Snapshot {
         let orders = VmSort::ALL.map(|sort| {
             let mut order: Vec<u32> = (0..vms.len() as u32).collect();
             order.sort_unstable_by(|&a, &b| sort.compare(&vms[a as usize], &vms[b as usize]));
-            order
+            Arc::new(order)
         });
         let by_uuid = vms
             .iter()
@@ -216,8 +218,45 @@ impl Snapshot {
             generation,
             vms,
             orders,
-            by_uuid,
+            by_uuid: Arc::new(by_uuid),
         }
+    }
+
+    /// This snapshot with one VM's record replaced by `record` (same VM,
+    /// new facts), as `generation`: the orders the change leaves alone are
+    /// shared, the others get the VM moved to its new place. Costs
+    /// microseconds where a rebuild at 20,000 VMs costs tens of
+    /// milliseconds, so a state pushed by a host is in the list before the
+    /// event announcing it goes out. `None` if the VM is not in it.
+    fn with_record(&self, generation: u64, record: Arc<VmRecord>) -> Option<Self> {
+        let at = *self.by_uuid.get(&record.uuid)?;
+        let old = self.vms.get(at as usize)?.clone();
+        if old.host_id != record.host_id {
+            return None;
+        }
+        let mut vms = self.vms.clone();
+        vms[at as usize] = record.clone();
+        let mut orders = self.orders.clone();
+        for sort in VmSort::ALL {
+            if sort.compare(&old, &record) == Ordering::Equal {
+                continue;
+            }
+            let order = Arc::make_mut(&mut orders[sort.index()]);
+            let from = order
+                .binary_search_by(|&i| sort.compare(&self.vms[i as usize], &old))
+                .ok()?;
+            order.remove(from);
+            let to = order
+                .binary_search_by(|&i| sort.compare(&vms[i as usize], &record))
+                .unwrap_or_else(|to| to);
+            order.insert(to, at);
+        }
+        Some(Self {
+            generation,
+            vms,
+            orders,
+            by_uuid: self.by_uuid.clone(),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -336,6 +375,20 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 impl Inventory {
     fn changed(&self) {
         self.generation.fetch_add(1, AtomicOrdering::Release);
+    }
+
+    /// Like [`Inventory::changed`] for a change of one VM's facts: when the
+    /// published snapshot was current, it is patched in place of a rebuild.
+    /// Otherwise a rebuild is due anyway and will include this change.
+    fn changed_one(&self, record: Arc<VmRecord>) {
+        let generation = self.generation.fetch_add(1, AtomicOrdering::AcqRel) + 1;
+        let mut current = write(&self.snapshot);
+        if current.generation + 1 != generation {
+            return;
+        }
+        if let Some(patched) = current.with_record(generation, record) {
+            *current = Arc::new(patched);
+        }
     }
 
     /// The current snapshot. While the inventory is small it is rebuilt
@@ -525,9 +578,11 @@ impl Inventory {
             record.state = state;
             record.updated_at = Utc::now();
             *vm = Arc::new(record);
-            (vm.owner, vm.brief())
+            let published = (vm.owner, vm.brief());
+            // Under the hosts lock, so changes reach the snapshot in order.
+            self.changed_one(vm.clone());
+            published
         };
-        self.changed();
         bus.publish(
             published.0,
             Event::VmChanged {

@@ -36,6 +36,8 @@ pub struct AppConfig {
     pub stream_recheck: Duration,
     /// Offers the test-only `test.sleep` job kind.
     pub test_jobs: bool,
+    /// Limits of every host connection.
+    pub connections: connections::ConnectionSettings,
 }
 
 impl Default for AppConfig {
@@ -45,6 +47,7 @@ impl Default for AppConfig {
             login_limits: login_limit::Limits::default(),
             stream_recheck: Duration::from_secs(30),
             test_jobs: false,
+            connections: connections::ConnectionSettings::default(),
         }
     }
 }
@@ -68,7 +71,9 @@ struct AppInner {
 
 impl App {
     pub fn new(store: Store, sealer: Sealer, config: AppConfig) -> Self {
-        let factory = Arc::new(connections::SshDriverFactory::default());
+        let factory = Arc::new(connections::SshDriverFactory::new(
+            config.connections.clone(),
+        ));
         Self::with_driver_factory(store, sealer, config, factory)
     }
 

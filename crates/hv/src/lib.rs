@@ -12,6 +12,6 @@ pub use driver::{HvError, HvResult, Hypervisor};
 pub use libvirt::LibvirtDriver;
 pub use quote::{CommandLine, quote};
 pub use ssh::{
-    ClientKey, ExecOutput, HostKeyPolicy, PresentedHostKey, PtyChannel, PtyOutput, SshConfig,
-    SshError, SshSession, TcpTunnel, probe_host_key,
+    ClientKey, ConnectGate, ExecOutput, HostKeyPolicy, PresentedHostKey, PtyChannel, PtyOutput,
+    SshConfig, SshError, SshSession, TcpTunnel, probe_host_key,
 };

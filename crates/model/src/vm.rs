@@ -159,9 +159,10 @@ impl VmState {
     }
 }
 
-impl fmt::Display for VmState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl VmState {
+    /// The API's name of the state (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
             Self::Running => "running",
             Self::Blocked => "blocked",
             Self::Paused => "paused",
@@ -170,7 +171,13 @@ impl fmt::Display for VmState {
             Self::Crashed => "crashed",
             Self::PmSuspended => "pm_suspended",
             Self::Unknown => "unknown",
-        })
+        }
+    }
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -41,6 +41,10 @@ pub struct Config {
     /// by another process (such as `overvisor key revoke`). Revocations
     /// made through this service end streams at once regardless.
     pub stream_recheck_secs: u64,
+    /// SSH handshakes in flight at once across all hosts (at least 1):
+    /// after a restart, hosts connect this many at a time instead of all at
+    /// once.
+    pub ssh_connects_in_flight: usize,
     /// Offers `POST /api/v1/jobs/test-sleep`, a job that only sleeps, for
     /// integration tests. `true`/`false` (or `1`/`0`); keep it off in production.
     #[serde(deserialize_with = "flag")]
@@ -67,6 +71,7 @@ impl Default for Config {
             login_max_failures_per_address: 20,
             inventory_resync_secs: 60,
             stream_recheck_secs: 30,
+            ssh_connects_in_flight: 16,
             test_jobs: false,
         }
     }
@@ -86,6 +91,8 @@ pub enum ConfigError {
 const ENV_PREFIX: &str = "OVERVISOR_";
 /// Longest period a background check may be set to (a day).
 const MAX_PERIOD_SECS: u64 = 24 * 3600;
+/// More handshakes at once than this only slow each other down.
+const MAX_CONNECTS_IN_FLIGHT: usize = 1024;
 
 impl Config {
     /// Loads defaults ← `file` ← environment.
@@ -144,6 +151,11 @@ impl Config {
                 )));
             }
         }
+        if !(1..=MAX_CONNECTS_IN_FLIGHT).contains(&self.ssh_connects_in_flight) {
+            return Err(ConfigError::Invalid(format!(
+                "ssh_connects_in_flight must be between 1 and {MAX_CONNECTS_IN_FLIGHT}"
+            )));
+        }
         Ok(())
     }
 
@@ -190,6 +202,7 @@ const FIELDS: &[&str] = &[
     "login_max_failures_per_address",
     "inventory_resync_secs",
     "stream_recheck_secs",
+    "ssh_connects_in_flight",
     "test_jobs",
 ];
 
@@ -275,6 +288,13 @@ mod tests {
         assert_eq!(defaults.inventory_resync_secs, 60);
         assert_eq!(defaults.stream_recheck_secs, 30);
         assert!(!defaults.test_jobs);
+        assert_eq!(defaults.ssh_connects_in_flight, 16);
+        assert_eq!(
+            from_toml("ssh_connects_in_flight = 64\n")
+                .expect("load")
+                .ssh_connects_in_flight,
+            64
+        );
         let config =
             from_toml("inventory_resync_secs = 5\nstream_recheck_secs = 1\ntest_jobs = true\n")
                 .expect("load");
@@ -291,6 +311,8 @@ mod tests {
             "inventory_resync_secs = 0\n",
             "inventory_resync_secs = 86401\n",
             "stream_recheck_secs = -1\n",
+            "ssh_connects_in_flight = 0\n",
+            "ssh_connects_in_flight = 1025\n",
         ] {
             assert!(from_toml(bad).is_err(), "{bad} was accepted");
         }

@@ -207,3 +207,122 @@ fn slow_rebuilds_happen_in_the_background_and_reads_never_wait() {
     inv.apply_full(&bus, h.id, vec![vm("a", VmState::Running, 64)]);
     assert_eq!(inv.snapshot().len(), 1);
 }
+
+/// The UUIDs of a snapshot in every sort order.
+fn orders_of(snapshot: &Snapshot) -> Vec<Vec<Uuid>> {
+    snapshot
+        .orders
+        .iter()
+        .map(|order| {
+            order
+                .iter()
+                .map(|&i| snapshot.vms[i as usize].uuid)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_pushed_state_is_in_the_list_at_once_even_when_rebuilds_are_slow() {
+    let inv = Inventory::default();
+    let bus = EventBus::new(1024);
+    let h = host(UserId::new(), "h1", &[]);
+    let states = [
+        VmState::Running,
+        VmState::ShutOff,
+        VmState::Paused,
+        VmState::Crashed,
+    ];
+    let vms: Vec<VmSummary> = (0..200u64)
+        .map(|i| {
+            vm(
+                &format!("vm-{:03}", i * 7 % 200),
+                states[i as usize % 4],
+                i % 5,
+            )
+        })
+        .collect();
+    inv.load_synthetic(&h, vms.clone());
+    assert_eq!(inv.snapshot().len(), 200);
+    // Pretend the fleet is large: a change would wait for a background rebuild.
+    inv.last_build_micros
+        .store(INLINE_REBUILD_MICROS + 1, AtomicOrdering::Relaxed);
+    for step in 0..300usize {
+        let target = &vms[step * 37 % vms.len()];
+        let state = states[step % 3 + 1 - usize::from(step % 7 == 0)];
+        let before = inv.snapshot();
+        let was = before.vms[before.by_uuid[&target.uuid] as usize].state;
+        assert!(inv.apply_state(&bus, h.id, &target.name, state));
+        let after = inv.snapshot();
+        let now = after.vms[after.by_uuid[&target.uuid] as usize].state;
+        assert_eq!(now, state, "step {step}: the read saw the pushed state");
+        if was != state {
+            assert!(
+                !Arc::ptr_eq(&before, &after),
+                "step {step}: patched, not stale"
+            );
+        }
+        // Every order equals the one a full rebuild would compute.
+        let rebuilt = Snapshot::build(after.generation, after.vms.clone());
+        assert_eq!(orders_of(&after), orders_of(&rebuilt), "step {step}");
+    }
+    // Unchanged orders are shared, not copied.
+    let a = inv.snapshot();
+    let target = &vms[1];
+    let flip = if a.vms[a.by_uuid[&target.uuid] as usize].state == VmState::Running {
+        VmState::Paused
+    } else {
+        VmState::Running
+    };
+    inv.apply_state(&bus, h.id, &target.name, flip);
+    let b = inv.snapshot();
+    assert!(Arc::ptr_eq(
+        &a.orders[VmSort::Name.index()],
+        &b.orders[VmSort::Name.index()]
+    ));
+    assert!(!Arc::ptr_eq(
+        &a.orders[VmSort::State.index()],
+        &b.orders[VmSort::State.index()]
+    ));
+    let query = all(VmQuery {
+        state: Some(flip),
+        ..VmQuery::default()
+    });
+    assert!(
+        b.page(&query, |_| true)
+            .items
+            .iter()
+            .any(|vm| vm.uuid == target.uuid)
+    );
+}
+
+#[test]
+fn a_pushed_state_behind_a_pending_rebuild_waits_for_it() {
+    let inv = Inventory::default();
+    let bus = EventBus::new(64);
+    let h = host(UserId::new(), "h1", &[]);
+    inv.host_upsert(&h);
+    inv.apply_full(&bus, h.id, vec![vm("a", VmState::ShutOff, 64)]);
+    let before = inv.snapshot();
+    inv.last_build_micros
+        .store(INLINE_REBUILD_MICROS + 1, AtomicOrdering::Relaxed);
+    // A new VM (needs a rebuild), then a state for the old one: patching
+    // the published snapshot would drop the new VM, so it is not patched.
+    inv.apply_full(
+        &bus,
+        h.id,
+        vec![vm("a", VmState::ShutOff, 64), vm("b", VmState::Running, 64)],
+    );
+    assert!(inv.apply_state(&bus, h.id, "a", VmState::Running));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let s = inv.snapshot();
+        if s.len() == 2 {
+            assert!(s.vms.iter().all(|vm| vm.state == VmState::Running));
+            break;
+        }
+        assert!(Arc::ptr_eq(&s, &before), "only the old or the full picture");
+        assert!(std::time::Instant::now() < deadline, "rebuild never landed");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

@@ -111,6 +111,40 @@ pub struct SshConfig {
     /// `backoff_max`.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Shared by every session of a fleet: bounds the handshakes in
+    /// flight (see [`ConnectGate`]). `None`: this session is not bounded.
+    pub connect_gate: Option<ConnectGate>,
+}
+
+/// A bound on SSH handshakes in flight across many sessions.
+///
+/// When a control plane (re)starts, every host's session connects at
+/// once. Unbounded, hundreds of key exchanges share the CPU, every one of
+/// them is slow, none finishes for seconds and some run into the connect
+/// timeout and back off. Through a gate, hosts connect a few at a time and
+/// come up steadily. The wait for a turn is not part of the connect
+/// timeout: that deadline covers the handshake itself.
+#[derive(Clone)]
+pub struct ConnectGate(Arc<Semaphore>);
+
+impl ConnectGate {
+    /// At most `in_flight` handshakes at once (at least one).
+    pub fn new(in_flight: usize) -> Self {
+        Self(Arc::new(Semaphore::new(in_flight.max(1))))
+    }
+
+    /// Handshakes that could start right now.
+    pub fn available(&self) -> usize {
+        self.0.available_permits()
+    }
+}
+
+impl fmt::Debug for ConnectGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectGate")
+            .field("available", &self.available())
+            .finish()
+    }
 }
 
 impl SshConfig {
@@ -135,6 +169,7 @@ impl SshConfig {
             max_output_bytes: 16 << 20,
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
+            connect_gate: None,
         }
     }
 
@@ -479,6 +514,11 @@ impl SshSession {
                 });
             }
         }
+        // Never closed, so acquiring only waits for a turn.
+        let turn = match &self.inner.cfg.connect_gate {
+            Some(gate) => gate.0.acquire().await.ok(),
+            None => None,
+        };
         let after = self.inner.cfg.connect_timeout;
         let result = match timeout(after, self.connect_once()).await {
             Ok(r) => r,
@@ -487,6 +527,7 @@ impl SshSession {
                 after,
             }),
         };
+        drop(turn);
         match result {
             Ok(h) => {
                 let h = Arc::new(h);
@@ -881,5 +922,83 @@ mod tests {
         assert!(!shown.contains("0707"));
         assert!(key.public_key_openssh().starts_with("ssh-ed25519 "));
         assert!(ClientKey::from_openssh("not a key").is_err());
+    }
+
+    /// A TCP server that accepts connections and never speaks SSH, so each
+    /// handshake lasts until the connect timeout; counts the connections.
+    async fn silent_server() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(socket);
+            }
+        });
+        (port, accepted)
+    }
+
+    fn stalled_session(port: u16, gate: Option<ConnectGate>) -> SshSession {
+        let mut cfg = SshConfig::new(
+            "127.0.0.1",
+            port,
+            "nobody",
+            ClientKey::from_seed_for_tests(),
+            HostKeyPolicy::TrustOnFirstUse,
+        );
+        cfg.connect_timeout = Duration::from_millis(800);
+        cfg.connect_gate = gate;
+        SshSession::new(cfg)
+    }
+
+    #[tokio::test]
+    async fn a_connect_gate_bounds_the_handshakes_in_flight() {
+        let (port, accepted) = silent_server().await;
+        let gate = ConnectGate::new(2);
+        let sessions: Vec<SshSession> = (0..5)
+            .map(|_| stalled_session(port, Some(gate.clone())))
+            .collect();
+        let attempts: Vec<_> = sessions
+            .iter()
+            .map(|s| {
+                let s = s.clone();
+                tokio::spawn(async move { s.handle().await.map(|_| ()) })
+            })
+            .collect();
+        // Well inside the first two handshakes' timeout: only they started.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(gate.available(), 0);
+        for attempt in attempts {
+            let result = attempt.await.expect("join");
+            assert!(
+                matches!(result, Err(SshError::ConnectTimeout { .. })),
+                "{result:?}"
+            );
+        }
+        // Every session had its turn, and each turn was given back.
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 5);
+        assert_eq!(gate.available(), 2);
+    }
+
+    #[tokio::test]
+    async fn without_a_gate_every_session_connects_at_once() {
+        let (port, accepted) = silent_server().await;
+        let attempts: Vec<_> = (0..5)
+            .map(|_| {
+                let s = stalled_session(port, None);
+                tokio::spawn(async move { s.handle().await.map(|_| ()) })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 5);
+        for attempt in attempts {
+            assert!(attempt.await.expect("join").is_err());
+        }
     }
 }
