@@ -139,14 +139,22 @@ async fn measure(
     let pid = service.pid();
     let ready = service.wait_ready(&client, started).await?;
     let api = Api::new(&service.api, &token)?;
-    let synced = wait_synced(&api, hosts.len(), expected_vms, args.sync_timeout).await?;
+    let synced =
+        wait_synced_from(&api, hosts.len(), expected_vms, args.sync_timeout, started).await?;
     let storm_cpu = process::cpu_ms_of(Proc::Pid(pid))?;
     let machine_cpu = process::machine_busy_ms()? - machine_before;
     println!(
         "   restart: ready in {:.0} ms; {} hosts connected and {expected_vms}+ VMs synced {:.2} s after spawn",
         ready.as_secs_f64() * 1000.0,
         hosts.len(),
-        synced.as_secs_f64(),
+        synced.all.as_secs_f64(),
+    );
+    println!(
+        "   hosts connected after spawn: first {:.2} s, half {:.2} s, 90 % {:.2} s, all {:.2} s",
+        synced.first.as_secs_f64(),
+        synced.half.as_secs_f64(),
+        synced.ninety.as_secs_f64(),
+        synced.all.as_secs_f64(),
     );
     println!(
         "   CPU meanwhile: the service {:.2} s, the whole machine {:.2} s (lab hosts' sshd, virsh, libvirtd included)",
@@ -210,8 +218,29 @@ async fn wait_synced(
     vms: usize,
     timeout: Duration,
 ) -> anyhow::Result<Duration> {
-    let started = Instant::now();
+    Ok(wait_synced_from(api, hosts, vms, timeout, Instant::now())
+        .await?
+        .all)
+}
+
+/// When the first host, half of them, 90 % and all were connected and
+/// synced, counted from `started`.
+struct Milestones {
+    first: Duration,
+    half: Duration,
+    ninety: Duration,
+    all: Duration,
+}
+
+async fn wait_synced_from(
+    api: &Api,
+    hosts: usize,
+    vms: usize,
+    timeout: Duration,
+    started: Instant,
+) -> anyhow::Result<Milestones> {
     let mut last_note = Instant::now();
+    let (mut first, mut half, mut ninety) = (None, None, None);
     loop {
         let summary = api.get("/api/v1/inventory").await?;
         let connected = summary
@@ -219,8 +248,23 @@ async fn wait_synced(
             .and_then(Value::as_u64)
             .unwrap_or(0) as usize;
         let known = summary["vms"].as_u64().unwrap_or(0) as usize;
+        let now = started.elapsed();
+        if connected >= 1 {
+            first.get_or_insert(now);
+        }
+        if connected * 2 >= hosts {
+            half.get_or_insert(now);
+        }
+        if connected * 10 >= hosts * 9 {
+            ninety.get_or_insert(now);
+        }
         if connected >= hosts && known >= vms {
-            return Ok(started.elapsed());
+            return Ok(Milestones {
+                first: first.unwrap_or(now),
+                half: half.unwrap_or(now),
+                ninety: ninety.unwrap_or(now),
+                all: now,
+            });
         }
         if started.elapsed() > timeout {
             bail!(
