@@ -262,9 +262,10 @@ fn a_pushed_state_is_in_the_list_at_once_even_when_rebuilds_are_slow() {
                 "step {step}: patched, not stale"
             );
         }
-        // Every order equals the one a full rebuild would compute.
+        // Every order and the state column equal what a rebuild computes.
         let rebuilt = Snapshot::build(after.generation, after.vms.clone());
         assert_eq!(orders_of(&after), orders_of(&rebuilt), "step {step}");
+        assert_eq!(after.states, rebuilt.states, "step {step}");
     }
     // Unchanged orders are shared, not copied.
     let a = inv.snapshot();
@@ -325,4 +326,121 @@ fn a_pushed_state_behind_a_pending_rebuild_waits_for_it() {
         assert!(std::time::Instant::now() < deadline, "rebuild never landed");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+}
+
+#[test]
+fn pages_match_a_plain_filter_and_sort_of_the_records() {
+    let inv = Inventory::default();
+    let (me, other) = (UserId::new(), UserId::new());
+    let hosts = [
+        host(me, "alpha", &["prod", "rack-1"]),
+        host(me, "beta", &["rack-1"]),
+        host(other, "gamma", &["prod"]),
+    ];
+    let states = [VmState::Running, VmState::ShutOff, VmState::Paused];
+    for (h, host) in hosts.iter().enumerate() {
+        let vms = (0..70u64)
+            .map(|i| {
+                let name = format!("{}-{:02}", ["web", "Db", "cache"][i as usize % 3], i);
+                vm(&name, states[(i as usize + h) % 3], i % 4)
+            })
+            .collect();
+        inv.load_synthetic(host, vms);
+    }
+    let snap = inv.snapshot();
+    let mine = |o: UserId| o == me;
+    let mut checked = 0;
+    for sort in VmSort::ALL {
+        for descending in [false, true] {
+            for name in [None, Some("WEB"), Some("-1"), Some("zzz")] {
+                for state in [None, Some(VmState::Paused)] {
+                    for tags in [vec![], vec!["rack-1".to_owned()], vec!["prod".to_owned()]] {
+                        for (offset, limit) in [(0, 100), (5, 7), (130, 50), (0, 0)] {
+                            let query = VmQuery {
+                                host: None,
+                                state,
+                                name: name.map(str::to_owned),
+                                tags: tags.clone(),
+                                sort,
+                                descending,
+                                offset,
+                                limit,
+                            };
+                            let needle = name.map(str::to_lowercase);
+                            let mut expected: Vec<&Arc<VmRecord>> = snap
+                                .vms
+                                .iter()
+                                .filter(|vm| mine(vm.owner))
+                                .filter(|vm| state.is_none_or(|s| vm.state == s))
+                                .filter(|vm| {
+                                    needle.as_ref().is_none_or(|n| vm.name_key.contains(n))
+                                })
+                                .filter(|vm| tags.iter().all(|t| vm.tags.contains(t)))
+                                .collect();
+                            expected.sort_by(|a, b| sort.compare(a, b));
+                            if descending {
+                                expected.reverse();
+                            }
+                            let page = snap.page(&query, mine);
+                            assert_eq!(page.total, expected.len(), "{query:?}");
+                            let want: Vec<Uuid> = expected
+                                .iter()
+                                .skip(offset)
+                                .take(limit)
+                                .map(|vm| vm.uuid)
+                                .collect();
+                            let got: Vec<Uuid> = page.items.iter().map(|vm| vm.uuid).collect();
+                            assert_eq!(got, want, "{query:?}");
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 5 * 2 * 4 * 2 * 3 * 4);
+    // The other tenant's host filter finds nothing of mine.
+    let theirs = all(VmQuery {
+        host: Some(hosts[2].id),
+        ..VmQuery::default()
+    });
+    assert_eq!(snap.page(&theirs, mine).total, 0);
+    assert_eq!(snap.page(&theirs, |_| true).total, 70);
+}
+
+#[test]
+fn a_name_filter_never_matches_across_two_names() {
+    let inv = Inventory::default();
+    let h = host(UserId::new(), "h", &[]);
+    // End to end the names read "ab" "aba" "xa" "b": "aba" runs from the
+    // first into the second, and "ab" from the third into the fourth.
+    let vms = ["ab", "aba", "xa", "b"]
+        .into_iter()
+        .map(|n| vm(n, VmState::Running, 1))
+        .collect();
+    inv.load_synthetic(&h, vms);
+    // Laid out in exactly this order (the inventory's own is a map's).
+    let loaded = inv.snapshot();
+    let in_order = ["ab", "aba", "xa", "b"]
+        .into_iter()
+        .map(|n| loaded.vms.iter().find(|vm| vm.name == n).unwrap().clone())
+        .collect();
+    let snap = Snapshot::build(1, in_order);
+    assert_eq!(snap.columns.names, "ababaxab");
+    let named = |n: &str| {
+        let query = all(VmQuery {
+            name: Some(n.into()),
+            ..VmQuery::default()
+        });
+        let page = snap.page(&query, |_| true);
+        page.items
+            .iter()
+            .map(|vm| vm.name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(named("aba"), ["aba"]);
+    assert_eq!(named("ab"), ["ab", "aba"]);
+    assert_eq!(named("bx"), Vec::<String>::new());
+    assert_eq!(named("B"), ["ab", "aba", "b"]);
+    assert_eq!(named(""), ["ab", "aba", "b", "xa"]);
 }
