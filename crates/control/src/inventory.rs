@@ -6,8 +6,10 @@
 //! Reads never wait on a host: writers update per-host maps under a short
 //! lock (never held across an await), and readers use an immutable
 //! [`Snapshot`] with every sort order precomputed, rebuilt at most once per
-//! change and shared by all readers. A page of 100 out of 20,000 VMs is a
-//! filtered walk over one precomputed order, without cloning the VMs.
+//! change (patched in place for a pushed state) and shared by all readers.
+//! A page of 100 out of 20,000 VMs is one scan of flat filter columns
+//! and a walk of one precomputed order until the page is full, without
+//! cloning the VMs.
 
 pub mod reconcile;
 pub mod resync;

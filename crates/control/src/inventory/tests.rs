@@ -171,8 +171,10 @@ fn snapshot_is_shared_until_something_changes() {
     );
 }
 
-#[test]
-fn slow_rebuilds_happen_in_the_background_and_reads_never_wait() {
+/// One host with one VM "a" (shut off), its snapshot, and rebuilds
+/// pretending to be slow (as at fleet size): the next change waits for a
+/// background rebuild.
+fn slow_inventory() -> (Inventory, EventBus, Host, Arc<Snapshot>) {
     let inv = Inventory::default();
     let bus = EventBus::new(64);
     let h = host(UserId::new(), "h1", &[]);
@@ -180,9 +182,14 @@ fn slow_rebuilds_happen_in_the_background_and_reads_never_wait() {
     inv.apply_full(&bus, h.id, vec![vm("a", VmState::ShutOff, 64)]);
     let before = inv.snapshot();
     assert_eq!(before.len(), 1);
-    // Pretend the fleet is large: the last rebuild was slow.
     inv.last_build_micros
         .store(INLINE_REBUILD_MICROS + 1, AtomicOrdering::Relaxed);
+    (inv, bus, h, before)
+}
+
+#[test]
+fn slow_rebuilds_happen_in_the_background_and_reads_never_wait() {
+    let (inv, bus, h, before) = slow_inventory();
     inv.apply_full(
         &bus,
         h.id,
@@ -299,14 +306,7 @@ fn a_pushed_state_is_in_the_list_at_once_even_when_rebuilds_are_slow() {
 
 #[test]
 fn a_pushed_state_behind_a_pending_rebuild_waits_for_it() {
-    let inv = Inventory::default();
-    let bus = EventBus::new(64);
-    let h = host(UserId::new(), "h1", &[]);
-    inv.host_upsert(&h);
-    inv.apply_full(&bus, h.id, vec![vm("a", VmState::ShutOff, 64)]);
-    let before = inv.snapshot();
-    inv.last_build_micros
-        .store(INLINE_REBUILD_MICROS + 1, AtomicOrdering::Relaxed);
+    let (inv, bus, h, before) = slow_inventory();
     // A new VM (needs a rebuild), then a state for the old one: patching
     // the published snapshot would drop the new VM, so it is not patched.
     inv.apply_full(
