@@ -444,3 +444,125 @@ fn a_name_filter_never_matches_across_two_names() {
     assert_eq!(named("B"), ["ab", "aba", "b"]);
     assert_eq!(named(""), ["ab", "aba", "b", "xa"]);
 }
+
+/// What a set of queries answers, to compare two snapshots by behaviour.
+fn answers(snapshot: &Snapshot, hosts: &[HostId]) -> Vec<(usize, Vec<Uuid>)> {
+    let mut queries = vec![
+        all(VmQuery::default()),
+        all(VmQuery {
+            name: Some("new".into()),
+            sort: VmSort::Memory,
+            descending: true,
+            ..VmQuery::default()
+        }),
+        all(VmQuery {
+            state: Some(VmState::Running),
+            sort: VmSort::State,
+            ..VmQuery::default()
+        }),
+        all(VmQuery {
+            tags: vec!["edge".into()],
+            sort: VmSort::Host,
+            offset: 3,
+            ..VmQuery::default()
+        }),
+    ];
+    queries.extend(hosts.iter().map(|h| {
+        all(VmQuery {
+            host: Some(*h),
+            name: Some("-1".into()),
+            ..VmQuery::default()
+        })
+    }));
+    queries
+        .iter()
+        .map(|q| {
+            let page = snapshot.page(q, |_| true);
+            (page.total, page.items.iter().map(|vm| vm.uuid).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn new_vms_and_resynced_states_are_in_the_list_at_once_even_when_rebuilds_are_slow() {
+    let inv = Inventory::default();
+    let bus = EventBus::new(4096);
+    let owner = UserId::new();
+    let hosts = [host(owner, "h1", &[]), host(owner, "h2", &["edge"])];
+    let mut lists: Vec<Vec<VmSummary>> = vec![Vec::new(), Vec::new()];
+    for (h, list) in hosts.iter().zip(&mut lists) {
+        *list = (0..40u64)
+            .map(|i| vm(&format!("{}-{i}", h.name), VmState::ShutOff, i % 3))
+            .collect();
+        inv.load_synthetic(h, list.clone());
+    }
+    let ids: Vec<HostId> = hosts.iter().map(|h| h.id).collect();
+    assert_eq!(inv.snapshot().len(), 80);
+    inv.last_build_micros
+        .store(INLINE_REBUILD_MICROS + 1, AtomicOrdering::Relaxed);
+    let states = [VmState::Running, VmState::Paused, VmState::ShutOff];
+    for step in 0..120usize {
+        // Never an inline rebuild: what a read sees at once is the patch.
+        inv.last_build_micros
+            .store(INLINE_REBUILD_MICROS + 1, AtomicOrdering::Relaxed);
+        let h = step % 2;
+        match step % 3 {
+            // A resync finds new VMs (one to three).
+            0 => {
+                for k in 0..=step % 3 + step % 2 {
+                    lists[h].push(vm(&format!("new-{step}-{k}"), states[k % 3], k as u64));
+                }
+            }
+            // A resync finds other states.
+            1 => {
+                let n = lists[h].len();
+                for k in [step % n, (step * 7) % n] {
+                    lists[h][k].state = states[(step + k) % 3];
+                }
+            }
+            // A host pushes a state.
+            _ => {
+                let n = lists[h].len();
+                let vm = &mut lists[h][(step * 11) % n];
+                vm.state = states[step % 3];
+                assert!(inv.apply_state(&bus, ids[h], &vm.name.clone(), vm.state));
+            }
+        }
+        if step % 3 != 2 {
+            inv.apply_full(&bus, ids[h], lists[h].clone());
+        }
+        let after = inv.snapshot();
+        let expected: usize = lists.iter().map(Vec::len).sum();
+        assert_eq!(after.len(), expected, "step {step}: read at once");
+        for list in &lists {
+            for vm in list {
+                let at = after.by_uuid[&vm.uuid] as usize;
+                assert_eq!(after.vms[at].state, vm.state, "step {step}: {}", vm.name);
+            }
+        }
+        let rebuilt = Snapshot::build(after.generation, after.vms.clone());
+        assert_eq!(orders_of(&after), orders_of(&rebuilt), "step {step}");
+        assert_eq!(after.states, rebuilt.states, "step {step}");
+        assert_eq!(
+            answers(&after, &ids),
+            answers(&rebuilt, &ids),
+            "step {step}"
+        );
+    }
+    // A removal is not patched: the read keeps the last picture until the
+    // background rebuild lands, and then the VM is gone.
+    let before = inv.snapshot();
+    let gone = lists[0].pop().unwrap();
+    inv.apply_full(&bus, ids[0], lists[0].clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let s = inv.snapshot();
+        if !s.by_uuid.contains_key(&gone.uuid) {
+            assert_eq!(s.len(), before.len() - 1);
+            break;
+        }
+        assert!(Arc::ptr_eq(&s, &before));
+        assert!(std::time::Instant::now() < deadline, "rebuild never landed");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
