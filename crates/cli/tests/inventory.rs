@@ -134,6 +134,18 @@ async fn out_of_band_changes_reach_the_inventory_and_the_event_stream() {
     assert_eq!(page["items"][0]["state"], "running");
     assert_eq!(page["items"][0]["host_name"], "ovh1");
     assert_eq!(page["items"][0]["tags"], json!(["lab"]));
+    // The summary counts it, by state; the other tenant counts nothing.
+    let (status, summary) = api.get("/api/v1/inventory").await;
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    let by_state = summary["vms_by_state"].as_object().unwrap();
+    assert!(by_state["running"].as_u64().unwrap() >= 1, "{summary}");
+    let counted: u64 = by_state.values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(summary["vms"].as_u64(), Some(counted), "{summary}");
+    let (_, theirs) = other.get("/api/v1/inventory").await;
+    assert_eq!(
+        (theirs["vms"].as_u64(), theirs["hosts"].as_u64()),
+        (Some(0), Some(0))
+    );
     ovh1.virsh(&["destroy", &name]);
     let changed = wait_event(&mut ws, Duration::from_secs(30), |e| {
         e["type"] == "vm.changed" && e["vm"]["name"] == name.as_str()

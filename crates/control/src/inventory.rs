@@ -1033,14 +1033,22 @@ impl App {
         }
         summary.hosts = host_status.len();
         summary.host_status = host_status;
+        // From the columns: the dashboard asks this often, and at fleet
+        // size touching every record would cost milliseconds.
         let snapshot = self.inventory().snapshot();
-        for vm in snapshot.vms.iter().filter(|vm| visible(vm.owner)) {
-            *summary
-                .vms_by_state
-                .entry(vm.state.to_string())
-                .or_default() += 1;
-            summary.vms += 1;
+        let c = &*snapshot.columns;
+        let owner_ok: Vec<bool> = c.owners.iter().map(|o| visible(*o)).collect();
+        let mut by_state: HashMap<&'static str, usize> = HashMap::new();
+        for (state, owner) in snapshot.states.iter().zip(&c.owner_of) {
+            if owner_ok[*owner as usize] {
+                *by_state.entry(state.as_str()).or_default() += 1;
+                summary.vms += 1;
+            }
         }
+        summary.vms_by_state = by_state
+            .into_iter()
+            .map(|(state, n)| (state.to_owned(), n))
+            .collect();
         Ok(summary)
     }
 
