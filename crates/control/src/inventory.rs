@@ -252,8 +252,6 @@ struct Columns {
 
 impl Columns {
     fn build(vms: &[Arc<VmRecord>]) -> Self {
-        let mut owner_index: HashMap<UserId, u32> = HashMap::new();
-        let mut host_index: HashMap<HostId, u32> = HashMap::new();
         let mut columns = Self {
             owners: Vec::new(),
             owner_of: Vec::with_capacity(vms.len()),
@@ -263,45 +261,48 @@ impl Columns {
             name_ends: Vec::with_capacity(vms.len()),
         };
         for vm in vms {
-            let owner = *owner_index.entry(vm.owner).or_insert_with(|| {
-                columns.owners.push(vm.owner);
-                (columns.owners.len() - 1) as u32
-            });
-            let host = *host_index.entry(vm.host_id).or_insert_with(|| {
-                columns.hosts.push((vm.host_id, vm.tags.clone()));
-                (columns.hosts.len() - 1) as u32
-            });
-            columns.push(vm, owner, host);
+            columns.append(vm);
         }
         columns
     }
 
-    fn push(&mut self, vm: &VmRecord, owner: u32, host: u32) {
+    /// Appends one VM, numbering its owner and host if they are new. The
+    /// look-up tries the previous VM's first: the inventory lists VMs host
+    /// by host, so that almost always hits; otherwise it is a linear scan
+    /// (few owners, hosts in the hundreds).
+    fn append(&mut self, vm: &VmRecord) {
+        let owner = number(&self.owners, self.owner_of.last(), vm.owner, |o| *o);
+        let host = number(&self.hosts, self.host_of.last(), vm.host_id, |(h, _)| *h);
+        if host as usize == self.hosts.len() {
+            self.hosts.push((vm.host_id, vm.tags.clone()));
+        }
+        if owner as usize == self.owners.len() {
+            self.owners.push(vm.owner);
+        }
         self.owner_of.push(owner);
         self.host_of.push(host);
         self.names.push_str(&vm.name_key);
         self.name_ends.push(self.names.len() as u32);
     }
+}
 
-    /// Appends one VM, numbering its owner and host if they are new (a
-    /// linear look-up: there are few owners, and hosts in the hundreds).
-    fn append(&mut self, vm: &VmRecord) {
-        let owner = match self.owners.iter().position(|o| *o == vm.owner) {
-            Some(i) => i,
-            None => {
-                self.owners.push(vm.owner);
-                self.owners.len() - 1
-            }
-        };
-        let host = match self.hosts.iter().position(|(h, _)| *h == vm.host_id) {
-            Some(i) => i,
-            None => {
-                self.hosts.push((vm.host_id, vm.tags.clone()));
-                self.hosts.len() - 1
-            }
-        };
-        self.push(vm, owner as u32, host as u32);
+/// The number of `key` in `known` (by `key_of`), trying `last` first;
+/// `known.len()` when it is new (the caller then pushes it).
+fn number<T, K: PartialEq>(
+    known: &[T],
+    last: Option<&u32>,
+    key: K,
+    key_of: impl Fn(&T) -> K,
+) -> u32 {
+    if let Some(&last) = last
+        && known.get(last as usize).is_some_and(|k| key_of(k) == key)
+    {
+        return last;
     }
+    known
+        .iter()
+        .position(|k| key_of(k) == key)
+        .unwrap_or(known.len()) as u32
 }
 
 impl Columns {
@@ -764,10 +765,10 @@ impl Inventory {
                             ),
                         };
                         events.push(event);
-                        patches = patches.zip(patch).map(|(mut all, patch)| {
-                            all.push(patch);
-                            all
-                        });
+                        match (&mut patches, patch) {
+                            (Some(all), Some(patch)) => all.push(patch),
+                            _ => patches = None,
+                        }
                         record
                     }
                 };

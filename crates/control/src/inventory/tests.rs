@@ -315,14 +315,24 @@ fn a_pushed_state_behind_a_pending_rebuild_waits_for_it() {
         vec![vm("a", VmState::ShutOff, 64), vm("b", VmState::Running, 64)],
     );
     assert!(inv.apply_state(&bus, h.id, "a", VmState::Running));
+    let s = await_rebuild(&inv, &before, |s| s.len() == 2);
+    assert!(s.vms.iter().all(|vm| vm.state == VmState::Running));
+}
+
+/// Reads until `landed` holds, asserting that every read before that is
+/// exactly `before` (only the old or the full picture); five seconds at most.
+fn await_rebuild(
+    inv: &Inventory,
+    before: &Arc<Snapshot>,
+    landed: impl Fn(&Snapshot) -> bool,
+) -> Arc<Snapshot> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let s = inv.snapshot();
-        if s.len() == 2 {
-            assert!(s.vms.iter().all(|vm| vm.state == VmState::Running));
-            break;
+        if landed(&s) {
+            return s;
         }
-        assert!(Arc::ptr_eq(&s, &before), "only the old or the full picture");
+        assert!(Arc::ptr_eq(&s, before), "only the old or the full picture");
         assert!(std::time::Instant::now() < deadline, "rebuild never landed");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
@@ -554,15 +564,6 @@ fn new_vms_and_resynced_states_are_in_the_list_at_once_even_when_rebuilds_are_sl
     let before = inv.snapshot();
     let gone = lists[0].pop().unwrap();
     inv.apply_full(&bus, ids[0], lists[0].clone());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let s = inv.snapshot();
-        if !s.by_uuid.contains_key(&gone.uuid) {
-            assert_eq!(s.len(), before.len() - 1);
-            break;
-        }
-        assert!(Arc::ptr_eq(&s, &before));
-        assert!(std::time::Instant::now() < deadline, "rebuild never landed");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    let s = await_rebuild(&inv, &before, |s| !s.by_uuid.contains_key(&gone.uuid));
+    assert_eq!(s.len(), before.len() - 1);
 }
