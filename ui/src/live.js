@@ -39,8 +39,31 @@ function liveElements() {
   return Array.from(document.querySelectorAll('[data-live]'));
 }
 
+// Each element refreshes at most once per its `data-live-gap` (ms), and a
+// burst of events always ends with one refresh after the last of them, so
+// the final state (a job's "succeeded" right after its last step) is never
+// dropped the way htmx's own `throttle` drops trailing events.
+const gates = new WeakMap();
+
+function refreshOne(el) {
+  const gap = Number(el.dataset.liveGap || 0);
+  const gate = gates.get(el) || { last: 0, timer: null };
+  gates.set(el, gate);
+  const wait = gate.last + gap - Date.now();
+  if (wait <= 0 && !gate.timer) {
+    gate.last = Date.now();
+    htmx.trigger(el, 'ov:live');
+  } else if (!gate.timer) {
+    gate.timer = setTimeout(() => {
+      gate.timer = null;
+      gate.last = Date.now();
+      htmx.trigger(el, 'ov:live');
+    }, Math.max(wait, 0));
+  }
+}
+
 function refresh(elements) {
-  for (const el of elements) htmx.trigger(el, 'ov:live');
+  for (const el of elements) refreshOne(el);
 }
 
 function setStatus(text, state) {

@@ -270,4 +270,31 @@ describe('jobs', () => {
     assert.deepEqual(page.problems, []);
     await page.context().close();
   });
+
+  test('a job\'s steps show live, and a failure undoes the steps before it', async () => {
+    const page = await newPage(browser);
+    await signIn(page, server, 'admin', server.admin.password);
+    const started = await api(server, '/api/v1/jobs/test-steps', {
+      token: server.admin.apiKey, method: 'POST', body: { steps: 4, step_millis: 700, fail_at: 3 },
+    });
+    assert.equal(started.status, 202, started.text);
+    const id = started.json.id;
+    await page.goto(`${server.ui}/jobs/${id}`);
+    await page.evaluate(() => { window.__notReloaded = true; });
+    assert.equal(await page.locator('#job-steps li').count(), 4);
+    await page.waitForFunction(
+      () => document.querySelector('#job-steps li[data-step="1"]')?.dataset.status === 'running', null, { timeout: 20000 },
+    );
+    await screenshot(page, 'job-steps-running');
+    await page.waitForFunction(
+      () => document.querySelector('#job-status')?.textContent === 'failed', null, { timeout: 20000 },
+    );
+    const statuses = await page.locator('#job-steps li').evaluateAll((items) => items.map((li) => li.dataset.status));
+    assert.deepEqual(statuses, ['undone', 'undone', 'failed', 'skipped']);
+    assert.match(await page.locator('#job-error').innerText(), /undone: step 2 "step 2", step 1 "step 1"/);
+    assert.equal(await page.evaluate(() => window.__notReloaded), true, 'the page was not reloaded');
+    await screenshot(page, 'job-steps-undone');
+    assert.deepEqual(page.problems, []);
+    await page.context().close();
+  });
 });

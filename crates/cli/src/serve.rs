@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use overvisor_control::connections::ConnectionSettings;
 use overvisor_control::inventory::reconcile::InventorySettings;
+use overvisor_control::jobs::JobSettings;
 use overvisor_control::{App, AppConfig, login_limit::Limits};
 use overvisor_server::{AppState, Config, Listeners, Settings};
 use overvisor_store::{MasterKey, Sealer, Store};
@@ -43,6 +44,10 @@ pub async fn open_app(config: &Config) -> anyhow::Result<App> {
         connections: ConnectionSettings {
             connects_in_flight: config.ssh_connects_in_flight,
             ..ConnectionSettings::default()
+        },
+        jobs: JobSettings {
+            lease: std::time::Duration::from_secs(config.job_lease_secs),
+            ..JobSettings::default()
         },
     };
     Ok(App::new(store, Sealer::new(&master), app_config))
@@ -84,15 +89,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Install the metrics recorder before anything records.
     overvisor_server::observe::prometheus();
     let app = open_app(&config).await?;
-    // Before anything can start a job: what a killed process left unfinished
-    // is marked interrupted, never re-run.
-    let interrupted = app.jobs_recover().await.context("recovering jobs")?;
-    if interrupted > 0 {
-        tracing::warn!(
-            interrupted,
-            "jobs left unfinished by the previous run are marked interrupted"
-        );
-    }
 
     if let Some(admin) = app.bootstrap_admin().await? {
         // Printed once, to the terminal only — deliberately not through the log.
@@ -136,6 +132,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         shutdown.clone(),
     );
+    // Queued jobs, and jobs whose runner died (once their lease lapses),
+    // run here as in any other replica on this database.
+    if config.run_jobs {
+        app.jobs_start(shutdown.clone());
+    } else {
+        tracing::info!("run_jobs is off: jobs accepted here run in other replicas");
+    }
     tracing::info!(%ui, %api, ready_ms = started.elapsed().as_millis() as u64, "overvisor listening");
     overvisor_server::serve(state, &config, listeners, shutdown).await?;
     app.store().close().await;

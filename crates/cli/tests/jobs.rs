@@ -39,18 +39,6 @@ async fn sleep_job(api: &Api, seconds: u32) -> (String, Value) {
     (location, body)
 }
 
-async fn wait_status(api: &Api, id: &str, want: &str) -> Value {
-    for _ in 0..200 {
-        let (status, job) = api.get(&format!("/api/v1/jobs/{id}")).await;
-        assert_eq!(status, StatusCode::OK, "{job}");
-        if job["status"] == want {
-            return job;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("job {id} never became {want}");
-}
-
 #[tokio::test]
 async fn job_lifecycle_long_poll_cancel_and_tenancy() {
     let app = app().await;
@@ -148,8 +136,8 @@ async fn job_lifecycle_long_poll_cancel_and_tenancy() {
         .await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_input");
 
-    // Every outcome is audited.
-    let (_, audit) = op.get("/api/v1/audit?action=job.test.sleep").await;
+    // Every outcome is audited, once.
+    let (_, audit) = op.get("/api/v1/audit?action=test.sleep").await;
     let outcomes: Vec<&str> = audit
         .as_array()
         .unwrap()
@@ -160,48 +148,169 @@ async fn job_lifecycle_long_poll_cancel_and_tenancy() {
     assert!(!app.logs().contains(&op_token), "a token was logged");
 }
 
-/// The same service again on the same data directory finds the killed job
-/// interrupted, its database intact, and runs nothing again.
-#[tokio::test]
-async fn sigkill_during_a_job_leaves_it_interrupted_and_the_database_intact() {
-    let mut app = app().await;
-    let admin = app.admin();
-    let (_, job) = sleep_job(&admin, 120).await;
-    let id = job["id"].as_str().unwrap().to_owned();
-    // Let it run and write a few log lines and progress updates.
-    wait_status(&admin, &id, "running").await;
-    loop {
-        let (_, job) = admin.get(&format!("/api/v1/jobs/{id}")).await;
-        if job["log"].as_array().unwrap().len() >= 2 {
-            break;
+async fn app_with_lease() -> TestApp {
+    TestApp::builder()
+        .env("OVERVISOR_TEST_JOBS", "1")
+        .env("OVERVISOR_JOB_LEASE_SECS", "2")
+        .start()
+        .await
+}
+
+/// Starts a `test.steps` job; returns its id.
+async fn steps_job(api: &Api, body: Value) -> String {
+    let (status, job) = api.post("/api/v1/jobs/test-steps", body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(job["kind"], "test.steps");
+    job["id"].as_str().unwrap().to_owned()
+}
+
+/// Waits until step `index` of job `id` is running.
+async fn step_running(api: &Api, id: &str, index: usize) {
+    for _ in 0..400 {
+        let (_, job) = api.get(&format!("/api/v1/jobs/{id}")).await;
+        if job["steps"][index]["status"] == "running" {
+            return;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    panic!("step {index} of {id} never ran");
+}
+
+fn step_statuses(job: &Value) -> Vec<String> {
+    job["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn log_lines(job: &Value) -> Vec<String> {
+    job["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Steps run in order and show on the job; the third fails, and the two
+/// before it are undone in reverse; a cancel during step two undoes it and
+/// step one.
+#[tokio::test]
+async fn steps_failures_and_cancel_undo_in_reverse() {
+    let app = app().await;
+    let admin = app.admin();
+    let id = steps_job(&admin, json!({"steps": 4, "step_millis": 10, "fail_at": 3})).await;
+    let (_, job) = admin.get(&format!("/api/v1/jobs/{id}?wait=30")).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(
+        step_statuses(&job),
+        ["undone", "undone", "failed", "skipped"]
+    );
+    assert_eq!(
+        log_lines(&job),
+        [
+            "step 1 ran",
+            "step 2 ran",
+            "step 3 ran",
+            "step 2 undone",
+            "step 1 undone"
+        ]
+    );
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .contains("undone: step 2 \"step 2\", step 1 \"step 1\""),
+        "{job}"
+    );
+
+    let id = steps_job(&admin, json!({"steps": 3, "step_millis": 1500})).await;
+    step_running(&admin, &id, 1).await;
+    let (status, job) = admin
+        .post(&format!("/api/v1/jobs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert_eq!(step_statuses(&job), ["undone", "undone", "skipped"]);
+    assert_eq!(
+        log_lines(&job),
+        ["step 1 ran", "step 2 ran", "step 2 undone", "step 1 undone"]
+    );
+    let (status, body) = admin
+        .post("/api/v1/jobs/test-steps", json!({"steps": 9}))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_input");
+}
+
+/// SIGKILL in the middle of a step. The same service, started again on the
+/// same data directory, takes the job over once its lease lapses: a job
+/// whose steps are idempotent is resumed from the step it stopped in (the
+/// steps before it never run again); one that must not run twice is marked
+/// interrupted, naming that step, and nothing of it runs again.
+#[tokio::test]
+async fn sigkill_during_a_step_resumes_or_interrupts_and_the_database_stays_intact() {
+    let mut app = app_with_lease().await;
+    let admin = app.admin();
+    let resumable = steps_job(&admin, json!({"steps": 3, "step_millis": 3000})).await;
+    let once = steps_job(
+        &admin,
+        json!({"steps": 3, "step_millis": 3000, "resumable": false}),
+    )
+    .await;
+    step_running(&admin, &resumable, 1).await;
+    step_running(&admin, &once, 1).await;
     app.kill();
     let db = app.data_path().join("overvisor.db");
     assert!(db.exists(), "database file {} missing", db.display());
 
     app.restart().await;
     let admin = app.admin();
-    let (status, job) = admin.get(&format!("/api/v1/jobs/{id}")).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(job["status"], "interrupted", "{job}");
-    assert!(job["error"].as_str().unwrap().contains("not run again"));
-    assert!(job["finished_at"].is_string());
-    let lines = job["log"].as_array().unwrap().len();
-
-    // Nothing runs it again: no new log lines, no new job.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (_, again) = admin.get(&format!("/api/v1/jobs/{id}")).await;
-    assert_eq!(again["status"], "interrupted");
-    assert_eq!(again["log"].as_array().unwrap().len(), lines);
-    let (_, all) = admin.get("/api/v1/jobs?all=true").await;
-    assert_eq!(all.as_array().unwrap().len(), 1);
-    let (_, audit) = admin
-        .get("/api/v1/audit?all=true&action=job.test.sleep")
+    let (_, job) = admin
+        .get(&format!("/api/v1/jobs/{resumable}?wait=30"))
         .await;
-    assert_eq!(audit[0]["outcome"], "failure", "{audit}");
-    assert!(audit[0]["detail"].as_str().unwrap().contains("interrupted"));
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(step_statuses(&job), ["done", "done", "done"]);
+    let log = log_lines(&job);
+    assert_eq!(log[..2], ["step 1 ran", "step 2 ran"], "{log:?}");
+    assert!(
+        log[2].starts_with("resumed at step 2 \"step 2\""),
+        "{log:?}"
+    );
+    assert_eq!(
+        log[3..],
+        ["step 2 ran", "step 3 ran"],
+        "step 1 never ran twice: {log:?}"
+    );
+
+    let (_, job) = admin.get(&format!("/api/v1/jobs/{once}?wait=30")).await;
+    assert_eq!(job["status"], "interrupted", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.contains("not run again") && error.contains("step 2 \"step 2\""),
+        "{error}"
+    );
+    assert_eq!(step_statuses(&job), ["done", "failed", "skipped"]);
+    assert!(job["finished_at"].is_string());
+    let lines = log_lines(&job);
+    assert_eq!(lines, ["step 1 ran", "step 2 ran"]);
+    // Nothing runs it again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, again) = admin.get(&format!("/api/v1/jobs/{once}")).await;
+    assert_eq!(again["status"], "interrupted");
+    assert_eq!(log_lines(&again), lines);
+    let (_, all) = admin.get("/api/v1/jobs?all=true").await;
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    let (_, audit) = admin.get("/api/v1/audit?all=true&action=test.steps").await;
+    let outcomes: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes.len(), 2, "one row per job: {audit}");
+    assert!(audit.to_string().contains("status=interrupted"), "{audit}");
 
     // SQLite agrees the file is sound (read while the service runs).
     let url = format!("sqlite://{}?mode=ro", db.display());
@@ -214,6 +323,45 @@ async fn sigkill_during_a_job_leaves_it_interrupted_and_the_database_intact() {
         .unwrap();
     assert_eq!(check, "ok");
     pool.close().await;
+}
+
+/// Two processes on one database: one (with `run_jobs` off) accepts jobs,
+/// the other runs them; a cancel asked of the first reaches the job
+/// running in the second.
+#[tokio::test]
+async fn a_job_queued_by_one_process_is_run_by_another() {
+    let front = TestApp::builder()
+        .env("OVERVISOR_TEST_JOBS", "1")
+        .env("OVERVISOR_RUN_JOBS", "0")
+        .start()
+        .await;
+    let api = front.admin();
+    let id = steps_job(&api, json!({"steps": 2, "step_millis": 10})).await;
+    // Nobody runs it yet.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, job) = api.get(&format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(job["status"], "queued", "{job}");
+
+    let worker = TestApp::builder()
+        .env("OVERVISOR_TEST_JOBS", "1")
+        .env("OVERVISOR_JOB_LEASE_SECS", "3")
+        .data_dir(front.data_path())
+        .start()
+        .await;
+    let (_, job) = api.get(&format!("/api/v1/jobs/{id}?wait=30")).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(log_lines(&job), ["step 1 ran", "step 2 ran"]);
+
+    let id = steps_job(&api, json!({"steps": 3, "step_millis": 4000})).await;
+    step_running(&api, &id, 0).await;
+    let (status, _) = api
+        .post(&format!("/api/v1/jobs/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, job) = api.get(&format!("/api/v1/jobs/{id}?wait=30")).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert_eq!(step_statuses(&job), ["undone", "skipped", "skipped"]);
+    drop(worker);
 }
 
 async fn ws_connect(

@@ -6,6 +6,7 @@
 //! `NotFound`, never `Forbidden`, so ids of other tenants leak nothing.
 
 use overvisor_model::account::{Credential, Role, User, UserId};
+use overvisor_model::operation::Grant;
 
 use crate::AppError;
 
@@ -53,6 +54,8 @@ pub enum Resource {
     AuditAll,
     /// Infrastructure owned by a user (hosts and their VMs).
     OwnedBy(UserId),
+    /// Every user's infrastructure and jobs at once (admin listings).
+    Everyone,
 }
 
 /// Proof that `authorize` allowed an action on a value. Only this module can
@@ -85,6 +88,42 @@ pub fn authorize(
         resource,
     )
     .map(|()| Authorized(resource))
+}
+
+/// Authorizes `action` on `owner`'s infrastructure and returns the proof as
+/// data, for a job to carry: its runner acts on the grant without asking
+/// again.
+pub fn grant(subject: &Subject, action: Action, owner: UserId) -> Result<Grant, AppError> {
+    authorize(subject, action, Resource::OwnedBy(owner))?;
+    Ok(grant_of(subject, action, owner))
+}
+
+fn grant_of(subject: &Subject, action: Action, owner: UserId) -> Grant {
+    Grant {
+        subject: subject.id(),
+        subject_name: subject.user.name.to_string(),
+        via: subject.credential.to_string(),
+        source_ip: subject.source_ip.clone(),
+        role: crate::jobs::role_for(action),
+        owner,
+    }
+}
+
+impl<T: Owned> Authorized<T> {
+    /// The grant this proof stands for, for a job to carry.
+    pub fn grant(&self, subject: &Subject, action: Action) -> Grant {
+        grant_of(subject, action, self.0.owner())
+    }
+}
+
+/// A value a job may act on under `grant`: the grant covers the owner's
+/// infrastructure, so the value must still belong to that owner.
+pub(crate) fn granted<T: Owned>(grant: &Grant, value: T) -> Result<Authorized<T>, AppError> {
+    if value.owner() == grant.owner {
+        Ok(Authorized(value))
+    } else {
+        Err(AppError::NotFound("resource"))
+    }
 }
 
 /// Something that belongs to a user (a host, and what hangs off it).
@@ -150,6 +189,13 @@ fn decide(
                 Err(AppError::Forbidden("administer user accounts"))
             }
         }
+        (Resource::Everyone, Action::Read) => {
+            if admin {
+                Ok(())
+            } else {
+                Err(AppError::Forbidden("see every user's infrastructure"))
+            }
+        }
         (Resource::AuditAll, Action::Read) => {
             if admin {
                 Ok(())
@@ -183,7 +229,7 @@ fn resource_name(resource: Resource) -> &'static str {
     match resource {
         Resource::Account(_) | Resource::UserDirectory => "user",
         Resource::AuditOf(_) | Resource::AuditAll => "audit log",
-        Resource::OwnedBy(_) => "resource",
+        Resource::OwnedBy(_) | Resource::Everyone => "resource",
     }
 }
 
@@ -216,6 +262,8 @@ mod tests {
             (Resource::OwnedBy(me), Operate, "fyy"),
             (Resource::OwnedBy(other), Read, "nny"),
             (Resource::OwnedBy(other), Operate, "nny"),
+            (Resource::Everyone, Read, "ffy"),
+            (Resource::Everyone, Operate, "fff"),
         ];
         for (resource, action, expect) in table {
             for (role, want) in Role::ALL.iter().zip(expect.chars()) {

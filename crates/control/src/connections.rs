@@ -19,8 +19,8 @@ use overvisor_hv::{
     ClientKey, ConnectGate, HostKeyPolicy, HvError, Hypervisor, LibvirtDriver, PresentedHostKey,
     SshConfig, SshError, SshSession, probe_host_key,
 };
+use overvisor_model::host::HostSecret;
 use overvisor_model::host::{Host, HostId, HostKeyFingerprint, HostKind};
-use overvisor_store::hosts::HostSecret;
 
 use crate::authz::Authorized;
 use crate::{App, AppError};

@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use overvisor_model::account::{Credential, UserId};
 use overvisor_model::host::HostId;
 use overvisor_model::job::{Job, JobId, JobLogLine};
+use overvisor_model::operation::JobStep;
 use overvisor_model::vm::VmState;
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -46,27 +47,43 @@ pub struct VmBrief {
     pub memory_mib: Option<u64>,
 }
 
-/// What happened. Serialised with a `type` field (`job.updated`, ...).
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type")]
-pub enum Event {
-    #[serde(rename = "job.created")]
-    JobCreated { job: Box<Job> },
+/// Declares [`Event`] with each type's name written once: the serde tag,
+/// [`Event::type_name`] and the list filters accept all come from it.
+macro_rules! events {
+    ($( $(#[$doc:meta])* $name:literal => $variant:ident { $($field:ident : $ty:ty),* $(,)? } ),* $(,)?) => {
+        /// What happened. Serialised with a `type` field (`job.updated`, ...).
+        #[derive(Debug, Clone, Serialize)]
+        #[serde(tag = "type")]
+        pub enum Event {
+            $( $(#[$doc])* #[serde(rename = $name)] $variant { $($field: $ty),* }, )*
+        }
+
+        impl Event {
+            /// The `type` tag, for filtering without serialising.
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $( Self::$variant { .. } => $name, )*
+                }
+            }
+        }
+
+        /// Every event type, as clients name them.
+        pub const TYPES: &[&str] = &[$($name),*];
+    };
+}
+
+events! {
+    "job.created" => JobCreated { job: Box<Job> },
     /// Status or progress changed.
-    #[serde(rename = "job.updated")]
-    JobUpdated { job: Box<Job> },
-    #[serde(rename = "job.log")]
-    JobLog { job_id: JobId, line: JobLogLine },
-    #[serde(rename = "vm.added")]
-    VmAdded { host_id: HostId, vm: VmBrief },
-    #[serde(rename = "vm.changed")]
-    VmChanged { host_id: HostId, vm: VmBrief },
-    #[serde(rename = "vm.removed")]
-    VmRemoved { host_id: HostId, vm: VmBrief },
-    #[serde(rename = "host.connected")]
-    HostConnected { host_id: HostId },
-    #[serde(rename = "host.disconnected")]
-    HostDisconnected {
+    "job.updated" => JobUpdated { job: Box<Job> },
+    "job.log" => JobLog { job_id: JobId, line: JobLogLine },
+    /// A step of the job began, progressed, finished or was undone.
+    "job.step" => JobStep { job_id: JobId, step: Box<JobStep> },
+    "vm.added" => VmAdded { host_id: HostId, vm: VmBrief },
+    "vm.changed" => VmChanged { host_id: HostId, vm: VmBrief },
+    "vm.removed" => VmRemoved { host_id: HostId, vm: VmBrief },
+    "host.connected" => HostConnected { host_id: HostId },
+    "host.disconnected" => HostDisconnected {
         host_id: HostId,
         error: String,
         since: DateTime<Utc>,
@@ -74,25 +91,11 @@ pub enum Event {
 }
 
 impl Event {
-    /// The `type` tag, for filtering without serialising.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Self::JobCreated { .. } => "job.created",
-            Self::JobUpdated { .. } => "job.updated",
-            Self::JobLog { .. } => "job.log",
-            Self::VmAdded { .. } => "vm.added",
-            Self::VmChanged { .. } => "vm.changed",
-            Self::VmRemoved { .. } => "vm.removed",
-            Self::HostConnected { .. } => "host.connected",
-            Self::HostDisconnected { .. } => "host.disconnected",
-        }
-    }
-
     /// The job this event is about, if any.
     pub fn job_id(&self) -> Option<JobId> {
         match self {
             Self::JobCreated { job } | Self::JobUpdated { job } => Some(job.id),
-            Self::JobLog { job_id, .. } => Some(*job_id),
+            Self::JobLog { job_id, .. } | Self::JobStep { job_id, .. } => Some(*job_id),
             _ => None,
         }
     }
@@ -191,16 +194,6 @@ pub struct EventFilter {
 }
 
 const TYPE_FAMILIES: [&str; 3] = ["job", "vm", "host"];
-const TYPES: [&str; 8] = [
-    "job.created",
-    "job.updated",
-    "job.log",
-    "vm.added",
-    "vm.changed",
-    "vm.removed",
-    "host.connected",
-    "host.disconnected",
-];
 
 impl EventFilter {
     /// Parses a comma-separated list such as `job,vm.changed`.

@@ -7,22 +7,20 @@
 //! confirmed the fingerprint a probe showed, or explicitly asked for trust
 //! on first use (the key presented at registration is then recorded).
 
-use std::future::Future;
-
 use chrono::Utc;
 use overvisor_hv::ClientKey;
 use overvisor_model::InvalidInput;
-use overvisor_model::account::{Outcome, Role, UserId};
+use overvisor_model::account::{Outcome, UserId};
+use overvisor_model::host::{CredentialChange, HostSecret};
 use overvisor_model::host::{
     DEFAULT_LIBVIRT_URI, DEFAULT_SSH_USER, Host, HostFacts, HostId, HostKeyFingerprint, HostKind,
     check_host_name, check_libvirt_uri, check_ssh_user, normalize_tags, parse_host_address,
 };
 use overvisor_model::job::Job;
-use overvisor_store::hosts::{CredentialChange, HostSecret};
+use overvisor_model::operation::{CredentialEdit, Grant, Operation};
 
 use crate::audit::Target;
 use crate::authz::{Action, Authorized, Owned, Resource, Subject, authorize, authorize_owned};
-use crate::jobs::JobSpec;
 use crate::{App, AppError};
 
 impl Owned for Host {
@@ -193,53 +191,36 @@ impl App {
         })
     }
 
-    /// Registers a host and records the change as a finished `host.create`
-    /// job (the host must exist before the answer, so the caller learns its
-    /// id; the job only keeps the jobs history complete).
+    /// Registers a host: checks it now (400/403/409, a probe for trust on
+    /// first use), then records it in a `host.create` job and answers once
+    /// that job has finished, so the caller learns the host's id.
     pub async fn host_create(
         &self,
         subject: &Subject,
         new: NewHost,
     ) -> Result<(Host, Job), AppError> {
-        let host = self.host_register(subject, new, false).await?;
-        let job = self.host_job_record(subject, "host.create", &host).await?;
-        Ok((host, job))
+        self.host_register(subject, new, false).await
     }
 
-    /// A job for a host change already made, finished before it returns.
-    async fn host_job_record(
-        &self,
-        subject: &Subject,
-        kind: &str,
-        host: &Host,
-    ) -> Result<Job, AppError> {
-        let spec = JobSpec::new(kind, host.owner).target(format!("host:{}", host.id));
-        let done = serde_json::json!({ "host": host });
+    /// Waits for a quick host job and answers with the host it wrote.
+    async fn host_job_outcome(&self, subject: &Subject, job: Job) -> Result<(Host, Job), AppError> {
         let job = self
-            .job_submit(subject, spec, move |_| async move { Ok(done) })
-            .await?;
-        Ok(self.job_wait(subject, job.id, HOST_JOB_WAIT).await?.job)
-    }
-
-    /// Submits a quick host change as a `kind` job whose result is
-    /// `{"host": …}` (or `null` when the host is gone).
-    async fn host_job_submit<F, Fut>(
-        &self,
-        subject: &Subject,
-        kind: &str,
-        host: &Host,
-        work: F,
-    ) -> Result<Job, AppError>
-    where
-        F: FnOnce(App) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Option<Host>, AppError>> + Send + 'static,
-    {
-        let spec = JobSpec::new(kind, host.owner).target(format!("host:{}", host.id));
-        self.job_submit(subject, spec, move |ctx| async move {
-            let host = work(ctx.app().clone()).await?;
-            Ok(serde_json::json!({ "host": host }))
-        })
-        .await
+            .job_follow(subject, &job, HOST_JOB_WAIT)
+            .await
+            .map_err(|e| match e {
+                // The one write fails for a clash that appeared since the check.
+                AppError::HostFailed(message) => AppError::Conflict(message),
+                e => e,
+            })?;
+        let host = job
+            .result
+            .as_ref()
+            .and_then(|r| r.get("host"))
+            .and_then(|h| serde_json::from_value::<Host>(h.clone()).ok())
+            .ok_or_else(|| {
+                AppError::Internal(format!("job {} has not recorded the host yet", job.id))
+            })?;
+        Ok((host, job))
     }
 
     /// Registers a host. Without a fingerprint it probes for one under
@@ -251,8 +232,8 @@ impl App {
         subject: &Subject,
         new: NewHost,
         allow_unconfirmed: bool,
-    ) -> Result<Host, AppError> {
-        authorize(subject, Action::Operate, Resource::OwnedBy(subject.id()))?;
+    ) -> Result<(Host, Job), AppError> {
+        let grant = crate::authz::grant(subject, Action::Operate, subject.id())?;
         let address = parse_host_address(&new.address)?;
         let name = new.name.unwrap_or_else(|| address.clone());
         check_host_name(&name)?;
@@ -284,16 +265,15 @@ impl App {
             updated_at: now,
         };
         let target = host_target(&host);
-        let mut detail = format!("address={} port={}", host.address, host.port);
-        let result = async {
+        let checked = async {
+            self.host_check_unique(&host).await?;
             match (&host.host_key_fingerprint, new.trust_on_first_use) {
                 (Some(_), _) => {}
                 (None, true) => {
                     let key = self.probe_key(&host.address, host.port).await?;
-                    detail.push_str(" trust_on_first_use");
                     host.host_key_fingerprint = Some(key.fingerprint);
                 }
-                (None, false) if allow_unconfirmed => detail.push_str(" host_key=unconfirmed"),
+                (None, false) if allow_unconfirmed => {}
                 (None, false) => {
                     return Err(InvalidInput::new(
                         "host_key_fingerprint",
@@ -303,25 +283,54 @@ impl App {
                     .into());
                 }
             }
-            if let Some(f) = &host.host_key_fingerprint {
-                detail.push_str(&format!(" host_key={f}"));
-            }
-            Ok(self
-                .store()
-                .host_insert(self.sealer(), &host, new.credential.as_ref())
-                .await?)
+            Ok(())
         }
         .await;
-        // The inventory starts following the host at once.
-        self.inventory_wake();
-        self.audited(subject, "host.create", target, Some(detail), result)
-            .await
+        if let Err(refused) = checked {
+            let detail = format!("address={} port={}", host.address, host.port);
+            return self
+                .audited(subject, "host.create", target, Some(detail), Err(refused))
+                .await;
+        }
+        let secret = new.credential.as_ref().map(HostSecret::to_sealable);
+        let op = Operation::HostCreate {
+            host: Box::new(host),
+            trust_on_first_use: new.trust_on_first_use,
+        };
+        let job = self.job_submit(grant, op, secret, &[]).await?;
+        self.host_job_outcome(subject, job).await
+    }
+
+    /// Refuses a name or address another host of the same owner has, now
+    /// rather than in the job (the store's unique keys still catch a race).
+    async fn host_check_unique(&self, host: &Host) -> Result<(), AppError> {
+        for other in self.store().hosts_list(Some(host.owner)).await? {
+            if other.id == host.id {
+                continue;
+            }
+            if other.name == host.name {
+                return Err(AppError::Conflict(format!(
+                    "a host with this name already exists ({})",
+                    host.name
+                )));
+            }
+            if other.address == host.address {
+                return Err(AppError::Conflict(format!(
+                    "a host with this address already exists ({})",
+                    host.address
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The caller's hosts; an administrator sees everyone's.
     pub async fn hosts_list(&self, subject: &Subject) -> Result<Vec<Host>, AppError> {
         authorize(subject, Action::Read, Resource::OwnedBy(subject.id()))?;
-        let owner = (subject.role() != Role::Admin).then(|| subject.id());
+        let owner = match authorize(subject, Action::Read, Resource::Everyone) {
+            Ok(_) => None,
+            Err(_) => Some(subject.id()),
+        };
         Ok(self.store().hosts_list(owner).await?)
     }
 
@@ -332,18 +341,6 @@ impl App {
         Ok(host.into_inner())
     }
 
-    /// Changes a host at once (enrolment's way; the API uses
-    /// [`App::host_update_job`]).
-    pub async fn host_update(
-        &self,
-        subject: &Subject,
-        id: HostId,
-        changes: HostChanges,
-    ) -> Result<Host, AppError> {
-        let prepared = self.host_update_prepare(subject, id, changes).await?;
-        self.host_update_apply(subject, prepared).await
-    }
-
     /// Checks a change now (400/403/404/409: nothing changes, no job
     /// exists), then writes it in a `host.update` job.
     pub async fn host_update_job(
@@ -352,13 +349,24 @@ impl App {
         id: HostId,
         changes: HostChanges,
     ) -> Result<Job, AppError> {
-        let prepared = self.host_update_prepare(subject, id, changes).await?;
-        let current = prepared.current.clone();
-        let requester = subject.clone();
-        self.host_job_submit(subject, "host.update", &current, move |app| async move {
-            app.host_update_apply(&requester, prepared).await.map(Some)
-        })
-        .await
+        let (grant, prepared) = self.host_update_prepare(subject, id, changes).await?;
+        let PreparedUpdate {
+            current,
+            host,
+            credential,
+        } = prepared;
+        let summary = change_summary(&current, &host, &credential);
+        let (edit, secret) = match credential {
+            CredentialChange::Keep => (CredentialEdit::Keep, None),
+            CredentialChange::Set(secret) => (CredentialEdit::Set, Some(secret.to_sealable())),
+            CredentialChange::Remove => (CredentialEdit::Remove, None),
+        };
+        let op = Operation::HostUpdate {
+            host: Box::new(host),
+            credential: edit,
+            summary,
+        };
+        self.job_submit(grant, op, secret, &[]).await
     }
 
     async fn host_update_prepare(
@@ -366,11 +374,12 @@ impl App {
         subject: &Subject,
         id: HostId,
         changes: HostChanges,
-    ) -> Result<PreparedUpdate, AppError> {
+    ) -> Result<(Grant, PreparedUpdate), AppError> {
         let current = self
             .host_authorized(subject, id, Action::Operate, "host.update")
-            .await?
-            .into_inner();
+            .await?;
+        let grant = current.grant(subject, Action::Operate);
+        let current = current.into_inner();
         let mut host = current.clone();
         if let Some(name) = changes.name {
             check_host_name(&name)?;
@@ -411,69 +420,16 @@ impl App {
             (None, true) => CredentialChange::Remove,
             (None, false) => CredentialChange::Keep,
         };
-        // Clashes answer now rather than fail the job later (the store's
-        // unique keys still catch a race with a concurrent change).
-        for other in self.store().hosts_list(Some(host.owner)).await? {
-            if other.id == host.id {
-                continue;
-            }
-            if other.name == host.name {
-                return Err(AppError::Conflict(format!(
-                    "host {} already exists",
-                    host.name
-                )));
-            }
-            if other.address == host.address {
-                return Err(AppError::Conflict(format!(
-                    "a host at {} already exists",
-                    host.address
-                )));
-            }
-        }
+        self.host_check_unique(&host).await?;
         host.updated_at = Utc::now();
-        Ok(PreparedUpdate {
-            current,
-            host,
-            credential,
-        })
-    }
-
-    async fn host_update_apply(
-        &self,
-        subject: &Subject,
-        prepared: PreparedUpdate,
-    ) -> Result<Host, AppError> {
-        let PreparedUpdate {
-            current,
-            host,
-            credential,
-        } = prepared;
-        let detail = change_summary(&current, &host, &credential);
-        let result = self
-            .store()
-            .host_update(self.sealer(), &host, &credential)
-            .await
-            .map_err(AppError::from);
-        // Whatever changed, the next call connects afresh with the new row.
-        self.connections().forget(host.id);
-        self.inventory_wake();
-        self.audited(
-            subject,
-            "host.update",
-            host_target(&current),
-            Some(detail),
-            result,
-        )
-        .await
-    }
-
-    /// Removes a host at once (the API uses [`App::host_delete_job`]).
-    pub async fn host_delete(&self, subject: &Subject, id: HostId) -> Result<(), AppError> {
-        let host = self
-            .host_authorized(subject, id, Action::Operate, "host.delete")
-            .await?
-            .into_inner();
-        self.host_delete_apply(subject, host).await
+        Ok((
+            grant,
+            PreparedUpdate {
+                current,
+                host,
+                credential,
+            },
+        ))
     }
 
     /// Checks access now (403/404, no job), then removes the host in a
@@ -481,28 +437,12 @@ impl App {
     pub async fn host_delete_job(&self, subject: &Subject, id: HostId) -> Result<Job, AppError> {
         let host = self
             .host_authorized(subject, id, Action::Operate, "host.delete")
-            .await?
-            .into_inner();
-        let requester = subject.clone();
-        let gone = host.clone();
-        self.host_job_submit(subject, "host.delete", &host, move |app| async move {
-            app.host_delete_apply(&requester, gone).await.map(|()| None)
-        })
-        .await
-    }
-
-    async fn host_delete_apply(&self, subject: &Subject, host: Host) -> Result<(), AppError> {
-        let result = self.store().host_delete(host.owner, host.id).await;
-        self.connections().forget(host.id);
-        self.inventory_wake();
-        self.audited(
-            subject,
-            "host.delete",
-            host_target(&host),
-            Some(format!("address={}", host.address)),
-            result.map_err(AppError::from),
-        )
-        .await
+            .await?;
+        let grant = host.grant(subject, Action::Operate);
+        let op = Operation::HostDelete {
+            host: Box::new(host.into_inner()),
+        };
+        self.job_submit(grant, op, None, &[]).await
     }
 
     /// What the host says about itself, live.
@@ -570,7 +510,8 @@ impl App {
                     host_key_fingerprint: enrolment.host_key_fingerprint,
                     ..HostChanges::default()
                 };
-                (self.host_update(subject, current.id, changes).await?, false)
+                let job = self.host_update_job(subject, current.id, changes).await?;
+                (self.host_job_outcome(subject, job).await?.0, false)
             }
             None => {
                 let new = NewHost {
@@ -586,15 +527,9 @@ impl App {
                     trust_on_first_use: false,
                     credential: None,
                 };
-                (self.host_register(subject, new, true).await?, true)
+                (self.host_register(subject, new, true).await?.0, true)
             }
         };
-        let kind = if created {
-            "host.create"
-        } else {
-            "host.update"
-        };
-        self.host_job_record(subject, kind, &host).await?;
         Ok(Enrolled {
             host,
             created,

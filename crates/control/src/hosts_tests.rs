@@ -12,10 +12,10 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use overvisor_hv::{ClientKey, HvError, HvResult, Hypervisor, PresentedHostKey, SshError};
 use overvisor_model::account::{Credential, Email, Outcome, Role, UserName};
+use overvisor_model::host::HostSecret;
 use overvisor_model::host::{Host, HostFacts, HostKeyFingerprint, HostKind};
 use overvisor_model::job::JobStatus;
 use overvisor_model::vm::{VmAction, VmEvent, VmInfo, VmName, VmState, VmSummary};
-use overvisor_store::hosts::HostSecret;
 use overvisor_store::{MasterKey, Sealer, Store};
 
 use crate::accounts::NewUser;
@@ -23,8 +23,9 @@ use crate::audit::AuditFilter;
 use crate::authz::Subject;
 use crate::connections::DriverFactory;
 use crate::hosts::{Enrolment, HostChanges, NewHost};
-use crate::jobs::JobFilter;
 use crate::{App, AppConfig, AppError};
+use overvisor_model::job::JobQuery;
+use tokio_util::sync::CancellationToken;
 
 const FP: &str = "SHA256:WfUtCh6yiEwEmg0bzsZN/86BpFpC2hj+937BK2XDXSI";
 const OTHER_FP: &str = "SHA256:c3xeTobGH1oQCoS3EqFRAkB+t0EFix4JMOHxDARxeF8";
@@ -42,10 +43,13 @@ struct FakeHost {
     /// the mismatch, later ones with the session's backoff.
     mismatch: bool,
     calls: AtomicUsize,
+    /// State reads that reached the host.
+    state_reads: AtomicUsize,
 }
 
 impl FakeHost {
     fn state(&self, vm: &VmName) -> HvResult<VmState> {
+        self.state_reads.fetch_add(1, Ordering::SeqCst);
         if self.mismatch && self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
             return Err(HvError::Transport(SshError::HostKeyMismatch {
                 addr: "10.0.0.9:22".into(),
@@ -163,6 +167,7 @@ async fn fixture(host: FakeHost) -> Fixture {
         AppConfig::default(),
         factory.clone(),
     );
+    app.jobs_start(CancellationToken::new());
     Fixture {
         app,
         factory,
@@ -233,7 +238,7 @@ async fn registry_is_owner_scoped() {
         Err(AppError::NotFound("host"))
     ));
     assert!(matches!(
-        f.app.host_delete(&bob, h.id).await,
+        f.app.host_delete_job(&bob, h.id).await,
         Err(AppError::NotFound("host"))
     ));
     assert!(f.app.hosts_list(&bob).await.unwrap().is_empty());
@@ -322,14 +327,14 @@ async fn one_driver_per_host_replaced_on_change() {
         port: Some(2222),
         ..HostChanges::default()
     };
-    assert_eq!(
-        f.app.host_update(&alice, h.id, changes).await.unwrap().port,
-        2222
-    );
+    let job = f.app.host_update_job(&alice, h.id, changes).await.unwrap();
+    let done = f.app.job_follow(&alice, &job, WAIT).await.unwrap();
+    assert_eq!(done.result.unwrap()["host"]["port"], 2222);
     assert!(f.app.connections().is_empty());
     contact(&f.app, &alice, h.id).await.unwrap();
     assert_eq!(f.factory.made.load(Ordering::SeqCst), 2);
-    f.app.host_delete(&alice, h.id).await.unwrap();
+    let job = f.app.host_delete_job(&alice, h.id).await.unwrap();
+    f.app.job_follow(&alice, &job, WAIT).await.unwrap();
     assert!(f.app.connections().is_empty());
 }
 
@@ -355,11 +360,11 @@ async fn host_changes_are_jobs_and_refusals_create_none() {
     other.name = Some("other".into());
     f.app.host_create(&alice, other).await.unwrap();
     let jobs = || async {
-        let filter = JobFilter {
+        let query = JobQuery {
             limit: 100,
-            ..JobFilter::default()
+            ..JobQuery::default()
         };
-        f.app.jobs_list(&alice, filter).await.unwrap().len()
+        f.app.jobs_list(&alice, query, false).await.unwrap().len()
     };
     assert_eq!(jobs().await, 2);
 
@@ -407,6 +412,21 @@ async fn host_changes_are_jobs_and_refusals_create_none() {
 
 const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Runs a lifecycle action the API's way and answers with the state the
+/// job left the VM in.
+async fn act(
+    app: &App,
+    subject: &Subject,
+    host: overvisor_model::host::HostId,
+    vm: &VmName,
+    action: VmAction,
+) -> Result<VmState, AppError> {
+    let job = app.vm_act_job(subject, host, vm, action).await?;
+    let job = app.job_follow(subject, &job, WAIT).await?;
+    let result = job.result.unwrap_or_default();
+    Ok(serde_json::from_value(result["state"].clone()).unwrap())
+}
+
 #[tokio::test]
 async fn transitions_are_checked_before_the_host_is_asked() {
     let host = FakeHost::default();
@@ -432,26 +452,30 @@ async fn transitions_are_checked_before_the_host_is_asked() {
         VmAction::ForceStop,
     ] {
         assert!(matches!(
-            f.app.vm_act(&alice, h.id, &vm("web"), action).await,
+            act(&f.app, &alice, h.id, &vm("web"), action).await,
             Err(AppError::InvalidTransition(_))
         ));
     }
     assert_eq!(acts(), 0);
+    let reads_before = f.factory.host.state_reads.load(Ordering::SeqCst);
     assert_eq!(
-        f.app
-            .vm_act(&alice, h.id, &vm("web"), VmAction::Start)
+        act(&f.app, &alice, h.id, &vm("web"), VmAction::Start)
             .await
             .unwrap(),
         VmState::Running
     );
+    // One read to refuse a bad transition before a job exists (recorded as
+    // the job's check), the action, one read of the state it was left in.
+    assert_eq!(
+        f.factory.host.state_reads.load(Ordering::SeqCst) - reads_before,
+        2
+    );
     assert!(matches!(
-        f.app.vm_delete(&alice, h.id, &vm("web"), false).await,
+        f.app.vm_delete_job(&alice, h.id, &vm("web"), false).await,
         Err(AppError::InvalidTransition(_))
     ));
     assert!(matches!(
-        f.app
-            .vm_act(&alice, h.id, &vm("nope"), VmAction::Start)
-            .await,
+        act(&f.app, &alice, h.id, &vm("nope"), VmAction::Start).await,
         Err(AppError::NotFound("VM"))
     ));
     // The admin of another tenant's host may act; a reader of their own may not.
@@ -462,9 +486,7 @@ async fn transitions_are_checked_before_the_host_is_asked() {
         f.app.host_create(&admin, nh).await.unwrap().0
     };
     assert!(matches!(
-        f.app
-            .vm_act(&reader, h_reader.id, &vm("web"), VmAction::Start)
-            .await,
+        act(&f.app, &reader, h_reader.id, &vm("web"), VmAction::Start).await,
         Err(AppError::NotFound("host"))
     ));
     assert_eq!(acts(), 1);
@@ -490,6 +512,31 @@ async fn transitions_are_checked_before_the_host_is_asked() {
             .iter()
             .any(|e| e.action == "vm.shutdown" && e.outcome == Outcome::Failure)
     );
+    // One audit row per change: the job's outcome, naming the job and what
+    // the VM was found and left in.
+    let starts: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == "vm.start" && e.outcome == Outcome::Success)
+        .collect();
+    assert_eq!(starts.len(), 1, "{events:?}");
+    let detail = starts[0].detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains("job=") && detail.contains("found=shut_off left=running"),
+        "{detail}"
+    );
+    let all = f
+        .app
+        .audit_list(
+            &alice,
+            AuditFilter {
+                limit: 100,
+                action_prefix: Some("job.".into()),
+                ..AuditFilter::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(all.is_empty(), "no second row per job: {all:?}");
 }
 
 #[tokio::test]
@@ -509,11 +556,7 @@ async fn host_errors_are_named() {
     // First the mismatch itself, then (another caller's session waiting to
     // retry) still the mismatch, not "unreachable".
     for _ in 0..2 {
-        match f
-            .app
-            .vm_act(&alice, h.id, &vm("web"), VmAction::Start)
-            .await
-        {
+        match act(&f.app, &alice, h.id, &vm("web"), VmAction::Start).await {
             Err(AppError::HostKeyMismatch {
                 expected,
                 presented,

@@ -1,87 +1,70 @@
-//! Jobs: every change runs as a job that is persisted at each step, so the
-//! API can answer `202 Accepted` at once and clients can wait or watch.
+//! Jobs: every change runs as a job, a persisted [`Operation`] with steps.
 //!
-//! The runner spawns each job's work as its own task, limits how many jobs
-//! run against one host at a time (a semaphore per slot key), enforces a
-//! timeout, and cancels on request (the work sees a `CancellationToken` and
-//! may stop by itself; if it does not, its task is aborted). Every status
-//! change is written to the store before it is published on the event bus,
-//! and every job's outcome is audited. Jobs left unfinished by a previous
-//! process are marked `interrupted` at start-up and never re-run: what they
-//! did on a host is unknown, and running a VM action twice is worse than
-//! asking the operator to look.
+//! Submitting authorizes once and stores the operation, the [`Grant`] that
+//! authorization produced, and the job's steps (all pending, or done when the
+//! request already made a check). A runner (`jobs/runner.rs`) — in this
+//! process or in any other on the same database — claims queued jobs under
+//! a lease, runs their steps without authorizing again, records each step,
+//! undoes the steps that began when one fails or the job is cancelled, and
+//! audits the outcome once, in the requester's name. A job whose runner died
+//! is taken over when its lease lapses: resumed from the step it stopped in
+//! when every step of its operation is idempotent, else marked `interrupted`
+//! with that step named (see [`crate::operations::resumable`]).
+
+mod runner;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use overvisor_model::account::{Outcome, UserId};
-use overvisor_model::host::HostId;
-use overvisor_model::job::{Job, JobId, JobLogLine, JobStatus, LogLevel, check_job_kind};
-use overvisor_store::audit::NewAuditEvent;
-use overvisor_store::jobs::JobQuery;
+use overvisor_model::account::{Outcome, Role, UserId};
+use overvisor_model::job::{Job, JobId, JobLogLine, JobQuery, JobStatus, LogLevel, check_job_kind};
+use overvisor_model::operation::{Grant, JobStep, Operation, StepStatus};
+use overvisor_store::jobs::{NewJob, NewStep};
 use serde::Serialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Target;
 use crate::authz::{Action, Resource, Subject, authorize};
 use crate::credentials::API_KEY_MARKER;
 use crate::events::Event;
+use crate::operations;
 use crate::{App, AppError};
 
-/// Jobs that may run at once against one host.
+/// Jobs that may run at once against one host (per runner).
 pub const DEFAULT_PER_HOST: usize = 4;
-/// How long a job may run unless its spec says otherwise.
+/// How long a job may run unless its operation says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Longest log line kept; longer ones are cut.
 const MAX_LOG_LINE: usize = 4096;
 /// Most log lines returned with a job.
 const MAX_LOG_LINES: u32 = 10_000;
-/// Why a job is `interrupted` after a restart.
-pub const INTERRUPTED_REASON: &str =
-    "the service stopped while this job was unfinished; it was not run again";
+/// Why a job is `interrupted` when its runner died in a step that must not
+/// run twice (the step's name follows).
+pub const INTERRUPTED_REASON: &str = "the service stopped while this job ran; it was not run again";
 
-/// What to run: the job's description and its limits.
+/// How runners share the work.
 #[derive(Debug, Clone)]
-pub struct JobSpec {
-    pub kind: String,
-    pub owner: UserId,
-    pub target: Option<String>,
-    /// Jobs with the same slot share the per-host concurrency limit.
-    pub slot: Option<String>,
-    pub timeout: Duration,
-    parent: Option<JobId>,
+pub struct JobSettings {
+    /// Jobs that may run at once against one host, per runner.
+    pub per_host: usize,
+    /// How long a claim holds without renewal: a job whose runner died is
+    /// taken over this long after the runner's last renewal.
+    pub lease: Duration,
+    /// How often a runner looks for jobs queued by other processes (its
+    /// own are started at once).
+    pub poll: Duration,
 }
 
-impl JobSpec {
-    pub fn new(kind: impl Into<String>, owner: UserId) -> Self {
+impl Default for JobSettings {
+    fn default() -> Self {
         Self {
-            kind: kind.into(),
-            owner,
-            target: None,
-            slot: None,
-            timeout: DEFAULT_TIMEOUT,
-            parent: None,
+            per_host: DEFAULT_PER_HOST,
+            lease: Duration::from_secs(15),
+            poll: Duration::from_millis(500),
         }
-    }
-
-    pub fn target(mut self, target: impl Into<String>) -> Self {
-        self.target = Some(target.into());
-        self
-    }
-
-    /// Counts this job against `host`'s concurrency limit.
-    pub fn on_host(mut self, host: HostId) -> Self {
-        self.slot = Some(format!("host:{host}"));
-        self
-    }
-
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
     }
 }
 
@@ -102,42 +85,53 @@ impl std::fmt::Display for JobError {
     }
 }
 
-// Like anyhow: any error converts, so work can use `?` on driver and app calls.
+// Like anyhow: any error converts, so steps can use `?` on driver and store calls.
 impl<E: std::error::Error> From<E> for JobError {
     fn from(err: E) -> Self {
         Self(err.to_string())
     }
 }
 
-pub type JobResult = Result<serde_json::Value, JobError>;
-
-/// The runner's shared state (lives in [`App`]).
+/// This process's runner: its identity in leases, host slots, the jobs it
+/// runs now, and the bell that starts a claim round.
 pub struct JobRunner {
-    per_slot: usize,
+    id: String,
+    settings: JobSettings,
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
     live: Mutex<HashMap<JobId, CancellationToken>>,
+    wake: Notify,
 }
 
 impl Default for JobRunner {
     fn default() -> Self {
-        Self::new(DEFAULT_PER_HOST)
+        Self::new(JobSettings::default())
     }
 }
 
 impl JobRunner {
-    pub fn new(per_slot: usize) -> Self {
+    pub fn new(settings: JobSettings) -> Self {
         Self {
-            per_slot: per_slot.max(1),
+            id: format!("runner-{}", uuid::Uuid::new_v4()),
+            settings: JobSettings {
+                per_host: settings.per_host.max(1),
+                ..settings
+            },
             slots: Mutex::default(),
             live: Mutex::default(),
+            wake: Notify::new(),
         }
+    }
+
+    /// This runner's name in job leases.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     fn slot(&self, key: &str) -> Arc<Semaphore> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots
             .entry(key.to_owned())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.per_slot)))
+            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.per_host)))
             .clone()
     }
 
@@ -163,159 +157,74 @@ impl JobRunner {
             .cloned()
     }
 
-    /// Jobs running or queued in this process.
+    fn live_tokens(&self) -> Vec<(JobId, CancellationToken)> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, t)| (*id, t.clone()))
+            .collect()
+    }
+
+    /// Jobs running in this process.
     pub fn live_count(&self) -> usize {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
-/// What a job's work gets: its id, a way to report, and its cancellation.
-#[derive(Clone)]
-pub struct JobContext {
-    app: App,
-    id: JobId,
-    owner: UserId,
-    subject: Subject,
-    slot: Option<String>,
-    cancel: CancellationToken,
-}
-
-impl JobContext {
-    pub fn id(&self) -> JobId {
-        self.id
-    }
-
-    pub fn app(&self) -> &App {
-        &self.app
-    }
-
-    /// Cancelled when someone cancels the job (or its parent).
-    pub fn cancellation(&self) -> &CancellationToken {
-        &self.cancel
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.cancel.is_cancelled()
-    }
-
-    /// Records progress (0..=100) and tells watchers.
-    pub async fn progress(&self, percent: u8) {
-        let app = &self.app;
-        if let Err(err) = app.store().job_progress(self.id, percent.min(100)).await {
-            tracing::warn!(job = %self.id, error = %err, "cannot record job progress");
-            return;
-        }
-        app.job_publish_current(self.id, self.owner).await;
-    }
-
-    /// Appends a timestamped line to the job's log and tells watchers.
-    pub async fn log(&self, level: LogLevel, message: impl AsRef<str>) {
-        let mut message = scrub(message.as_ref());
-        truncate_utf8(&mut message, MAX_LOG_LINE);
-        let line = JobLogLine {
-            at: Utc::now(),
-            level,
-            message,
-        };
-        if let Err(err) = self.app.store().job_log_append(self.id, &line).await {
-            tracing::warn!(job = %self.id, error = %err, "cannot record job log line");
-            return;
-        }
-        self.app.events().publish(
-            self.owner,
-            Event::JobLog {
-                job_id: self.id,
-                line,
-            },
-        );
-    }
-
-    pub async fn info(&self, message: impl AsRef<str>) {
-        self.log(LogLevel::Info, message).await;
-    }
-
-    /// Starts a child job with the same owner and requester; cancelling
-    /// this job cancels it. Unless `spec` names one, the child gets no slot:
-    /// a child waiting for its parent's host slot could wait forever.
-    pub async fn child<F, Fut>(&self, mut spec: JobSpec, work: F) -> Result<Job, AppError>
-    where
-        F: FnOnce(JobContext) -> Fut + Send + 'static,
-        Fut: Future<Output = JobResult> + Send + 'static,
-    {
-        spec.owner = self.owner;
-        spec.parent = Some(self.id);
-        if spec.slot.as_deref() == self.slot.as_deref() {
-            spec.slot = None;
-        }
-        self.app
-            .job_start(&self.subject, spec, self.cancel.child_token(), work)
-            .await
-    }
-
-    /// Waits until job `id` (e.g. a child) has finished.
-    pub async fn wait_for(&self, id: JobId) -> Result<Job, AppError> {
-        self.app.job_wait_unchecked(id, None).await
-    }
-}
-
-/// Filters for listing jobs; visibility is added by [`App::jobs_list`].
-#[derive(Debug, Clone, Default)]
-pub struct JobFilter {
-    pub status: Option<JobStatus>,
-    pub kind: Option<String>,
-    pub target: Option<String>,
-    pub parent: Option<JobId>,
-    pub before: Option<JobId>,
-    pub limit: u32,
-    /// Admins see every user's jobs with this set.
-    pub all: bool,
-}
-
-/// A job with its log, as `GET /jobs/{id}` shows it.
+/// A job with its steps and log, as `GET /jobs/{id}` shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobDetail {
     #[serde(flatten)]
     pub job: Job,
+    /// What the job does, as data (`None` for jobs from older versions).
+    pub operation: Option<Operation>,
+    pub steps: Vec<JobStep>,
     pub log: Vec<JobLogLine>,
 }
 
-impl App {
-    /// Creates a job and starts its work in the background; returns the
-    /// job as stored (usually `queued`). `subject` must be allowed to
-    /// operate on `spec.owner`'s infrastructure.
-    pub async fn job_submit<F, Fut>(
-        &self,
-        subject: &Subject,
-        spec: JobSpec,
-        work: F,
-    ) -> Result<Job, AppError>
-    where
-        F: FnOnce(JobContext) -> Fut + Send + 'static,
-        Fut: Future<Output = JobResult> + Send + 'static,
-    {
-        self.job_start(subject, spec, CancellationToken::new(), work)
-            .await
-    }
+/// A step the request itself already ran (e.g. reading a VM's state to
+/// refuse an invalid transition before any job exists), with its output.
+pub(crate) struct Checked {
+    pub index: u16,
+    pub output: serde_json::Value,
+}
 
-    async fn job_start<F, Fut>(
+/// How long a job of `op` may run.
+fn timeout_of(op: &Operation) -> Duration {
+    match op {
+        Operation::VmAction { .. } | Operation::VmDelete { .. } => Duration::from_secs(180),
+        Operation::HostCreate { .. }
+        | Operation::HostUpdate { .. }
+        | Operation::HostDelete { .. } => Duration::from_secs(60),
+        Operation::InventoryResync { .. } => {
+            crate::inventory::resync::RESYNC_TIMEOUT + Duration::from_secs(5)
+        }
+        Operation::TestSleep { seconds, .. } => Duration::from_secs(u64::from(*seconds) + 30),
+        Operation::TestSteps { .. } => DEFAULT_TIMEOUT,
+    }
+}
+
+impl App {
+    /// Stores a job running `op` under `grant` and rings the runner; returns
+    /// the job as stored (`queued`). The caller authorized: `grant` is the
+    /// proof, made by [`crate::authz`]. `secret` travels sealed to the job's
+    /// row; `checked` are steps the request already ran.
+    pub(crate) async fn job_submit(
         &self,
-        subject: &Subject,
-        spec: JobSpec,
-        cancel: CancellationToken,
-        work: F,
-    ) -> Result<Job, AppError>
-    where
-        F: FnOnce(JobContext) -> Fut + Send + 'static,
-        Fut: Future<Output = JobResult> + Send + 'static,
-    {
-        authorize(subject, Action::Operate, Resource::OwnedBy(spec.owner))?;
-        check_job_kind(&spec.kind)?;
+        grant: Grant,
+        op: Operation,
+        secret: Option<Vec<u8>>,
+        checked: &[Checked],
+    ) -> Result<Job, AppError> {
+        let kind = op.kind();
+        check_job_kind(&kind)?;
         let job = Job {
             id: JobId::new(),
-            kind: spec.kind.clone(),
-            requester: subject.id(),
-            owner: spec.owner,
-            target: spec.target.as_deref().map(scrub),
+            kind,
+            requester: grant.subject,
+            owner: grant.owner,
+            target: Some(scrub(&op.target())),
             status: JobStatus::Queued,
             progress: 0,
             created_at: Utc::now(),
@@ -323,9 +232,37 @@ impl App {
             finished_at: None,
             error: None,
             result: None,
-            parent: spec.parent,
+            parent: None,
         };
-        self.store().job_insert(&job).await?;
+        let plan = operations::plan(&op);
+        let steps: Vec<NewStep> = plan
+            .iter()
+            .enumerate()
+            .map(|(i, step)| NewStep {
+                name: step.name,
+                has_undo: step.has_undo,
+                done: checked
+                    .iter()
+                    .find(|c| usize::from(c.index) == i)
+                    .map(|c| &c.output),
+            })
+            .collect();
+        let slot = op.host().map(|h| format!("host:{h}"));
+        let timeout_secs = u32::try_from(timeout_of(&op).as_secs()).unwrap_or(u32::MAX);
+        self.store()
+            .job_insert(
+                self.sealer(),
+                &NewJob {
+                    job: &job,
+                    operation: &op,
+                    grant: &grant,
+                    secret: secret.as_deref(),
+                    slot: slot.as_deref(),
+                    timeout_secs,
+                    steps: &steps,
+                },
+            )
+            .await?;
         metrics::counter!("overvisor_jobs_total", "kind" => job.kind.clone()).increment(1);
         self.events().publish(
             job.owner,
@@ -333,24 +270,24 @@ impl App {
                 job: Box::new(job.clone()),
             },
         );
-        self.jobs().register(job.id, cancel.clone());
-        let ctx = JobContext {
-            app: self.clone(),
-            id: job.id,
-            owner: job.owner,
-            subject: subject.clone(),
-            slot: spec.slot.clone(),
-            cancel,
-        };
-        tokio::spawn(run(ctx, spec, work));
+        self.jobs().wake.notify_one();
         Ok(job)
     }
 
     /// One job, if `subject` may see it (another tenant's job is not found).
     pub async fn job_get(&self, subject: &Subject, id: JobId) -> Result<JobDetail, AppError> {
         let job = self.job_visible(subject, id).await?;
-        let log = self.store().job_log(id, MAX_LOG_LINES).await?;
-        Ok(JobDetail { job, log })
+        self.job_detail(job).await
+    }
+
+    async fn job_detail(&self, job: Job) -> Result<JobDetail, AppError> {
+        let store = self.store();
+        Ok(JobDetail {
+            operation: store.job_operation(job.id).await?,
+            steps: store.job_steps(job.id).await?,
+            log: store.job_log(job.id, MAX_LOG_LINES).await?,
+            job,
+        })
     }
 
     async fn job_visible(&self, subject: &Subject, id: JobId) -> Result<Job, AppError> {
@@ -360,28 +297,20 @@ impl App {
         Ok(job)
     }
 
+    /// Jobs matching `query`: the subject's own, or with `all` (admins)
+    /// everyone's. `query.owner` is set here.
     pub async fn jobs_list(
         &self,
         subject: &Subject,
-        filter: JobFilter,
+        mut query: JobQuery,
+        all: bool,
     ) -> Result<Vec<Job>, AppError> {
-        let owner = if filter.all {
-            if subject.role() != overvisor_model::account::Role::Admin {
-                return Err(AppError::Forbidden("list every user's jobs"));
-            }
+        query.owner = if all {
+            authorize(subject, Action::Read, Resource::Everyone)?;
             None
         } else {
             authorize(subject, Action::Read, Resource::OwnedBy(subject.id()))?;
             Some(subject.id())
-        };
-        let query = JobQuery {
-            owner,
-            status: filter.status,
-            kind: filter.kind,
-            target: filter.target,
-            parent: filter.parent,
-            before: filter.before,
-            limit: filter.limit,
         };
         Ok(self.store().job_list(&query).await?)
     }
@@ -395,14 +324,14 @@ impl App {
         wait: Duration,
     ) -> Result<JobDetail, AppError> {
         self.job_visible(subject, id).await?;
-        self.job_wait_unchecked(id, Some(wait)).await?;
-        self.job_get(subject, id).await
+        let job = self.job_wait_unchecked(id, Some(wait)).await?;
+        self.job_detail(job).await
     }
 
     /// Waits up to `wait` for a job the caller just started and answers
-    /// like the synchronous call would have: the job once it succeeded (or
-    /// is still running), its error when it did not succeed. For pages that
-    /// show an outcome rather than a job.
+    /// like a synchronous call would have: the job once it succeeded (or is
+    /// still running), its error when it did not succeed. For pages and
+    /// calls that show an outcome rather than a job.
     pub async fn job_follow(
         &self,
         subject: &Subject,
@@ -419,6 +348,8 @@ impl App {
     }
 
     /// Waits for a job to finish without authorization (the caller checked).
+    /// Jobs run here announce their end on the event bus; a job run by
+    /// another process is seen by re-reading it every second.
     async fn job_wait_unchecked(&self, id: JobId, wait: Option<Duration>) -> Result<Job, AppError> {
         // Subscribe before reading, so a change in between is not missed.
         let mut rx = self.events().receiver();
@@ -434,9 +365,17 @@ impl App {
             }
         };
         tokio::pin!(sleep);
+        let mut reread = tokio::time::interval(Duration::from_secs(1));
+        reread.reset();
         loop {
             tokio::select! {
                 _ = &mut sleep => return Ok(self.store().job_get(id).await?),
+                _ = reread.tick() => {
+                    let job = self.store().job_get(id).await?;
+                    if job.status.is_terminal() {
+                        return Ok(job);
+                    }
+                }
                 got = rx.recv() => match got {
                     Ok(env) => {
                         if let Event::JobUpdated { job } = &env.event
@@ -461,7 +400,8 @@ impl App {
     }
 
     /// Asks a queued or running job to stop; returns it once it has
-    /// stopped (or after a short grace, still stopping).
+    /// stopped (or after a short grace, still stopping). A job running in
+    /// another process learns of it when its runner next renews its lease.
     pub async fn job_cancel(&self, subject: &Subject, id: JobId) -> Result<JobDetail, AppError> {
         let job = self.job_visible(subject, id).await?;
         authorize(subject, Action::Operate, Resource::OwnedBy(job.owner))?;
@@ -473,11 +413,17 @@ impl App {
         }
         match self.jobs().token(id) {
             Some(token) => token.cancel(),
-            // Not live in this process (cannot happen after start-up
-            // recovery, but a stray row must still be cancellable).
             None => {
-                self.job_finish(&job, JobStatus::Cancelled, Some("cancelled"), None)
-                    .await;
+                let cancelled_while_queued = self
+                    .store()
+                    .job_cancel_queued(id, Utc::now(), "cancelled before it started")
+                    .await?;
+                if cancelled_while_queued {
+                    self.job_steps_skip(id).await;
+                    self.job_publish_current(id, job.owner).await;
+                } else {
+                    self.store().job_request_cancel(id).await?;
+                }
             }
         }
         self.audit(
@@ -485,63 +431,89 @@ impl App {
             "job.cancel",
             job_target(&job),
             Outcome::Success,
-            Some(format!("kind={}", job.kind)),
+            Some(format!("job={} kind={}", job.id, job.kind)),
         )
         .await;
-        self.job_wait_unchecked(id, Some(Duration::from_secs(5)))
+        let job = self
+            .job_wait_unchecked(id, Some(Duration::from_secs(5)))
             .await?;
-        self.job_get(subject, id).await
+        self.job_detail(job).await
     }
 
-    /// Marks jobs a previous process left unfinished as interrupted. Call
-    /// once at start-up, before serving.
-    pub async fn jobs_recover(&self) -> Result<usize, AppError> {
-        let ids = self
-            .store()
-            .jobs_interrupt_unfinished(Utc::now(), INTERRUPTED_REASON)
-            .await?;
-        for id in &ids {
-            let job = self.store().job_get(*id).await?;
-            tracing::warn!(job = %id, kind = %job.kind, "job interrupted by a restart");
-            self.audit_raw(NewAuditEvent {
-                actor_id: None,
-                actor_name: None,
-                via: Some("system".into()),
-                source_ip: None,
-                action: audit_action(&job),
-                target: job_target(&job).name,
-                target_owner: Some(job.owner),
-                outcome: Outcome::Failure,
-                detail: Some(format!("job={} status=interrupted", job.id)),
-            })
-            .await;
+    /// Marks the pending steps of a job that will not run as skipped.
+    async fn job_steps_skip(&self, id: JobId) {
+        let Ok(steps) = self.store().job_steps(id).await else {
+            return;
+        };
+        for step in steps.iter().filter(|s| s.status == StepStatus::Pending) {
+            let _ = self
+                .store()
+                .job_step_set(id, step.index, StepStatus::Skipped, Utc::now(), None, None)
+                .await;
         }
-        Ok(ids.len())
     }
 
-    /// Writes a status change, then publishes the job as stored.
-    async fn job_finish(
+    /// Appends a timestamped line to a job's log and tells watchers.
+    pub(crate) async fn job_log_line(
         &self,
-        job: &Job,
-        to: JobStatus,
-        error: Option<&str>,
-        result: Option<&serde_json::Value>,
-    ) -> bool {
-        let error = error.map(scrub);
-        match self
-            .store()
-            .job_transition(job.id, to, Utc::now(), error.as_deref(), result)
-            .await
-        {
-            Ok(true) => {
-                self.job_publish_current(job.id, job.owner).await;
-                true
+        id: JobId,
+        owner: UserId,
+        level: LogLevel,
+        message: &str,
+    ) {
+        let mut message = scrub(message);
+        truncate_utf8(&mut message, MAX_LOG_LINE);
+        let line = JobLogLine {
+            at: Utc::now(),
+            level,
+            message,
+        };
+        if let Err(err) = self.store().job_log_append(id, &line).await {
+            tracing::warn!(job = %id, error = %err, "cannot record job log line");
+            return;
+        }
+        self.events()
+            .publish(owner, Event::JobLog { job_id: id, line });
+    }
+
+    /// Records progress within a step and tells watchers.
+    pub(crate) async fn job_step_progress(
+        &self,
+        id: JobId,
+        owner: UserId,
+        index: u16,
+        percent: u8,
+    ) {
+        if let Err(err) = self.store().job_step_progress(id, index, percent).await {
+            tracing::warn!(job = %id, error = %err, "cannot record step progress");
+            return;
+        }
+        self.job_publish_step(id, owner, index).await;
+    }
+
+    async fn job_publish_step(&self, id: JobId, owner: UserId, index: u16) {
+        match self.store().job_steps(id).await {
+            Ok(steps) => {
+                if let Some(step) = steps.into_iter().find(|s| s.index == index) {
+                    self.events().publish(
+                        owner,
+                        Event::JobStep {
+                            job_id: id,
+                            step: Box::new(step),
+                        },
+                    );
+                }
             }
-            Ok(false) => false,
-            Err(err) => {
-                tracing::error!(job = %job.id, to = %to, error = %err, "cannot record job status");
-                false
-            }
+            Err(err) => tracing::warn!(job = %id, error = %err, "cannot re-read job steps"),
+        }
+    }
+
+    async fn job_publish_current(&self, id: JobId, owner: UserId) {
+        match self.store().job_get(id).await {
+            Ok(job) => self
+                .events()
+                .publish(owner, Event::JobUpdated { job: Box::new(job) }),
+            Err(err) => tracing::warn!(job = %id, error = %err, "cannot re-read job"),
         }
     }
 
@@ -555,37 +527,53 @@ impl App {
         seconds: u32,
         fail: bool,
     ) -> Result<Job, AppError> {
-        let spec = JobSpec::new("test.sleep", subject.id())
-            .target(format!("sleep:{seconds}s"))
-            .timeout(Duration::from_secs(u64::from(seconds) + 30));
-        self.job_submit(subject, spec, move |ctx| async move {
-            for second in 0..seconds {
-                ctx.info(format!("slept {second} of {seconds} s")).await;
-                let percent = u8::try_from(second * 100 / seconds.max(1)).unwrap_or(100);
-                ctx.progress(percent).await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            if fail {
-                return Err(JobError::new("failed on purpose"));
-            }
-            Ok(serde_json::json!({ "slept_seconds": seconds }))
-        })
-        .await
+        let grant = crate::authz::grant(subject, Action::Operate, subject.id())?;
+        self.job_submit(grant, Operation::TestSleep { seconds, fail }, None, &[])
+            .await
     }
 
-    async fn job_publish_current(&self, id: JobId, owner: UserId) {
-        match self.store().job_get(id).await {
-            Ok(job) => self
-                .events()
-                .publish(owner, Event::JobUpdated { job: Box::new(job) }),
-            Err(err) => tracing::warn!(job = %id, error = %err, "cannot re-read job"),
+    /// A job of `steps` steps, each with an undo, that fails or whose undo
+    /// fails where asked: how tests prove steps, undo, cancel and resume.
+    pub async fn job_test_steps(&self, subject: &Subject, op: Operation) -> Result<Job, AppError> {
+        let Operation::TestSteps { steps, .. } = &op else {
+            return Err(AppError::Invalid(overvisor_model::InvalidInput::new(
+                "op",
+                "must be test_steps",
+            )));
+        };
+        if !(1..=8).contains(steps) {
+            return Err(
+                overvisor_model::InvalidInput::new("steps", "must be between 1 and 8").into(),
+            );
         }
+        let grant = crate::authz::grant(subject, Action::Operate, subject.id())?;
+        self.job_submit(grant, op, None, &[]).await
+    }
+
+    /// Records the outcome of a job in its requester's name: the one audit
+    /// row of the change.
+    async fn job_audit(&self, grant: &Grant, job: &Job, outcome: Outcome, detail: String) {
+        self.audit_raw(overvisor_store::audit::NewAuditEvent {
+            actor_id: Some(grant.subject),
+            actor_name: Some(grant.subject_name.clone()),
+            via: Some(grant.via.clone()),
+            source_ip: grant.source_ip.clone(),
+            action: job.kind.clone(),
+            target: job_target(job).name,
+            target_owner: Some(job.owner),
+            outcome,
+            detail: Some(detail),
+        })
+        .await;
     }
 }
 
-/// Jobs are audited as `job.<kind>`, apart from what their work audits.
-fn audit_action(job: &Job) -> String {
-    format!("job.{}", job.kind)
+/// The role an action needs, as a grant records it.
+pub(crate) fn role_for(action: Action) -> Role {
+    match action {
+        Action::Read => Role::Reader,
+        _ => Role::Operator,
+    }
 }
 
 fn job_target(job: &Job) -> Target {
@@ -595,113 +583,6 @@ fn job_target(job: &Job) -> Target {
             .unwrap_or_else(|| format!("job:{}", job.id)),
         job.owner,
     )
-}
-
-/// Runs one job to its end. Every exit path records a terminal status.
-async fn run<F, Fut>(ctx: JobContext, spec: JobSpec, work: F)
-where
-    F: FnOnce(JobContext) -> Fut + Send + 'static,
-    Fut: Future<Output = JobResult> + Send + 'static,
-{
-    let app = ctx.app.clone();
-    let mut job = match app.store().job_get(ctx.id).await {
-        Ok(job) => job,
-        Err(err) => {
-            tracing::error!(job = %ctx.id, error = %err, "job vanished before it ran");
-            app.jobs().forget(ctx.id);
-            return;
-        }
-    };
-    let (status, error, result) = execute(&app, &ctx, &spec, &mut job, work).await;
-    app.job_finish(&job, status, error.as_deref(), result.as_ref())
-        .await;
-    app.jobs().forget(job.id);
-    let outcome = if status == JobStatus::Succeeded {
-        Outcome::Success
-    } else {
-        Outcome::Failure
-    };
-    let mut detail = format!("job={} status={status}", job.id);
-    if let Some(e) = &error {
-        detail.push_str(&format!(" error={}", scrub(e)));
-    }
-    metrics::counter!("overvisor_jobs_finished_total", "status" => status.as_str()).increment(1);
-    app.audit(
-        &ctx.subject,
-        &audit_action(&job),
-        job_target(&job),
-        outcome,
-        Some(detail),
-    )
-    .await;
-}
-
-type Finished = (JobStatus, Option<String>, Option<serde_json::Value>);
-
-async fn execute<F, Fut>(
-    app: &App,
-    ctx: &JobContext,
-    spec: &JobSpec,
-    job: &mut Job,
-    work: F,
-) -> Finished
-where
-    F: FnOnce(JobContext) -> Fut + Send + 'static,
-    Fut: Future<Output = JobResult> + Send + 'static,
-{
-    let cancel = ctx.cancel.clone();
-    // Wait for a slot on the host, unless cancelled first.
-    let _permit = match &spec.slot {
-        Some(key) => {
-            let slot = app.jobs().slot(key);
-            tokio::select! {
-                permit = slot.acquire_owned() => permit.ok(),
-                _ = cancel.cancelled() => {
-                    return (JobStatus::Cancelled, Some("cancelled before it started".into()), None);
-                }
-            }
-        }
-        None => None,
-    };
-    if cancel.is_cancelled() {
-        return (
-            JobStatus::Cancelled,
-            Some("cancelled before it started".into()),
-            None,
-        );
-    }
-    if !app.job_finish(job, JobStatus::Running, None, None).await {
-        // Someone else finished it (e.g. cancelled while queued).
-        return (JobStatus::Cancelled, None, None);
-    }
-    job.status = JobStatus::Running;
-    // The work runs as its own task so a panic fails the job instead of
-    // leaving it running, and so it can be aborted on cancel or timeout.
-    let mut task = tokio::spawn(work(ctx.clone()));
-    let timeout = tokio::time::sleep(spec.timeout);
-    tokio::select! {
-        joined = &mut task => match joined {
-            Ok(Ok(result)) => (JobStatus::Succeeded, None, Some(result)),
-            Ok(Err(err)) => (JobStatus::Failed, Some(err.0), None),
-            Err(join) if join.is_panic() => {
-                tracing::error!(job = %job.id, "job work panicked");
-                (JobStatus::Failed, Some("internal error".into()), None)
-            }
-            Err(_) => (JobStatus::Cancelled, Some("cancelled".into()), None),
-        },
-        _ = timeout => {
-            task.abort();
-            (JobStatus::Failed, Some(format!("timed out after {} s", spec.timeout.as_secs())), None)
-        }
-        _ = cancel.cancelled() => {
-            // Give cooperative work a moment to stop on its own.
-            match tokio::time::timeout(Duration::from_secs(2), &mut task).await {
-                Ok(_) => {}
-                Err(_) => task.abort(),
-            }
-            (JobStatus::Cancelled, Some("cancelled on request".into()), None)
-        }
-    }
 }
 
 /// Removes anything shaped like a secret from text headed for a job record:

@@ -15,6 +15,7 @@ pub mod hosts;
 pub mod inventory;
 pub mod jobs;
 pub mod login_limit;
+pub mod operations;
 pub mod sessions;
 pub mod vms;
 
@@ -38,6 +39,8 @@ pub struct AppConfig {
     pub test_jobs: bool,
     /// Limits of every host connection.
     pub connections: connections::ConnectionSettings,
+    /// How runners claim and lease jobs.
+    pub jobs: jobs::JobSettings,
 }
 
 impl Default for AppConfig {
@@ -48,6 +51,7 @@ impl Default for AppConfig {
             stream_recheck: Duration::from_secs(30),
             test_jobs: false,
             connections: connections::ConnectionSettings::default(),
+            jobs: jobs::JobSettings::default(),
         }
     }
 }
@@ -85,6 +89,7 @@ impl App {
         factory: Arc<dyn connections::DriverFactory>,
     ) -> Self {
         let login_limiter = login_limit::LoginLimiter::new(config.login_limits.clone());
+        let jobs = jobs::JobRunner::new(config.jobs.clone());
         Self {
             inner: Arc::new(AppInner {
                 store,
@@ -93,7 +98,7 @@ impl App {
                 login_limiter,
                 connections: connections::Connections::new(factory),
                 events: events::EventBus::default(),
-                jobs: jobs::JobRunner::default(),
+                jobs,
                 inventory: inventory::Inventory::default(),
             }),
         }

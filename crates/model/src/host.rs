@@ -287,6 +287,69 @@ pub fn normalize_tags(tags: Vec<String>) -> Result<Vec<String>, InvalidInput> {
     Ok(out)
 }
 
+/// A host's own login secret. `Debug` is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub enum HostSecret {
+    /// An OpenSSH private key without passphrase.
+    PrivateKey(String),
+    Password(String),
+}
+
+impl HostSecret {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::PrivateKey(_) => "private_key",
+            Self::Password(_) => "password",
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Self::PrivateKey(s) | Self::Password(s) => s.as_bytes(),
+        }
+    }
+}
+
+impl HostSecret {
+    /// Rebuilds a secret from its [`HostSecret::kind`] and bytes (as sealed).
+    pub fn from_parts(kind: &str, bytes: Vec<u8>) -> Option<Self> {
+        let text = String::from_utf8(bytes).ok()?;
+        match kind {
+            "private_key" => Some(Self::PrivateKey(text)),
+            "password" => Some(Self::Password(text)),
+            _ => None,
+        }
+    }
+
+    /// `kind` NUL bytes: one buffer to seal beside a job.
+    pub fn to_sealable(&self) -> Vec<u8> {
+        let mut out = self.kind().as_bytes().to_vec();
+        out.push(0);
+        out.extend_from_slice(self.bytes());
+        out
+    }
+
+    pub fn from_sealable(buffer: Vec<u8>) -> Option<Self> {
+        let at = buffer.iter().position(|b| *b == 0)?;
+        let kind = std::str::from_utf8(&buffer[..at]).ok()?.to_owned();
+        Self::from_parts(&kind, buffer[at + 1..].to_vec())
+    }
+}
+
+impl fmt::Debug for HostSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HostSecret::{}(<redacted>)", self.kind())
+    }
+}
+
+/// What to do with a host's credential on update.
+#[derive(Debug, Clone)]
+pub enum CredentialChange {
+    Keep,
+    Set(HostSecret),
+    Remove,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -138,6 +138,21 @@ pub struct Job {
     pub parent: Option<JobId>,
 }
 
+/// Which jobs to list, newest first. The control layer sets `owner` from
+/// what the caller may see; the store applies the rest.
+#[derive(Debug, Clone, Default)]
+pub struct JobQuery {
+    /// Only jobs owned by this user (`None`: everyone's, for admins).
+    pub owner: Option<UserId>,
+    pub status: Option<JobStatus>,
+    pub kind: Option<String>,
+    pub target: Option<String>,
+    pub parent: Option<JobId>,
+    /// Only jobs created before this one (keyset pagination).
+    pub before: Option<JobId>,
+    pub limit: u32,
+}
+
 /// Severity of a job log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]

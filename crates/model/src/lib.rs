@@ -5,6 +5,7 @@
 pub mod account;
 pub mod host;
 pub mod job;
+pub mod operation;
 pub mod vm;
 
 /// A value from outside (a user, a host, a file) that does not have the shape

@@ -7,6 +7,9 @@
 //! round-trip).
 
 use std::fmt;
+use std::str::FromStr;
+
+use crate::InvalidInput;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -199,6 +202,84 @@ pub enum VmAction {
     Resume,
     /// Undefine; with or without its disks.
     Delete,
+}
+
+impl VmAction {
+    pub const ALL: [VmAction; 8] = [
+        Self::Start,
+        Self::Shutdown,
+        Self::ForceStop,
+        Self::Reboot,
+        Self::Reset,
+        Self::Suspend,
+        Self::Resume,
+        Self::Delete,
+    ];
+
+    /// The one name of an action: in job kinds (`vm.<name>`), the audit log
+    /// and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Shutdown => "shutdown",
+            Self::ForceStop => "force_stop",
+            Self::Reboot => "reboot",
+            Self::Reset => "reset",
+            Self::Suspend => "suspend",
+            Self::Resume => "resume",
+            Self::Delete => "delete",
+        }
+    }
+
+    /// Whether running the action twice does the same as running it once
+    /// when the second run first checks where the VM already is. Reboot and
+    /// reset are not: a second run would restart the guest again.
+    pub fn repeatable(self) -> bool {
+        !matches!(self, Self::Reboot | Self::Reset)
+    }
+
+    /// The state the action leaves the VM in, when it decides one.
+    pub fn goal(self) -> Option<VmState> {
+        match self {
+            Self::Start | Self::Resume => Some(VmState::Running),
+            Self::Shutdown | Self::ForceStop | Self::Delete => Some(VmState::ShutOff),
+            Self::Suspend => Some(VmState::Paused),
+            Self::Reboot | Self::Reset => None,
+        }
+    }
+}
+
+impl fmt::Display for VmAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl VmAction {
+    /// An action as spelled in `POST …/vms/{name}/{action}` (`force-stop`);
+    /// delete has its own verb there, so it is not one of these.
+    pub fn from_url(s: &str) -> Result<Self, InvalidInput> {
+        Self::ALL
+            .into_iter()
+            .filter(|a| *a != Self::Delete)
+            .find(|a| a.as_str().split('_').eq(s.split('-')))
+            .ok_or_else(|| {
+                InvalidInput::new(
+                    "action",
+                    "must be one of start, shutdown, force-stop, reboot, reset, suspend, resume",
+                )
+            })
+    }
+}
+
+impl FromStr for VmAction {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| InvalidInput::new("action", format!("unknown action: {s}")))
+    }
 }
 
 /// Whether `action` is a valid transition from `state`.

@@ -45,6 +45,15 @@ pub struct Config {
     /// after a restart, hosts connect this many at a time instead of all at
     /// once.
     pub ssh_connects_in_flight: usize,
+    /// How long a job's claim holds without renewal (2..=3600): when a
+    /// service dies mid-job, another (or the restarted one) takes the job
+    /// over this long after the last renewal, resuming or interrupting it.
+    pub job_lease_secs: u64,
+    /// Whether this process runs jobs. Every replica does by default; one
+    /// with `false` serves the API and portal and leaves the jobs it
+    /// accepts to the replicas that run them.
+    #[serde(deserialize_with = "flag")]
+    pub run_jobs: bool,
     /// Offers `POST /api/v1/jobs/test-sleep`, a job that only sleeps, for
     /// integration tests. `true`/`false` (or `1`/`0`); keep it off in production.
     #[serde(deserialize_with = "flag")]
@@ -72,6 +81,8 @@ impl Default for Config {
             inventory_resync_secs: 60,
             stream_recheck_secs: 30,
             ssh_connects_in_flight: 16,
+            job_lease_secs: 15,
+            run_jobs: true,
             test_jobs: false,
         }
     }
@@ -156,6 +167,11 @@ impl Config {
                 "ssh_connects_in_flight must be between 1 and {MAX_CONNECTS_IN_FLIGHT}"
             )));
         }
+        if !(2..=3600).contains(&self.job_lease_secs) {
+            return Err(ConfigError::Invalid(
+                "job_lease_secs must be between 2 and 3600".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -203,6 +219,8 @@ const FIELDS: &[&str] = &[
     "inventory_resync_secs",
     "stream_recheck_secs",
     "ssh_connects_in_flight",
+    "job_lease_secs",
+    "run_jobs",
     "test_jobs",
 ];
 

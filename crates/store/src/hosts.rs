@@ -3,51 +3,12 @@
 //! under the master key and bound to the host's row, so it cannot be opened
 //! for another host; it never leaves this module except to the transport.
 
-use std::fmt;
-
 use overvisor_model::account::UserId;
-use overvisor_model::host::{Host, HostId, HostKeyFingerprint};
+use overvisor_model::host::{CredentialChange, Host, HostId, HostKeyFingerprint, HostSecret};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use crate::{Result, Sealer, Store, StoreError, parse_col};
-
-/// A host's own login secret. `Debug` is redacted.
-#[derive(Clone, PartialEq, Eq)]
-pub enum HostSecret {
-    /// An OpenSSH private key without passphrase.
-    PrivateKey(String),
-    Password(String),
-}
-
-impl HostSecret {
-    fn kind(&self) -> &'static str {
-        match self {
-            Self::PrivateKey(_) => "private_key",
-            Self::Password(_) => "password",
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Self::PrivateKey(s) | Self::Password(s) => s.as_bytes(),
-        }
-    }
-}
-
-impl fmt::Debug for HostSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "HostSecret::{}(<redacted>)", self.kind())
-    }
-}
-
-/// What to do with a host's credential on update.
-#[derive(Debug, Clone)]
-pub enum CredentialChange {
-    Keep,
-    Set(HostSecret),
-    Remove,
-}
 
 /// The associated data binding a sealed credential to its host and kind.
 fn binding(host: HostId, kind: &str) -> String {
@@ -245,13 +206,9 @@ impl Store {
             return Ok(None);
         };
         let plain = sealer.open(&binding(id, &kind), &sealed)?;
-        let text = String::from_utf8(plain)
-            .map_err(|_| StoreError::Corrupt("host credential is not UTF-8".into()))?;
-        match kind.as_str() {
-            "private_key" => Ok(Some(HostSecret::PrivateKey(text))),
-            "password" => Ok(Some(HostSecret::Password(text))),
-            _ => Err(StoreError::Corrupt("bad host credential kind".into())),
-        }
+        HostSecret::from_parts(&kind, plain)
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt("bad host credential".into()))
     }
 }
 

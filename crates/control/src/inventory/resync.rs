@@ -16,12 +16,14 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use overvisor_model::host::{Host, HostId};
-use overvisor_model::job::{Job, LogLevel};
+use overvisor_model::job::Job;
+use overvisor_model::operation::Operation;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::authz::{Action, Resource, Subject, authorize};
-use crate::jobs::JobSpec;
+use crate::jobs::JobError;
+use crate::operations::{StepCx, StepResult};
 use crate::{App, AppError};
 
 /// How a reconciler answers one request: the host's VM count, or why not.
@@ -30,7 +32,7 @@ pub(crate) type ResyncReply = oneshot::Sender<Result<usize, String>>;
 /// Requests a reconciler may have queued; more are refused, not dropped.
 const QUEUE: usize = 32;
 /// A whole resync job gives up on hosts that have not answered by then.
-const RESYNC_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const RESYNC_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a request waits for the reconcilers to pick up a host change.
 const PICKUP_WAIT: Duration = Duration::from_secs(10);
 
@@ -123,45 +125,55 @@ impl App {
         subject: &Subject,
         host: Option<HostId>,
     ) -> Result<Job, AppError> {
-        authorize(subject, Action::Operate, Resource::OwnedBy(subject.id()))?;
-        let (targets, spec) = match host {
+        let (grant, hosts) = match host {
             Some(id) => {
                 let host = self
                     .host_authorized(subject, id, Action::Operate, "inventory.resync")
                     .await?;
-                let host = host.get().clone();
-                let spec =
-                    JobSpec::new("inventory.resync", host.owner).target(format!("host:{id}"));
-                (vec![host], spec)
+                (host.grant(subject, Action::Operate), vec![id])
             }
             None => {
+                let grant = crate::authz::grant(subject, Action::Operate, subject.id())?;
                 let mut targets = self.store().hosts_list(None).await?;
                 targets.retain(|h| {
                     authorize(subject, Action::Operate, Resource::OwnedBy(h.owner)).is_ok()
                 });
-                let spec = JobSpec::new("inventory.resync", subject.id()).target("inventory");
-                (targets, spec)
+                (grant, targets.into_iter().map(|h| h.id).collect())
             }
         };
-        let single = host.is_some();
-        let spec = spec.timeout(RESYNC_TIMEOUT + Duration::from_secs(5));
-        self.job_submit(subject, spec, move |ctx| async move {
-            let report = ctx.app().inventory_resync(&targets).await;
-            for failure in &report.failed {
-                let line = format!("{}: {}", failure.host_name, failure.error);
-                if single {
-                    return Err(crate::jobs::JobError::new(line));
-                }
-                ctx.log(LogLevel::Warn, line).await;
+        let op = Operation::InventoryResync {
+            hosts,
+            single: host.is_some(),
+        };
+        self.job_submit(grant, op, None, &[]).await
+    }
+
+    /// The step of an `inventory.resync` job.
+    pub(crate) async fn inventory_resync_step(
+        &self,
+        cx: &StepCx<'_>,
+        hosts: &[HostId],
+        single: bool,
+    ) -> StepResult {
+        let mut targets = self.store().hosts_list(None).await?;
+        targets.retain(|h| hosts.contains(&h.id));
+        let report = self.inventory_resync(&targets).await;
+        for failure in &report.failed {
+            let line = format!("{}: {}", failure.host_name, failure.error);
+            if single {
+                return Err(JobError::new(line));
             }
-            ctx.info(format!(
-                "{} hosts, {} VMs in {:.0} ms",
-                report.hosts, report.vms, report.duration_ms
-            ))
-            .await;
-            Ok(serde_json::to_value(&report)?)
-        })
-        .await
+            cx.warn(line).await;
+        }
+        if single && targets.is_empty() {
+            return Err(JobError::new("the host was removed"));
+        }
+        cx.info(format!(
+            "{} hosts, {} VMs in {:.0} ms",
+            report.hosts, report.vms, report.duration_ms
+        ))
+        .await;
+        Ok(Some(serde_json::to_value(&report)?))
     }
 
     /// Asks every host in `targets` to resync at once and waits for all

@@ -6,8 +6,8 @@ use axum::extract::State;
 use axum::http::{HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use overvisor_control::hosts::{Enrolment, HostChanges, NewHost};
+use overvisor_model::host::HostSecret;
 use overvisor_model::host::{Host, HostFacts, HostId, HostKeyFingerprint, HostKind};
-use overvisor_store::hosts::HostSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

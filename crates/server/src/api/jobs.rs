@@ -9,8 +9,8 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use overvisor_control::jobs::{JobDetail, JobFilter};
-use overvisor_model::job::{Job, JobId, JobStatus};
+use overvisor_control::jobs::JobDetail;
+use overvisor_model::job::{Job, JobId, JobQuery, JobStatus};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
@@ -38,7 +38,7 @@ pub struct JobsParams {
     pub status: Option<JobStatus>,
     /// Exact kind, e.g. `vm.start`.
     pub kind: Option<String>,
-    /// Exact target, e.g. `host:<id>/vm:web-01`.
+    /// Exact target, e.g. `vm:<host id>/web-01` or `host:<host id>`.
     pub target: Option<String>,
     /// Only children of this job.
     pub parent: Option<JobId>,
@@ -62,16 +62,18 @@ pub async fn jobs_list(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
     }
-    let filter = JobFilter {
+    let query = JobQuery {
+        owner: None,
         status: params.status,
         kind: params.kind,
         target: params.target,
         parent: params.parent,
         before: params.before,
         limit,
-        all: params.all,
     };
-    Ok(Json(state.app.jobs_list(&subject, filter).await?))
+    Ok(Json(
+        state.app.jobs_list(&subject, query, params.all).await?,
+    ))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -146,14 +148,57 @@ pub async fn job_test_sleep(
     Ok(job_accepted(&job))
 }
 
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestSteps {
+    /// 1..=8 steps, each with an undo.
+    pub steps: u8,
+    /// How long each step takes (0..=60,000 ms).
+    #[serde(default)]
+    pub step_millis: u32,
+    /// This step (1-based) fails.
+    pub fail_at: Option<u8>,
+    /// This step's undo (1-based) fails.
+    pub undo_fails: Option<u8>,
+    /// Whether the job may be resumed after its runner died (default true).
+    #[serde(default = "yes")]
+    pub resumable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub async fn job_test_steps(
+    State(state): State<AppState>,
+    Caller(subject): Caller,
+    Json(body): Json<TestSteps>,
+) -> ApiResult<Response> {
+    if body.step_millis > 60_000 {
+        return Err(ApiError::invalid("step_millis", "must be at most 60000"));
+    }
+    let op = overvisor_model::operation::Operation::TestSteps {
+        steps: body.steps,
+        step_millis: body.step_millis,
+        fail_at: body.fail_at,
+        undo_fails: body.undo_fails,
+        resumable: body.resumable,
+    };
+    let job = state.app.job_test_steps(&subject, op).await?;
+    Ok(job_accepted(&job))
+}
+
 /// The test-only routes, when `enabled` (the `test_jobs` setting):
-/// `POST /api/v1/jobs/test-sleep`, a job that only sleeps. Integration
-/// tests need a job that is reliably still running when they kill or
-/// cancel it, without depending on a host's timing. Off in production; it
-/// changes nothing anyway.
+/// `POST /api/v1/jobs/test-sleep`, a job that only sleeps, and
+/// `POST /api/v1/jobs/test-steps`, a job of steps that can fail or whose
+/// undo can fail where asked. Integration tests need jobs that are reliably
+/// still running when they kill or cancel them, without depending on a
+/// host's timing. Off in production; they change nothing anyway.
 pub fn test_routes(enabled: bool) -> Router<AppState> {
     if enabled {
-        Router::new().route("/api/v1/jobs/test-sleep", post(job_test_sleep))
+        Router::new()
+            .route("/api/v1/jobs/test-sleep", post(job_test_sleep))
+            .route("/api/v1/jobs/test-steps", post(job_test_steps))
     } else {
         Router::new()
     }

@@ -18,28 +18,8 @@ fn vm_name(raw: &str) -> Result<VmName, ApiError> {
     VmName::parse(raw).map_err(|e| ApiError::invalid("name", e.to_string()))
 }
 
-/// The actions of `POST …/vms/{name}/{action}`, as spelled in the URL.
-const ACTIONS: [(&str, VmAction); 7] = [
-    ("start", VmAction::Start),
-    ("shutdown", VmAction::Shutdown),
-    ("force-stop", VmAction::ForceStop),
-    ("reboot", VmAction::Reboot),
-    ("reset", VmAction::Reset),
-    ("suspend", VmAction::Suspend),
-    ("resume", VmAction::Resume),
-];
-
 fn parse_action(raw: &str) -> Result<VmAction, ApiError> {
-    ACTIONS
-        .iter()
-        .find(|(name, _)| *name == raw)
-        .map(|(_, a)| *a)
-        .ok_or_else(|| {
-            ApiError::invalid(
-                "action",
-                "must be one of start, shutdown, force-stop, reboot, reset, suspend, resume",
-            )
-        })
+    VmAction::from_url(raw).map_err(|e| ApiError::invalid(&e.field, e.message))
 }
 
 /// One VM in detail (by name or UUID).
@@ -108,15 +88,18 @@ pub async fn vm_delete(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use overvisor_control::vms::action_name;
 
     #[test]
     fn url_actions_round_trip() {
-        for (name, action) in ACTIONS {
-            assert_eq!(parse_action(name).ok(), Some(action));
-            assert_eq!(action_name(action).replace('_', "-"), name);
+        for action in VmAction::ALL {
+            let url = action.as_str().replace('_', "-");
+            if action == VmAction::Delete {
+                assert!(parse_action(&url).is_err(), "delete has its own verb");
+            } else {
+                assert_eq!(parse_action(&url).ok(), Some(action));
+            }
         }
-        for bad in ["delete", "Start", "force_stop", "", "start;id"] {
+        for bad in ["delete", "Start", "force_stop", "", "start;id", "force-"] {
             assert!(parse_action(bad).is_err(), "{bad}");
         }
     }

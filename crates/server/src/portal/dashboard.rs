@@ -8,8 +8,8 @@ use axum::response::Response;
 use axum::routing::get;
 use overvisor_control::audit::AuditFilter;
 use overvisor_control::inventory::{Connectivity, InventorySummary};
-use overvisor_control::jobs::JobFilter;
 use overvisor_model::account::AuditEvent;
+use overvisor_model::job::JobQuery;
 use overvisor_model::job::{Job, JobStatus};
 
 use super::{Chrome, PortalSession, error_response, render};
@@ -54,16 +54,19 @@ async fn fleet_fragment(State(state): State<AppState>, session: PortalSession) -
         .map(|(state, n)| (state.replace('_', " "), *n))
         .collect();
     by_state.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    let jobs = |status| JobFilter {
+    let jobs = |status| JobQuery {
         status,
         limit: 8,
-        ..JobFilter::default()
+        ..JobQuery::default()
     };
     let running = state
         .app
-        .jobs_list(&session.subject, jobs(Some(JobStatus::Running)))
+        .jobs_list(&session.subject, jobs(Some(JobStatus::Running)), false)
         .await;
-    let recent = state.app.jobs_list(&session.subject, jobs(None)).await;
+    let recent = state
+        .app
+        .jobs_list(&session.subject, jobs(None), false)
+        .await;
     let (running_jobs, recent_jobs) = match (running, recent) {
         (Ok(r), Ok(j)) => (r, j),
         (Err(e), _) | (_, Err(e)) => return error_response(&session, e),

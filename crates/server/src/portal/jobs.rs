@@ -7,7 +7,8 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
-use overvisor_control::jobs::{JobDetail, JobFilter};
+use overvisor_control::jobs::JobDetail;
+use overvisor_model::job::JobQuery;
 use overvisor_model::job::{Job, JobId, JobStatus};
 use serde::Deserialize;
 
@@ -62,16 +63,16 @@ async fn load_jobs(
                 .map_err(|e| error_response(session, invalid(e)))?,
         ),
     };
-    let filter = JobFilter {
+    let query = JobQuery {
         status,
         before: q.before,
         limit: JOBS_PAGE,
-        all: q.all.is_some() && session.is_admin(),
-        ..JobFilter::default()
+        ..JobQuery::default()
     };
+    let all = q.all.is_some() && session.is_admin();
     let jobs = state
         .app
-        .jobs_list(&session.subject, filter)
+        .jobs_list(&session.subject, query, all)
         .await
         .map_err(|e| error_response(session, e))?;
     let older = (jobs.len() == JOBS_PAGE as usize)

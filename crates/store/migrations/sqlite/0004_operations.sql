@@ -1,0 +1,34 @@
+-- Jobs become persisted operations: what to run (`operation`, JSON), what
+-- authorization proved at submit (`grant_info`), a secret the operation needs
+-- (`sealed_input`, sealed and bound to the job), the host slot it counts
+-- against, its timeout, and a lease: the runner that claimed the job renews
+-- `lease_expires` while it runs, so a job whose runner died can be taken over
+-- by another runner once the lease lapses. `cancel_requested` reaches a job
+-- that runs in another process.
+ALTER TABLE jobs ADD COLUMN operation TEXT;
+ALTER TABLE jobs ADD COLUMN grant_info TEXT;
+ALTER TABLE jobs ADD COLUMN sealed_input BLOB;
+ALTER TABLE jobs ADD COLUMN slot TEXT;
+ALTER TABLE jobs ADD COLUMN timeout_secs INTEGER NOT NULL DEFAULT 600;
+ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+-- Milliseconds since the epoch, so leases compare as numbers.
+ALTER TABLE jobs ADD COLUMN lease_expires INTEGER;
+ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX jobs_claimable ON jobs(status, lease_expires);
+
+-- One row per step of a job, created with the job (all pending).
+CREATE TABLE job_steps (
+    job_id      TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    idx         INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed', 'cancelled',
+                                                'skipped', 'undoing', 'undone', 'undo_failed')),
+    has_undo    INTEGER NOT NULL,
+    progress    INTEGER NOT NULL DEFAULT 0 CHECK (progress BETWEEN 0 AND 100),
+    started_at  TEXT,
+    finished_at TEXT,
+    error       TEXT,
+    output      TEXT,
+    PRIMARY KEY (job_id, idx)
+);
