@@ -29,7 +29,7 @@ use channel::ClosingChannel;
 pub use channel::{LineStream, PipedChannel, PtyChannel, PtyOutput, TcpTunnel};
 use host_key::{ClientHandler, SessionHostKey};
 pub use host_key::{HostKeyPolicy, PresentedHostKey, probe_host_key};
-pub use keys::ClientKey;
+pub use keys::{ClientKey, generate_ed25519_identity};
 
 /// How to reach one host, and the limits that apply to it.
 #[derive(Debug, Clone)]
