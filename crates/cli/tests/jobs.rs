@@ -313,16 +313,11 @@ async fn sigkill_during_a_step_resumes_or_interrupts_and_the_database_stays_inta
     assert!(audit.to_string().contains("status=interrupted"), "{audit}");
 
     // SQLite agrees the file is sound (read while the service runs).
-    let url = format!("sqlite://{}?mode=ro", db.display());
-    let pool = overvisor_store::sqlx::SqlitePool::connect(&url)
+    let store = overvisor_store::Store::open_sqlite_read_only(&db)
         .await
         .unwrap();
-    let check: String = overvisor_store::sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(check, "ok");
-    pool.close().await;
+    store.integrity_check().await.unwrap();
+    store.close().await;
 }
 
 /// Two processes on one database: one (with `run_jobs` off) accepts jobs,

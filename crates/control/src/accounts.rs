@@ -2,6 +2,7 @@
 //! administration, passwords, and the first-start administrator.
 
 use chrono::Utc;
+use overvisor_hv::generate_ed25519_identity;
 use overvisor_model::account::{
     ApiKey, Credential, Email, Outcome, Role, User, UserId, UserName, check_password_policy,
 };
@@ -9,9 +10,7 @@ use overvisor_store::users::UserChanges;
 
 use crate::audit::Target;
 use crate::authz::{Action, Resource, Subject, authorize};
-use crate::credentials::{
-    generate_password, generate_ssh_identity, hash_password, verify_password,
-};
+use crate::credentials::{generate_password, hash_password, verify_password};
 use crate::{App, AppError};
 
 /// What an administrator supplies to create an account.
@@ -98,7 +97,8 @@ impl App {
             created_at: now,
             updated_at: now,
         };
-        let (public, private) = generate_ssh_identity(&format!("overvisor:{}", user.name))?;
+        let (public, private) = generate_ed25519_identity(&format!("overvisor:{}", user.name))
+            .map_err(|e| AppError::Internal(format!("generating an SSH identity: {e}")))?;
         self.store().user_insert(&user, Some(&hash)).await?;
         self.store()
             .ssh_identity_put(self.sealer(), user.id, &public, &private, now)

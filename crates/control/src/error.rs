@@ -60,20 +60,8 @@ impl From<StoreError> for AppError {
             StoreError::NotFound(what) => AppError::NotFound(what),
             StoreError::Conflict(msg) => AppError::Conflict(msg),
             StoreError::Unavailable(msg) => AppError::Unavailable(msg),
-            StoreError::Database(sqlx_err) if is_pool_exhaustion(&sqlx_err) => {
-                AppError::Unavailable("database busy".into())
-            }
+            busy if busy.is_pool_exhausted() => AppError::Unavailable("database busy".into()),
             other => AppError::Internal(other.to_string()),
         }
     }
 }
-
-fn is_pool_exhaustion(err: &overvisor_store_sqlx::Error) -> bool {
-    matches!(
-        err,
-        overvisor_store_sqlx::Error::PoolTimedOut | overvisor_store_sqlx::Error::PoolClosed
-    )
-}
-
-// The store re-exports nothing of sqlx on purpose except through its error; name it once here.
-use overvisor_store::sqlx as overvisor_store_sqlx;

@@ -13,5 +13,5 @@ pub use libvirt::LibvirtDriver;
 pub use quote::{CommandLine, quote};
 pub use ssh::{
     ClientKey, ConnectGate, ExecOutput, HostKeyPolicy, PresentedHostKey, PtyChannel, PtyOutput,
-    SshConfig, SshError, SshSession, TcpTunnel, probe_host_key,
+    SshConfig, SshError, SshSession, TcpTunnel, generate_ed25519_identity, probe_host_key,
 };

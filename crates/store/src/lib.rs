@@ -23,7 +23,6 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use seal::{MasterKey, SealError, Sealer};
-pub use sqlx;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -44,6 +43,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether no database connection could be had (all busy past the
+    /// acquire timeout, or the pool closing): worth retrying later.
+    pub fn is_pool_exhausted(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
+        )
+    }
+
     /// Maps a unique-constraint violation to a conflict naming what collided.
     pub(crate) fn on_unique(err: sqlx::Error, what: &str) -> Self {
         match &err {
@@ -168,4 +176,18 @@ pub(crate) async fn test_store() -> Store {
     let store = Store::open_url("sqlite::memory:").await.expect("open");
     store.migrate().await.expect("migrate");
     store
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_pool_counts_as_exhausted() {
+        let store = test_store().await;
+        store.close().await;
+        let err = store.ping().await.expect_err("pool closed");
+        assert!(err.is_pool_exhausted(), "{err}");
+        assert!(!StoreError::NotFound("user").is_pool_exhausted());
+    }
 }

@@ -53,6 +53,12 @@ impl App {
     pub fn inventory_start(&self, settings: InventorySettings, shutdown: CancellationToken) {
         tokio::spawn(supervise(self.clone(), settings, shutdown));
     }
+
+    /// Tells the reconcilers to look at the host registry now (call after
+    /// a host was added, changed or removed).
+    pub fn inventory_wake(&self) {
+        self.inventory().wake.notify_one();
+    }
 }
 
 /// Follows the host registry: one reconciler per host, restarted when the

@@ -1,9 +1,13 @@
 //! Unit tests of the inventory's bookkeeping and queries (no hosts).
 #![allow(clippy::unwrap_used)]
 
-use overvisor_model::host::HostKind;
+use std::sync::atomic::Ordering as AtomicOrdering;
 
+use overvisor_model::host::{Host, HostKind};
+
+use super::writers::INLINE_REBUILD_MICROS;
 use super::*;
+use crate::events::EventBus;
 
 pub(super) fn host(owner: UserId, name: &str, tags: &[&str]) -> Host {
     Host {

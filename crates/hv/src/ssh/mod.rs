@@ -9,14 +9,12 @@
 //! argument went through [`crate::quote`].
 
 use std::fmt;
-use std::path::Path;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use overvisor_model::host::HostKeyFingerprint;
 use russh::client::{self, Handle};
-use russh::keys::ssh_key::{HashAlg, PublicKey};
-use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::keys::PrivateKeyWithHashAlg;
 use russh::{ChannelMsg, Disconnect};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, timeout};
@@ -24,64 +22,14 @@ use tokio::time::{Instant, timeout};
 use crate::quote::CommandLine;
 
 mod channel;
+mod host_key;
+mod keys;
 
 use channel::ClosingChannel;
 pub use channel::{LineStream, PipedChannel, PtyChannel, PtyOutput, TcpTunnel};
-
-/// Which host key a connection accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostKeyPolicy {
-    /// Only this key; anything else is refused with
-    /// [`SshError::HostKeyMismatch`].
-    Pinned(HostKeyFingerprint),
-    /// Accept the first key presented and pin it for the reconnects of this
-    /// session. Only when an operator asked for it; the caller reads
-    /// [`SshSession::host_key_fingerprint`] to record what was accepted.
-    TrustOnFirstUse,
-}
-
-/// The private key we log in with. Its `Debug` shows the public
-/// fingerprint only, so it cannot leak into logs or error messages.
-#[derive(Clone)]
-pub struct ClientKey(Arc<PrivateKey>);
-
-impl ClientKey {
-    /// Parses an OpenSSH (or PuTTY) private key without a passphrase.
-    pub fn from_openssh(text: &str) -> Result<Self, SshError> {
-        russh::keys::decode_secret_key(text, None)
-            .map(|k| Self(Arc::new(k)))
-            .map_err(|e| SshError::Key(e.to_string()))
-    }
-
-    pub fn load(path: &Path) -> Result<Self, SshError> {
-        russh::keys::load_secret_key(path, None)
-            .map(|k| Self(Arc::new(k)))
-            .map_err(|e| SshError::Key(format!("{}: {e}", path.display())))
-    }
-
-    /// The public half in `authorized_keys` form.
-    pub fn public_key_openssh(&self) -> String {
-        self.0.public_key().to_openssh().unwrap_or_default()
-    }
-
-    pub fn fingerprint(&self) -> String {
-        self.0.public_key().fingerprint(HashAlg::Sha256).to_string()
-    }
-
-    /// A fixed key from a seed, not a key file: nothing secret-looking in
-    /// the tree.
-    #[cfg(test)]
-    pub(crate) fn from_seed_for_tests() -> Self {
-        let pair = russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[7; 32]);
-        Self(Arc::new(PrivateKey::from(pair)))
-    }
-}
-
-impl fmt::Debug for ClientKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ClientKey({})", self.fingerprint())
-    }
-}
+use host_key::{ClientHandler, SessionHostKey};
+pub use host_key::{HostKeyPolicy, PresentedHostKey, probe_host_key};
+pub use keys::{ClientKey, generate_ed25519_identity};
 
 /// How to reach one host, and the limits that apply to it.
 #[derive(Debug, Clone)]
@@ -273,59 +221,6 @@ impl ExecOutput {
     }
 }
 
-/// A host key as presented by a server, for an operator to confirm.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PresentedHostKey {
-    pub fingerprint: HostKeyFingerprint,
-    /// `ssh-ed25519 AAAA...`
-    pub public_key: String,
-}
-
-fn presented_key(key: &PublicKeyOrCertificate) -> Option<PresentedHostKey> {
-    let public = match key {
-        PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
-        PublicKeyOrCertificate::Certificate(cert) => PublicKey::from(cert.public_key().clone()),
-    };
-    let fingerprint =
-        HostKeyFingerprint::parse(&public.fingerprint(HashAlg::Sha256).to_string()).ok()?;
-    Some(PresentedHostKey {
-        fingerprint,
-        public_key: public.to_openssh().ok()?,
-    })
-}
-
-/// russh calls this during the handshake; it decides on the host key and
-/// remembers what was presented so errors can say it.
-struct ClientHandler {
-    /// `None` accepts any key (trust on first use, probing).
-    expected: Option<HostKeyFingerprint>,
-    /// Probing only looks at the key and never goes on to authenticate.
-    reject_all: bool,
-    presented: Arc<StdMutex<Option<PresentedHostKey>>>,
-}
-
-impl client::Handler for ClientHandler {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        key: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        let Some(presented) = presented_key(key) else {
-            return Ok(false);
-        };
-        let ok = !self.reject_all
-            && self
-                .expected
-                .as_ref()
-                .is_none_or(|e| *e == presented.fingerprint);
-        if let Ok(mut slot) = self.presented.lock() {
-            *slot = Some(presented);
-        }
-        Ok(ok)
-    }
-}
-
 fn russh_config(cfg: &SshConfig) -> Arc<client::Config> {
     Arc::new(client::Config {
         keepalive_interval: Some(cfg.keepalive_interval),
@@ -334,45 +229,6 @@ fn russh_config(cfg: &SshConfig) -> Arc<client::Config> {
         nodelay: true,
         ..Default::default()
     })
-}
-
-/// Connects to `host:port` only to read the host key it presents, without
-/// authenticating: "this is the fingerprint, do you trust it?".
-pub async fn probe_host_key(
-    host: &str,
-    port: u16,
-    connect_timeout: Duration,
-) -> Result<PresentedHostKey, SshError> {
-    let addr = format!("{host}:{port}");
-    let presented = Arc::new(StdMutex::new(None));
-    let handler = ClientHandler {
-        expected: None,
-        reject_all: true,
-        presented: presented.clone(),
-    };
-    let config = Arc::new(client::Config {
-        nodelay: true,
-        ..Default::default()
-    });
-    let result = timeout(
-        connect_timeout,
-        client::connect(config, (host, port), handler),
-    )
-    .await;
-    let key = presented.lock().ok().and_then(|p| p.clone());
-    match (result, key) {
-        (_, Some(key)) => Ok(key),
-        (Err(_), None) => Err(SshError::ConnectTimeout {
-            addr,
-            after: connect_timeout,
-        }),
-        (Ok(Err(russh::Error::IO(source))), None) => Err(SshError::Connect { addr, source }),
-        (Ok(Err(source)), None) => Err(SshError::Protocol { addr, source }),
-        (Ok(Ok(_)), None) => Err(SshError::Disconnected {
-            addr,
-            reason: "server presented no host key".into(),
-        }),
-    }
 }
 
 type SshHandle = Handle<ClientHandler>;
@@ -388,9 +244,7 @@ struct ConnState {
 struct Inner {
     cfg: SshConfig,
     addr: String,
-    /// Trust on first use turns into `Pinned` after the first handshake.
-    policy: StdMutex<HostKeyPolicy>,
-    presented: Arc<StdMutex<Option<PresentedHostKey>>>,
+    host_key: SessionHostKey,
     state: Mutex<ConnState>,
     channels: Arc<Semaphore>,
 }
@@ -424,14 +278,13 @@ impl SshSession {
     /// A session that connects on first use.
     pub fn new(cfg: SshConfig) -> Self {
         let addr = cfg.addr();
-        let policy = StdMutex::new(cfg.host_key.clone());
+        let host_key = SessionHostKey::new(cfg.host_key.clone());
         let channels = Arc::new(Semaphore::new(cfg.max_channels.max(1)));
         Self {
             inner: Arc::new(Inner {
                 cfg,
                 addr,
-                policy,
-                presented: Arc::new(StdMutex::new(None)),
+                host_key,
                 state: Mutex::new(ConnState::default()),
                 channels,
             }),
@@ -455,7 +308,7 @@ impl SshSession {
 
     /// The host key presented at the latest handshake.
     pub fn host_key(&self) -> Option<PresentedHostKey> {
-        self.inner.presented.lock().ok().and_then(|p| p.clone())
+        self.inner.host_key.presented()
     }
 
     pub fn host_key_fingerprint(&self) -> Option<HostKeyFingerprint> {
@@ -559,41 +412,19 @@ impl SshSession {
     async fn connect_once(&self) -> Result<SshHandle, SshError> {
         let cfg = &self.inner.cfg;
         let addr = self.inner.addr.clone();
-        let expected = match self.inner.policy.lock() {
-            Ok(p) => match &*p {
-                HostKeyPolicy::Pinned(f) => Some(f.clone()),
-                HostKeyPolicy::TrustOnFirstUse => None,
-            },
-            // A poisoned lock means a panic elsewhere: fail closed.
-            Err(_) => return Err(SshError::Key("host key policy unavailable".into())),
-        };
-        let handler = ClientHandler {
-            expected: expected.clone(),
-            reject_all: false,
-            presented: self.inner.presented.clone(),
-        };
+        let expected = self.inner.host_key.expected()?;
+        let handler = self.inner.host_key.handler(expected.clone());
         let connected =
             client::connect(russh_config(cfg), (cfg.host.as_str(), cfg.port), handler).await;
         let mut handle = match connected {
             Ok(h) => h,
             Err(russh::Error::UnknownKey) => {
-                let presented = self.host_key_fingerprint();
-                return Err(match (expected, presented) {
-                    (Some(expected), Some(presented)) => SshError::HostKeyMismatch {
-                        addr,
-                        expected,
-                        presented,
-                    },
-                    _ => SshError::Protocol {
-                        addr,
-                        source: russh::Error::UnknownKey,
-                    },
-                });
+                return Err(self.inner.host_key.refused(addr, expected));
             }
             Err(russh::Error::IO(source)) => return Err(SshError::Connect { addr, source }),
             Err(source) => return Err(SshError::Protocol { addr, source }),
         };
-        let hash = if cfg.key.0.algorithm().is_rsa() {
+        let hash = if cfg.key.private_key().algorithm().is_rsa() {
             handle
                 .best_supported_rsa_hash()
                 .await
@@ -608,7 +439,7 @@ impl SshSession {
         let auth = handle
             .authenticate_publickey(
                 cfg.user.clone(),
-                PrivateKeyWithHashAlg::new(cfg.key.0.clone(), hash),
+                PrivateKeyWithHashAlg::new(cfg.key.private_key().clone(), hash),
             )
             .await
             .map_err(|source| SshError::Protocol {
@@ -621,11 +452,8 @@ impl SshSession {
                 user: cfg.user.clone(),
             });
         }
-        // Pin what we accepted, so a key change after first use is caught.
-        if expected.is_none()
-            && let (Some(f), Ok(mut p)) = (self.host_key_fingerprint(), self.inner.policy.lock())
-        {
-            *p = HostKeyPolicy::Pinned(f);
+        if expected.is_none() {
+            self.inner.host_key.pin_presented();
         }
         tracing::debug!(%addr, user = %cfg.user, "SSH connected");
         Ok(handle)
@@ -912,16 +740,6 @@ mod tests {
         append(&mut buf, b"world", 8, &mut truncated);
         assert_eq!(buf, b"hellowor");
         assert!(truncated);
-    }
-
-    #[test]
-    fn client_key_debug_hides_the_secret() {
-        let key = ClientKey::from_seed_for_tests();
-        let shown = format!("{key:?}");
-        assert!(shown.starts_with("ClientKey(SHA256:"), "{shown}");
-        assert!(!shown.contains("0707"));
-        assert!(key.public_key_openssh().starts_with("ssh-ed25519 "));
-        assert!(ClientKey::from_openssh("not a key").is_err());
     }
 
     /// A TCP server that accepts connections and never speaks SSH, so each
