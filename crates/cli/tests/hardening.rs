@@ -202,3 +202,63 @@ async fn cookie_writes_from_another_site_are_refused() {
     let dashboard = client.get(format!("{}/", app.ui)).send().await.unwrap();
     assert_eq!(dashboard.status(), StatusCode::SEE_OTHER, "not signed in");
 }
+
+#[tokio::test]
+async fn metrics_labels_stay_bounded_whatever_clients_send() {
+    let app = TestApp::start().await;
+    let http = reqwest::Client::new();
+    for i in 0..20 {
+        let method = reqwest::Method::from_bytes(format!("MADEUP{i}").as_bytes()).unwrap();
+        for path in [
+            "/healthz",
+            &format!("/no-such-path-{i}"),
+            "/api/v1/users/me",
+        ] {
+            http.request(method.clone(), format!("{}{path}", app.api))
+                .send()
+                .await
+                .unwrap();
+        }
+        http.get(format!("{}/api/v1/hosts/{i}/vms/x{i}", app.api))
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = http
+        .get(format!("{}/metrics", app.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("overvisor_http_requests_total{"))
+        .collect();
+    assert!(!series.is_empty(), "{text}");
+    for line in &series {
+        assert!(!line.contains("MADEUP"), "raw method as a label: {line}");
+        assert!(
+            !line.contains("no-such-path"),
+            "raw path as a label: {line}"
+        );
+        assert!(!line.contains("/x1"), "raw path as a label: {line}");
+    }
+    assert!(
+        series
+            .iter()
+            .any(|l| l.contains(r#"method="other""#) && l.contains(r#"route="/healthz""#)),
+        "{text}"
+    );
+    assert!(
+        series.iter().any(|l| l.contains(r#"route="unmatched""#)),
+        "{text}"
+    );
+    assert!(
+        series
+            .iter()
+            .any(|l| l.contains(r#"route="/api/v1/hosts/{id}/vms/{name}""#)),
+        "{text}"
+    );
+}
