@@ -110,6 +110,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         println!("================================================================");
     }
 
+    raise_open_file_limit(&config);
     let listeners = Listeners::bind(&config)
         .await
         .with_context(|| format!("binding {} and {}", config.ui_bind, config.api_bind))?;
@@ -141,6 +142,45 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     app.store().close().await;
     tracing::info!("overvisor stopped");
     Ok(())
+}
+
+/// Descriptors kept free for the database, SSH connections to hosts and logs.
+const SPARE_DESCRIPTORS: u64 = 512;
+
+/// Every connection costs a descriptor, and the usual soft limit (1024) is
+/// below what two listeners may hold, so it is raised to the hard limit.
+/// When even that is too low for `max_connections`, says so: the service
+/// would stop accepting before reaching the cap.
+fn raise_open_file_limit(config: &Config) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // The kernel refuses "unlimited" for open files; this is its usual ceiling.
+    const CEILING: u64 = 1 << 20;
+    let before = getrlimit(Resource::Nofile);
+    let hard = before.maximum.unwrap_or(CEILING).min(CEILING);
+    if before.current.is_some_and(|soft| soft < hard) {
+        let raised = Rlimit {
+            current: Some(hard),
+            maximum: before.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::info!(
+                from = before.current,
+                to = hard,
+                "raised the open-file limit"
+            ),
+            Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit"),
+        }
+    }
+    let soft = getrlimit(Resource::Nofile).current.unwrap_or(CEILING);
+    let wanted = 2 * config.max_connections as u64 + SPARE_DESCRIPTORS;
+    if soft < wanted {
+        tracing::warn!(
+            open_file_limit = soft,
+            max_connections = config.max_connections,
+            "the open-file limit is too low for max_connections on both listeners; \
+             raise it (LimitNOFILE= in the systemd unit) or lower max_connections"
+        );
+    }
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use support::TestApp;
 
@@ -261,4 +263,105 @@ async fn metrics_labels_stay_bounded_whatever_clients_send() {
             .any(|l| l.contains(r#"route="/api/v1/hosts/{id}/vms/{name}""#)),
         "{text}"
     );
+}
+
+fn open_descriptors(app: &TestApp) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", app.pid().unwrap()))
+        .unwrap()
+        .count()
+}
+
+/// Opens `n` connections to `addr` that never finish a request: half send
+/// nothing, half start one and stop in the middle of its headers.
+async fn idle_clients(addr: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut idle = Vec::new();
+    for i in 0..n {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if i % 2 == 1 {
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+        }
+        idle.push(stream);
+    }
+    idle
+}
+
+/// Waits until the server has closed every one of `idle` (end of stream or reset).
+async fn assert_all_closed(idle: Vec<tokio::net::TcpStream>, within: Duration) {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + within;
+    for (i, mut stream) in idle.into_iter().enumerate() {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout_at(deadline, stream.read_to_end(&mut buf)).await;
+        assert!(
+            read.is_ok(),
+            "idle connection {i} still open after {within:?}"
+        );
+    }
+}
+
+async fn timed_health(app: &TestApp) -> Duration {
+    let started = std::time::Instant::now();
+    let health = reqwest::Client::new()
+        .get(format!("{}/healthz", app.api))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("/healthz answers while idle clients hold connections");
+    assert_eq!(health.status(), StatusCode::OK);
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn idle_connections_are_capped_and_closed_and_health_still_answers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CAP: usize = 32;
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    let app = TestApp::builder()
+        .env(
+            "OVERVISOR_HEADER_READ_TIMEOUT_SECS",
+            TIMEOUT.as_secs().to_string(),
+        )
+        .env("OVERVISOR_BODY_READ_TIMEOUT_SECS", "1")
+        .env("OVERVISOR_MAX_CONNECTIONS", CAP.to_string())
+        .start()
+        .await;
+    let addr = app.api.trim_start_matches("http://").to_owned();
+    let baseline = open_descriptors(&app);
+
+    // Below the cap: idle clients cost a connection each and nothing else.
+    let idle = idle_clients(&addr, CAP - 4).await;
+    let waited = timed_health(&app).await;
+    assert!(waited < TIMEOUT / 2, "health waited {waited:?}");
+    assert_all_closed(idle, TIMEOUT * 3).await;
+
+    // Beyond the cap: the rest wait to be accepted (no descriptor each);
+    // the health check gets its turn as the time of those served runs out.
+    let idle = idle_clients(&addr, CAP * 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = open_descriptors(&app).saturating_sub(baseline);
+    assert!(
+        held <= CAP + 4,
+        "{held} descriptors for {} idle clients",
+        CAP * 3
+    );
+    let waited = timed_health(&app).await;
+    assert!(waited < TIMEOUT * 6, "health waited {waited:?}");
+    assert_all_closed(idle, TIMEOUT * 10).await;
+
+    // A body that never arrives in full is answered (4xx), not waited on.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(
+        b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\":",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "a trickled body holds the connection");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
 }
