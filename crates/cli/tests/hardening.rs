@@ -365,3 +365,36 @@ async fn idle_connections_are_capped_and_closed_and_health_still_answers() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
 }
+
+#[tokio::test]
+async fn current_password_guesses_are_throttled_with_sign_in_failures() {
+    let app = TestApp::start().await;
+    let (_, token, password) = app.create_user("pat", "operator").await;
+    let pat = app.client(&token);
+    let change = |current: &str| {
+        pat.request(reqwest::Method::POST, "/api/v1/users/me/password")
+            .json(&serde_json::json!({"current_password": current, "new_password": "a new long password 1"}))
+    };
+    // One failed sign-in and four wrong current passwords: five failures.
+    let (_, status, _) = support::Api::login(&app.api, "pat", "not it").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    for guess in 0..4 {
+        let (status, body) = pat.send(change(&format!("guess {guess}"))).await;
+        support::assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_input");
+    }
+    let throttled = change("guess 5").send().await.unwrap();
+    assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = throttled.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after > 0);
+    let body: serde_json::Value = throttled.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // Even the right password waits, and so does signing in.
+    let (status, _) = pat.send(change(&password)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let (_, status, _) = support::Api::login(&app.api, "pat", &password).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+}
