@@ -48,16 +48,34 @@ pub async fn open_app(config: &Config) -> anyhow::Result<App> {
     Ok(App::new(store, Sealer::new(&master), app_config))
 }
 
+/// The data directory holds the database and the master key: it is the
+/// owner's alone. A new one is made 0700; an existing one that group or
+/// others may enter is tightened to 0700, and the log says so.
 fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
-    if path.exists() {
-        return Ok(());
+    let created = !path.exists();
+    if created {
+        std::fs::create_dir_all(path)
+            .with_context(|| format!("creating data directory {}", path.display()))?;
     }
-    std::fs::create_dir_all(path)
-        .with_context(|| format!("creating data directory {}", path.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("data directory {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("restricting data directory {}", path.display()))?;
+            // A new directory only got the umask's mode: nothing to report.
+            if !created {
+                tracing::warn!(
+                    path = %path.display(),
+                    was = format!("{:o}", mode & 0o777),
+                    "data directory was open to other users; restricted it to its owner (0700)"
+                );
+            }
+        }
     }
     Ok(())
 }

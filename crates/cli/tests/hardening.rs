@@ -398,3 +398,42 @@ async fn current_password_guesses_are_throttled_with_sign_in_failures() {
     let (_, status, _) = support::Api::login(&app.api, "pat", &password).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
 }
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test]
+async fn database_files_and_backups_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // An existing data directory others may read, as a umask of 022 makes it.
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let app = TestApp::builder().data_dir(&data).start().await;
+    assert_eq!(mode_of(&data), 0o700);
+    assert!(
+        app.logs().contains("restricted it to its owner"),
+        "the tightening is logged"
+    );
+    // Write something so the WAL is in use.
+    app.create_user("fay", "reader").await;
+    for file in ["overvisor.db", "overvisor.db-wal", "overvisor.db-shm"] {
+        assert_eq!(mode_of(&data.join(file)), 0o600, "{file}");
+    }
+
+    let copy = dir.path().join("copy.db");
+    let out = app.cli(&["backup", copy.to_str().unwrap()], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode_of(&copy), 0o600, "backup");
+}
