@@ -34,6 +34,15 @@ async fn portal_sign_in(
     next: &str,
     extra: &[(&str, &str)],
 ) -> (reqwest::Response, reqwest::Client) {
+    portal_sign_in_as(app, &app.admin_password, next, extra).await
+}
+
+async fn portal_sign_in_as(
+    app: &TestApp,
+    password: &str,
+    next: &str,
+    extra: &[(&str, &str)],
+) -> (reqwest::Response, reqwest::Client) {
     let client = browser();
     let page = client
         .get(format!("{}/login", app.ui))
@@ -47,7 +56,7 @@ async fn portal_sign_in(
     let mut request = client.post(format!("{}/login", app.ui)).form(&[
         ("csrf_token", csrf.as_str()),
         ("name", "admin"),
-        ("password", app.admin_password.as_str()),
+        ("password", password),
         ("next", next),
     ]);
     for (k, v) in extra {
@@ -436,4 +445,41 @@ async fn database_files_and_backups_are_private_whatever_the_umask() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(mode_of(&copy), 0o600, "backup");
+}
+
+#[tokio::test]
+async fn portal_throttling_says_when_to_retry() {
+    let app = TestApp::start().await;
+    for _ in 0..5 {
+        let (response, _) = portal_sign_in_as(&app, "wrong password", "/", &[]).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    let (response, _) = portal_sign_in_as(&app, "wrong password", "/", &[]).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after > 0);
+}
+
+#[tokio::test]
+async fn rust_log_is_the_fallback_log_filter() {
+    // TestApp sets OVERVISOR_LOG; empty counts as unset.
+    let app = TestApp::builder()
+        .env("OVERVISOR_LOG", "")
+        .env("RUST_LOG", "info,tower_http=debug")
+        .start()
+        .await;
+    app.anonymous().get("/healthz").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !app.logs().contains("finished processing request") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "RUST_LOG's tower_http=debug was not applied:\n{}",
+            app.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -18,7 +18,7 @@ use crate::api::auth::RequestMeta;
 use crate::auth::{
     check_same_origin, client_info, cookie_value, expired_session_cookie, session_cookie,
 };
-use crate::error::ApiError;
+use crate::error::{ApiError, set_retry_after};
 use crate::extract::{Form, Query};
 
 const LOGIN_CSRF_COOKIE: &str = "ov_login_csrf";
@@ -123,7 +123,9 @@ async fn login_submit(
         }
         Err(err) => {
             let api = ApiError::from(err);
-            login_form(Some(api.message), None, form.name, next, api.status)
+            let mut page = login_form(Some(api.message), None, form.name, next, api.status);
+            set_retry_after(&mut page, api.retry_after);
+            page
         }
     }
 }
