@@ -231,6 +231,7 @@ mod tests {
         assert_eq!(safe_next("/hosts/ü").as_deref(), Some("/hosts/%C3%BC"));
         // Browsers drop these, so they must not hide a second slash.
         assert_eq!(safe_next(" /jobs\t").as_deref(), Some("/jobs"));
+        assert_eq!(safe_next("/jobs\x0b").as_deref(), Some("/jobs"));
         for hostile in [
             "//evil.example/",
             "https://evil.example/",
@@ -246,7 +247,7 @@ mod tests {
             "/./..//evil.example/",
             "/%2e%2e//evil.example/",
             "javascript:alert(1)",
-            "/vms\x0b",
+            "/v\x0bms",
             "/vms\u{85}",
             "",
             "vms",
