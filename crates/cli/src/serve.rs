@@ -53,23 +53,47 @@ pub async fn open_app(config: &Config) -> anyhow::Result<App> {
     Ok(App::new(store, Sealer::new(&master), app_config))
 }
 
+/// The data directory holds the database and the master key: it is the
+/// owner's alone. A new one is made 0700; an existing one that group or
+/// others may enter is tightened to 0700, and the log says so.
 fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
-    if path.exists() {
-        return Ok(());
+    let created = !path.exists();
+    if created {
+        std::fs::create_dir_all(path)
+            .with_context(|| format!("creating data directory {}", path.display()))?;
     }
-    std::fs::create_dir_all(path)
-        .with_context(|| format!("creating data directory {}", path.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("data directory {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("restricting data directory {}", path.display()))?;
+            // A new directory only got the umask's mode: nothing to report.
+            if !created {
+                tracing::warn!(
+                    path = %path.display(),
+                    was = format!("{:o}", mode & 0o777),
+                    "data directory was open to other users; restricted it to its owner (0700)"
+                );
+            }
+        }
     }
     Ok(())
 }
 
 pub fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OVERVISOR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    // OVERVISOR_LOG, else the RUST_LOG people reach for first (an empty
+    // value counts as unset), else the default.
+    let filter = ["OVERVISOR_LOG", "RUST_LOG"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .find(|value| !value.trim().is_empty())
+        .and_then(|value| tracing_subscriber::EnvFilter::try_new(value).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -106,6 +130,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         println!("================================================================");
     }
 
+    raise_open_file_limit(&config);
     let listeners = Listeners::bind(&config)
         .await
         .with_context(|| format!("binding {} and {}", config.ui_bind, config.api_bind))?;
@@ -144,6 +169,45 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     app.store().close().await;
     tracing::info!("overvisor stopped");
     Ok(())
+}
+
+/// Descriptors kept free for the database, SSH connections to hosts and logs.
+const SPARE_DESCRIPTORS: u64 = 512;
+
+/// Every connection costs a descriptor, and the usual soft limit (1024) is
+/// below what two listeners may hold, so it is raised to the hard limit.
+/// When even that is too low for `max_connections`, says so: the service
+/// would stop accepting before reaching the cap.
+fn raise_open_file_limit(config: &Config) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // The kernel refuses "unlimited" for open files; this is its usual ceiling.
+    const CEILING: u64 = 1 << 20;
+    let before = getrlimit(Resource::Nofile);
+    let hard = before.maximum.unwrap_or(CEILING).min(CEILING);
+    if before.current.is_some_and(|soft| soft < hard) {
+        let raised = Rlimit {
+            current: Some(hard),
+            maximum: before.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::info!(
+                from = before.current,
+                to = hard,
+                "raised the open-file limit"
+            ),
+            Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit"),
+        }
+    }
+    let soft = getrlimit(Resource::Nofile).current.unwrap_or(CEILING);
+    let wanted = 2 * config.max_connections as u64 + SPARE_DESCRIPTORS;
+    if soft < wanted {
+        tracing::warn!(
+            open_file_limit = soft,
+            max_connections = config.max_connections,
+            "the open-file limit is too low for max_connections on both listeners; \
+             raise it (LimitNOFILE= in the systemd unit) or lower max_connections"
+        );
+    }
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

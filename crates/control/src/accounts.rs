@@ -1,6 +1,8 @@
 //! User accounts: creation (with an SSH identity and a first API key),
 //! administration, passwords, and the first-start administrator.
 
+use std::time::Instant;
+
 use chrono::Utc;
 use overvisor_hv::generate_ed25519_identity;
 use overvisor_model::account::{
@@ -232,8 +234,17 @@ impl App {
         let me = subject.id();
         authorize(subject, Action::ManageCredentials, Resource::Account(me))?;
         check_password_policy(&new)?;
+        // A stolen session or key must not become a way to guess the
+        // password: wrong guesses count with the account's sign-in failures.
+        let name = subject.user.name.as_str();
+        let ip = subject.source_ip.as_deref();
+        if let Err(retry_after_secs) = self.login_limiter().check(name, ip, Instant::now()) {
+            return Err(AppError::RateLimited { retry_after_secs });
+        }
         let creds = self.store().user_credentials(me).await?;
         if !verify_password(current, creds.password_hash).await {
+            self.login_limiter()
+                .record_failure(name, ip, Instant::now());
             self.audit(
                 subject,
                 "user.change_password",
@@ -247,6 +258,7 @@ impl App {
                 "is not correct",
             )));
         }
+        self.login_limiter().record_success(name);
         let hash = hash_password(new).await?;
         self.store()
             .user_set_password_hash(me, &hash, Utc::now())

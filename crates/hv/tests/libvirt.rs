@@ -357,19 +357,31 @@ async fn injection_attempts_never_reach_a_host() {
     let host = &lab.hosts[0];
     let d = common::driver(&lab, host).await;
     let marker = format!("/tmp/{}", unique_name("ov-pwned"));
-    for hostile in [
+    let hostile = [
         format!("x;touch {marker}"),
         format!("$(touch {marker})"),
         format!("`touch {marker}`"),
-        format!("x\ntouch {marker}"),
         format!("-x;touch {marker}"),
+        format!("' ; touch {marker} ; '"),
         "--help".to_owned(),
-        String::new(),
-        "a".repeat(65),
-    ] {
-        assert!(VmName::parse(&hostile).is_err(), "{hostile:?} accepted");
+    ];
+    for name in &hostile {
+        assert!(VmName::new_strict(name).is_err(), "{name:?} accepted");
+        // A host could hold a VM of that name, so it is addressable: it
+        // reaches virsh as one word, the value of --domain, and no further.
+        let vm = VmName::parse(name).expect("a name a host may give");
+        assert!(
+            matches!(d.vm_info(&vm).await, Err(HvError::NotFound(_))),
+            "{name:?}"
+        );
     }
-    // A valid but absent name still only reaches virsh as a name.
+    for refused in [
+        format!("x\ntouch {marker}"),
+        String::new(),
+        "a".repeat(1025),
+    ] {
+        assert!(VmName::parse(&refused).is_err(), "{refused:?} accepted");
+    }
     assert!(matches!(
         d.vm_info(&name("x.y_z-1")).await,
         Err(HvError::NotFound(_))

@@ -15,16 +15,24 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// Longest VM name we accept. libvirt allows more, but long names are
-/// unreadable in the portal and Hyper-V caps names at 100.
+/// Longest name Overvisor gives a VM it creates. libvirt allows more, but
+/// long names are unreadable in the portal and Hyper-V caps names at 100.
 pub const VM_NAME_MAX_LEN: usize = 64;
 
-/// A VM name or UUID that is safe to hand to a host.
+/// Longest name accepted for an existing VM, in bytes: far beyond what
+/// hosts allow (libvirt keeps a VM's definition in a file named after it),
+/// so only garbage is refused.
+pub const VM_NAME_MAX_BYTES: usize = 1024;
+
+/// The name (or UUID) of a VM on a host, as the host spells it.
 ///
-/// Only `[A-Za-z0-9._-]` is allowed, with no leading `-` (it would read as an
-/// option) and at most [`VM_NAME_MAX_LEN`] characters. A UUID in its usual
-/// hyphenated form passes as well, so one type names a VM either way.
-/// Remote arguments are quoted anyway; this is the second wall.
+/// Hosts accept names Overvisor would never choose (`odd name ü`), and an
+/// existing VM must be addressable by whatever name it has: any text is
+/// accepted except control characters (NUL, newlines, ...) and absurd
+/// lengths. That is safe because every remote argument is quoted by one
+/// function (`overvisor_hv::quote`) and virsh gets names only as the value
+/// of `--domain`, so even a leading `-` is read as a name.
+/// Names for VMs Overvisor creates pass the strict [`VmName::new_strict`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(try_from = "String", into = "String")]
 #[schema(value_type = String, example = "web-01")]
@@ -37,6 +45,10 @@ pub enum VmNameError {
     Empty,
     #[error("VM name is longer than {VM_NAME_MAX_LEN} characters")]
     TooLong,
+    #[error("VM name is longer than {VM_NAME_MAX_BYTES} bytes")]
+    Absurd,
+    #[error("VM name must not contain control characters (found {0:?})")]
+    ControlChar(char),
     #[error("VM name must not start with '-'")]
     LeadingDash,
     #[error("VM name may only contain letters, digits, '.', '_' and '-' (found {0:?})")]
@@ -44,8 +56,26 @@ pub enum VmNameError {
 }
 
 impl VmName {
-    /// Validates `s` as a VM name or UUID.
+    /// Accepts the name of an existing VM (or its UUID): any text without
+    /// control characters, up to [`VM_NAME_MAX_BYTES`].
     pub fn parse(s: &str) -> Result<Self, VmNameError> {
+        if s.is_empty() {
+            return Err(VmNameError::Empty);
+        }
+        if s.len() > VM_NAME_MAX_BYTES {
+            return Err(VmNameError::Absurd);
+        }
+        if let Some(c) = s.chars().find(|c| c.is_control()) {
+            return Err(VmNameError::ControlChar(c));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The rules for a name Overvisor gives a VM it creates: only
+    /// `[A-Za-z0-9._-]`, no leading `-`, at most [`VM_NAME_MAX_LEN`]
+    /// characters (a UUID passes too). Readable everywhere, valid on every
+    /// kind of host.
+    pub fn new_strict(s: &str) -> Result<Self, VmNameError> {
         if s.is_empty() {
             return Err(VmNameError::Empty);
         }
@@ -307,8 +337,8 @@ pub fn allowed(state: VmState, action: VmAction) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VmSummary {
     pub uuid: Uuid,
-    /// As the host spells it; may not be a valid [`VmName`] if the VM was
-    /// created outside Overvisor, which is why the UUID is the handle.
+    /// As the host spells it: a [`VmName`] unless it holds control
+    /// characters; the UUID is the handle that survives a rename.
     pub name: String,
     pub state: VmState,
     pub vcpus: Option<u32>,
@@ -419,19 +449,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vm_names() {
+    fn strict_names() {
         for ok in [
             "a",
             "web-01",
             "db_2.example",
             "0e5ad3b2-4a5e-4a0c-9a43-9f1c8f3a2b11",
         ] {
-            assert!(VmName::parse(ok).is_ok(), "{ok}");
+            assert!(VmName::new_strict(ok).is_ok(), "{ok}");
         }
-        assert_eq!(VmName::parse(""), Err(VmNameError::Empty));
-        assert_eq!(VmName::parse("-rf"), Err(VmNameError::LeadingDash));
-        assert_eq!(VmName::parse(&"a".repeat(65)), Err(VmNameError::TooLong));
-        assert!(VmName::parse(&"a".repeat(64)).is_ok());
+        assert_eq!(VmName::new_strict(""), Err(VmNameError::Empty));
+        assert_eq!(VmName::new_strict("-rf"), Err(VmNameError::LeadingDash));
+        assert_eq!(
+            VmName::new_strict(&"a".repeat(65)),
+            Err(VmNameError::TooLong)
+        );
+        assert!(VmName::new_strict(&"a".repeat(64)).is_ok());
         for bad in [
             "x;touch /tmp/pwned",
             "$(id)",
@@ -450,7 +483,41 @@ mod tests {
             "a\0b",
         ] {
             assert!(
-                matches!(VmName::parse(bad), Err(VmNameError::BadChar(_))),
+                matches!(VmName::new_strict(bad), Err(VmNameError::BadChar(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn existing_names_are_whatever_the_host_allows() {
+        for ok in [
+            "odd name ü",
+            "-rf",
+            "x;touch /tmp/pwned",
+            "$(id)",
+            "a'b\"c",
+            "名前",
+            "0e5ad3b2-4a5e-4a0c-9a43-9f1c8f3a2b11",
+        ] {
+            assert_eq!(VmName::parse(ok).map(String::from).as_deref(), Ok(ok));
+        }
+        assert!(VmName::parse(&"é".repeat(VM_NAME_MAX_BYTES / 2)).is_ok());
+        assert_eq!(VmName::parse(""), Err(VmNameError::Empty));
+        assert_eq!(
+            VmName::parse(&"a".repeat(VM_NAME_MAX_BYTES + 1)),
+            Err(VmNameError::Absurd)
+        );
+        for (bad, c) in [
+            ("a\nb", '\n'),
+            ("a\0b", '\0'),
+            ("a\tb", '\t'),
+            ("a\u{7f}", '\u{7f}'),
+            ("a\u{85}", '\u{85}'),
+        ] {
+            assert_eq!(
+                VmName::parse(bad),
+                Err(VmNameError::ControlChar(c)),
                 "{bad:?}"
             );
         }
@@ -464,7 +531,7 @@ mod tests {
         assert!(!VmName::parse("web").expect("valid").is_uuid());
         let json = serde_json::to_string(&n).expect("serialize");
         assert_eq!(serde_json::from_str::<VmName>(&json).expect("parse"), n);
-        assert!(serde_json::from_str::<VmName>("\"a;b\"").is_err());
+        assert!(serde_json::from_str::<VmName>("\"a\\nb\"").is_err());
     }
 
     #[test]

@@ -103,8 +103,51 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError
     }
 }
 
-fn is_safe(method: &Method) -> bool {
+pub(crate) fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// A browser request made by a page of another site.
+#[derive(Debug, Clone, Copy)]
+pub struct CrossSite;
+
+impl From<CrossSite> for ApiError {
+    fn from(_: CrossSite) -> Self {
+        ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "bad_origin",
+            "cross-site request refused: with a session cookie, only this site's own pages may do this",
+        )
+    }
+}
+
+/// Browsers attach cookies to requests that other sites' pages make, so a
+/// request that authenticates by cookie must come from a page of this
+/// origin (the CSRF token is the first wall, this the second; WebSocket
+/// and SSE requests carry no token at all). Browsers say where a request
+/// comes from in `Origin` (compared with `Host`, so a proxy in front must
+/// pass `Host` on) and `Sec-Fetch-Site`; clients that send neither are not
+/// browsers and pass.
+pub fn check_same_origin(headers: &HeaderMap) -> Result<(), CrossSite> {
+    if let Some(site) = headers.get("sec-fetch-site")
+        && site != "same-origin"
+        && site != "none"
+    {
+        return Err(CrossSite);
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, host)| host.trim_end_matches('/'));
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match (origin_host, host) {
+        (Some(o), Some(h)) if o.eq_ignore_ascii_case(h) => Ok(()),
+        _ => Err(CrossSite),
+    }
 }
 
 /// An authenticated caller of the API.
@@ -129,6 +172,7 @@ impl FromRequestParts<AppState> for Caller {
         };
         let auth = state.app.session_authenticate(cookie, client.ip).await?;
         if !is_safe(&parts.method) {
+            check_same_origin(&parts.headers)?;
             let presented = parts
                 .headers
                 .get(CSRF_HEADER)

@@ -31,6 +31,13 @@ pub struct Config {
     /// (only behind a trusted reverse proxy).
     pub trust_forwarded_for: bool,
     pub max_body_bytes: usize,
+    /// A client must send a request's headers within this many seconds of
+    /// connecting (or of its previous response); idle connections close then.
+    pub header_read_timeout_secs: u64,
+    /// ... and the request's body within this many seconds of its headers.
+    pub body_read_timeout_secs: u64,
+    /// Connections served at once per listener; more wait to be accepted.
+    pub max_connections: usize,
     pub login_window_secs: u64,
     pub login_max_failures_per_account: usize,
     pub login_max_failures_per_address: usize,
@@ -75,6 +82,9 @@ impl Default for Config {
             log_format: "text".into(),
             trust_forwarded_for: false,
             max_body_bytes: 1024 * 1024,
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 60,
+            max_connections: 1024,
             login_window_secs: 15 * 60,
             login_max_failures_per_account: 5,
             login_max_failures_per_address: 20,
@@ -104,6 +114,10 @@ const ENV_PREFIX: &str = "OVERVISOR_";
 const MAX_PERIOD_SECS: u64 = 24 * 3600;
 /// More handshakes at once than this only slow each other down.
 const MAX_CONNECTS_IN_FLIGHT: usize = 1024;
+/// Longest a client may take to send its headers or body.
+const MAX_READ_TIMEOUT_SECS: u64 = 3600;
+/// More connections per listener than a process could have descriptors for.
+const MAX_CONNECTIONS: usize = 1 << 20;
 
 impl Config {
     /// Loads defaults ← `file` ← environment.
@@ -162,6 +176,21 @@ impl Config {
                 )));
             }
         }
+        for (name, secs) in [
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+            ("body_read_timeout_secs", self.body_read_timeout_secs),
+        ] {
+            if !(1..=MAX_READ_TIMEOUT_SECS).contains(&secs) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be between 1 and {MAX_READ_TIMEOUT_SECS}"
+                )));
+            }
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
+            return Err(ConfigError::Invalid(format!(
+                "max_connections must be between 1 and {MAX_CONNECTIONS}"
+            )));
+        }
         if !(1..=MAX_CONNECTS_IN_FLIGHT).contains(&self.ssh_connects_in_flight) {
             return Err(ConfigError::Invalid(format!(
                 "ssh_connects_in_flight must be between 1 and {MAX_CONNECTS_IN_FLIGHT}"
@@ -192,6 +221,14 @@ impl Config {
             .unwrap_or(!self.ui_bind.ip().is_loopback())
     }
 
+    pub fn connection_limits(&self) -> crate::listen::ConnectionLimits {
+        crate::listen::ConnectionLimits {
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
+            body_read_timeout: std::time::Duration::from_secs(self.body_read_timeout_secs),
+            max_connections: self.max_connections,
+        }
+    }
+
     pub fn public_api_url(&self) -> String {
         self.public_api_url
             .clone()
@@ -213,6 +250,9 @@ const FIELDS: &[&str] = &[
     "log_format",
     "trust_forwarded_for",
     "max_body_bytes",
+    "header_read_timeout_secs",
+    "body_read_timeout_secs",
+    "max_connections",
     "login_window_secs",
     "login_max_failures_per_account",
     "login_max_failures_per_address",
@@ -307,6 +347,8 @@ mod tests {
         assert_eq!(defaults.stream_recheck_secs, 30);
         assert!(!defaults.test_jobs);
         assert_eq!(defaults.ssh_connects_in_flight, 16);
+        assert_eq!(defaults.max_connections, 1024);
+        assert_eq!(defaults.header_read_timeout_secs, 10);
         assert_eq!(
             from_toml("ssh_connects_in_flight = 64\n")
                 .expect("load")
@@ -331,6 +373,9 @@ mod tests {
             "stream_recheck_secs = -1\n",
             "ssh_connects_in_flight = 0\n",
             "ssh_connects_in_flight = 1025\n",
+            "header_read_timeout_secs = 0\n",
+            "body_read_timeout_secs = 3601\n",
+            "max_connections = 0\n",
         ] {
             assert!(from_toml(bad).is_err(), "{bad} was accepted");
         }

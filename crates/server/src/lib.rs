@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod listen;
 pub mod observe;
 pub mod portal;
 
@@ -97,16 +98,12 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let ui = ui_router(state.clone(), config.max_body_bytes)
-        .into_make_service_with_connect_info::<SocketAddr>();
-    let api = api_router(state, config.max_body_bytes)
-        .into_make_service_with_connect_info::<SocketAddr>();
-    let ui_stop = shutdown.clone();
-    let api_stop = shutdown.clone();
-    let ui_server = axum::serve(listeners.ui, ui)
-        .with_graceful_shutdown(async move { ui_stop.cancelled().await });
-    let api_server = axum::serve(listeners.api, api)
-        .with_graceful_shutdown(async move { api_stop.cancelled().await });
-    tokio::try_join!(async { ui_server.await }, async { api_server.await })?;
+    let limits = config.connection_limits();
+    let ui = ui_router(state.clone(), config.max_body_bytes);
+    let api = api_router(state, config.max_body_bytes);
+    tokio::try_join!(
+        listen::serve_listener(listeners.ui, ui, limits, shutdown.clone()),
+        listen::serve_listener(listeners.api, api, limits, shutdown),
+    )?;
     Ok(())
 }

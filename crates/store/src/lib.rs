@@ -83,7 +83,7 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
-        Self::connect_with(options).await
+        Self::connect_with(options, true).await
     }
 
     /// Opens an existing SQLite file read-only, changing nothing (to check a backup).
@@ -92,7 +92,7 @@ impl Store {
             .filename(path)
             .read_only(true)
             .create_if_missing(false);
-        Self::connect_with(options).await
+        Self::connect_with(options, false).await
     }
 
     /// Opens a database from a `sqlite:` URL (used by tests and `--database-url`).
@@ -107,15 +107,24 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
-        Self::connect_with(options).await
+        Self::connect_with(options, true).await
     }
 
-    async fn connect_with(options: SqliteConnectOptions) -> Result<Self> {
+    /// `own`: the database is ours to create and keep private (not a
+    /// backup opened read-only).
+    async fn connect_with(options: SqliteConnectOptions, own: bool) -> Result<Self> {
+        let file = database_file(&options).filter(|_| own);
+        if let Some(path) = file {
+            create_private_file(path)?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
+        if let Some(path) = file {
+            restrict_database_files(path)?;
+        }
         Ok(Self { pool })
     }
 
@@ -143,15 +152,19 @@ impl Store {
         }
     }
 
-    /// Writes a consistent copy of the whole database to `dest` (a new file).
+    /// Writes a consistent copy of the whole database to `dest` (a new
+    /// file, readable by its owner only, like the database itself).
     pub async fn backup_to(&self, dest: &Path) -> Result<()> {
-        let dest = dest
+        let dest_str = dest
             .to_str()
             .ok_or_else(|| StoreError::Conflict("backup path is not valid UTF-8".into()))?;
+        // VACUUM INTO fills an empty file it finds, keeping its mode.
+        create_private_file(dest)?;
         sqlx::query("VACUUM INTO ?")
-            .bind(dest)
+            .bind(dest_str)
             .execute(&self.pool)
             .await?;
+        restrict_database_files(dest)?;
         Ok(())
     }
 
@@ -162,6 +175,59 @@ impl Store {
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+}
+
+/// The file behind `options`, unless the database lives in memory.
+fn database_file(options: &SqliteConnectOptions) -> Option<&Path> {
+    let path = options.get_filename();
+    let name = path.to_str().unwrap_or_default();
+    (name != ":memory:" && !name.starts_with("file:")).then_some(path)
+}
+
+/// Creates `path` (if missing) readable and writable by its owner only,
+/// whatever the umask: the database holds password hashes, sessions and
+/// sealed secrets, and SQLite gives its `-wal` and `-shm` files the mode of
+/// the database file.
+fn create_private_file(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        if !path.exists() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| file_error(path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets the database file and its `-wal`/`-shm` companions to 0600 (files
+/// made by an older version, or copied in by a restore, may be wider).
+fn restrict_database_files(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            let file = Path::new(&name);
+            match std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(file_error(file, e));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn file_error(path: &Path, err: std::io::Error) -> StoreError {
+    StoreError::Unavailable(format!("{}: {err}", path.display()))
 }
 
 /// Parses a column that must hold a domain value; a bad value means corruption.

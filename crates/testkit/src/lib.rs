@@ -245,14 +245,18 @@ impl LabHost {
 
     /// `virsh domstate` as root (e.g. "running", "shut off").
     pub fn domstate(&self, domain: &str) -> String {
-        self.virsh(&["domstate", domain]).trim().to_owned()
+        self.virsh(&["domstate", "--domain", domain])
+            .trim()
+            .to_owned()
     }
 
     /// Waits until the domain's state reads `want`; returns the last state.
     pub fn wait_domstate(&self, domain: &str, want: &str, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
-            let state = self.try_virsh(&["domstate", domain]).unwrap_or_default();
+            let state = self
+                .try_virsh(&["domstate", "--domain", domain])
+                .unwrap_or_default();
             if state.trim() == want {
                 return Ok(());
             }
@@ -383,7 +387,8 @@ impl Drop for TestGuest {
         if self.name.is_empty() {
             return;
         }
-        let _ = self.host.try_virsh(&["destroy", &self.name]);
-        let _ = self.host.try_virsh(&["undefine", &self.name]);
+        // `--domain`: a name may start with '-'.
+        let _ = self.host.try_virsh(&["destroy", "--domain", &self.name]);
+        let _ = self.host.try_virsh(&["undefine", "--domain", &self.name]);
     }
 }

@@ -15,8 +15,10 @@ use super::session::safe_next;
 use super::{CsrfOnly, PortalSession, render};
 use crate::AppState;
 use crate::api::auth::RequestMeta;
-use crate::auth::{client_info, cookie_value, expired_session_cookie, session_cookie};
-use crate::error::ApiError;
+use crate::auth::{
+    check_same_origin, client_info, cookie_value, expired_session_cookie, session_cookie,
+};
+use crate::error::{ApiError, set_retry_after};
 use crate::extract::{Form, Query};
 
 const LOGIN_CSRF_COOKIE: &str = "ov_login_csrf";
@@ -77,8 +79,7 @@ async fn login_page(Query(q): Query<LoginQuery>) -> Response {
         .next
         .as_deref()
         .and_then(safe_next)
-        .unwrap_or("/")
-        .to_owned();
+        .unwrap_or_else(|| "/".to_owned());
     login_form(None, notice, String::new(), next, StatusCode::OK)
 }
 
@@ -96,7 +97,11 @@ async fn login_submit(
     RequestMeta(parts): RequestMeta,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    let next = safe_next(&form.next).unwrap_or("/").to_owned();
+    let next = safe_next(&form.next).unwrap_or_else(|| "/".to_owned());
+    // Another site's page must not sign its visitor in (login CSRF).
+    if let Err(cross_site) = check_same_origin(&parts.headers) {
+        return cross_site.into_response();
+    }
     let expected = cookie_value(&parts.headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
     if expected.is_empty() || !constant_time_eq(expected.as_bytes(), form.csrf_token.as_bytes()) {
         return login_form(
@@ -118,7 +123,9 @@ async fn login_submit(
         }
         Err(err) => {
             let api = ApiError::from(err);
-            login_form(Some(api.message), None, form.name, next, api.status)
+            let mut page = login_form(Some(api.message), None, form.name, next, api.status);
+            set_retry_after(&mut page, api.retry_after);
+            page
         }
     }
 }

@@ -91,20 +91,23 @@ struct ErrorPage {
 /// the bare message, which the script puts in the page's alert area.
 pub(crate) fn error_response(session: &PortalSession, err: impl Into<ApiError>) -> Response {
     let err = err.into();
-    if session.htmx {
-        return (
+    let mut response = if session.htmx {
+        (
             err.status,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             err.message,
         )
-            .into_response();
-    }
-    let page = render(&ErrorPage {
-        chrome: Chrome::new(session, ""),
-        status: err.status.as_u16(),
-        message: err.message,
-    });
-    (err.status, page).into_response()
+            .into_response()
+    } else {
+        let page = render(&ErrorPage {
+            chrome: Chrome::new(session, ""),
+            status: err.status.as_u16(),
+            message: err.message,
+        });
+        (err.status, page).into_response()
+    };
+    crate::error::set_retry_after(&mut response, err.retry_after);
+    response
 }
 
 /// Short codes in `?done=` so a redirect after a change can say what happened.

@@ -13,7 +13,8 @@ use overvisor_model::account::Role;
 
 use crate::AppState;
 use crate::auth::{
-    CSRF_HEADER, client_info, cookie_value, expired_session_cookie, session_cookie_name,
+    CSRF_HEADER, CrossSite, check_same_origin, client_info, cookie_value, expired_session_cookie,
+    is_safe, session_cookie_name,
 };
 
 /// A signed-in portal user; anything else is sent to the sign-in page.
@@ -48,13 +49,28 @@ pub struct CsrfRejected;
 
 impl IntoResponse for CsrfRejected {
     fn into_response(self) -> Response {
-        (
-            StatusCode::FORBIDDEN,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        refused(
             "The form has expired or did not come from this site. Reload the page and try again.",
         )
-            .into_response()
     }
+}
+
+/// The portal's answer to a change sent by another site's page.
+impl IntoResponse for CrossSite {
+    fn into_response(self) -> Response {
+        refused(
+            "This request came from another site and was refused. Use Overvisor's own pages to make changes.",
+        )
+    }
+}
+
+fn refused(message: &'static str) -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message,
+    )
+        .into_response()
 }
 
 /// An htmx request that wants a fragment. History restoration (the back
@@ -66,10 +82,49 @@ pub fn is_htmx(headers: &HeaderMap) -> bool {
             .is_none_or(|v| v != "true")
 }
 
-/// Where to come back to after signing in: only a path on this site.
-pub fn safe_next(next: &str) -> Option<&str> {
-    let local = next.starts_with('/') && !next.starts_with("//") && !next.contains('\\');
-    (local && next.len() <= 512 && next != "/login").then_some(next)
+/// A placeholder origin to resolve `next` against: whatever it resolves to
+/// must stay on it.
+const NEXT_BASE: &str = "http://overvisor.invalid/";
+
+/// Where to come back to after signing in: only a path on this site, as a
+/// percent-encoded path and query (always a valid `Location`).
+///
+/// Browsers clean a `Location` before following it: they drop ASCII tab,
+/// CR and LF anywhere, trim C0 controls and spaces at both ends, and read
+/// `\` as `/`. So `/<TAB>/evil.example/` arrives as `//evil.example/`,
+/// another origin. The value is cleaned the same way, then resolved by the
+/// WHATWG URL parser (what browsers use) and kept only if it stays on
+/// this origin.
+pub fn safe_next(next: &str) -> Option<String> {
+    if next.len() > 512 || next.contains('\\') {
+        return None;
+    }
+    let cleaned: String = next
+        .chars()
+        .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
+        .collect();
+    let cleaned = cleaned.trim_matches(|c: char| c <= ' ');
+    if !cleaned.starts_with('/')
+        || cleaned.starts_with("//")
+        || cleaned.chars().any(char::is_control)
+    {
+        return None;
+    }
+    let base = url::Url::parse(NEXT_BASE).ok()?;
+    let resolved = base.join(cleaned).ok()?;
+    if resolved.origin() != base.origin() {
+        return None;
+    }
+    let mut path = resolved.path().to_owned();
+    // Dot segments can still leave `//host` (`/..//evil`): protocol-relative.
+    if path.starts_with("//") || path == "/login" {
+        return None;
+    }
+    if let Some(query) = resolved.query() {
+        path.push('?');
+        path.push_str(query);
+    }
+    Some(path)
 }
 
 fn to_login(parts: &Parts, expired: bool, clear_cookie: Option<String>) -> Response {
@@ -78,8 +133,8 @@ fn to_login(parts: &Parts, expired: bool, clear_cookie: Option<String>) -> Respo
         .uri
         .path_and_query()
         .map(|pq| pq.as_str())
-        .and_then(safe_next)
-        .filter(|_| parts.method == Method::GET && !is_htmx(&parts.headers));
+        .filter(|_| parts.method == Method::GET && !is_htmx(&parts.headers))
+        .and_then(safe_next);
     let mut sep = '?';
     if expired {
         target.push_str("?expired=1");
@@ -88,7 +143,7 @@ fn to_login(parts: &Parts, expired: bool, clear_cookie: Option<String>) -> Respo
     if let Some(next) = next {
         target.push(sep);
         target.push_str("next=");
-        target.push_str(&urlencode(next));
+        target.push_str(&urlencode(&next));
     }
     let mut response = if is_htmx(&parts.headers) {
         (StatusCode::UNAUTHORIZED, [("hx-redirect", target.as_str())]).into_response()
@@ -130,6 +185,9 @@ impl FromRequestParts<AppState> for PortalSession {
         };
         match state.app.session_authenticate(cookie, client.ip).await {
             Ok(auth) => {
+                if !is_safe(&parts.method) {
+                    check_same_origin(&parts.headers).map_err(IntoResponse::into_response)?;
+                }
                 let htmx = is_htmx(&parts.headers);
                 // htmx requests must carry the token in the header as well,
                 // so even a GET fragment cannot be fetched cross-site.
@@ -168,11 +226,37 @@ mod tests {
 
     #[test]
     fn next_must_stay_on_this_site() {
-        assert_eq!(safe_next("/vms?q=a"), Some("/vms?q=a"));
-        assert_eq!(safe_next("//evil.example/"), None);
-        assert_eq!(safe_next("https://evil.example/"), None);
-        assert_eq!(safe_next("/\\evil.example"), None);
-        assert_eq!(safe_next("/login"), None);
+        assert_eq!(safe_next("/vms?q=a").as_deref(), Some("/vms?q=a"));
+        assert_eq!(safe_next("/vms?q=a b").as_deref(), Some("/vms?q=a%20b"));
+        assert_eq!(safe_next("/hosts/ü").as_deref(), Some("/hosts/%C3%BC"));
+        // Browsers drop these, so they must not hide a second slash.
+        assert_eq!(safe_next(" /jobs\t").as_deref(), Some("/jobs"));
+        assert_eq!(safe_next("/jobs\x0b").as_deref(), Some("/jobs"));
+        for hostile in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/\\evil.example",
+            "\\/evil.example",
+            "/\t/evil.example/",
+            "/\r/evil.example/",
+            "/\n/evil.example/",
+            "\t//evil.example/",
+            " //evil.example/",
+            "\x01//evil.example/",
+            "/..//evil.example/",
+            "/./..//evil.example/",
+            "/%2e%2e//evil.example/",
+            "javascript:alert(1)",
+            "/v\x0bms",
+            "/vms\u{85}",
+            "",
+            "vms",
+            "/login",
+            "/x/../login",
+        ] {
+            assert_eq!(safe_next(hostile), None, "{hostile:?} accepted");
+        }
+        assert_eq!(safe_next(&format!("/{}", "a".repeat(600))), None);
     }
 
     #[test]
