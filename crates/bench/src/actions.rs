@@ -15,7 +15,7 @@ use overvisor_testkit::{LabHost, TestGuest};
 use crate::stats::{Samples, versus};
 
 /// Root-side virsh inside the host, off the async threads; its wall time.
-async fn root_virsh(host: &LabHost, args: &[&str]) -> anyhow::Result<Duration> {
+pub async fn root_virsh(host: &LabHost, args: &[&str]) -> anyhow::Result<Duration> {
     let host = host.clone();
     let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
     tokio::task::spawn_blocking(move || {

@@ -8,6 +8,7 @@
 mod actions;
 mod coldstart;
 mod fleet;
+mod jobs_path;
 mod lab;
 mod list;
 mod process;
@@ -95,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
 
     list::run(200, 100, args.requests).await?;
     if let Some(lab) = &lab {
-        lab_metrics(lab, &args).await?;
+        lab_metrics(lab, &args, &binary).await?;
     }
     coldstart::run(&binary, args.starts).await?;
     Ok(())
@@ -110,7 +111,11 @@ fn print_machine(mode: &str) {
 
 /// Metrics 2–4. Our own guest on the shared host ovh2 is destroyed and
 /// undefined when this returns (also on error).
-async fn lab_metrics(lab: &overvisor_testkit::Lab, args: &Args) -> anyhow::Result<()> {
+async fn lab_metrics(
+    lab: &overvisor_testkit::Lab,
+    args: &Args,
+    binary: &std::path::Path,
+) -> anyhow::Result<()> {
     let host = lab
         .hosts
         .iter()
@@ -120,6 +125,7 @@ async fn lab_metrics(lab: &overvisor_testkit::Lab, args: &Args) -> anyhow::Resul
     let name = overvisor_testkit::unique_name("bench");
     let guest = lab::boot_guest(lab, host, &name).await?;
     actions::overhead(&driver, &guest, args.runs).await?;
+    jobs_path::run(binary, lab, &guest, args.runs).await?;
     actions::event_latency(&driver, &guest, args.runs).await?;
     drop(guest);
 

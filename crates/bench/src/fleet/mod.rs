@@ -7,7 +7,7 @@
 //! full resyncs as jobs, and the service's memory at that many host
 //! connections. Timings are printed, never asserted.
 
-mod api;
+pub(crate) mod api;
 mod events;
 mod resync;
 
@@ -182,7 +182,7 @@ async fn measure(
 /// Registers every host (name, address, pinned fingerprint, the lab's
 /// client key as the host's own credential, a `rack-N` tag), a few at a
 /// time as an operator's script would.
-async fn register(api: &Api, lab: &Lab, hosts: &[LabHost]) -> anyhow::Result<()> {
+pub(crate) async fn register(api: &Api, lab: &Lab, hosts: &[LabHost]) -> anyhow::Result<()> {
     let key = std::fs::read_to_string(&lab.client_key)
         .with_context(|| format!("reading the lab client key {}", lab.client_key.display()))?;
     futures::stream::iter(hosts.iter().enumerate())

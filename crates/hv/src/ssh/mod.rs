@@ -580,6 +580,8 @@ impl SshSession {
     ) -> Result<Option<ExecOutput>, russh::Error> {
         let max = self.inner.cfg.max_output_bytes;
         let ch = ch.get();
+        // Counted so that what an operation costs a host can be measured.
+        metrics::counter!("overvisor_ssh_commands_total", "mode" => "exec").increment(1);
         #[expect(
             clippy::disallowed_methods,
             reason = "the one exec of a quoted CommandLine"
@@ -651,6 +653,8 @@ impl SshSession {
                 Ok(ch) => ClosingChannel(Some(ch)),
                 Err(e) => return Err(self.channel_error(&h, e).await),
             };
+            metrics::counter!("overvisor_ssh_commands_total", "mode" => "interactive")
+                .increment(1);
             #[expect(
                 clippy::disallowed_methods,
                 reason = "the one interactive exec of a quoted CommandLine"
