@@ -99,13 +99,7 @@ async fn job_lifecycle_long_poll_cancel_and_tenancy() {
 
     // Lists: newest first, filters, keyset pagination, admin's `all`.
     let (_, list) = op.get("/api/v1/jobs").await;
-    let ids: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, [slow_id.as_str(), id.as_str()]);
+    assert_eq!(field_of(&list, "id"), [slow_id.as_str(), id.as_str()]);
     let (_, list) = op
         .get("/api/v1/jobs?status=succeeded&kind=test.sleep")
         .await;
@@ -138,13 +132,11 @@ async fn job_lifecycle_long_poll_cancel_and_tenancy() {
 
     // Every outcome is audited, once.
     let (_, audit) = op.get("/api/v1/audit?action=test.sleep").await;
-    let outcomes: Vec<&str> = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["outcome"].as_str().unwrap())
-        .collect();
-    assert_eq!(outcomes, ["failure", "success"], "{audit}");
+    assert_eq!(
+        field_of(&audit, "outcome"),
+        ["failure", "success"],
+        "{audit}"
+    );
     assert!(!app.logs().contains(&op_token), "a token was logged");
 }
 
@@ -176,22 +168,21 @@ async fn step_running(api: &Api, id: &str, index: usize) {
     panic!("step {index} of {id} never ran");
 }
 
-fn step_statuses(job: &Value) -> Vec<String> {
-    job["steps"]
-        .as_array()
+/// `key` of every object in the array `list`, as strings.
+fn field_of(list: &Value, key: &str) -> Vec<String> {
+    list.as_array()
         .unwrap()
         .iter()
-        .map(|s| s["status"].as_str().unwrap().to_owned())
+        .map(|item| item[key].as_str().unwrap().to_owned())
         .collect()
 }
 
+fn step_statuses(job: &Value) -> Vec<String> {
+    field_of(&job["steps"], "status")
+}
+
 fn log_lines(job: &Value) -> Vec<String> {
-    job["log"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["message"].as_str().unwrap().to_owned())
-        .collect()
+    field_of(&job["log"], "message")
 }
 
 /// Steps run in order and show on the job; the third fails, and the two
@@ -303,13 +294,11 @@ async fn sigkill_during_a_step_resumes_or_interrupts_and_the_database_stays_inta
     let (_, all) = admin.get("/api/v1/jobs?all=true").await;
     assert_eq!(all.as_array().unwrap().len(), 2);
     let (_, audit) = admin.get("/api/v1/audit?all=true&action=test.steps").await;
-    let outcomes: Vec<&str> = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["outcome"].as_str().unwrap())
-        .collect();
-    assert_eq!(outcomes.len(), 2, "one row per job: {audit}");
+    assert_eq!(
+        field_of(&audit, "outcome").len(),
+        2,
+        "one row per job: {audit}"
+    );
     assert!(audit.to_string().contains("status=interrupted"), "{audit}");
 
     // SQLite agrees the file is sound (read while the service runs).

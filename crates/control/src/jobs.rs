@@ -219,21 +219,7 @@ impl App {
     ) -> Result<Job, AppError> {
         let kind = op.kind();
         check_job_kind(&kind)?;
-        let job = Job {
-            id: JobId::new(),
-            kind,
-            requester: grant.subject,
-            owner: grant.owner,
-            target: Some(scrub(&op.target())),
-            status: JobStatus::Queued,
-            progress: 0,
-            created_at: Utc::now(),
-            started_at: None,
-            finished_at: None,
-            error: None,
-            result: None,
-            parent: None,
-        };
+        let job = Job::queued(kind, grant.subject, grant.owner, Some(scrub(&op.target())));
         let plan = operations::plan(&op);
         let steps: Vec<NewStep> = plan
             .iter()

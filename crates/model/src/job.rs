@@ -138,6 +138,27 @@ pub struct Job {
     pub parent: Option<JobId>,
 }
 
+impl Job {
+    /// A job just submitted: queued, nothing run yet.
+    pub fn queued(kind: String, requester: UserId, owner: UserId, target: Option<String>) -> Self {
+        Self {
+            id: JobId::new(),
+            kind,
+            requester,
+            owner,
+            target,
+            status: JobStatus::Queued,
+            progress: 0,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            error: None,
+            result: None,
+            parent: None,
+        }
+    }
+}
+
 /// Which jobs to list, newest first. The control layer sets `owner` from
 /// what the caller may see; the store applies the rest.
 #[derive(Debug, Clone, Default)]

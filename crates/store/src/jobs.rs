@@ -67,6 +67,11 @@ pub struct Lease {
     pub cancel_requested: bool,
 }
 
+fn job_id_col(row: &SqliteRow) -> Result<JobId> {
+    let id: String = row.try_get("id")?;
+    parse_col(&id, "job id")
+}
+
 fn job_from_row(row: &SqliteRow) -> Result<Job> {
     let id: String = row.try_get("id")?;
     let requester: String = row.try_get("requester_id")?;
@@ -267,9 +272,8 @@ impl Store {
         .await?;
         rows.iter()
             .map(|row| {
-                let id: String = row.try_get("id")?;
                 Ok(Claimable {
-                    id: parse_col(&id, "job id")?,
+                    id: job_id_col(row)?,
                     slot: row.try_get("slot")?,
                 })
             })
@@ -334,9 +338,8 @@ impl Store {
         .await?;
         rows.iter()
             .map(|row| {
-                let id: String = row.try_get("id")?;
                 Ok(Lease {
-                    id: parse_col(&id, "job id")?,
+                    id: job_id_col(row)?,
                     cancel_requested: row.try_get("cancel_requested")?,
                 })
             })
@@ -565,21 +568,7 @@ mod tests {
     use overvisor_model::job::LogLevel;
 
     fn job(owner: UserId, kind: &str) -> Job {
-        Job {
-            id: JobId::new(),
-            kind: kind.into(),
-            requester: owner,
-            owner,
-            target: Some("host:x".into()),
-            status: JobStatus::Queued,
-            progress: 0,
-            created_at: Utc::now(),
-            started_at: None,
-            finished_at: None,
-            error: None,
-            result: None,
-            parent: None,
-        }
+        Job::queued(kind.into(), owner, owner, Some("host:x".into()))
     }
 
     fn grant(owner: UserId) -> Grant {

@@ -353,21 +353,7 @@ impl App {
     /// Stores a job without waking a runner (tests then act as the runner
     /// that claimed it).
     async fn job_submit_parked(&self, grant: &Grant, op: &Operation) -> JobId {
-        let job = Job {
-            id: JobId::new(),
-            kind: op.kind(),
-            requester: grant.subject,
-            owner: grant.owner,
-            target: Some(op.target()),
-            status: JobStatus::Queued,
-            progress: 0,
-            created_at: Utc::now(),
-            started_at: None,
-            finished_at: None,
-            error: None,
-            result: None,
-            parent: None,
-        };
+        let job = Job::queued(op.kind(), grant.subject, grant.owner, Some(op.target()));
         let plan = operations::plan(op);
         let steps: Vec<NewStep> = plan
             .iter()
@@ -464,21 +450,7 @@ async fn jobs_wait_for_a_free_host_slot() {
     }];
     let mut ids = Vec::new();
     for _ in 0..DEFAULT_PER_HOST + 2 {
-        let job = Job {
-            id: JobId::new(),
-            kind: op.kind(),
-            requester: s.id(),
-            owner: s.id(),
-            target: None,
-            status: JobStatus::Queued,
-            progress: 0,
-            created_at: Utc::now(),
-            started_at: None,
-            finished_at: None,
-            error: None,
-            result: None,
-            parent: None,
-        };
+        let job = Job::queued(op.kind(), s.id(), s.id(), None);
         f.app
             .store()
             .job_insert(

@@ -653,8 +653,7 @@ impl SshSession {
                 Ok(ch) => ClosingChannel(Some(ch)),
                 Err(e) => return Err(self.channel_error(&h, e).await),
             };
-            metrics::counter!("overvisor_ssh_commands_total", "mode" => "interactive")
-                .increment(1);
+            metrics::counter!("overvisor_ssh_commands_total", "mode" => "interactive").increment(1);
             #[expect(
                 clippy::disallowed_methods,
                 reason = "the one interactive exec of a quoted CommandLine"
