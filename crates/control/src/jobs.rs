@@ -98,7 +98,7 @@ pub struct JobRunner {
     id: String,
     settings: JobSettings,
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
-    live: Mutex<HashMap<JobId, CancellationToken>>,
+    live: Mutex<HashMap<JobId, LiveJob>>,
     wake: Notify,
 }
 
@@ -135,11 +135,16 @@ impl JobRunner {
             .clone()
     }
 
-    fn register(&self, id: JobId, token: CancellationToken) {
+    fn register(&self, id: JobId) -> LiveJob {
+        let live = LiveJob {
+            cancel: CancellationToken::new(),
+            lost: CancellationToken::new(),
+        };
         self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, token);
+            .insert(id, live.clone());
+        live
     }
 
     fn forget(&self, id: JobId) {
@@ -154,15 +159,15 @@ impl JobRunner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
-            .cloned()
+            .map(|live| live.cancel.clone())
     }
 
-    fn live_tokens(&self) -> Vec<(JobId, CancellationToken)> {
+    fn live_jobs(&self) -> Vec<(JobId, LiveJob)> {
         self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(id, t)| (*id, t.clone()))
+            .map(|(id, live)| (*id, live.clone()))
             .collect()
     }
 
@@ -170,6 +175,15 @@ impl JobRunner {
     pub fn live_count(&self) -> usize {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
+}
+
+/// A job this runner is running.
+#[derive(Clone)]
+struct LiveJob {
+    /// Someone asked to cancel it: its steps stop and are undone.
+    cancel: CancellationToken,
+    /// Another runner took it over: stop at once, write and undo nothing.
+    lost: CancellationToken,
 }
 
 /// A job with its steps and log, as `GET /jobs/{id}` shows it.

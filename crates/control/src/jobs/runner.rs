@@ -87,10 +87,9 @@ impl App {
                 .await
             {
                 Ok(Some(claimed)) => {
-                    let token = CancellationToken::new();
-                    runner.register(claimed.job.id, token.clone());
+                    let live = runner.register(claimed.job.id);
                     let app = self.clone();
-                    tokio::spawn(async move { app.job_run_guarded(claimed, token, permit).await });
+                    tokio::spawn(async move { app.job_run_guarded(claimed, live, permit).await });
                 }
                 Ok(None) => {}
                 Err(err) => tracing::warn!(job = %candidate.id, error = %err, "cannot claim job"),
@@ -100,8 +99,8 @@ impl App {
 
     /// Keeps this runner's leases alive; passes on cancel requests made in
     /// other processes; stops jobs whose lease another runner took.
-    async fn jobs_renew_leases(&self) {
-        let live = self.jobs().live_tokens();
+    pub(super) async fn jobs_renew_leases(&self) {
+        let live = self.jobs().live_jobs();
         if live.is_empty() {
             return;
         }
@@ -113,13 +112,13 @@ impl App {
                 return;
             }
         };
-        for (id, token) in live {
+        for (id, job) in live {
             match leases.iter().find(|l| l.id == id) {
-                Some(lease) if lease.cancel_requested => token.cancel(),
+                Some(lease) if lease.cancel_requested => job.cancel.cancel(),
                 Some(_) => {}
                 None => {
                     tracing::warn!(job = %id, "lost the lease of a job; stopping it here");
-                    token.cancel();
+                    job.lost.cancel();
                 }
             }
         }
@@ -130,14 +129,24 @@ impl App {
     async fn job_run_guarded(
         self,
         claimed: Claimed,
-        cancel: CancellationToken,
+        live: super::LiveJob,
         permit: Option<OwnedSemaphorePermit>,
     ) {
         let job = claimed.job.clone();
         let grant = claimed.grant.clone();
         let app = self.clone();
-        let task = tokio::spawn(async move { app.job_run(claimed, cancel).await });
-        if let Err(err) = task.await
+        let cancel = live.cancel.clone();
+        let mut task = tokio::spawn(async move { app.job_run(claimed, cancel).await });
+        let joined = tokio::select! {
+            joined = &mut task => Some(joined),
+            // Another runner holds the job now: whatever this one would
+            // still write or undo would fight it.
+            _ = live.lost.cancelled() => {
+                task.abort();
+                None
+            }
+        };
+        if let Some(Err(err)) = joined
             && err.is_panic()
         {
             tracing::error!(job = %job.id, "job panicked");

@@ -438,6 +438,58 @@ async fn a_job_that_must_not_run_twice_is_marked_interrupted_in_its_step() {
 }
 
 #[tokio::test]
+async fn a_runner_that_lost_its_lease_stops_without_writing_or_undoing() {
+    let f = fixture().await;
+    let s = subject(Role::Operator);
+    let job = f
+        .app
+        .job_test_steps(&s, steps_op(3, 5000, None, None))
+        .await
+        .unwrap();
+    step_running(&f.app, &s, job.id, 0).await;
+    // Another runner takes the job over, as if this one had stalled past
+    // its lease.
+    let later = Utc::now() + chrono::Duration::hours(1);
+    let taken = f
+        .app
+        .store()
+        .job_claim(
+            job.id,
+            "runner-elsewhere",
+            later,
+            later + chrono::Duration::hours(1),
+        )
+        .await
+        .unwrap();
+    assert!(taken.is_some());
+    f.app.jobs_renew_leases().await;
+    for _ in 0..100 {
+        if f.app.jobs().live_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(f.app.jobs().live_count(), 0, "stopped here");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let detail = f.app.job_get(&s, job.id).await.unwrap();
+    assert_eq!(
+        detail.job.status,
+        JobStatus::Running,
+        "left to the new runner"
+    );
+    assert_eq!(
+        statuses(&detail),
+        [
+            StepStatus::Running,
+            StepStatus::Pending,
+            StepStatus::Pending
+        ],
+        "nothing cancelled or undone"
+    );
+    assert_eq!(messages(&detail), ["step 1 ran"]);
+}
+
+#[tokio::test]
 async fn jobs_wait_for_a_free_host_slot() {
     let f = fixture().await;
     let s = subject(Role::Operator);
