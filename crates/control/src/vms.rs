@@ -97,11 +97,19 @@ impl App {
             .host_authorized(subject, *host, Action::Operate, &kind)
             .await?;
         let checked = async {
-            // Asked of the host (not the inventory, which may be a few
-            // milliseconds behind an action that just finished), so a
-            // missing VM, a bad host key, a dead host or an invalid
-            // transition answer now. A host too slow to say is left to the
-            // job, whose `check` step asks again within its own timeout.
+            // The inventory follows the host's events, so a state it shows
+            // that allows the action is taken as found (the action itself
+            // fails clearly in the rare case the host has just changed).
+            // Anything else is asked of the host, so a missing VM, a bad
+            // host key, a dead host or an invalid transition answer now,
+            // and a refusal is never based on a stale picture. A host too
+            // slow to say is left to the job, whose `check` step asks again
+            // within its own timeout.
+            if let Some(state) = self.inventory().vm_state(*host, vm.as_str())
+                && allowed(state, action)
+            {
+                return Ok(Some(state));
+            }
             let driver = self.host_driver(&authorized).await?;
             match tokio::time::timeout(PRECHECK_TIMEOUT, driver.vm_state(vm)).await {
                 Ok(Ok(state)) if !allowed(state, action) => Err(AppError::InvalidTransition(

@@ -268,6 +268,17 @@ impl VmAction {
         !matches!(self, Self::Reboot | Self::Reset)
     }
 
+    /// The state the VM is in as soon as the action's command returns
+    /// (a graceful shutdown or reboot only asks the guest).
+    pub fn immediate_goal(self) -> Option<VmState> {
+        match self {
+            Self::Start | Self::Resume => Some(VmState::Running),
+            Self::ForceStop => Some(VmState::ShutOff),
+            Self::Suspend => Some(VmState::Paused),
+            Self::Shutdown | Self::Reboot | Self::Reset | Self::Delete => None,
+        }
+    }
+
     /// The state the action leaves the VM in, when it decides one.
     pub fn goal(self) -> Option<VmState> {
         match self {

@@ -125,7 +125,8 @@ pub async fn vm_names(api: &Api, host_id: &str) -> Vec<String> {
     assert_eq!(job["status"], "succeeded", "{job}");
     let body = host_vms(api, host_id).await;
     assert_eq!(body["host"]["status"], "connected", "{body}");
-    assert_eq!(body["total"], job["result"]["vms"], "{body} vs {job}");
+    // No count check against the job: other tests define and remove VMs
+    // on shared lab hosts at the same time.
     body["items"]
         .as_array()
         .unwrap()

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use overvisor_model::account::UserId;
 use overvisor_model::host::HostId;
+use overvisor_model::vm::VmState;
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -40,6 +41,21 @@ pub struct InventorySummary {
 impl Inventory {
     pub fn host_status(&self, id: HostId) -> Option<HostStatus> {
         read(&self.hosts).get(&id).map(|slot| slot.status.clone())
+    }
+
+    /// The state a VM (by name or UUID) of a connected host was last seen
+    /// in; `None` when the host is not connected or the VM not known.
+    pub fn vm_state(&self, host: HostId, vm: &str) -> Option<VmState> {
+        let hosts = read(&self.hosts);
+        let slot = hosts.get(&host)?;
+        if slot.status.status != Connectivity::Connected {
+            return None;
+        }
+        let uuid = Uuid::parse_str(vm).ok();
+        slot.vms
+            .values()
+            .find(|r| Some(r.uuid) == uuid || r.name == vm)
+            .map(|r| r.state)
     }
 }
 

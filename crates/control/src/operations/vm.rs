@@ -1,8 +1,10 @@
 //! VM lifecycle actions and delete as steps. The state a VM was found in is
-//! read once (usually at submit, where a refused transition answers 409
-//! before any job exists, and recorded as the `check` step's output) and the
-//! state it was left in once, by `confirm`: one `virsh` call for the action
-//! plus these two reads.
+//! known before any job exists (from the inventory when it allows the
+//! action, else read from the host, where a refused transition answers 409)
+//! and recorded as the `check` step's output; `act` runs the one `virsh`
+//! command; `confirm` takes the state it was left in from the inventory,
+//! which the host's event stream updates, and asks the host only when the
+//! inventory does not show it.
 
 use overvisor_hv::HvError;
 use overvisor_model::host::HostId;
@@ -66,9 +68,42 @@ pub async fn run_action(
             Ok(None)
         }
         _ => {
-            let state = driver.vm_state(vm).await.map_err(fail)?;
+            // The host's event stream usually tells the inventory the new
+            // state before the action's command has even returned; only
+            // when it does not (or the action has no immediate goal) is the
+            // host asked again.
+            let seen = match action.immediate_goal() {
+                Some(goal) => shown_by_inventory(cx, host.get().id, vm, goal).await,
+                None => None,
+            };
+            let state = match seen {
+                Some(state) => state,
+                None => driver.vm_state(vm).await.map_err(fail)?,
+            };
             cx.info(format!("{vm} is {state}")).await;
             Ok(Some(state_output(state)))
+        }
+    }
+}
+
+/// How long `confirm` waits for the inventory before asking the host.
+const INVENTORY_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// `goal`, once the inventory shows `vm` in it (within [`INVENTORY_WAIT`]).
+async fn shown_by_inventory(
+    cx: &StepCx<'_>,
+    host: HostId,
+    vm: &VmName,
+    goal: VmState,
+) -> Option<VmState> {
+    let deadline = tokio::time::Instant::now() + INVENTORY_WAIT;
+    loop {
+        match cx.app.inventory().vm_state(host, vm.as_str()) {
+            Some(state) if state == goal => return Some(state),
+            // Not followed by the inventory: ask the host.
+            None => return None,
+            Some(_) if tokio::time::Instant::now() >= deadline => return None,
+            Some(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
         }
     }
 }
