@@ -85,7 +85,7 @@ pub async fn run(binary: &Path, lab: &Lab, guest: &TestGuest, runs: usize) -> an
         versus(ours.median() - root.median(), 20.0, "ms")
     );
     println!(
-        "   SSH commands per action: {commands:.2} (the state check at submit, the action, the state it was left in)"
+        "   SSH commands the service ran per action: {commands:.2} (a state read at submit or in confirm counts when the inventory could not answer)"
     );
     service.terminate(Duration::from_secs(30))?;
     Ok(())
