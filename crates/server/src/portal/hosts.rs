@@ -18,10 +18,10 @@ use overvisor_model::host::{
 };
 use serde::Deserialize;
 
-use super::{Chrome, CsrfOnly, Done, PortalSession, error_response, render};
+use super::{Chrome, CsrfOnly, Done, PortalSession, VerifiedForm, error_response, render};
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Form, Path, Query};
+use crate::extract::{Path, Query};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -92,8 +92,6 @@ async fn hosts_page(
 /// exactly as the operator left it.
 #[derive(Deserialize, Default, Clone)]
 struct HostForm {
-    #[serde(default)]
-    csrf_token: String,
     #[serde(default)]
     name: String,
     #[serde(default)]
@@ -183,11 +181,8 @@ async fn host_new_page(session: PortalSession) -> Response {
 async fn host_probe(
     State(state): State<AppState>,
     session: PortalSession,
-    Form(form): Form<HostForm>,
+    VerifiedForm(form): VerifiedForm<HostForm>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     let probed = match form.port() {
         Ok(port) => state
             .app
@@ -204,11 +199,8 @@ async fn host_probe(
 async fn host_create(
     State(state): State<AppState>,
     session: PortalSession,
-    Form(form): Form<HostForm>,
+    VerifiedForm(form): VerifiedForm<HostForm>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     let created = async {
         let fingerprint = HostKeyFingerprint::parse(form.fingerprint.trim()).map_err(|_| {
             ApiError::invalid(
@@ -345,11 +337,8 @@ async fn host_edit(
     State(state): State<AppState>,
     session: PortalSession,
     Path(id): Path<HostId>,
-    Form(form): Form<HostForm>,
+    VerifiedForm(form): VerifiedForm<HostForm>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     let saved = async {
         let fingerprint = match form.fingerprint.trim() {
             "" => None,
@@ -405,11 +394,8 @@ async fn host_resync(
     State(state): State<AppState>,
     session: PortalSession,
     Path(id): Path<HostId>,
-    Form(form): Form<CsrfOnly>,
+    _: VerifiedForm<CsrfOnly>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     let job = match state
         .app
         .inventory_resync_job(&session.subject, Some(id))
@@ -432,11 +418,8 @@ async fn host_delete(
     State(state): State<AppState>,
     session: PortalSession,
     Path(id): Path<HostId>,
-    Form(form): Form<CsrfOnly>,
+    _: VerifiedForm<CsrfOnly>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     let removed = async {
         let job = state.app.host_delete_job(&session.subject, id).await?;
         state
