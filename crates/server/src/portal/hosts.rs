@@ -11,10 +11,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use overvisor_control::hosts::{HostChanges, NewHost};
 use overvisor_control::inventory::{Connectivity, HostStatus, VmQuery, VmRecord};
 use overvisor_model::host::{
-    DEFAULT_LIBVIRT_URI, DEFAULT_SSH_USER, Host, HostFacts, HostId, HostKeyFingerprint, HostKind,
+    DEFAULT_LIBVIRT_URI, DEFAULT_SSH_USER, Host, HostChanges, HostFacts, HostId,
+    HostKeyFingerprint, NewHost,
 };
 use serde::Deserialize;
 
@@ -128,8 +128,29 @@ impl HostForm {
         }
     }
 
-    fn tags(&self) -> Vec<String> {
-        split_tags(&self.tags)
+    /// What the form says, as a change to a host: blank text keeps a field
+    /// (or, for a new host, leaves it to its default). Adding and editing
+    /// both read the form through this.
+    fn changes(&self) -> Result<HostChanges, ApiError> {
+        let host_key_fingerprint = match self.fingerprint.trim() {
+            "" => None,
+            f => Some(HostKeyFingerprint::parse(f).map_err(|_| {
+                ApiError::invalid(
+                    "fingerprint",
+                    "A fingerprint looks like SHA256: followed by 43 characters",
+                )
+            })?),
+        };
+        Ok(HostChanges {
+            name: some_text(&self.name),
+            address: some_text(&self.address),
+            port: Some(self.port()?),
+            ssh_user: some_text(&self.ssh_user),
+            libvirt_uri: some_text(&self.libvirt_uri),
+            tags: Some(split_tags(&self.tags)),
+            host_key_fingerprint,
+            ..HostChanges::default()
+        })
     }
 }
 
@@ -202,24 +223,14 @@ async fn host_create(
     VerifiedForm(form): VerifiedForm<HostForm>,
 ) -> Response {
     let created = async {
-        let fingerprint = HostKeyFingerprint::parse(form.fingerprint.trim()).map_err(|_| {
-            ApiError::invalid(
+        let changes = form.changes()?;
+        if changes.host_key_fingerprint.is_none() {
+            return Err(ApiError::invalid(
                 "fingerprint",
                 "Probe the host and confirm its fingerprint first",
-            )
-        })?;
-        let new = NewHost {
-            name: some_text(&form.name),
-            kind: HostKind::Libvirt,
-            address: form.address.trim().to_owned(),
-            port: Some(form.port()?),
-            ssh_user: some_text(&form.ssh_user),
-            libvirt_uri: some_text(&form.libvirt_uri),
-            tags: form.tags(),
-            host_key_fingerprint: Some(fingerprint),
-            trust_on_first_use: false,
-            credential: None,
-        };
+            ));
+        }
+        let new = NewHost::from_changes(changes);
         state
             .app
             .host_create(&session.subject, new)
@@ -340,25 +351,7 @@ async fn host_edit(
     VerifiedForm(form): VerifiedForm<HostForm>,
 ) -> Response {
     let saved = async {
-        let fingerprint = match form.fingerprint.trim() {
-            "" => None,
-            f => Some(HostKeyFingerprint::parse(f).map_err(|_| {
-                ApiError::invalid(
-                    "fingerprint",
-                    "A fingerprint looks like SHA256: followed by 43 characters",
-                )
-            })?),
-        };
-        let changes = HostChanges {
-            name: some_text(&form.name),
-            address: some_text(&form.address),
-            port: Some(form.port()?),
-            ssh_user: some_text(&form.ssh_user),
-            libvirt_uri: some_text(&form.libvirt_uri),
-            tags: Some(form.tags()),
-            host_key_fingerprint: fingerprint,
-            ..HostChanges::default()
-        };
+        let changes = form.changes()?;
         // A job like the API's, followed here: the page shows the outcome.
         let job = state
             .app
