@@ -11,8 +11,9 @@ use axum::routing::{get, post};
 use chrono::{DateTime, NaiveDate, Utc};
 use overvisor_control::accounts::NewUser;
 use overvisor_control::audit::AuditFilter;
-use overvisor_model::account::{AuditEvent, Email, Outcome, Role, User, UserId, UserName};
-use overvisor_store::users::UserChanges;
+use overvisor_model::account::{
+    AuditEvent, Email, Outcome, Role, User, UserChanges, UserId, UserName,
+};
 use serde::Deserialize;
 
 use super::{Chrome, CsrfOnly, Done, PortalSession, VerifiedForm, error_response, render};
