@@ -8,9 +8,8 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use overvisor_control::accounts::NewUser;
 use overvisor_control::authz::Subject;
-use overvisor_model::account::{Email, Role, UserName};
+use overvisor_model::account::{Email, Role, UserChanges, UserName};
 use overvisor_server::Config;
-use overvisor_store::users::UserChanges;
 
 use crate::serve::open_app;
 

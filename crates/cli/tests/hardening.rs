@@ -215,6 +215,42 @@ async fn cookie_writes_from_another_site_are_refused() {
 }
 
 #[tokio::test]
+async fn portal_forms_need_the_session_token_before_anything_is_read() {
+    let app = TestApp::start().await;
+    let (response, client) = portal_sign_in(&app, "/", &[]).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let account = format!("{}/account", app.ui);
+    let page = client.get(&account).send().await.unwrap().text().await;
+    let csrf = hidden_input(&page.unwrap(), "csrf_token");
+    let post = |path: String, form: &[(&str, &str)]| client.post(path).form(form).send();
+    let keys = format!("{}/account/keys", app.ui);
+    for forged in [
+        &[("csrf_token", "forged"), ("name", "forged-key")][..],
+        &[("name", "forged-key")],
+    ] {
+        let refused = post(keys.clone(), forged).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert!(refused.text().await.unwrap().contains("Reload the page"));
+    }
+    // Even fields that would not parse: the token is checked first.
+    let disabled = format!("{}/admin/users/{}/disabled", app.ui, uuid::Uuid::new_v4());
+    let forged = [("csrf_token", "forged"), ("disabled", "maybe")];
+    let refused = post(disabled.clone(), &forged).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    // With the token, a field that does not parse is named.
+    let bad = [("csrf_token", csrf.as_str()), ("disabled", "maybe")];
+    let bad = post(disabled, &bad).await.unwrap();
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(bad.text().await.unwrap().contains("disabled"));
+    let page = client.get(&account).send().await.unwrap().text().await;
+    assert!(!page.unwrap().contains("forged-key"), "no key was created");
+    let real = [("csrf_token", csrf.as_str()), ("name", "real-key")];
+    let created = post(keys, &real).await.unwrap();
+    assert_eq!(created.status(), StatusCode::OK);
+    assert!(created.text().await.unwrap().contains("real-key"));
+}
+
+#[tokio::test]
 async fn metrics_labels_stay_bounded_whatever_clients_send() {
     let app = TestApp::start().await;
     let http = reqwest::Client::new();

@@ -6,9 +6,9 @@ use std::time::Instant;
 use chrono::Utc;
 use overvisor_hv::generate_ed25519_identity;
 use overvisor_model::account::{
-    ApiKey, Credential, Email, Outcome, Role, User, UserId, UserName, check_password_policy,
+    ApiKey, Credential, Email, Outcome, Role, User, UserChanges, UserId, UserName,
+    check_password_policy,
 };
-use overvisor_store::users::UserChanges;
 
 use crate::audit::Target;
 use crate::authz::{Action, Resource, Subject, authorize};

@@ -538,8 +538,7 @@ mod tests {
     use super::*;
     use crate::AppConfig;
     use crate::accounts::NewUser;
-    use overvisor_model::account::{Email, Role, UserName};
-    use overvisor_store::users::UserChanges;
+    use overvisor_model::account::{Email, Role, UserChanges, UserName};
     use overvisor_store::{MasterKey, Sealer, Store};
 
     async fn app_with(stream_recheck: Duration) -> (App, tempfile::TempDir) {

@@ -11,7 +11,7 @@ use chrono::Utc;
 use overvisor_hv::ClientKey;
 use overvisor_model::InvalidInput;
 use overvisor_model::account::{Outcome, UserId};
-use overvisor_model::host::{CredentialChange, HostSecret};
+use overvisor_model::host::{CredentialChange, HostChanges, HostSecret, NewHost};
 use overvisor_model::host::{
     DEFAULT_LIBVIRT_URI, DEFAULT_SSH_USER, Host, HostFacts, HostId, HostKeyFingerprint, HostKind,
     check_host_name, check_libvirt_uri, check_ssh_user, normalize_tags, parse_host_address,
@@ -27,38 +27,6 @@ impl Owned for Host {
     fn owner(&self) -> UserId {
         self.owner
     }
-}
-
-/// What an operator supplies to register a host.
-#[derive(Debug, Clone)]
-pub struct NewHost {
-    /// Defaults to the address.
-    pub name: Option<String>,
-    pub kind: HostKind,
-    pub address: String,
-    pub port: Option<u16>,
-    pub ssh_user: Option<String>,
-    pub libvirt_uri: Option<String>,
-    pub tags: Vec<String>,
-    /// The fingerprint the operator confirmed.
-    pub host_key_fingerprint: Option<HostKeyFingerprint>,
-    /// Without a fingerprint: record whatever key the host presents now.
-    pub trust_on_first_use: bool,
-    pub credential: Option<HostSecret>,
-}
-
-/// Changes to a host; `None` keeps a field.
-#[derive(Debug, Clone, Default)]
-pub struct HostChanges {
-    pub name: Option<String>,
-    pub address: Option<String>,
-    pub port: Option<u16>,
-    pub ssh_user: Option<String>,
-    pub libvirt_uri: Option<String>,
-    pub tags: Option<Vec<String>>,
-    pub host_key_fingerprint: Option<HostKeyFingerprint>,
-    pub credential: Option<HostSecret>,
-    pub remove_credential: bool,
 }
 
 /// A host change that passed every check, ready to write.

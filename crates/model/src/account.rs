@@ -226,6 +226,17 @@ pub struct User {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Fields an administrator may change; a field left out is kept.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = UserUpdate)]
+pub struct UserChanges {
+    pub email: Option<Email>,
+    pub role: Option<Role>,
+    /// Disabling ends every session; API keys stop working while disabled.
+    pub disabled: Option<bool>,
+}
+
 /// An API key as shown after creation: everything but the secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ApiKey {

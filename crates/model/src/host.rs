@@ -287,12 +287,88 @@ pub fn normalize_tags(tags: Vec<String>) -> Result<Vec<String>, InvalidInput> {
     Ok(out)
 }
 
-/// A host's own login secret. `Debug` is redacted.
-#[derive(Clone, PartialEq, Eq)]
+/// A host's own login secret. Write-only: never shown again.
+// Hence no `Serialize`, and a redacted `Debug`.
+#[derive(Clone, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[schema(as = CredentialInput)]
 pub enum HostSecret {
     /// An OpenSSH private key without passphrase.
     PrivateKey(String),
+    /// Not supported by the SSH transport yet (refused with 400).
     Password(String),
+}
+
+/// What an operator supplies to register a host.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = HostCreate)]
+pub struct NewHost {
+    /// Display name; defaults to the address.
+    pub name: Option<String>,
+    #[serde(default = "default_kind")]
+    pub kind: HostKind,
+    /// Hostname or IP address.
+    pub address: String,
+    /// Default 22.
+    pub port: Option<u16>,
+    /// Default `ovdeploy`.
+    pub ssh_user: Option<String>,
+    /// Default `qemu:///system`.
+    pub libvirt_uri: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The fingerprint you confirmed (see `POST /api/v1/hosts/probe`).
+    pub host_key_fingerprint: Option<HostKeyFingerprint>,
+    /// Without a fingerprint: record whatever key the host presents now.
+    #[serde(default)]
+    pub trust_on_first_use: bool,
+    /// The host's own login; without one, your SSH identity is used.
+    pub credential: Option<HostSecret>,
+}
+
+fn default_kind() -> HostKind {
+    HostKind::Libvirt
+}
+
+impl NewHost {
+    /// A libvirt host with what `changes` sets and defaults for the rest
+    /// (pinned to its fingerprint, if it names one); a missing address is
+    /// left empty, for the address check to name.
+    pub fn from_changes(changes: HostChanges) -> Self {
+        Self {
+            name: changes.name,
+            kind: default_kind(),
+            address: changes.address.unwrap_or_default(),
+            port: changes.port,
+            ssh_user: changes.ssh_user,
+            libvirt_uri: changes.libvirt_uri,
+            tags: changes.tags.unwrap_or_default(),
+            host_key_fingerprint: changes.host_key_fingerprint,
+            trust_on_first_use: false,
+            credential: changes.credential,
+        }
+    }
+}
+
+/// Changes to a host; a field left out is kept.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = HostUpdate)]
+pub struct HostChanges {
+    pub name: Option<String>,
+    pub address: Option<String>,
+    pub port: Option<u16>,
+    pub ssh_user: Option<String>,
+    pub libvirt_uri: Option<String>,
+    /// Replaces all tags.
+    pub tags: Option<Vec<String>>,
+    /// A newly confirmed host key (after a host was reinstalled).
+    pub host_key_fingerprint: Option<HostKeyFingerprint>,
+    pub credential: Option<HostSecret>,
+    /// Forget the host's own credential and use your SSH identity again.
+    #[serde(default)]
+    pub remove_credential: bool,
 }
 
 impl HostSecret {
@@ -446,5 +522,24 @@ mod tests {
             assert_eq!(json, format!("\"{k}\""));
         }
         assert!("vmware".parse::<HostKind>().is_err());
+    }
+
+    #[test]
+    fn host_bodies_refuse_unknown_fields_and_hide_secrets() {
+        let new: NewHost = serde_json::from_value(serde_json::json!({
+            "address": "kvm1",
+            "credential": {"private_key": "PEM"},
+        }))
+        .expect("minimal body");
+        assert_eq!(new.kind, HostKind::Libvirt);
+        assert!(!new.trust_on_first_use && new.tags.is_empty());
+        assert!(!format!("{new:?}").contains("PEM"), "Debug is redacted");
+        let typo = serde_json::json!({"address": "kvm1", "ssh_usr": "x"});
+        assert!(serde_json::from_value::<NewHost>(typo).is_err());
+        let changes: HostChanges =
+            serde_json::from_value(serde_json::json!({"remove_credential": true})).expect("body");
+        assert!(changes.remove_credential && changes.name.is_none());
+        let bad = serde_json::json!({"credential": {"private_key": "k", "password": "p"}});
+        assert!(serde_json::from_value::<HostChanges>(bad).is_err());
     }
 }

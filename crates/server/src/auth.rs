@@ -16,6 +16,18 @@ use crate::{AppState, Settings};
 
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
+/// Whether `presented` is the session's CSRF token; in constant time, so
+/// response timing cannot reveal it byte by byte.
+pub fn csrf_matches(presented: &[u8], token: &str) -> bool {
+    constant_time_eq(presented, token.as_bytes())
+}
+
+/// Whether the request carries the session's CSRF token in `X-CSRF-Token`.
+pub fn csrf_in_header(headers: &HeaderMap, token: &str) -> bool {
+    let presented = headers.get(CSRF_HEADER).map(|v| v.as_bytes());
+    csrf_matches(presented.unwrap_or_default(), token)
+}
+
 /// The session cookie's name; `__Host-` pins it to this origin when Secure.
 pub fn session_cookie_name(settings: &Settings) -> &'static str {
     if settings.secure_cookies {
@@ -173,12 +185,7 @@ impl FromRequestParts<AppState> for Caller {
         let auth = state.app.session_authenticate(cookie, client.ip).await?;
         if !is_safe(&parts.method) {
             check_same_origin(&parts.headers)?;
-            let presented = parts
-                .headers
-                .get(CSRF_HEADER)
-                .map(|v| v.as_bytes())
-                .unwrap_or_default();
-            if !constant_time_eq(presented, auth.csrf_token.as_bytes()) {
+            if !csrf_in_header(&parts.headers, &auth.csrf_token) {
                 return Err(ApiError::csrf());
             }
         }

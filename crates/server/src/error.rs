@@ -3,7 +3,9 @@
 //! Internal details are logged, never returned.
 
 use axum::Json;
-use axum::extract::rejection::{FormRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{
+    FormRejection, JsonRejection, PathRejection, QueryRejection, RawFormRejection,
+};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use overvisor_control::AppError;
@@ -58,6 +60,14 @@ impl ApiError {
             StatusCode::NOT_FOUND,
             "not_found",
             format!("{what} not found"),
+        )
+    }
+
+    /// A form body whose fields do not fit, worded as axum's `Form` words it.
+    pub fn bad_form(err: &impl std::fmt::Display) -> Self {
+        form_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("Failed to deserialize form body: {err}"),
         )
     }
 
@@ -195,14 +205,23 @@ fn data_error(text: &str) -> ApiError {
 
 impl From<FormRejection> for ApiError {
     fn from(rejection: FormRejection) -> Self {
-        let status = rejection.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "body_too_large"
-        } else {
-            "bad_form"
-        };
-        Self::new(status, code, rejection.body_text())
+        form_error(rejection.status(), rejection.body_text())
     }
+}
+
+impl From<RawFormRejection> for ApiError {
+    fn from(rejection: RawFormRejection) -> Self {
+        form_error(rejection.status(), rejection.body_text())
+    }
+}
+
+fn form_error(status: StatusCode, message: String) -> ApiError {
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "body_too_large"
+    } else {
+        "bad_form"
+    };
+    ApiError::new(status, code, message)
 }
 
 impl From<QueryRejection> for ApiError {

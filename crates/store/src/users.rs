@@ -2,7 +2,7 @@
 //! layer's login path; it is never part of [`User`].
 
 use chrono::{DateTime, Utc};
-use overvisor_model::account::{Email, Role, User, UserId, UserName};
+use overvisor_model::account::{Email, Role, User, UserChanges, UserId, UserName};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
@@ -13,14 +13,6 @@ use crate::{Result, Store, StoreError, parse_col};
 pub struct UserCredentials {
     pub user: User,
     pub password_hash: Option<String>,
-}
-
-/// Fields an administrator may change; `None` leaves a field as it is.
-#[derive(Debug, Clone, Default)]
-pub struct UserChanges {
-    pub email: Option<Email>,
-    pub role: Option<Role>,
-    pub disabled: Option<bool>,
 }
 
 const COLUMNS: &str = "id, name, email, role, disabled, created_at, updated_at, password_hash";

@@ -5,9 +5,8 @@
 use axum::extract::State;
 use axum::http::{HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use overvisor_control::hosts::{Enrolment, HostChanges, NewHost};
-use overvisor_model::host::HostSecret;
-use overvisor_model::host::{Host, HostFacts, HostId, HostKeyFingerprint, HostKind};
+use overvisor_control::hosts::Enrolment;
+use overvisor_model::host::{Host, HostChanges, HostFacts, HostId, HostKeyFingerprint, NewHost};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -16,25 +15,6 @@ use crate::api::jobs::job_accepted;
 use crate::auth::Caller;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
-
-/// A host's own login secret. Write-only: never shown again.
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum CredentialInput {
-    /// An OpenSSH private key without passphrase.
-    PrivateKey(String),
-    /// Not supported by the SSH transport yet (refused with 400).
-    Password(String),
-}
-
-impl From<CredentialInput> for HostSecret {
-    fn from(c: CredentialInput) -> Self {
-        match c {
-            CredentialInput::PrivateKey(k) => HostSecret::PrivateKey(k),
-            CredentialInput::Password(p) => HostSecret::Password(p),
-        }
-    }
-}
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -80,58 +60,16 @@ pub async fn host_probe(
     }))
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct HostCreate {
-    /// Display name; defaults to the address.
-    pub name: Option<String>,
-    #[serde(default = "default_kind")]
-    pub kind: HostKind,
-    /// Hostname or IP address.
-    pub address: String,
-    /// Default 22.
-    pub port: Option<u16>,
-    /// Default `ovdeploy`.
-    pub ssh_user: Option<String>,
-    /// Default `qemu:///system`.
-    pub libvirt_uri: Option<String>,
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// The fingerprint you confirmed (see `POST /api/v1/hosts/probe`).
-    pub host_key_fingerprint: Option<HostKeyFingerprint>,
-    /// Without a fingerprint: record whatever key the host presents now.
-    #[serde(default)]
-    pub trust_on_first_use: bool,
-    /// The host's own login; without one, your SSH identity is used.
-    pub credential: Option<CredentialInput>,
-}
-
-fn default_kind() -> HostKind {
-    HostKind::Libvirt
-}
-
 /// Registers a host. `Location` names the host; `X-Job-Id` the finished
 /// `host.create` job that records the change.
-#[utoipa::path(post, path = "/api/v1/hosts", tag = "hosts", request_body = HostCreate,
+#[utoipa::path(post, path = "/api/v1/hosts", tag = "hosts", request_body = NewHost,
     responses((status = 201, body = Host, headers(("x-job-id" = String, description = "The host.create job"))), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn host_create(
     State(state): State<AppState>,
     Caller(subject): Caller,
-    Json(body): Json<HostCreate>,
+    Json(new): Json<NewHost>,
 ) -> ApiResult<Response> {
-    let new = NewHost {
-        name: body.name,
-        kind: body.kind,
-        address: body.address,
-        port: body.port,
-        ssh_user: body.ssh_user,
-        libvirt_uri: body.libvirt_uri,
-        tags: body.tags,
-        host_key_fingerprint: body.host_key_fingerprint,
-        trust_on_first_use: body.trust_on_first_use,
-        credential: body.credential.map(HostSecret::from),
-    };
     let (host, job) = state.app.host_create(&subject, new).await?;
     let location = format!("/api/v1/hosts/{}", host.id);
     Ok((
@@ -169,48 +107,19 @@ pub async fn host_get(
     Ok(Json(state.app.host_get(&subject, id).await?))
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct HostUpdate {
-    pub name: Option<String>,
-    pub address: Option<String>,
-    pub port: Option<u16>,
-    pub ssh_user: Option<String>,
-    pub libvirt_uri: Option<String>,
-    /// Replaces all tags.
-    pub tags: Option<Vec<String>>,
-    /// A newly confirmed host key (after a host was reinstalled).
-    pub host_key_fingerprint: Option<HostKeyFingerprint>,
-    pub credential: Option<CredentialInput>,
-    /// Forget the host's own credential and use your SSH identity again.
-    #[serde(default)]
-    pub remove_credential: bool,
-}
-
 /// Changes a host in a `host.update` job (its result is `{"host"}`); the
 /// host's connection is replaced on the next call. Bad input, access and
 /// clashes are refused before any job exists.
 #[utoipa::path(patch, path = "/api/v1/hosts/{id}", tag = "hosts", params(("id" = String, Path)),
-    request_body = HostUpdate,
+    request_body = HostChanges,
     responses((status = 202, body = overvisor_model::job::Job, description = "The job; `Location` names it"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn host_update(
     State(state): State<AppState>,
     Caller(subject): Caller,
     Path(id): Path<HostId>,
-    Json(body): Json<HostUpdate>,
+    Json(changes): Json<HostChanges>,
 ) -> ApiResult<Response> {
-    let changes = HostChanges {
-        name: body.name,
-        address: body.address,
-        port: body.port,
-        ssh_user: body.ssh_user,
-        libvirt_uri: body.libvirt_uri,
-        tags: body.tags,
-        host_key_fingerprint: body.host_key_fingerprint,
-        credential: body.credential.map(HostSecret::from),
-        remove_credential: body.remove_credential,
-    };
     let job = state.app.host_update_job(&subject, id, changes).await?;
     Ok(job_accepted(&job))
 }

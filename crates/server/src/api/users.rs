@@ -4,8 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use overvisor_control::accounts::NewUser;
 use overvisor_control::credentials::ssh_fingerprint;
-use overvisor_model::account::{ApiKey, Email, Role, User, UserId, UserName};
-use overvisor_store::users::UserChanges;
+use overvisor_model::account::{ApiKey, Email, Role, User, UserChanges, UserId, UserName};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -142,28 +141,14 @@ pub async fn user_get(
     Ok(Json(state.app.user_get(&subject, id).await?))
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UserUpdate {
-    pub email: Option<Email>,
-    pub role: Option<Role>,
-    /// Disabling ends every session; API keys stop working while disabled.
-    pub disabled: Option<bool>,
-}
-
-#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", params(("id" = String, Path)), request_body = UserUpdate,
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", params(("id" = String, Path)), request_body = UserChanges,
     responses((status = 200, body = User), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn user_update(
     State(state): State<AppState>,
     Caller(subject): Caller,
     Path(id): Path<UserId>,
-    Json(body): Json<UserUpdate>,
+    Json(changes): Json<UserChanges>,
 ) -> ApiResult<Json<User>> {
-    let changes = UserChanges {
-        email: body.email,
-        role: body.role,
-        disabled: body.disabled,
-    };
     Ok(Json(state.app.user_update(&subject, id, changes).await?))
 }
 

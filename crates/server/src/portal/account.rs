@@ -10,11 +10,11 @@ use overvisor_control::credentials::ssh_fingerprint;
 use overvisor_model::account::{ApiKey, ApiKeyId, Credential, Session, SessionId, User};
 use serde::Deserialize;
 
-use super::{Chrome, CsrfOnly, Done, PortalSession, error_response, render};
+use super::{Chrome, CsrfOnly, Done, PortalSession, VerifiedForm, error_response, render};
 use crate::AppState;
 use crate::api::keys::expiry;
 use crate::error::ApiError;
-use crate::extract::{Form, Path, Query};
+use crate::extract::{Path, Query};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -124,7 +124,6 @@ async fn account_page(
 
 #[derive(Deserialize)]
 struct KeyForm {
-    csrf_token: String,
     name: String,
     #[serde(default)]
     expires_in_days: String,
@@ -133,11 +132,8 @@ struct KeyForm {
 async fn key_create(
     State(state): State<AppState>,
     session: PortalSession,
-    Form(form): Form<KeyForm>,
+    VerifiedForm(form): VerifiedForm<KeyForm>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     let days = match form.expires_in_days.trim() {
         "" => Ok(None),
         d => d.parse::<u32>().map(Some).map_err(|_| {
@@ -170,11 +166,8 @@ async fn key_revoke(
     State(state): State<AppState>,
     session: PortalSession,
     Path(id): Path<ApiKeyId>,
-    Form(form): Form<CsrfOnly>,
+    _: VerifiedForm<CsrfOnly>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     match state.app.api_key_revoke(&session.subject, id).await {
         Ok(_) => Redirect::to("/account?done=key-revoked").into_response(),
         Err(e) => error_response(&session, e),
@@ -183,7 +176,6 @@ async fn key_revoke(
 
 #[derive(Deserialize)]
 struct PasswordForm {
-    csrf_token: String,
     current_password: String,
     new_password: String,
     confirm_password: String,
@@ -192,11 +184,8 @@ struct PasswordForm {
 async fn password_change(
     State(state): State<AppState>,
     session: PortalSession,
-    Form(form): Form<PasswordForm>,
+    VerifiedForm(form): VerifiedForm<PasswordForm>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     if form.new_password != form.confirm_password {
         let outcome = Outcome {
             error: Some("The new password and its confirmation differ.".into()),
@@ -224,11 +213,8 @@ async fn session_end(
     State(state): State<AppState>,
     session: PortalSession,
     Path(id): Path<SessionId>,
-    Form(form): Form<CsrfOnly>,
+    _: VerifiedForm<CsrfOnly>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     match state.app.session_revoke(&session.subject, id).await {
         Ok(()) => Redirect::to("/account?done=session-ended").into_response(),
         Err(e) => error_response(&session, e),
@@ -238,11 +224,8 @@ async fn session_end(
 async fn sessions_end_all(
     State(state): State<AppState>,
     session: PortalSession,
-    Form(form): Form<CsrfOnly>,
+    _: VerifiedForm<CsrfOnly>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     match state.app.logout_everywhere(&session.subject).await {
         Ok(_) => Redirect::to("/login?signed_out=1").into_response(),
         Err(e) => error_response(&session, e),

@@ -11,14 +11,15 @@ use axum::routing::{get, post};
 use chrono::{DateTime, NaiveDate, Utc};
 use overvisor_control::accounts::NewUser;
 use overvisor_control::audit::AuditFilter;
-use overvisor_model::account::{AuditEvent, Email, Outcome, Role, User, UserId, UserName};
-use overvisor_store::users::UserChanges;
+use overvisor_model::account::{
+    AuditEvent, Email, Outcome, Role, User, UserChanges, UserId, UserName,
+};
 use serde::Deserialize;
 
-use super::{Chrome, CsrfOnly, Done, PortalSession, error_response, render};
+use super::{Chrome, CsrfOnly, Done, PortalSession, VerifiedForm, error_response, render};
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Form, Path, Query};
+use crate::extract::{Path, Query};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -47,8 +48,6 @@ struct UsersPage {
 
 #[derive(Deserialize, Default)]
 struct NewUserForm {
-    #[serde(default)]
-    csrf_token: String,
     #[serde(default)]
     name: String,
     #[serde(default)]
@@ -123,11 +122,8 @@ fn parse_new_user(form: &NewUserForm) -> Result<NewUser, ApiError> {
 async fn user_create(
     State(state): State<AppState>,
     session: PortalSession,
-    Form(form): Form<NewUserForm>,
+    VerifiedForm(form): VerifiedForm<NewUserForm>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     let created = match parse_new_user(&form) {
         Ok(new) => state
             .app
@@ -156,7 +152,6 @@ async fn user_create(
 
 #[derive(Deserialize)]
 struct RoleForm {
-    csrf_token: String,
     role: String,
 }
 
@@ -164,11 +159,8 @@ async fn user_role(
     State(state): State<AppState>,
     session: PortalSession,
     Path(id): Path<UserId>,
-    Form(form): Form<RoleForm>,
+    VerifiedForm(form): VerifiedForm<RoleForm>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     let role = match form.role.parse::<Role>() {
         Ok(role) => role,
         Err(e) => return error_response(&session, super::invalid(e)),
@@ -182,7 +174,6 @@ async fn user_role(
 
 #[derive(Deserialize)]
 struct DisabledForm {
-    csrf_token: String,
     disabled: bool,
 }
 
@@ -190,11 +181,8 @@ async fn user_disabled(
     State(state): State<AppState>,
     session: PortalSession,
     Path(id): Path<UserId>,
-    Form(form): Form<DisabledForm>,
+    VerifiedForm(form): VerifiedForm<DisabledForm>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     let changes = UserChanges {
         disabled: Some(form.disabled),
         ..UserChanges::default()
@@ -226,11 +214,8 @@ async fn user_reset_password(
     State(state): State<AppState>,
     session: PortalSession,
     Path(id): Path<UserId>,
-    Form(form): Form<CsrfOnly>,
+    _: VerifiedForm<CsrfOnly>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     let reset = async {
         let user = state.app.user_get(&session.subject, id).await?;
         let password = state

@@ -11,17 +11,17 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use overvisor_control::hosts::{HostChanges, NewHost};
 use overvisor_control::inventory::{Connectivity, HostStatus, VmQuery, VmRecord};
 use overvisor_model::host::{
-    DEFAULT_LIBVIRT_URI, DEFAULT_SSH_USER, Host, HostFacts, HostId, HostKeyFingerprint, HostKind,
+    DEFAULT_LIBVIRT_URI, DEFAULT_SSH_USER, Host, HostChanges, HostFacts, HostId,
+    HostKeyFingerprint, NewHost,
 };
 use serde::Deserialize;
 
-use super::{Chrome, CsrfOnly, Done, PortalSession, error_response, render};
+use super::{Chrome, CsrfOnly, Done, PortalSession, VerifiedForm, error_response, render};
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Form, Path, Query};
+use crate::extract::{Path, Query};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -93,8 +93,6 @@ async fn hosts_page(
 #[derive(Deserialize, Default, Clone)]
 struct HostForm {
     #[serde(default)]
-    csrf_token: String,
-    #[serde(default)]
     name: String,
     #[serde(default)]
     address: String,
@@ -130,8 +128,29 @@ impl HostForm {
         }
     }
 
-    fn tags(&self) -> Vec<String> {
-        split_tags(&self.tags)
+    /// What the form says, as a change to a host: blank text keeps a field
+    /// (or, for a new host, leaves it to its default). Adding and editing
+    /// both read the form through this.
+    fn changes(&self) -> Result<HostChanges, ApiError> {
+        let host_key_fingerprint = match self.fingerprint.trim() {
+            "" => None,
+            f => Some(HostKeyFingerprint::parse(f).map_err(|_| {
+                ApiError::invalid(
+                    "fingerprint",
+                    "A fingerprint looks like SHA256: followed by 43 characters",
+                )
+            })?),
+        };
+        Ok(HostChanges {
+            name: some_text(&self.name),
+            address: some_text(&self.address),
+            port: Some(self.port()?),
+            ssh_user: some_text(&self.ssh_user),
+            libvirt_uri: some_text(&self.libvirt_uri),
+            tags: Some(split_tags(&self.tags)),
+            host_key_fingerprint,
+            ..HostChanges::default()
+        })
     }
 }
 
@@ -183,11 +202,8 @@ async fn host_new_page(session: PortalSession) -> Response {
 async fn host_probe(
     State(state): State<AppState>,
     session: PortalSession,
-    Form(form): Form<HostForm>,
+    VerifiedForm(form): VerifiedForm<HostForm>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     let probed = match form.port() {
         Ok(port) => state
             .app
@@ -204,30 +220,17 @@ async fn host_probe(
 async fn host_create(
     State(state): State<AppState>,
     session: PortalSession,
-    Form(form): Form<HostForm>,
+    VerifiedForm(form): VerifiedForm<HostForm>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     let created = async {
-        let fingerprint = HostKeyFingerprint::parse(form.fingerprint.trim()).map_err(|_| {
-            ApiError::invalid(
+        let changes = form.changes()?;
+        if changes.host_key_fingerprint.is_none() {
+            return Err(ApiError::invalid(
                 "fingerprint",
                 "Probe the host and confirm its fingerprint first",
-            )
-        })?;
-        let new = NewHost {
-            name: some_text(&form.name),
-            kind: HostKind::Libvirt,
-            address: form.address.trim().to_owned(),
-            port: Some(form.port()?),
-            ssh_user: some_text(&form.ssh_user),
-            libvirt_uri: some_text(&form.libvirt_uri),
-            tags: form.tags(),
-            host_key_fingerprint: Some(fingerprint),
-            trust_on_first_use: false,
-            credential: None,
-        };
+            ));
+        }
+        let new = NewHost::from_changes(changes);
         state
             .app
             .host_create(&session.subject, new)
@@ -345,31 +348,10 @@ async fn host_edit(
     State(state): State<AppState>,
     session: PortalSession,
     Path(id): Path<HostId>,
-    Form(form): Form<HostForm>,
+    VerifiedForm(form): VerifiedForm<HostForm>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     let saved = async {
-        let fingerprint = match form.fingerprint.trim() {
-            "" => None,
-            f => Some(HostKeyFingerprint::parse(f).map_err(|_| {
-                ApiError::invalid(
-                    "fingerprint",
-                    "A fingerprint looks like SHA256: followed by 43 characters",
-                )
-            })?),
-        };
-        let changes = HostChanges {
-            name: some_text(&form.name),
-            address: some_text(&form.address),
-            port: Some(form.port()?),
-            ssh_user: some_text(&form.ssh_user),
-            libvirt_uri: some_text(&form.libvirt_uri),
-            tags: Some(form.tags()),
-            host_key_fingerprint: fingerprint,
-            ..HostChanges::default()
-        };
+        let changes = form.changes()?;
         // A job like the API's, followed here: the page shows the outcome.
         let job = state
             .app
@@ -405,11 +387,8 @@ async fn host_resync(
     State(state): State<AppState>,
     session: PortalSession,
     Path(id): Path<HostId>,
-    Form(form): Form<CsrfOnly>,
+    _: VerifiedForm<CsrfOnly>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     let job = match state
         .app
         .inventory_resync_job(&session.subject, Some(id))
@@ -432,11 +411,8 @@ async fn host_delete(
     State(state): State<AppState>,
     session: PortalSession,
     Path(id): Path<HostId>,
-    Form(form): Form<CsrfOnly>,
+    _: VerifiedForm<CsrfOnly>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     let removed = async {
         let job = state.app.host_delete_job(&session.subject, id).await?;
         state

@@ -8,15 +8,16 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use overvisor_control::credentials::{constant_time_eq, random_token};
+use overvisor_control::credentials::random_token;
 use serde::Deserialize;
 
 use super::session::safe_next;
-use super::{CsrfOnly, PortalSession, render};
+use super::{CsrfOnly, PortalSession, VerifiedForm, render};
 use crate::AppState;
 use crate::api::auth::RequestMeta;
 use crate::auth::{
-    check_same_origin, client_info, cookie_value, expired_session_cookie, session_cookie,
+    check_same_origin, client_info, cookie_value, csrf_matches, expired_session_cookie,
+    session_cookie,
 };
 use crate::error::{ApiError, set_retry_after};
 use crate::extract::{Form, Query};
@@ -103,7 +104,7 @@ async fn login_submit(
         return cross_site.into_response();
     }
     let expected = cookie_value(&parts.headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
-    if expected.is_empty() || !constant_time_eq(expected.as_bytes(), form.csrf_token.as_bytes()) {
+    if expected.is_empty() || !csrf_matches(form.csrf_token.as_bytes(), expected) {
         return login_form(
             Some("The sign-in form expired. Please try again.".into()),
             None,
@@ -133,11 +134,8 @@ async fn login_submit(
 async fn logout(
     State(state): State<AppState>,
     session: PortalSession,
-    Form(form): Form<CsrfOnly>,
+    _: VerifiedForm<CsrfOnly>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     if let Err(err) = state.app.logout(&session.subject).await {
         return super::error_response(&session, err);
     }

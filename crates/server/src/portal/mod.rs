@@ -1,7 +1,8 @@
 //! The operator portal: server-rendered pages (askama) made lively with htmx.
 //! Pages call the application layer (`App` methods) exactly like the API
 //! handlers do — no SQL and no SSH here. Every form carries the session's
-//! CSRF token (and htmx sends it as `X-CSRF-Token` too); the sign-in form
+//! CSRF token, checked by the [`VerifiedForm`] extractor (and htmx sends it
+//! as `X-CSRF-Token` too, checked with the session); the sign-in form
 //! uses a double-submit cookie because there is no session yet.
 
 mod account;
@@ -21,7 +22,7 @@ use axum::response::{Html, IntoResponse, Response};
 
 use crate::AppState;
 use crate::error::ApiError;
-pub use session::{CsrfRejected, PortalSession};
+pub use session::{CsrfOnly, CsrfRejected, PortalSession, VerifiedForm};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -119,12 +120,6 @@ pub(crate) struct Done {
 /// Formats a time for tables: UTC, to the minute.
 pub(crate) fn when(t: &chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%d %H:%M").to_string()
-}
-
-/// A form with nothing but the CSRF token (buttons that do one thing).
-#[derive(serde::Deserialize)]
-pub(crate) struct CsrfOnly {
-    pub csrf_token: String,
 }
 
 /// Bad input from a form, as the same error the API would give.

@@ -1,23 +1,29 @@
 //! Who is signed in to the portal, and the checks every portal request
 //! makes: a live session (else back to sign-in — through `HX-Redirect` for
 //! htmx requests, which cannot follow a plain redirect into a full page) and,
-//! on changes, the session's CSRF token.
+//! on changes, the session's CSRF token: [`VerifiedForm`] is the only way a
+//! portal handler reads a form, and it checks the token.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequest, FromRequestParts, RawForm, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use overvisor_control::authz::Subject;
-use overvisor_control::credentials::constant_time_eq;
 use overvisor_model::account::Role;
+use serde::de::DeserializeOwned;
 
 use crate::AppState;
 use crate::auth::{
-    CSRF_HEADER, CrossSite, check_same_origin, client_info, cookie_value, expired_session_cookie,
-    is_safe, session_cookie_name,
+    CrossSite, check_same_origin, client_info, cookie_value, csrf_in_header, csrf_matches,
+    expired_session_cookie, is_safe, session_cookie_name,
 };
+use crate::error::ApiError;
+
+/// The form field every portal form carries the session's CSRF token in.
+const CSRF_FIELD: &str = "csrf_token";
 
 /// A signed-in portal user; anything else is sent to the sign-in page.
+#[derive(Clone)]
 pub struct PortalSession {
     pub subject: Subject,
     pub csrf_token: String,
@@ -33,16 +39,42 @@ impl PortalSession {
     pub fn can_operate(&self) -> bool {
         self.subject.role() >= Role::Operator
     }
+}
 
-    /// Checks a form's CSRF token against the session's.
-    pub fn check_csrf(&self, presented: &str) -> Result<(), CsrfRejected> {
-        if constant_time_eq(presented.as_bytes(), self.csrf_token.as_bytes()) {
-            Ok(())
-        } else {
-            Err(CsrfRejected)
+/// A form posted from a portal page whose `csrf_token` field matches the
+/// session's; the token is checked before the other fields are read, so a
+/// forged request is refused whatever it holds. `T` need not (and should
+/// not) have a `csrf_token` field.
+pub struct VerifiedForm<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for VerifiedForm<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        // The handler's own `PortalSession` left it in the extensions, so
+        // this does not authenticate twice.
+        let session = PortalSession::from_request_parts(&mut parts, state).await?;
+        let RawForm(bytes) = RawForm::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(|e| ApiError::from(e).into_response())?;
+        let presented = url::form_urlencoded::parse(&bytes)
+            .find(|(name, _)| name == CSRF_FIELD)
+            .map(|(_, value)| value)
+            .unwrap_or_default();
+        if !csrf_matches(presented.as_bytes(), &session.csrf_token) {
+            return Err(CsrfRejected.into_response());
         }
+        let fields = serde_urlencoded::Deserializer::new(url::form_urlencoded::parse(&bytes));
+        serde_path_to_error::deserialize(fields)
+            .map(VerifiedForm)
+            .map_err(|e| ApiError::bad_form(&e).into_response())
     }
 }
+
+/// A form with nothing but the CSRF token (buttons that do one thing).
+#[derive(serde::Deserialize)]
+pub struct CsrfOnly {}
 
 /// A form whose CSRF token did not match the session's.
 pub struct CsrfRejected;
@@ -178,6 +210,9 @@ impl FromRequestParts<AppState> for PortalSession {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        if let Some(session) = parts.extensions.get::<PortalSession>() {
+            return Ok(session.clone());
+        }
         let client = client_info(parts, &state.settings);
         let Some(cookie) = cookie_value(&parts.headers, session_cookie_name(&state.settings))
         else {
@@ -191,21 +226,19 @@ impl FromRequestParts<AppState> for PortalSession {
                 let htmx = is_htmx(&parts.headers);
                 // htmx requests must carry the token in the header as well,
                 // so even a GET fragment cannot be fetched cross-site.
-                if htmx && parts.method != Method::GET {
-                    let presented = parts
-                        .headers
-                        .get(CSRF_HEADER)
-                        .map(|v| v.as_bytes())
-                        .unwrap_or_default();
-                    if !constant_time_eq(presented, auth.csrf_token.as_bytes()) {
-                        return Err(CsrfRejected.into_response());
-                    }
+                if htmx
+                    && parts.method != Method::GET
+                    && !csrf_in_header(&parts.headers, &auth.csrf_token)
+                {
+                    return Err(CsrfRejected.into_response());
                 }
-                Ok(PortalSession {
+                let session = PortalSession {
                     subject: auth.subject,
                     csrf_token: auth.csrf_token,
                     htmx,
-                })
+                };
+                parts.extensions.insert(session.clone());
+                Ok(session)
             }
             Err(overvisor_control::AppError::Unauthenticated) => {
                 // Expired or revoked: clear the stale cookie on the way to sign-in.

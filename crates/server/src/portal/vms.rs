@@ -18,10 +18,10 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::session::urlencode;
-use super::{Chrome, PortalSession, error_response, render};
+use super::{Chrome, PortalSession, VerifiedForm, error_response, render};
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Form, Path, Query};
+use crate::extract::{Path, Query};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -352,7 +352,6 @@ async fn vm_panel(
 
 #[derive(Deserialize)]
 struct ActionForm {
-    csrf_token: String,
     action: String,
 }
 
@@ -368,11 +367,8 @@ async fn vm_action(
     State(state): State<AppState>,
     session: PortalSession,
     Path((host_id, uuid)): Path<(HostId, Uuid)>,
-    Form(form): Form<ActionForm>,
+    VerifiedForm(form): VerifiedForm<ActionForm>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     let action = match parse_action(&form.action) {
         Ok(action) => action,
         Err(e) => return error_response(&session, e),
@@ -401,7 +397,6 @@ const DELETE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Deserialize)]
 struct DeleteForm {
-    csrf_token: String,
     #[serde(default)]
     with_storage: Option<String>,
 }
@@ -410,11 +405,8 @@ async fn vm_delete(
     State(state): State<AppState>,
     session: PortalSession,
     Path((host_id, uuid)): Path<(HostId, Uuid)>,
-    Form(form): Form<DeleteForm>,
+    VerifiedForm(form): VerifiedForm<DeleteForm>,
 ) -> Response {
-    if let Err(rejected) = session.check_csrf(&form.csrf_token) {
-        return rejected.into_response();
-    }
     let name = VmName::from_uuid(uuid);
     // The API's job, followed here so the page can show the outcome.
     let deleted = async {
