@@ -1,0 +1,22 @@
+//! Guided deployments: profiles, the checked deployment request, and what
+//! the control plane generates for a new guest (the cloud-init NoCloud seed
+//! ISO, the libvirt domain XML, the Windows `Autounattend.xml`).
+//!
+//! A crate of its own rather than part of `overvisor-model`: it needs TOML,
+//! SSH key parsing, an ISO 9660 writer, SHA-crypt and XML serialization,
+//! which every crate depending on the model would otherwise compile, and
+//! the model stays the small crate at the bottom of the graph. Nor is it
+//! part of `overvisor-hv`: everything here is a pure function of its input
+//! (the only I/O is reading the profiles directory at start-up), so the
+//! server can list profiles and check requests without the SSH stack, and
+//! every generator is tested without a host. Jobs that download images and
+//! define VMs (in `overvisor-control`, through `overvisor-hv`) build on it.
+
+pub mod catalog;
+pub mod profile;
+pub mod request;
+mod text;
+
+pub use catalog::{Catalog, ProfileError};
+pub use profile::Profile;
+pub use request::{Deployment, DeploymentRequest};
