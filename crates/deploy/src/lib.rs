@@ -13,10 +13,25 @@
 //! define VMs (in `overvisor-control`, through `overvisor-hv`) build on it.
 
 pub mod catalog;
+pub mod cloud_init;
+pub mod iso;
 pub mod profile;
 pub mod request;
+pub mod secret;
 mod text;
 
 pub use catalog::{Catalog, ProfileError};
 pub use profile::Profile;
 pub use request::{Deployment, DeploymentRequest};
+
+/// Why a guest's configuration could not be generated. Inputs were checked
+/// before, so these are internal failures, not the user's.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("cannot hash the password: {0}")]
+    Password(String),
+    #[error("cannot write the ISO image: {0}")]
+    Iso(String),
+    #[error("cannot serialize: {0}")]
+    Json(#[from] serde_json::Error),
+}

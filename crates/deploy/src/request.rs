@@ -227,8 +227,10 @@ fn check_ssh_keys(keys: &[String], os: OsFamily) -> Result<Vec<String>, InvalidI
                 &field,
                 key,
                 16 * 1024,
-                |c| !c.is_control(),
-                "one public key per entry, without line breaks or control characters",
+                // ASCII only: a comment with U+2028 would be a line break
+                // to YAML readers such as cloud-init's.
+                |c| c == ' ' || c.is_ascii_graphic(),
+                "one public key per entry, printable ASCII, without line breaks",
             )?;
             let parsed = PublicKey::from_openssh(key.trim()).map_err(|e| {
                 InvalidInput::new(

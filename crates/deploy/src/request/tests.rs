@@ -118,6 +118,10 @@ fn hostile_input_is_refused_naming_the_field() {
         ),
         ("ssh_keys[0]", Box::new(|r| r.ssh_keys = vec!["".into()])),
         (
+            "ssh_keys[0]",
+            Box::new(|r| r.ssh_keys = vec![format!("{} a\u{2028}b", ED25519.trim())]),
+        ),
+        (
             "ssh_keys",
             Box::new(|r| r.ssh_keys = vec![ED25519.trim().into(); 33]),
         ),
