@@ -1,3 +1,5 @@
+use std::process::Command;
+
 use super::*;
 use crate::catalog::Catalog;
 use crate::iso::tests::isoinfo;
@@ -11,6 +13,24 @@ fn seed(r: &DeploymentRequest) -> (NoCloudSeed, GeneratedPassword) {
     let id = Uuid::parse_str("6f1c2a5e-0b7d-4c1e-9a53-2f0e8d4b7c61").expect("uuid");
     let seed = NoCloudSeed::new(&deployment, &password, id).expect("seed");
     (seed, password)
+}
+
+/// Requests covering every optional part of the user-data.
+fn requests() -> Vec<DeploymentRequest> {
+    let keyed = request("ubuntu-24.04");
+    let mut keyless = request("debian-12");
+    keyless.ssh_keys.clear();
+    let mut dotted = request("ubuntu-24.04");
+    dotted.name = "db_02.lab.example.org".into();
+    dotted.locale = Some("de-DE".into());
+    dotted.timezone = Some("Europe/Berlin".into());
+    let mut many_keys = request("debian-12");
+    many_keys.ssh_keys = vec![
+        ED25519.trim().into(),
+        include_str!("../../tests/data/ecdsa.pub").trim().into(),
+    ];
+    many_keys.username = "_svc-01".into();
+    vec![keyed, keyless, dotted, many_keys]
 }
 
 #[test]
@@ -54,6 +74,30 @@ fn password_log_in_only_without_keys() {
         seed.user_data
     );
     assert!(!seed.user_data.contains("ssh_authorized_keys"));
+}
+
+/// cloud-init's own validator (Debian 12's cloud-init 22.4 calls it
+/// `cloud-init schema`) accepts every user-data we generate. A machine
+/// without cloud-init fails this test: scripts/install-deps installs it.
+#[test]
+fn cloud_init_schema_accepts_every_user_data() {
+    for r in requests() {
+        let (seed, _) = seed(&r);
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), &seed.user_data).expect("write user-data");
+        let out = Command::new("cloud-init")
+            .args(["schema", "--config-file"])
+            .arg(file.path())
+            .output()
+            .expect("cloud-init runs (package cloud-init, scripts/install-deps)");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("Valid cloud-config"),
+            "cloud-init refused {}:\n{stdout}\n{}",
+            seed.user_data,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
