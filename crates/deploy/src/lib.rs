@@ -14,11 +14,13 @@
 
 pub mod catalog;
 pub mod cloud_init;
+pub mod domain;
 pub mod iso;
 pub mod profile;
 pub mod request;
 pub mod secret;
 mod text;
+mod xml;
 
 pub use catalog::{Catalog, ProfileError};
 pub use profile::Profile;
@@ -34,4 +36,9 @@ pub enum GenerateError {
     Iso(String),
     #[error("cannot serialize: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("cannot write XML: {0}")]
+    Xml(String),
+    /// The caller left out a file the profile needs.
+    #[error("missing: {0}")]
+    Missing(&'static str),
 }

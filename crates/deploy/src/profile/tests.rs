@@ -125,7 +125,7 @@ fn host_paths_are_plain_absolute_paths() {
     HostPath::parse("p", "/var/lib/overvisor/iso/virtio-win-0.1.262.iso").expect("valid");
 }
 
-const WINDOWS: &str = r#"
+pub(crate) const WINDOWS: &str = r#"
 title = "Test Windows"
 os = "windows"
 firmware = "uefi"
