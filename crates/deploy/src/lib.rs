@@ -12,6 +12,7 @@
 //! every generator is tested without a host. Jobs that download images and
 //! define VMs (in `overvisor-control`, through `overvisor-hv`) build on it.
 
+pub mod autounattend;
 pub mod catalog;
 pub mod cloud_init;
 pub mod domain;

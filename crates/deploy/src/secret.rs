@@ -61,6 +61,14 @@ impl GeneratedPassword {
     }
 }
 
+#[cfg(test)]
+impl GeneratedPassword {
+    /// A fixed password, for golden files.
+    pub(crate) fn for_tests(password: &str) -> Self {
+        Self(Zeroizing::new(password.to_owned()))
+    }
+}
+
 impl fmt::Debug for GeneratedPassword {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("GeneratedPassword(<redacted>)")

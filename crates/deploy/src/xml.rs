@@ -27,7 +27,7 @@ pub(crate) fn to_document(
 }
 
 /// An element with only text: `<name>text</name>`.
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 pub(crate) struct Text<T: Serialize> {
     #[serde(rename = "$text")]
     pub text: T,
@@ -41,10 +41,20 @@ pub(crate) struct Empty {}
 pub(crate) mod tests {
     use quick_xml::events::Event;
 
-    /// Reads `xml` to the end with quick-xml's checks (matching end tags,
-    /// well-formed attributes and escapes), returning the element names in
-    /// document order.
+    /// Checks `xml` is well-formed, namespaces included, with libxml2's
+    /// `xmllint` (package libxml2-utils, scripts/install-deps), and reads it
+    /// with quick-xml, returning the element names in document order.
     pub(crate) fn well_formed(xml: &str) -> Vec<String> {
+        let mut child = std::process::Command::new("xmllint")
+            .args(["--noout", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("xmllint runs (package libxml2-utils)");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), xml.as_bytes())
+            .expect("write to xmllint");
+        let status = child.wait().expect("xmllint finishes");
+        assert!(status.success(), "xmllint refuses:\n{xml}");
+
         let mut reader = quick_xml::Reader::from_str(xml);
         reader.config_mut().check_end_names = true;
         let mut names = Vec::new();
