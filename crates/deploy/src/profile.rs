@@ -28,6 +28,29 @@ const TITLE_MAX: usize = 80;
 const URL_MAX: usize = 2048;
 const PATH_MAX: usize = 1024;
 
+/// `as_str`, `Display` and `From<_> for String` of a checked string newtype.
+macro_rules! checked_string {
+    ($name:ident) => {
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> Self {
+                v.0
+            }
+        }
+    };
+}
+
 /// A profile's name: the file name without `.toml` for operators' profiles.
 /// Lower case so it is the same on every file system and in every URL.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, ToSchema)]
@@ -40,28 +63,14 @@ impl ProfileName {
         check_identifier(field, s, PROFILE_NAME_MAX)?;
         Ok(Self(s.to_owned()))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for ProfileName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+checked_string!(ProfileName);
 
 // Lets the catalog look a profile up by the name a request carries.
 impl std::borrow::Borrow<str> for ProfileName {
     fn borrow(&self) -> &str {
         &self.0
-    }
-}
-
-impl From<ProfileName> for String {
-    fn from(n: ProfileName) -> Self {
-        n.0
     }
 }
 
@@ -210,23 +219,9 @@ impl HostPath {
         }
         Ok(Self(s.to_owned()))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl fmt::Display for HostPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl From<HostPath> for String {
-    fn from(p: HostPath) -> Self {
-        p.0
-    }
-}
+checked_string!(HostPath);
 
 /// Checks an image or checksum-list URL: http(s), a host, no credentials,
 /// no fragment, and none of the characters a shell or a query string would

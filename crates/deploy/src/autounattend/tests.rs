@@ -1,7 +1,6 @@
 use super::*;
 use crate::catalog::Catalog;
 use crate::iso::tests::isoinfo;
-use crate::profile::{ProfileFile, ProfileName};
 use crate::request::tests::request;
 use crate::xml::tests::{golden, well_formed};
 
@@ -35,18 +34,8 @@ fn builtin_profile_golden() {
 
 #[test]
 fn virtio_drivers_golden() {
-    let profile = crate::profile::tests::WINDOWS
-        .replace("\"sata\"", "\"virtio\"")
-        .replace("\"e1000e\"", "\"virtio\"")
-        .replace(
-            "[windows]",
-            "[windows]\nvirtio_win_iso = \"/isos/virtio-win.iso\"\nvirtio_win_dir = \"2k22\"",
-        );
     let mut d = deployment(|r| r.username = "Administrator".into());
-    d.profile = toml::from_str::<ProfileFile>(&profile)
-        .expect("TOML")
-        .check(ProfileName::parse("n", "win-virtio").expect("name"), false)
-        .expect("valid");
+    d.profile = crate::profile::tests::windows_virtio("virtio");
     let xml = autounattend_xml(&d, &fixed_password()).expect("xml");
     let names = well_formed(&xml);
     assert!(

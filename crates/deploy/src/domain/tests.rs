@@ -83,21 +83,8 @@ fn windows_with_uefi_tpm_and_installer() {
 
 #[test]
 fn windows_with_virtio_drivers_on_scsi() {
-    let profile = crate::profile::tests::WINDOWS
-        .replace("\"sata\"", "\"scsi\"")
-        .replace("\"e1000e\"", "\"virtio\"")
-        .replace(
-            "[windows]",
-            "[windows]\nvirtio_win_iso = \"/isos/virtio-win.iso\"\nvirtio_win_dir = \"2k22\"",
-        );
     let mut d = deployment("windows-server-2022");
-    d.profile = toml::from_str::<crate::profile::ProfileFile>(&profile)
-        .expect("TOML")
-        .check(
-            crate::profile::ProfileName::parse("n", "win-virtio").expect("name"),
-            false,
-        )
-        .expect("valid");
+    d.profile = crate::profile::tests::windows_virtio("scsi");
     let xml = xml(&d, VirtType::Kvm, &windows_files());
     libvirt_accepts(&xml);
     // Disk and CD-ROMs share the sd* names without clashing.

@@ -29,6 +29,13 @@ fn field_of(text: &str) -> String {
     check(text).expect_err("refused").field
 }
 
+/// Each (profile text, field) is refused with that field named.
+fn assert_refused<'a>(cases: impl IntoIterator<Item = (String, &'a str)>) {
+    for (text, field) in cases {
+        assert_eq!(field_of(&text), field, "{text}");
+    }
+}
+
 #[test]
 fn a_valid_profile_is_typed() {
     let p = check(LINUX).expect("valid");
@@ -94,9 +101,7 @@ fn every_bad_field_is_named() {
         ),
         (format!("{LINUX}[windows]\nimage_name = \"x\"\n"), "windows"),
     ];
-    for (text, field) in cases {
-        assert_eq!(field_of(&text), field, "{text}");
-    }
+    assert_refused(cases);
 }
 
 #[test]
@@ -147,37 +152,36 @@ memory_mib = 2048
 disk_gib = 32
 "#;
 
-#[test]
-fn windows_rules() {
-    check(WINDOWS).expect("valid");
-    assert_eq!(
-        field_of(&WINDOWS.replace("\"uefi\"", "\"bios\"")),
-        "firmware"
-    );
-    assert_eq!(
-        field_of(&WINDOWS.replace("\"sata\"", "\"virtio\"")),
-        "disk_bus"
-    );
-    assert_eq!(
-        field_of(&WINDOWS.replace("\"e1000e\"", "\"virtio\"")),
-        "nic_model"
-    );
-    assert_eq!(
-        field_of(&WINDOWS.replace("SERVERSTANDARD", "<x>")),
-        "windows.image_name"
-    );
-    assert_eq!(
-        field_of(&WINDOWS.replace("[windows]", "[windows]\nvirtio_win_iso = \"/isos/v.iso\"")),
-        "windows.virtio_win_dir"
-    );
-    let virtio = WINDOWS
-        .replace("\"sata\"", "\"virtio\"")
+/// The test Windows profile on virtio buses (`disk_bus`) with virtio-win.
+pub(crate) fn windows_virtio(disk_bus: &str) -> Profile {
+    let text = WINDOWS
+        .replace("\"sata\"", &format!("\"{disk_bus}\""))
         .replace("\"e1000e\"", "\"virtio\"")
         .replace(
             "[windows]",
             "[windows]\nvirtio_win_iso = \"/isos/virtio-win.iso\"\nvirtio_win_dir = \"2k22\"",
         );
-    let p = check(&virtio).expect("virtio with drivers");
+    check(&text).expect("virtio with drivers")
+}
+
+#[test]
+fn windows_rules() {
+    check(WINDOWS).expect("valid");
+    let cases = [
+        (WINDOWS.replace("\"uefi\"", "\"bios\""), "firmware"),
+        (WINDOWS.replace("\"sata\"", "\"virtio\""), "disk_bus"),
+        (WINDOWS.replace("\"e1000e\"", "\"virtio\""), "nic_model"),
+        (
+            WINDOWS.replace("SERVERSTANDARD", "<x>"),
+            "windows.image_name",
+        ),
+        (
+            WINDOWS.replace("[windows]", "[windows]\nvirtio_win_iso = \"/isos/v.iso\""),
+            "windows.virtio_win_dir",
+        ),
+    ];
+    assert_refused(cases);
+    let p = windows_virtio("virtio");
     assert_eq!(
         p.windows.and_then(|w| w.virtio_win).map(|v| v.os_dir),
         Some("2k22".to_owned())
