@@ -1,0 +1,76 @@
+use super::*;
+use crate::catalog::Catalog;
+use crate::iso::tests::isoinfo;
+use crate::request::tests::request;
+use crate::xml::tests::{golden, well_formed};
+
+/// A fixed password, so the golden files are stable.
+fn fixed_password() -> GeneratedPassword {
+    GeneratedPassword::for_tests("Xy7pQ2rT9vW3kM8nB4cD")
+}
+
+fn deployment(change: impl FnOnce(&mut crate::request::DeploymentRequest)) -> Deployment {
+    let mut r = request("windows-server-2022");
+    change(&mut r);
+    r.check(&Catalog::builtin().expect("built-ins"))
+        .expect("valid")
+}
+
+#[test]
+fn builtin_profile_golden() {
+    let d = deployment(|r| {
+        r.locale = Some("de-DE".into());
+        r.timezone = Some("W. Europe Standard Time".into());
+    });
+    let xml = autounattend_xml(&d, &fixed_password()).expect("xml");
+    let names = well_formed(&xml);
+    assert_eq!(names.first().map(String::as_str), Some("unattend"));
+    assert!(
+        !names.iter().any(|n| n == "DriverPaths"),
+        "no drivers without virtio-win"
+    );
+    golden("autounattend-windows-server-2022.xml", &xml);
+}
+
+#[test]
+fn virtio_drivers_golden() {
+    let mut d = deployment(|r| r.username = "Administrator".into());
+    d.profile = crate::profile::tests::windows_virtio("virtio");
+    let xml = autounattend_xml(&d, &fixed_password()).expect("xml");
+    let names = well_formed(&xml);
+    assert!(
+        !names.iter().any(|n| n == "LocalAccounts"),
+        "Administrator only"
+    );
+    // Storage and network drivers on D:, E: and F:, in both passes.
+    assert_eq!(
+        names.iter().filter(|n| *n == "PathAndCredentials").count(),
+        12
+    );
+    assert!(xml.contains(r"E:\viostor\2k22\amd64"));
+    assert!(xml.contains(r"F:\NetKVM\2k22\amd64"));
+    golden("autounattend-virtio.xml", &xml);
+}
+
+#[test]
+fn the_password_goes_where_windows_reads_it() {
+    let password = GeneratedPassword::generate();
+    let xml = autounattend_xml(&deployment(|_| {}), &password).expect("xml");
+    assert_eq!(
+        xml.matches(password.expose()).count(),
+        2,
+        "Administrator and ops"
+    );
+    assert!(xml.contains("<Name>ops</Name>"));
+    assert!(xml.contains("<ComputerName>WEB-01</ComputerName>"));
+}
+
+#[test]
+fn the_seed_iso_has_autounattend_at_its_root() {
+    let xml = autounattend_xml(&deployment(|_| {}), &fixed_password()).expect("xml");
+    let image = autounattend_iso(&xml).expect("iso");
+    // Windows reads the Joliet names: the mixed-case name must be there.
+    let joliet = isoinfo(&image, &["-J", "-f"]);
+    assert!(joliet.lines().any(|l| l == "/Autounattend.xml"), "{joliet}");
+    assert_eq!(isoinfo(&image, &["-J", "-x", "/Autounattend.xml"]), xml);
+}

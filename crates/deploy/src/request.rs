@@ -1,0 +1,377 @@
+//! What an operator asks for when deploying a VM, and the checks that turn
+//! it into a [`Deployment`]: every field is validated against the profile
+//! and against the rules of what it becomes in the guest (a hostname, a
+//! Unix or Windows account, an `authorized_keys` line), so hostile input is
+//! refused here, with the field named, before anything is generated.
+
+use overvisor_model::InvalidInput;
+use overvisor_model::vm::VmName;
+use serde::{Deserialize, Serialize};
+use ssh_key::{Algorithm, PublicKey};
+use utoipa::ToSchema;
+
+use crate::catalog::Catalog;
+use crate::profile::{OsFamily, Profile, Sizing};
+use crate::text::check_chars;
+
+/// The most SSH keys one deployment injects.
+pub const MAX_SSH_KEYS: usize = 32;
+/// RSA keys shorter than this are refused (OpenSSH refuses them too).
+const MIN_RSA_BITS: u32 = 2048;
+/// Windows NetBIOS computer names are at most 15 characters.
+const WINDOWS_COMPUTER_NAME_MAX: usize = 15;
+
+/// A request to deploy a VM from a profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentRequest {
+    /// The profile's name (`GET /api/v1/profiles`).
+    pub profile: String,
+    /// The VM's name; also its hostname (`_` becomes `-`).
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+    pub network: NetworkAttachment,
+    /// OpenSSH public keys, one per entry (`ssh-ed25519 AAAA… comment`).
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    /// The account created in the guest. On Windows, `Administrator` means
+    /// no account besides the built-in one.
+    pub username: String,
+    /// A language and region such as `en-US` (default `en-US`).
+    pub locale: Option<String>,
+    /// An IANA time zone (`Europe/Berlin`) for Linux, a Windows time zone
+    /// id (`W. Europe Standard Time`) for Windows; default `UTC`.
+    pub timezone: Option<String>,
+}
+
+/// Where the VM's network card is plugged in on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkAttachment {
+    /// A Linux bridge on the host, e.g. `{"bridge": "br0"}`.
+    Bridge(String),
+    /// A libvirt network, e.g. `{"network": "default"}`.
+    Network(String),
+}
+
+/// A checked request: everything the generators need, nothing unchecked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    pub profile: Profile,
+    pub name: VmName,
+    /// The guest's host name (first label of the name, RFC 1123).
+    pub hostname: String,
+    /// The full name when the VM's name has dots (`web.example.org`).
+    pub fqdn: Option<String>,
+    pub sizing: Sizing,
+    pub network: NetworkAttachment,
+    /// Each key re-encoded by the parser, so no input byte reaches the seed
+    /// unparsed.
+    pub ssh_keys: Vec<String>,
+    pub username: String,
+    pub locale: Locale,
+    pub timezone: String,
+}
+
+/// A language and region, `en-US`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Locale {
+    pub language: String,
+    pub region: String,
+}
+
+impl Locale {
+    /// `en-US`, as Windows writes it.
+    pub fn tag(&self) -> String {
+        format!("{}-{}", self.language, self.region)
+    }
+
+    /// `en_US.UTF-8`, as glibc writes it.
+    pub fn posix(&self) -> String {
+        format!("{}_{}.UTF-8", self.language, self.region)
+    }
+
+    fn parse(s: &str) -> Result<Self, InvalidInput> {
+        let bad = || InvalidInput::new("locale", "must look like en-US (language-REGION)");
+        let (language, region) = s.split_once('-').ok_or_else(bad)?;
+        let letters = |s: &str, n: std::ops::RangeInclusive<usize>, upper: bool| {
+            n.contains(&s.len())
+                && s.chars().all(|c| {
+                    if upper {
+                        c.is_ascii_uppercase()
+                    } else {
+                        c.is_ascii_lowercase()
+                    }
+                })
+        };
+        if !letters(language, 2..=3, false) || !letters(region, 2..=2, true) {
+            return Err(bad());
+        }
+        Ok(Self {
+            language: language.to_owned(),
+            region: region.to_owned(),
+        })
+    }
+}
+
+impl DeploymentRequest {
+    /// Checks the request against the catalog's profile.
+    pub fn check(&self, catalog: &Catalog) -> Result<Deployment, InvalidInput> {
+        let profile = catalog
+            .get(&self.profile)
+            .ok_or_else(|| InvalidInput::new("profile", "is not a known profile"))?;
+        let name =
+            VmName::new_strict(&self.name).map_err(|e| InvalidInput::new("name", e.to_string()))?;
+        let (hostname, fqdn) = hostnames(name.as_str(), profile.os)?;
+        let sizing = Sizing {
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            disk_gib: self.disk_gib,
+        };
+        sizing.check("", &profile.minimum)?;
+        check_network(&self.network)?;
+        let ssh_keys = check_ssh_keys(&self.ssh_keys, profile.os)?;
+        check_username(&self.username, profile.os)?;
+        let locale = Locale::parse(self.locale.as_deref().unwrap_or("en-US"))?;
+        let timezone = self.timezone.as_deref().unwrap_or("UTC");
+        check_timezone(timezone, profile.os)?;
+        Ok(Deployment {
+            profile: profile.clone(),
+            name,
+            hostname,
+            fqdn,
+            sizing,
+            network: self.network.clone(),
+            ssh_keys,
+            username: self.username.clone(),
+            locale,
+            timezone: timezone.to_owned(),
+        })
+    }
+}
+
+/// The guest's host name from the VM's (strict) name: lower case, `_` as
+/// `-`, each dot-separated label a valid RFC 1123 label. Windows computer
+/// names are the first label cut to 15 characters.
+fn hostnames(name: &str, os: OsFamily) -> Result<(String, Option<String>), InvalidInput> {
+    let full = name.to_ascii_lowercase().replace('_', "-");
+    for label in full.split('.') {
+        if label.is_empty() || label.len() > 63 || label.starts_with('-') || label.ends_with('-') {
+            return Err(InvalidInput::new(
+                "name",
+                "cannot be a host name: each dot-separated part needs 1 to 63 characters \
+                 and must not start or end with '-' or '_'",
+            ));
+        }
+    }
+    let first = full.split('.').next().unwrap_or_default().to_owned();
+    let hostname = match os {
+        OsFamily::Linux => first,
+        OsFamily::Windows => {
+            let short: String = first.chars().take(WINDOWS_COMPUTER_NAME_MAX).collect();
+            let short = short.trim_end_matches('-').to_owned();
+            if short.chars().all(|c| c.is_ascii_digit()) {
+                return Err(InvalidInput::new(
+                    "name",
+                    "cannot be a Windows computer name: it must not be only digits",
+                ));
+            }
+            short
+        }
+    };
+    let fqdn = full.contains('.').then_some(full);
+    Ok((hostname, fqdn))
+}
+
+fn check_network(network: &NetworkAttachment) -> Result<(), InvalidInput> {
+    let (field, value, max) = match network {
+        // Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
+        NetworkAttachment::Bridge(b) => ("network.bridge", b, 15),
+        NetworkAttachment::Network(n) => ("network.network", n, 64),
+    };
+    check_chars(
+        field,
+        value,
+        max,
+        |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'),
+        "only letters, digits, '.', '_' and '-' are allowed",
+    )?;
+    if value.starts_with('-') {
+        return Err(InvalidInput::new(field, "must not start with '-'"));
+    }
+    Ok(())
+}
+
+/// Parses each key and re-encodes it: one key per entry, no options, no
+/// line breaks, a known algorithm, RSA of at least 2048 bits.
+fn check_ssh_keys(keys: &[String], os: OsFamily) -> Result<Vec<String>, InvalidInput> {
+    if os == OsFamily::Windows && !keys.is_empty() {
+        return Err(InvalidInput::new(
+            "ssh_keys",
+            "are not injected into Windows guests yet (Windows has no SSH server by default)",
+        ));
+    }
+    if keys.len() > MAX_SSH_KEYS {
+        return Err(InvalidInput::new(
+            "ssh_keys",
+            format!("at most {MAX_SSH_KEYS} keys"),
+        ));
+    }
+    keys.iter()
+        .enumerate()
+        .map(|(i, key)| {
+            let field = format!("ssh_keys[{i}]");
+            check_chars(
+                &field,
+                key,
+                16 * 1024,
+                // ASCII only: a comment with U+2028 would be a line break
+                // to YAML readers such as cloud-init's.
+                |c| c == ' ' || c.is_ascii_graphic(),
+                "one public key per entry, printable ASCII, without line breaks",
+            )?;
+            let parsed = PublicKey::from_openssh(key.trim()).map_err(|e| {
+                InvalidInput::new(
+                    &field,
+                    format!("is not an OpenSSH public key (\"ssh-ed25519 AAAA… comment\"): {e}"),
+                )
+            })?;
+            match parsed.algorithm() {
+                Algorithm::Ed25519
+                | Algorithm::Ecdsa { .. }
+                | Algorithm::SkEd25519
+                | Algorithm::SkEcdsaSha2NistP256 => {}
+                Algorithm::Rsa { .. } => {
+                    let bits = parsed.key_data().rsa().map_or(0, |k| k.key_size());
+                    if bits < MIN_RSA_BITS {
+                        return Err(InvalidInput::new(
+                            &field,
+                            format!("RSA key has {bits} bits; at least {MIN_RSA_BITS} needed"),
+                        ));
+                    }
+                }
+                other => {
+                    return Err(InvalidInput::new(
+                        &field,
+                        format!("key type {} is not accepted", other.as_str()),
+                    ));
+                }
+            }
+            parsed
+                .to_openssh()
+                .map_err(|e| InvalidInput::new(&field, format!("cannot be re-encoded: {e}")))
+        })
+        .collect()
+}
+
+/// Accounts that exist on every system and must not be taken over.
+const RESERVED_LINUX_USERS: [&str; 22] = [
+    "root",
+    "daemon",
+    "bin",
+    "sys",
+    "sync",
+    "games",
+    "man",
+    "lp",
+    "mail",
+    "news",
+    "uucp",
+    "proxy",
+    "www-data",
+    "backup",
+    "list",
+    "irc",
+    "gnats",
+    "nobody",
+    "sshd",
+    "messagebus",
+    "syslog",
+    "polkitd",
+];
+
+const RESERVED_WINDOWS_USERS: [&str; 4] =
+    ["guest", "defaultaccount", "wdagutilityaccount", "system"];
+
+fn check_username(name: &str, os: OsFamily) -> Result<(), InvalidInput> {
+    match os {
+        OsFamily::Linux => {
+            // Debian's NAME_REGEX without uppercase; 32 is useradd's limit.
+            check_chars(
+                "username",
+                name,
+                32,
+                |c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'),
+                "only lower-case letters, digits, '_' and '-' are allowed",
+            )?;
+            if !name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') {
+                return Err(InvalidInput::new(
+                    "username",
+                    "must start with a lower-case letter or '_'",
+                ));
+            }
+            if RESERVED_LINUX_USERS.contains(&name) || name.starts_with("systemd-") {
+                return Err(InvalidInput::new("username", "is a system account"));
+            }
+        }
+        OsFamily::Windows => {
+            // Windows allows more, but not `"/\[]:;|=,+*?<>@`; 20 is the
+            // SAM account name limit.
+            check_chars(
+                "username",
+                name,
+                20,
+                |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'),
+                "only letters, digits, '.', '_' and '-' are allowed",
+            )?;
+            if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+                return Err(InvalidInput::new("username", "must start with a letter"));
+            }
+            if RESERVED_WINDOWS_USERS.contains(&name.to_ascii_lowercase().as_str()) {
+                return Err(InvalidInput::new("username", "is a built-in account"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_timezone(tz: &str, os: OsFamily) -> Result<(), InvalidInput> {
+    match os {
+        OsFamily::Linux => {
+            check_chars(
+                "timezone",
+                tz,
+                64,
+                |c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '+' | '-'),
+                "an IANA time zone such as Europe/Berlin",
+            )?;
+            if tz.starts_with(['/', '-', '+']) || tz.ends_with('/') || tz.contains("//") {
+                return Err(InvalidInput::new(
+                    "timezone",
+                    "must be an IANA time zone such as Europe/Berlin",
+                ));
+            }
+        }
+        OsFamily::Windows => {
+            check_chars(
+                "timezone",
+                tz,
+                64,
+                |c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '.' | '(' | ')' | '+' | '-'),
+                "a Windows time zone id such as W. Europe Standard Time",
+            )?;
+            if tz.trim() != tz {
+                return Err(InvalidInput::new(
+                    "timezone",
+                    "must not start or end with a space",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

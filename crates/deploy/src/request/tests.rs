@@ -1,0 +1,197 @@
+use super::*;
+
+pub(crate) const ED25519: &str = include_str!("../../tests/data/ed25519.pub");
+const ECDSA: &str = include_str!("../../tests/data/ecdsa.pub");
+const RSA1024: &str = include_str!("../../tests/data/rsa1024.pub");
+const DSA: &str = include_str!("../../tests/data/dsa.pub");
+
+/// A valid request for `profile`; tests change one field.
+pub(crate) fn request(profile: &str) -> DeploymentRequest {
+    let windows = profile.starts_with("windows");
+    DeploymentRequest {
+        profile: profile.into(),
+        name: "web-01".into(),
+        vcpus: 2,
+        memory_mib: 4096,
+        disk_gib: 40,
+        network: NetworkAttachment::Bridge("br0".into()),
+        ssh_keys: if windows {
+            vec![]
+        } else {
+            vec![ED25519.trim().into()]
+        },
+        username: if windows {
+            "ops".into()
+        } else {
+            "alice".into()
+        },
+        locale: None,
+        timezone: None,
+    }
+}
+
+fn catalog() -> Catalog {
+    Catalog::builtin().expect("built-ins are valid")
+}
+
+fn refused(r: &DeploymentRequest) -> InvalidInput {
+    r.check(&catalog()).expect_err("refused")
+}
+
+#[test]
+fn a_valid_request_is_checked() {
+    let d = request("ubuntu-24.04").check(&catalog()).expect("valid");
+    assert_eq!(d.name.as_str(), "web-01");
+    assert_eq!(d.hostname, "web-01");
+    assert_eq!(d.fqdn, None);
+    assert_eq!(d.locale.posix(), "en_US.UTF-8");
+    assert_eq!(d.timezone, "UTC");
+    assert_eq!(d.ssh_keys, [ED25519.trim()]);
+}
+
+#[test]
+fn hostnames_follow_the_name() {
+    let mut r = request("debian-12");
+    r.name = "Web_01.Example.org".into();
+    let d = r.check(&catalog()).expect("valid");
+    assert_eq!(d.hostname, "web-01");
+    assert_eq!(d.fqdn.as_deref(), Some("web-01.example.org"));
+
+    let mut r = request("windows-server-2022");
+    r.name = "sql-server-production-01".into();
+    let d = r.check(&catalog()).expect("valid");
+    assert_eq!(d.hostname, "sql-server-prod");
+}
+
+/// One change to a valid request.
+type Change = Box<dyn Fn(&mut DeploymentRequest)>;
+
+#[test]
+fn hostile_input_is_refused_naming_the_field() {
+    let key_with_newline = format!("{}\nssh-ed25519 AAAA evil", ED25519.trim());
+    let cases: Vec<(&str, Change)> = vec![
+        (
+            "profile",
+            Box::new(|r| r.profile = "../../etc/passwd".into()),
+        ),
+        ("name", Box::new(|r| r.name = "web;reboot".into())),
+        ("name", Box::new(|r| r.name = "$(id)".into())),
+        ("name", Box::new(|r| r.name = "<domain>".into())),
+        ("name", Box::new(|r| r.name = "-rf".into())),
+        ("name", Box::new(|r| r.name = "web_".into())),
+        ("name", Box::new(|r| r.name = "a..b".into())),
+        ("name", Box::new(|r| r.name = "x".repeat(65))),
+        ("vcpus", Box::new(|r| r.vcpus = 0)),
+        ("memory_mib", Box::new(|r| r.memory_mib = 512)),
+        ("disk_gib", Box::new(|r| r.disk_gib = u64::MAX)),
+        (
+            "network.bridge",
+            Box::new(|r| r.network = NetworkAttachment::Bridge("br0; reboot".into())),
+        ),
+        (
+            "network.bridge",
+            Box::new(|r| r.network = NetworkAttachment::Bridge("a-very-long-bridge".into())),
+        ),
+        (
+            "network.network",
+            Box::new(|r| r.network = NetworkAttachment::Network("-x".into())),
+        ),
+        (
+            "ssh_keys[0]",
+            Box::new(move |r| r.ssh_keys = vec![key_with_newline.clone()]),
+        ),
+        (
+            "ssh_keys[1]",
+            Box::new(|r| r.ssh_keys.push("ssh-ed25519 notbase64".into())),
+        ),
+        (
+            "ssh_keys[0]",
+            Box::new(|r| r.ssh_keys = vec![format!("command=\"reboot\" {}", ED25519.trim())]),
+        ),
+        (
+            "ssh_keys[0]",
+            Box::new(|r| r.ssh_keys = vec![RSA1024.trim().into()]),
+        ),
+        (
+            "ssh_keys[0]",
+            Box::new(|r| r.ssh_keys = vec![DSA.trim().into()]),
+        ),
+        ("ssh_keys[0]", Box::new(|r| r.ssh_keys = vec!["".into()])),
+        (
+            "ssh_keys[0]",
+            Box::new(|r| r.ssh_keys = vec![format!("{} a\u{2028}b", ED25519.trim())]),
+        ),
+        (
+            "ssh_keys",
+            Box::new(|r| r.ssh_keys = vec![ED25519.trim().into(); 33]),
+        ),
+        ("username", Box::new(|r| r.username = "root".into())),
+        ("username", Box::new(|r| r.username = "Alice".into())),
+        ("username", Box::new(|r| r.username = "al ice".into())),
+        ("username", Box::new(|r| r.username = "alice\n".into())),
+        ("username", Box::new(|r| r.username = "-alice".into())),
+        ("username", Box::new(|r| r.username = "a".repeat(33))),
+        ("locale", Box::new(|r| r.locale = Some("english".into()))),
+        ("locale", Box::new(|r| r.locale = Some("en-us".into()))),
+        (
+            "timezone",
+            Box::new(|r| r.timezone = Some("../../etc/shadow".into())),
+        ),
+        (
+            "timezone",
+            Box::new(|r| r.timezone = Some("Europe/Berlin; reboot".into())),
+        ),
+    ];
+    for (field, change) in cases {
+        let mut r = request("ubuntu-24.04");
+        change(&mut r);
+        let err = refused(&r);
+        assert_eq!(err.field, field, "{r:?}: {err}");
+    }
+}
+
+#[test]
+fn keys_are_re_encoded() {
+    let mut r = request("ubuntu-24.04");
+    r.ssh_keys = vec![format!("  {}  ", ED25519.trim()), ECDSA.trim().into()];
+    let d = r.check(&catalog()).expect("valid");
+    assert_eq!(d.ssh_keys[0], ED25519.trim());
+    assert!(d.ssh_keys[1].starts_with("ecdsa-sha2-nistp256 AAAA"));
+}
+
+#[test]
+fn windows_rules() {
+    let ok = request("windows-server-2022");
+    let d = ok.check(&catalog()).expect("valid");
+    assert_eq!(d.hostname, "web-01");
+    let mut r = ok.clone();
+    r.ssh_keys = vec![ED25519.trim().into()];
+    assert_eq!(refused(&r).field, "ssh_keys");
+    let mut r = ok.clone();
+    r.username = "Guest".into();
+    assert_eq!(refused(&r).field, "username");
+    let mut r = ok.clone();
+    r.username = "a<b".into();
+    assert_eq!(refused(&r).field, "username");
+    let mut r = ok.clone();
+    r.timezone = Some("W. Europe Standard Time".into());
+    r.check(&catalog()).expect("Windows time zone id");
+    r.timezone = Some("UTC\"/>".into());
+    assert_eq!(refused(&r).field, "timezone");
+    let mut r = ok.clone();
+    r.name = "12345".into();
+    assert_eq!(refused(&r).field, "name");
+    let mut r = ok;
+    r.memory_mib = 1024;
+    assert_eq!(refused(&r).field, "memory_mib");
+}
+
+#[test]
+fn requests_refuse_unknown_fields() {
+    let json = r#"{"profile":"ubuntu-24.04","name":"a","vcpus":1,"memory_mib":1024,
+        "disk_gib":10,"network":{"bridge":"br0"},"username":"a","password":"x"}"#;
+    assert!(serde_json::from_str::<DeploymentRequest>(json).is_err());
+    let ok = json.replace(r#","password":"x""#, "");
+    let r: DeploymentRequest = serde_json::from_str(&ok).expect("valid JSON");
+    assert_eq!(r.network, NetworkAttachment::Bridge("br0".into()));
+}
