@@ -32,7 +32,8 @@ pub struct PasswordChange {
 
 /// Changes the caller's password; every other session of theirs ends.
 #[utoipa::path(post, path = "/api/v1/users/me/password", tag = "account", request_body = PasswordChange,
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 415, body = ErrorBody, description = "The body is not `Content-Type: application/json`")))]
 pub async fn password_change(
     State(state): State<AppState>,
     Caller(subject): Caller,
@@ -103,7 +104,8 @@ pub struct UserCreated {
 
 #[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = UserCreate,
     responses((status = 201, body = UserCreated), (status = 400, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 415, body = ErrorBody, description = "The body is not `Content-Type: application/json`")))]
 pub async fn user_create(
     State(state): State<AppState>,
     Caller(subject): Caller,
@@ -152,7 +154,8 @@ pub struct UserUpdate {
 }
 
 #[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", params(("id" = String, Path)), request_body = UserUpdate,
-    responses((status = 200, body = User), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = User), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 415, body = ErrorBody, description = "The body is not `Content-Type: application/json`")))]
 pub async fn user_update(
     State(state): State<AppState>,
     Caller(subject): Caller,
@@ -182,7 +185,8 @@ pub struct PasswordResetDone {
 
 #[utoipa::path(post, path = "/api/v1/users/{id}/reset-password", tag = "users", params(("id" = String, Path)),
     request_body = PasswordReset,
-    responses((status = 200, body = PasswordResetDone), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = PasswordResetDone), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 415, body = ErrorBody, description = "The body is not `Content-Type: application/json`")))]
 pub async fn user_reset_password(
     State(state): State<AppState>,
     Caller(subject): Caller,
