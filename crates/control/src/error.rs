@@ -25,6 +25,13 @@ pub enum AppError {
     Conflict(String),
     #[error("too many attempts; try again in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// The credential already has as many event streams open as allowed
+    /// (→ 429 `too_many_streams`).
+    #[error(
+        "this credential already has {limit} event streams open, the most allowed \
+         (event_streams_per_credential); close one first"
+    )]
+    TooManyStreams { limit: usize },
     #[error("service unavailable: {0}")]
     Unavailable(String),
     /// The VM's state forbids the lifecycle action (→ 409 `invalid_transition`).

@@ -97,6 +97,9 @@ impl From<AppError> for ApiError {
                 e.retry_after = Some(retry_after_secs);
                 e
             }
+            AppError::TooManyStreams { .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", message)
+            }
             AppError::InvalidTransition(_) => {
                 Self::new(StatusCode::CONFLICT, "invalid_transition", message)
             }
