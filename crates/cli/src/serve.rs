@@ -44,6 +44,8 @@ pub async fn open_app(config: &Config) -> anyhow::Result<App> {
         test_jobs: config.test_jobs,
         connections: ConnectionSettings {
             connects_in_flight: config.ssh_connects_in_flight,
+            command_timeout: std::time::Duration::from_secs(config.ssh_command_timeout_secs),
+            keepalive_interval: std::time::Duration::from_secs(config.ssh_keepalive_secs),
             ..ConnectionSettings::default()
         },
         jobs: JobSettings {

@@ -55,6 +55,12 @@ pub struct Config {
     /// after a restart, hosts connect this many at a time instead of all at
     /// once.
     pub ssh_connects_in_flight: usize,
+    /// Deadline of one command on a host (5..=3600 s): a host that stops
+    /// answering fails the step running on it after this long at most.
+    pub ssh_command_timeout_secs: u64,
+    /// Keepalive period of host connections (1..=300 s): three unanswered
+    /// in a row and the connection counts as dead, failing what runs on it.
+    pub ssh_keepalive_secs: u64,
     /// How long a job's claim holds without renewal (2..=3600): when a
     /// service dies mid-job, another (or the restarted one) takes the job
     /// over this long after the last renewal, resuming or interrupting it.
@@ -95,6 +101,8 @@ impl Default for Config {
             stream_recheck_secs: 30,
             event_streams_per_credential: 16,
             ssh_connects_in_flight: 16,
+            ssh_command_timeout_secs: 60,
+            ssh_keepalive_secs: 15,
             job_lease_secs: 15,
             run_jobs: true,
             test_jobs: false,
@@ -210,6 +218,16 @@ impl Config {
                 "ssh_connects_in_flight must be between 1 and {MAX_CONNECTS_IN_FLIGHT}"
             )));
         }
+        if !(5..=3600).contains(&self.ssh_command_timeout_secs) {
+            return Err(ConfigError::Invalid(
+                "ssh_command_timeout_secs must be between 5 and 3600".into(),
+            ));
+        }
+        if !(1..=300).contains(&self.ssh_keepalive_secs) {
+            return Err(ConfigError::Invalid(
+                "ssh_keepalive_secs must be between 1 and 300".into(),
+            ));
+        }
         if !(2..=3600).contains(&self.job_lease_secs) {
             return Err(ConfigError::Invalid(
                 "job_lease_secs must be between 2 and 3600".into(),
@@ -274,6 +292,8 @@ const FIELDS: &[&str] = &[
     "stream_recheck_secs",
     "event_streams_per_credential",
     "ssh_connects_in_flight",
+    "ssh_command_timeout_secs",
+    "ssh_keepalive_secs",
     "job_lease_secs",
     "run_jobs",
     "test_jobs",
@@ -376,6 +396,13 @@ mod tests {
         assert_eq!(defaults.header_read_timeout_secs, 10);
         assert_eq!(defaults.event_streams_per_credential, 16);
         assert_eq!(
+            (
+                defaults.ssh_command_timeout_secs,
+                defaults.ssh_keepalive_secs
+            ),
+            (60, 15)
+        );
+        assert_eq!(
             from_toml("event_streams_per_credential = 2\n")
                 .expect("load")
                 .event_streams_per_credential,
@@ -409,6 +436,9 @@ mod tests {
             "body_read_timeout_secs = 3601\n",
             "max_connections = 0\n",
             "event_streams_per_credential = 0\n",
+            "ssh_command_timeout_secs = 4\n",
+            "ssh_keepalive_secs = 0\n",
+            "ssh_keepalive_secs = 301\n",
             "event_streams_per_credential = 4097\n",
             "event_streams_per_credential = -1\n",
             "event_streams_per_credential = \"many\"\n",

