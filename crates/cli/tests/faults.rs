@@ -333,3 +333,199 @@ async fn a_network_cut_fails_its_job_spares_other_hosts_and_heals() {
     act(&api, &cut, &guest.name, "force-stop").await;
     assert_list_matches_host(&api, &cut, ovh7, &guest.name).await;
 }
+
+/// A small tmpfs mounted for the test (as root), unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("tmpfs")
+            .arg(dir.path())
+            .output()
+            .expect("cannot run mount (this test needs root)");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs failed (this test needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Writes `name` until the file system refuses: returns its size.
+    fn fill(&self, name: &str) -> u64 {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.path().join(name)).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        let mut written = 0u64;
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+        }
+        written
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+
+/// Creates an API key for the caller; the answer as it came.
+async fn try_key(api: &Api, name: &str) -> (StatusCode, Value) {
+    api.post("/api/v1/users/me/keys", json!({"name": name}))
+        .await
+}
+
+/// The data directory's disk fills up: requests that write are refused
+/// with 503 `storage_full` and a message that says so (never a 500),
+/// requests that only read keep working (including with a key whose
+/// first use would record its last use), the database stays sound, and
+/// once space is freed writes succeed again without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_refuses_writes_with_503_keeps_reads_and_recovers() {
+    let disk = Tmpfs::mount("8m");
+    let data = disk.path().join("data");
+    let app = TestApp::builder()
+        .data_dir(&data)
+        .env("OVERVISOR_TEST_JOBS", "1")
+        .start()
+        .await;
+    let admin = app.admin();
+    let (_, dora_token, _) = app.create_user("dora", "operator").await;
+    let (status, body) = try_key(&admin, "before").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let filled = disk.fill("filler");
+    assert!(filled > 0, "nothing could be written to fill the disk");
+
+    // Writes: the first attempts may still fit in space SQLite already
+    // holds; a bounded number must reach the full disk, and every refusal
+    // is a 503 storage_full.
+    let mut refused = None;
+    for i in 0..200 {
+        let (status, body) = try_key(&admin, &format!("full-{i}")).await;
+        match status {
+            StatusCode::CREATED => continue,
+            _ => {
+                refused = Some((status, body));
+                break;
+            }
+        }
+    }
+    let (status, body) = refused.expect("200 writes fitted on a full disk");
+    support::assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_full",
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("storage is full"),
+        "{body}"
+    );
+    // Other kinds of writes too: a user, a job.
+    let (status, body) = admin
+        .post(
+            "/api/v1/users",
+            json!({"name": "eve", "email": "eve@example.com", "role": "reader",
+                   "password": "eve's long password"}),
+        )
+        .await;
+    support::assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_full",
+    );
+    let (status, body) = admin
+        .post("/api/v1/jobs/test-steps", json!({"steps": 1}))
+        .await;
+    support::assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_full",
+    );
+
+    // Reads keep working, for a key used for the first time too.
+    let dora = app.client(&dora_token);
+    for (api, path) in [
+        (&dora, "/api/v1/users/me"),
+        (&dora, "/api/v1/users/me/keys"),
+        (&admin, "/api/v1/users"),
+        (&admin, "/api/v1/jobs"),
+        (&admin, "/api/v1/audit?all=true"),
+        (&admin, "/api/v1/vms"),
+    ] {
+        let (status, body) = api.get(path).await;
+        assert_eq!(status, StatusCode::OK, "GET {path} on a full disk: {body}");
+    }
+    let (status, keys) = admin.get("/api/v1/users/me/keys").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(keys.to_string().contains("\"before\""), "{keys}");
+    let (status, body) = app.anonymous().get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The file is sound (read while the service runs).
+    let db = data.join("overvisor.db");
+    let store = overvisor_store::Store::open_sqlite_read_only(&db)
+        .await
+        .unwrap();
+    store.integrity_check().await.unwrap();
+    store.close().await;
+
+    // Space returns: writes work again, without a restart.
+    std::fs::remove_file(disk.path().join("filler")).unwrap();
+    let (status, body) = try_key(&admin, "after").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = admin
+        .post(
+            "/api/v1/users",
+            json!({"name": "eve", "email": "eve@example.com", "role": "reader",
+                   "password": "eve's long password"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, job) = admin
+        .post("/api/v1/jobs/test-steps", json!({"steps": 1}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let done = job_finished(&admin, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(
+        !app.logs().contains("\"internal error\""),
+        "a full disk was reported as an internal error"
+    );
+    drop(app);
+    let store = overvisor_store::Store::open_sqlite_read_only(&db)
+        .await
+        .unwrap();
+    store.integrity_check().await.unwrap();
+    store.close().await;
+}

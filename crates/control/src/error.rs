@@ -34,6 +34,13 @@ pub enum AppError {
     TooManyStreams { limit: usize },
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// The service's storage is full: changes cannot be saved (→ 503
+    /// `storage_full`); reads still work.
+    #[error(
+        "the service's storage is full: no change can be saved until space is freed \
+         where it keeps its data; reading still works"
+    )]
+    StorageFull,
     /// The VM's state forbids the lifecycle action (→ 409 `invalid_transition`).
     #[error("{0}")]
     InvalidTransition(String),
@@ -67,6 +74,7 @@ impl From<StoreError> for AppError {
             StoreError::NotFound(what) => AppError::NotFound(what),
             StoreError::Conflict(msg) => AppError::Conflict(msg),
             StoreError::Unavailable(msg) => AppError::Unavailable(msg),
+            StoreError::Full => AppError::StorageFull,
             busy if busy.is_pool_exhausted() => AppError::Unavailable("database busy".into()),
             other => AppError::Internal(other.to_string()),
         }

@@ -113,6 +113,10 @@ impl From<AppError> for ApiError {
                 Self::new(StatusCode::GATEWAY_TIMEOUT, "host_timeout", message)
             }
             AppError::HostFailed(_) => Self::new(StatusCode::BAD_GATEWAY, "host_error", message),
+            AppError::StorageFull => {
+                tracing::error!("the disk holding the database is full; changes are refused");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_full", message)
+            }
             AppError::Unavailable(detail) => {
                 tracing::warn!(%detail, "service unavailable");
                 Self::new(
