@@ -529,3 +529,277 @@ async fn a_full_disk_refuses_writes_with_503_keeps_reads_and_recovers() {
     store.integrity_check().await.unwrap();
     store.close().await;
 }
+
+fn log_lines(job: &Value) -> Vec<String> {
+    job["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn step_statuses(job: &Value) -> Vec<String> {
+    job["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Ids of the jobs (among `ids`) the service lists as running now.
+async fn running_among(api: &Api, ids: &BTreeSet<String>) -> usize {
+    let (status, list) = api
+        .get("/api/v1/jobs?all=true&status=running&limit=1000")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| ids.contains(j["id"].as_str().unwrap()))
+        .count()
+}
+
+/// Checks one `test.steps` job of 3 steps after the restart: it ended;
+/// no step that had finished ran again (only the step cut off by the
+/// kill may show twice, once before and once after "resumed at step K" —
+/// or only after, if the kill came before its first line); a job that
+/// must not run twice either completed or was interrupted naming the
+/// step it was in, with nothing after it run. Returns how it ended:
+/// "succeeded", "resumed" or "interrupted".
+fn check_steps_job(job: &Value, resumable: bool) -> &'static str {
+    let log = log_lines(job);
+    let ran = |n: usize| {
+        log.iter()
+            .filter(|l| **l == format!("step {n} ran"))
+            .count()
+    };
+    let resumed_at = log.iter().find_map(|l| {
+        l.strip_prefix("resumed at step ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|k| k.parse::<usize>().ok())
+    });
+    match job["status"].as_str() {
+        Some("succeeded") => {
+            assert_eq!(step_statuses(job), ["done", "done", "done"], "{job}");
+            for n in 1..=3 {
+                let want = if Some(n) == resumed_at { 1..=2 } else { 1..=1 };
+                assert!(
+                    want.contains(&ran(n)),
+                    "step {n} ran {} times (resumed at {resumed_at:?}): {log:?}",
+                    ran(n)
+                );
+            }
+            if let Some(k) = resumed_at {
+                assert!(resumable, "a job that must not run twice resumed: {job}");
+                // The resumed run starts at K: the steps before it are
+                // logged once, before the resume line.
+                let at = log
+                    .iter()
+                    .position(|l| l.starts_with("resumed at"))
+                    .unwrap();
+                let after: Vec<&String> =
+                    log[at..].iter().filter(|l| l.ends_with(" ran")).collect();
+                let from_k: Vec<String> = (k..=3).map(|n| format!("step {n} ran")).collect();
+                assert_eq!(
+                    after,
+                    from_k.iter().collect::<Vec<_>>(),
+                    "after the resume: {log:?}"
+                );
+                for n in 1..k {
+                    assert!(
+                        log[..at].contains(&format!("step {n} ran")),
+                        "step {n} did not run before the resume: {log:?}"
+                    );
+                }
+                "resumed"
+            } else {
+                "succeeded"
+            }
+        }
+        Some("interrupted") => {
+            assert!(!resumable, "a resumable job was interrupted: {job}");
+            let statuses = step_statuses(job);
+            let error = job["error"].as_str().unwrap();
+            assert!(error.contains("not run again"), "{job}");
+            let Some(k) = statuses.iter().position(|s| s == "failed").map(|i| i + 1) else {
+                // Killed between two steps: none of them is failed, the
+                // message names the next one, which never ran.
+                let k = statuses.iter().position(|s| s != "done").unwrap() + 1;
+                assert!(
+                    error.contains(&format!("before step {k} \"step {k}\" began")),
+                    "the interruption does not name step {k}: {job}"
+                );
+                for n in 1..=3 {
+                    assert_eq!(ran(n), usize::from(n < k), "step {n}: {log:?}");
+                    let expected = if n < k { "done" } else { "skipped" };
+                    assert_eq!(statuses[n - 1], expected, "step {n}: {job}");
+                }
+                return "interrupted";
+            };
+            assert!(
+                error.contains(&format!("in step {k} \"step {k}\"")),
+                "the interruption does not name step {k}: {job}"
+            );
+            for n in 1..=3 {
+                // Step K may have been cut off before it logged anything.
+                let want = match n.cmp(&k) {
+                    std::cmp::Ordering::Less => 1..=1,
+                    std::cmp::Ordering::Equal => 0..=1,
+                    std::cmp::Ordering::Greater => 0..=0,
+                };
+                assert!(
+                    want.contains(&ran(n)),
+                    "step {n} ran {} times: {log:?}",
+                    ran(n)
+                );
+                let status = &statuses[n - 1];
+                let expected = match n.cmp(&k) {
+                    std::cmp::Ordering::Less => "done",
+                    std::cmp::Ordering::Equal => "failed",
+                    std::cmp::Ordering::Greater => "skipped",
+                };
+                assert_eq!(status, expected, "step {n}: {job}");
+            }
+            "interrupted"
+        }
+        _ => panic!("job did not end as succeeded or interrupted: {job}"),
+    }
+}
+
+/// SIGKILL while a hundred `test.steps` jobs (3 steps of 300 ms; 30 of
+/// them must not run twice) and resyncs of two lab hosts run at once; the
+/// service, restarted on the same data with a 2 s lease, ends every one of
+/// them: none is lost, no finished step runs again, resumable jobs cut off
+/// mid-step resume at that step, the others are interrupted naming it;
+/// the database passes `PRAGMA integrity_check`.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_under_a_hundred_jobs_loses_none_and_repeats_no_finished_step() {
+    let lab = Lab::load();
+    let mut app = TestApp::builder()
+        .env("OVERVISOR_TEST_JOBS", "1")
+        .env("OVERVISOR_JOB_LEASE_SECS", "2")
+        .start()
+        .await;
+    let admin = app.admin();
+    let hosts = [
+        id(&register(&admin, &lab, lab.host("ovh1")).await),
+        id(&register(&admin, &lab, lab.host("ovh2")).await),
+    ];
+
+    let submit = |i: usize| {
+        let admin = admin.clone();
+        async move {
+            let resumable = i % 10 >= 3;
+            let (status, job) = admin
+                .post(
+                    "/api/v1/jobs/test-steps",
+                    json!({"steps": 3, "step_millis": 300, "resumable": resumable}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+            (job["id"].as_str().unwrap().to_owned(), resumable)
+        }
+    };
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        tasks.push(tokio::spawn(submit(i)));
+    }
+    let mut resyncs = BTreeSet::new();
+    for round in 0..3 {
+        for host in &hosts {
+            let (status, job) = admin
+                .post(&format!("/api/v1/hosts/{host}/resync"), json!({}))
+                .await;
+            assert_eq!(status, StatusCode::ACCEPTED, "resync {round}: {job}");
+            resyncs.insert(job["id"].as_str().unwrap().to_owned());
+        }
+    }
+    let mut steps_jobs = Vec::new();
+    for task in tasks {
+        steps_jobs.push(task.await.unwrap());
+    }
+    let once: BTreeSet<String> = steps_jobs
+        .iter()
+        .filter(|(_, r)| !r)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let again: BTreeSet<String> = steps_jobs
+        .iter()
+        .filter(|(_, r)| *r)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!((once.len(), again.len()), (30, 70));
+
+    // Kill while jobs of both kinds are in a step.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if running_among(&admin, &once).await > 0 && running_among(&admin, &again).await > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no job of each kind was ever seen running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.kill();
+    app.restart().await;
+    let admin = app.admin();
+
+    // None lost: every accepted job is listed, and ends.
+    let (status, list) = admin.get("/api/v1/jobs?all=true&limit=1000").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let listed: BTreeSet<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect();
+    let accepted: BTreeSet<String> = once.iter().chain(&again).chain(&resyncs).cloned().collect();
+    assert_eq!(accepted.len(), 106);
+    assert!(
+        accepted.is_subset(&listed),
+        "jobs lost: {:?}",
+        accepted.difference(&listed).collect::<Vec<_>>()
+    );
+
+    let mut outcomes = std::collections::BTreeMap::<&str, usize>::new();
+    for (id, resumable) in &steps_jobs {
+        let job = job_end(&admin, &json!({ "id": id })).await;
+        *outcomes
+            .entry(check_steps_job(&job, *resumable))
+            .or_default() += 1;
+    }
+    for id in &resyncs {
+        let job = job_end(&admin, &json!({ "id": id })).await;
+        assert!(
+            matches!(
+                job["status"].as_str(),
+                Some("succeeded" | "interrupted" | "failed")
+            ),
+            "{job}"
+        );
+        if job["status"] != "succeeded" {
+            assert!(!job["error"].as_str().unwrap().is_empty(), "{job}");
+        }
+    }
+    eprintln!("outcomes of the 100 test.steps jobs: {outcomes:?}");
+    // The kill did land in the middle of both kinds.
+    assert!(
+        outcomes.get("interrupted").is_some_and(|n| *n > 0),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.get("resumed").is_some_and(|n| *n > 0),
+        "{outcomes:?}"
+    );
+
+    let db = app.data_path().join("overvisor.db");
+    let store = overvisor_store::Store::open_sqlite_read_only(&db)
+        .await
+        .unwrap();
+    store.integrity_check().await.unwrap();
+    store.close().await;
+}

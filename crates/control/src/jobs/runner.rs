@@ -199,7 +199,9 @@ impl App {
                         .await;
                         format!(" (in step {} \"{name}\")", index + 1)
                     }
-                    None => String::new(),
+                    // Killed between two steps: say where, as the record
+                    // shows it.
+                    None => between_steps(&steps),
                 };
                 let ending = Ending {
                     status: JobStatus::Interrupted,
@@ -332,6 +334,24 @@ impl App {
             return;
         }
         self.job_publish_step(id, owner, index).await;
+    }
+}
+
+/// Where a job stopped when no step of it was running: after its last
+/// finished step, before the first that had not begun.
+fn between_steps(steps: &[JobStep]) -> String {
+    let next = steps.iter().find(|s| s.status != StepStatus::Done);
+    let last_done = steps.iter().rev().find(|s| s.status == StepStatus::Done);
+    match (last_done, next) {
+        (_, None) => " (after its last step)".into(),
+        (None, Some(next)) => format!(" (before step {} \"{}\" began)", next.index + 1, next.name),
+        (Some(done), Some(next)) => format!(
+            " (after step {} \"{}\", before step {} \"{}\" began)",
+            done.index + 1,
+            done.name,
+            next.index + 1,
+            next.name
+        ),
     }
 }
 
