@@ -119,6 +119,35 @@ async fn openapi_documents_ranges_and_415_that_the_service_enforces() {
         "every limit and wait parameter is documented with its range"
     );
     assert_eq!(with_body.len(), 10, "JSON-body endpoints: {with_body:?}");
+    // Every operation that needs credentials documents the 401 it gives
+    // without them; the public ones declare no security.
+    let public = ["/healthz", "/readyz", "/metrics", "/api/v1/auth/login"];
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            if public.contains(&path.as_str()) {
+                assert_eq!(op["security"], json!([{}]), "{method} {path} is public");
+                continue;
+            }
+            assert!(
+                op["responses"].get("401").is_some(),
+                "{method} {path} does not document 401"
+            );
+            let (s, _) = app.anonymous().get(path).await;
+            if method == "get" && !path.contains('{') {
+                assert_eq!(
+                    s,
+                    StatusCode::UNAUTHORIZED,
+                    "GET {path} without credentials"
+                );
+            }
+        }
+    }
+    assert!(
+        paths["/api/v1/users/me/password"]["post"]["responses"]
+            .get("429")
+            .is_some(),
+        "password changes are throttled like sign-ins"
+    );
 
     // The handlers enforce those ranges at both ends...
     for (path, ok, bad) in [

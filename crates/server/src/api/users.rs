@@ -33,6 +33,7 @@ pub struct PasswordChange {
 /// Changes the caller's password; every other session of theirs ends.
 #[utoipa::path(post, path = "/api/v1/users/me/password", tag = "account", request_body = PasswordChange,
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "Too many wrong current passwords (they count with the account's sign-in failures); `Retry-After` says when to retry"),
         (status = 415, body = ErrorBody, description = "The body is not `Content-Type: application/json`")))]
 pub async fn password_change(
     State(state): State<AppState>,
