@@ -142,6 +142,14 @@ impl JobRunner {
             .insert(id, token);
     }
 
+    /// Whether this runner is running job `id` right now.
+    fn is_live(&self, id: JobId) -> bool {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id)
+    }
+
     fn forget(&self, id: JobId) {
         self.live
             .lock()

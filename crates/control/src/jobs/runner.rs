@@ -71,6 +71,13 @@ impl App {
         };
         let runner = self.jobs();
         for candidate in candidates {
+            // A job of ours whose lease lapsed because a renewal came late
+            // (a busy machine) is still running here: claiming it again
+            // would run its steps twice, side by side. The next renewal
+            // extends the lease.
+            if runner.is_live(candidate.id) {
+                continue;
+            }
             let permit = match &candidate.slot {
                 Some(key) => match runner.slot(key).try_acquire_owned() {
                     Ok(permit) => Some(permit),
