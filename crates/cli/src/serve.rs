@@ -40,9 +40,12 @@ pub async fn open_app(config: &Config) -> anyhow::Result<App> {
             per_address: config.login_max_failures_per_address,
         },
         stream_recheck: std::time::Duration::from_secs(config.stream_recheck_secs),
+        event_streams_per_credential: config.event_streams_per_credential,
         test_jobs: config.test_jobs,
         connections: ConnectionSettings {
             connects_in_flight: config.ssh_connects_in_flight,
+            command_timeout: std::time::Duration::from_secs(config.ssh_command_timeout_secs),
+            keepalive_interval: std::time::Duration::from_secs(config.ssh_keepalive_secs),
             ..ConnectionSettings::default()
         },
         jobs: JobSettings {

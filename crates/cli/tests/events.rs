@@ -417,3 +417,160 @@ async fn periodic_recheck_catches_cli_revocation_and_expiry() {
     let job = sleep_job(&cleo).await;
     assert_eq!(ws_next_job(&mut kept_ws).await, job);
 }
+
+/// Tries to open a WebSocket stream with `token`; the handshake's HTTP
+/// status and JSON body when it is refused.
+async fn ws_try(app: &TestApp, token: &str) -> Result<Ws, (StatusCode, Value)> {
+    let url = format!(
+        "{}/api/v1/events?types=job.created",
+        app.api.replacen("http", "ws", 1)
+    );
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+            let body = resp.body().clone().unwrap_or_default();
+            Err((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+        }
+        Err(other) => panic!("websocket handshake failed: {other}"),
+    }
+}
+
+fn assert_too_many_streams(status: StatusCode, body: &Value, limit: usize) {
+    support::assert_error(
+        status,
+        body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_streams",
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{limit} event streams"))
+            && message.contains("event_streams_per_credential"),
+        "the refusal names the limit: {body}"
+    );
+}
+
+/// One credential holds at most `event_streams_per_credential` (default
+/// 16) streams, WebSocket and SSE together: one more is refused with 429
+/// before any upgrade, other credentials are not affected, and closing a
+/// stream (either kind) makes room for a new one.
+#[tokio::test]
+async fn streams_per_credential_are_capped_and_closing_one_frees_a_place() {
+    const CAP: usize = 16; // the default, which this test relies on
+    let app = app().await;
+    let (_, kim_token, _) = app.create_user("kim", "operator").await;
+    let kim = app.client(&kim_token);
+    let (_, other_token) = new_key(&kim, "other", json!({})).await;
+
+    let mut ws_streams = Vec::new();
+    for _ in 0..CAP / 2 {
+        ws_streams.push(ws_with_key(&app, &kim_token).await);
+    }
+    let mut sse_streams = Vec::new();
+    for _ in 0..CAP / 2 {
+        sse_streams.push(sse_open(&kim).await);
+    }
+
+    // The 17th, either way, is refused with the limit named.
+    let Err((status, body)) = ws_try(&app, &kim_token).await else {
+        panic!("a WebSocket beyond the cap was upgraded");
+    };
+    assert_too_many_streams(status, &body, CAP);
+    let (status, body) = kim
+        .send(
+            kim.request(reqwest::Method::GET, "/api/v1/events")
+                .header("accept", "text/event-stream"),
+        )
+        .await;
+    assert_too_many_streams(status, &body, CAP);
+
+    // Another key of the same user is counted apart.
+    let mut other_ws = ws_with_key(&app, &other_token).await;
+
+    // The capped streams still work.
+    let job = sleep_job(&kim).await;
+    for ws in &mut ws_streams {
+        assert_eq!(ws_next_job(ws).await, job);
+    }
+    for sse in &mut sse_streams {
+        sse_read_until(sse, &job).await;
+    }
+    assert_eq!(ws_next_job(&mut other_ws).await, job);
+
+    // Closing a WebSocket frees its place (the server notices the close
+    // frame; bounded wait for that).
+    let mut closed = ws_streams.pop().unwrap();
+    closed.close(None).await.unwrap();
+    drop(closed);
+    let mut replacement = open_when_room(&app, &kim_token).await;
+    assert_too_many_streams_now(&app, &kim_token).await;
+
+    // Dropping an SSE response frees its place too.
+    drop(sse_streams.pop());
+    let replacement_too = open_when_room(&app, &kim_token).await;
+    assert_too_many_streams_now(&app, &kim_token).await;
+
+    let job = sleep_job(&kim).await;
+    assert_eq!(ws_next_job(&mut replacement).await, job);
+    drop(replacement_too);
+}
+
+/// Opens a WebSocket as soon as the cap allows (within 10 s).
+async fn open_when_room(app: &TestApp, token: &str) -> Ws {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        match ws_try(app, token).await {
+            Ok(mut ws) => {
+                match ws_next(&mut ws, EVENT_WAIT).await {
+                    WsNext::Json(v) => assert_eq!(v["type"], "subscribed", "{v}"),
+                    WsNext::Closed(frame) => panic!("closed at once: {frame:?}"),
+                }
+                return ws;
+            }
+            Err((status, body)) => {
+                assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "a closed stream did not free its place within {PROMPTLY:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn assert_too_many_streams_now(app: &TestApp, token: &str) {
+    let Err((status, body)) = ws_try(app, token).await else {
+        panic!("the cap no longer holds after a replacement");
+    };
+    assert_too_many_streams(status, &body, 16);
+}
+
+/// A bad `event_streams_per_credential` stops start-up with a message
+/// naming the setting.
+#[test]
+fn a_bad_stream_cap_stops_start_up() {
+    for bad in ["0", "4097", "many"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(TestApp::binary())
+            .arg("serve")
+            .env_clear()
+            .env("OVERVISOR_DATA_DIR", dir.path().join("data"))
+            .env("OVERVISOR_UI_BIND", "127.0.0.1:0")
+            .env("OVERVISOR_API_BIND", "127.0.0.1:0")
+            .env("OVERVISOR_EVENT_STREAMS_PER_CREDENTIAL", bad)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "started with cap {bad:?}: {stderr}");
+        assert!(
+            stderr.contains("event_streams_per_credential"),
+            "cap {bad:?}: {stderr}"
+        );
+    }
+}

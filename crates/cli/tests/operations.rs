@@ -62,6 +62,132 @@ async fn health_readiness_metrics_and_openapi() {
     );
 }
 
+/// The OpenAPI document states the ranges the handlers enforce (`limit`
+/// 1..=1000 wherever it appears, `wait` 0..=60) and that every JSON-body
+/// endpoint answers 415 to another content type; each documented 415 is
+/// then checked against the running service.
+#[tokio::test]
+async fn openapi_documents_ranges_and_415_that_the_service_enforces() {
+    let app = TestApp::start().await;
+    let admin = app.admin();
+    let (s, doc) = app.anonymous().get("/api/openapi.json").await;
+    assert_eq!(s, StatusCode::OK, "{doc}");
+    let paths = doc["paths"].as_object().unwrap();
+
+    let mut ranged = Vec::new();
+    let mut with_body = Vec::new();
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            for param in op["parameters"].as_array().into_iter().flatten() {
+                let name = param["name"].as_str().unwrap();
+                let schema = &param["schema"];
+                let want = match name {
+                    "limit" => (1, 1000),
+                    "wait" => (0, 60),
+                    _ => continue,
+                };
+                assert_eq!(param["in"], "query", "{method} {path}: {param}");
+                assert_eq!(
+                    (schema["minimum"].as_i64(), schema["maximum"].as_i64()),
+                    (Some(want.0), Some(want.1)),
+                    "{method} {path}: range of {name}: {param}"
+                );
+                ranged.push(format!("{method} {path} {name}"));
+            }
+            if op.get("requestBody").is_some() {
+                let r415 = &op["responses"]["415"];
+                assert_eq!(
+                    r415["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{method} {path} takes a JSON body but documents no 415: {}",
+                    op["responses"]
+                );
+                with_body.push((method.clone(), path.clone()));
+            }
+        }
+    }
+    ranged.sort();
+    assert_eq!(
+        ranged,
+        [
+            "get /api/v1/audit limit",
+            "get /api/v1/hosts/{id}/vms limit",
+            "get /api/v1/jobs limit",
+            "get /api/v1/jobs/{id} wait",
+            "get /api/v1/vms limit",
+        ],
+        "every limit and wait parameter is documented with its range"
+    );
+    assert_eq!(with_body.len(), 10, "JSON-body endpoints: {with_body:?}");
+    // Every operation that needs credentials documents the 401 it gives
+    // without them; the public ones declare no security.
+    let public = ["/healthz", "/readyz", "/metrics", "/api/v1/auth/login"];
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            if public.contains(&path.as_str()) {
+                assert_eq!(op["security"], json!([{}]), "{method} {path} is public");
+                continue;
+            }
+            assert!(
+                op["responses"].get("401").is_some(),
+                "{method} {path} does not document 401"
+            );
+            let (s, _) = app.anonymous().get(path).await;
+            if method == "get" && !path.contains('{') {
+                assert_eq!(
+                    s,
+                    StatusCode::UNAUTHORIZED,
+                    "GET {path} without credentials"
+                );
+            }
+        }
+    }
+    assert!(
+        paths["/api/v1/users/me/password"]["post"]["responses"]
+            .get("429")
+            .is_some(),
+        "password changes are throttled like sign-ins"
+    );
+
+    // The handlers enforce those ranges at both ends...
+    for (path, ok, bad) in [
+        ("/api/v1/jobs?limit=", ["1", "1000"], ["0", "1001"]),
+        ("/api/v1/audit?limit=", ["1", "1000"], ["0", "1001"]),
+        ("/api/v1/vms?limit=", ["1", "1000"], ["0", "1001"]),
+    ] {
+        for v in ok {
+            let (s, b) = admin.get(&format!("{path}{v}")).await;
+            assert_eq!(s, StatusCode::OK, "{path}{v}: {b}");
+        }
+        for v in bad {
+            let (s, b) = admin.get(&format!("{path}{v}")).await;
+            support::assert_error(s, &b, StatusCode::BAD_REQUEST, "invalid_input");
+            assert_eq!(b["error"]["field"], "limit", "{path}{v}: {b}");
+        }
+    }
+    let job = uuid::Uuid::new_v4();
+    let (s, b) = admin.get(&format!("/api/v1/jobs/{job}?wait=61")).await;
+    support::assert_error(s, &b, StatusCode::BAD_REQUEST, "invalid_input");
+    assert_eq!(b["error"]["field"], "wait", "{b}");
+
+    // ... and every documented 415 is what a text/plain body gets.
+    for (method, path) in &with_body {
+        let concrete = path.replace("{id}", &uuid::Uuid::new_v4().to_string());
+        let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let req = admin
+            .request(method, &concrete)
+            .header("content-type", "text/plain")
+            .body("{}");
+        let (s, b) = admin.send(req).await;
+        support::assert_error(
+            s,
+            &b,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        );
+    }
+}
+
 #[tokio::test]
 async fn cli_manages_users_and_sigterm_shuts_down_cleanly() {
     let mut app = TestApp::start().await;

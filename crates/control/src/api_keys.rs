@@ -198,7 +198,11 @@ impl App {
             .last_used_at
             .is_none_or(|t| now - t > TOUCH_EVERY)
         {
-            self.store().api_key_touch(record.key.id, now).await?;
+            // Best effort: a failed touch (a full disk, say) must not
+            // refuse a request that may only read.
+            if let Err(err) = self.store().api_key_touch(record.key.id, now).await {
+                tracing::warn!(error = %err, "could not record an API key's last use");
+            }
         }
         Ok(Subject {
             user,

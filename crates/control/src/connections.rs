@@ -32,6 +32,9 @@ pub struct ConnectionSettings {
     pub connect_timeout: Duration,
     /// Deadline of one remote command.
     pub command_timeout: Duration,
+    /// Keepalive period of every connection: three unanswered in a row and
+    /// the connection counts as dead (a host gone from the network).
+    pub keepalive_interval: Duration,
     /// Longest wait between reconnect attempts to a host that is down.
     pub backoff_max: Duration,
     /// SSH handshakes in flight at once across all hosts, so a restart
@@ -44,6 +47,7 @@ impl Default for ConnectionSettings {
         Self {
             connect_timeout: Duration::from_secs(10),
             command_timeout: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(15),
             backoff_max: Duration::from_secs(10),
             connects_in_flight: 16,
         }
@@ -108,6 +112,7 @@ impl DriverFactory for SshDriverFactory {
                 );
                 cfg.connect_timeout = self.settings.connect_timeout;
                 cfg.command_timeout = self.settings.command_timeout;
+                cfg.keepalive_interval = self.settings.keepalive_interval;
                 cfg.backoff_max = self.settings.backoff_max;
                 cfg.connect_gate = Some(self.gate.clone());
                 let ssh = SshSession::new(cfg);

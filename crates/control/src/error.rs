@@ -25,8 +25,22 @@ pub enum AppError {
     Conflict(String),
     #[error("too many attempts; try again in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// The credential already has as many event streams open as allowed
+    /// (→ 429 `too_many_streams`).
+    #[error(
+        "this credential already has {limit} event streams open, the most allowed \
+         (event_streams_per_credential); close one first"
+    )]
+    TooManyStreams { limit: usize },
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// The service's storage is full: changes cannot be saved (→ 503
+    /// `storage_full`); reads still work.
+    #[error(
+        "the service's storage is full: no change can be saved until space is freed \
+         where it keeps its data; reading still works"
+    )]
+    StorageFull,
     /// The VM's state forbids the lifecycle action (→ 409 `invalid_transition`).
     #[error("{0}")]
     InvalidTransition(String),
@@ -60,6 +74,7 @@ impl From<StoreError> for AppError {
             StoreError::NotFound(what) => AppError::NotFound(what),
             StoreError::Conflict(msg) => AppError::Conflict(msg),
             StoreError::Unavailable(msg) => AppError::Unavailable(msg),
+            StoreError::Full => AppError::StorageFull,
             busy if busy.is_pool_exhausted() => AppError::Unavailable("database busy".into()),
             other => AppError::Internal(other.to_string()),
         }

@@ -14,8 +14,9 @@
 //! for expiry and for changes made by another process on the same
 //! database. Neither costs anything per event.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -128,6 +129,28 @@ pub struct EventBus {
     seq: AtomicU64,
     /// Users whose credentials, standing or role just changed.
     credentials: broadcast::Sender<UserId>,
+    /// Client streams open per credential.
+    open_streams: Arc<Mutex<HashMap<Credential, usize>>>,
+}
+
+/// One open client stream counted against its credential; uncounted when
+/// the subscription holding it is dropped (stream closed, upgrade
+/// abandoned, client gone).
+struct StreamSlot {
+    open: Arc<Mutex<HashMap<Credential, usize>>>,
+    credential: Credential,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.credential) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.credential);
+            }
+        }
+    }
 }
 
 impl Default for EventBus {
@@ -144,7 +167,26 @@ impl EventBus {
             tx,
             seq: AtomicU64::new(1),
             credentials,
+            open_streams: Arc::default(),
         }
+    }
+
+    /// Counts one more stream for `credential`, unless it already has
+    /// `limit` open.
+    fn take_stream_slot(&self, credential: &Credential, limit: usize) -> Option<StreamSlot> {
+        let mut open = self.open_streams.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(credential.clone()).or_insert(0);
+        if *n >= limit {
+            if *n == 0 {
+                open.remove(credential);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            open: self.open_streams.clone(),
+            credential: credential.clone(),
+        })
     }
 
     /// Tells `user`'s open streams to re-check their credential: called
@@ -412,6 +454,8 @@ pub struct Subscription {
     filter: EventFilter,
     watch: Option<CredentialWatch>,
     ended: bool,
+    /// A client's place among its credential's open streams.
+    _slot: Option<StreamSlot>,
 }
 
 impl Subscription {
@@ -482,6 +526,7 @@ impl App {
             filter,
             watch: None,
             ended: false,
+            _slot: None,
         })
     }
 
@@ -497,12 +542,21 @@ impl App {
         if !presented.kind_matches(&subject.credential) {
             return Err(AppError::Unauthenticated);
         }
+        let limit = self.config().event_streams_per_credential;
+        let slot = self
+            .events()
+            .take_stream_slot(&subject.credential, limit)
+            .ok_or_else(|| {
+                metrics::counter!("overvisor_event_streams_refused_total").increment(1);
+                AppError::TooManyStreams { limit }
+            })?;
         // Subscribed before anything can change, so no announcement is missed.
         let changes = self.events().credentials.subscribe();
         let mut subscription = self.events_subscribe(subject, filter)?;
         let period = self.config().stream_recheck.max(Duration::from_millis(100));
         let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        subscription._slot = Some(slot);
         subscription.watch = Some(CredentialWatch {
             app: self.clone(),
             presented,

@@ -147,6 +147,14 @@ impl JobRunner {
         live
     }
 
+    /// Whether this runner is running job `id` right now.
+    fn is_live(&self, id: JobId) -> bool {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id)
+    }
+
     fn forget(&self, id: JobId) {
         self.live
             .lock()

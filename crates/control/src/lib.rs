@@ -35,6 +35,9 @@ pub struct AppConfig {
     /// How often an open event stream re-validates its credential, for
     /// expiry and for revocations made by another process.
     pub stream_recheck: Duration,
+    /// Event streams one credential (API key or session) may have open at
+    /// once; more are refused.
+    pub event_streams_per_credential: usize,
     /// Offers the test-only `test.sleep` job kind.
     pub test_jobs: bool,
     /// Limits of every host connection.
@@ -49,6 +52,7 @@ impl Default for AppConfig {
             session_ttl: Duration::from_secs(12 * 3600),
             login_limits: login_limit::Limits::default(),
             stream_recheck: Duration::from_secs(30),
+            event_streams_per_credential: 16,
             test_jobs: false,
             connections: connections::ConnectionSettings::default(),
             jobs: jobs::JobSettings::default(),

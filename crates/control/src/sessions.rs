@@ -172,7 +172,11 @@ impl App {
             return Err(AppError::Unauthenticated);
         }
         if now - record.session.last_seen_at > TOUCH_EVERY {
-            self.store().session_touch(record.session.id, now).await?;
+            // Best effort: a failed touch (a full disk, say) must not
+            // refuse a request that may only read.
+            if let Err(err) = self.store().session_touch(record.session.id, now).await {
+                tracing::warn!(error = %err, "could not record a session's last use");
+            }
         }
         Ok(SessionAuth {
             subject: Subject {

@@ -283,7 +283,7 @@ pub struct Session {
 }
 
 /// How a request proved who it is; recorded in the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Credential {
     Session {

@@ -48,10 +48,19 @@ pub struct Config {
     /// by another process (such as `overvisor key revoke`). Revocations
     /// made through this service end streams at once regardless.
     pub stream_recheck_secs: u64,
+    /// Event streams (`GET /api/v1/events`) one API key or session may have
+    /// open at once (1..=4096); more are refused with 429.
+    pub event_streams_per_credential: usize,
     /// SSH handshakes in flight at once across all hosts (at least 1):
     /// after a restart, hosts connect this many at a time instead of all at
     /// once.
     pub ssh_connects_in_flight: usize,
+    /// Deadline of one command on a host (5..=3600 s): a host that stops
+    /// answering fails the step running on it after this long at most.
+    pub ssh_command_timeout_secs: u64,
+    /// Keepalive period of host connections (1..=300 s): three unanswered
+    /// in a row and the connection counts as dead, failing what runs on it.
+    pub ssh_keepalive_secs: u64,
     /// How long a job's claim holds without renewal (2..=3600): when a
     /// service dies mid-job, another (or the restarted one) takes the job
     /// over this long after the last renewal, resuming or interrupting it.
@@ -90,7 +99,10 @@ impl Default for Config {
             login_max_failures_per_address: 20,
             inventory_resync_secs: 60,
             stream_recheck_secs: 30,
+            event_streams_per_credential: 16,
             ssh_connects_in_flight: 16,
+            ssh_command_timeout_secs: 60,
+            ssh_keepalive_secs: 15,
             job_lease_secs: 15,
             run_jobs: true,
             test_jobs: false,
@@ -118,6 +130,8 @@ const MAX_CONNECTS_IN_FLIGHT: usize = 1024;
 const MAX_READ_TIMEOUT_SECS: u64 = 3600;
 /// More connections per listener than a process could have descriptors for.
 const MAX_CONNECTIONS: usize = 1 << 20;
+/// More streams per credential than any portal or script needs.
+const MAX_STREAMS_PER_CREDENTIAL: usize = 4096;
 
 impl Config {
     /// Loads defaults ← `file` ← environment.
@@ -143,9 +157,12 @@ impl Config {
             }
             table.insert(field, env_value(&value));
         }
-        let config: Config = table
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        let config: Config = table.clone().try_into().map_err(|e: toml::de::Error| {
+            ConfigError::Invalid(match culprit(&table) {
+                Some(key) => format!("{key}: {}", e.message()),
+                None => e.message().to_owned(),
+            })
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -191,10 +208,25 @@ impl Config {
                 "max_connections must be between 1 and {MAX_CONNECTIONS}"
             )));
         }
+        if !(1..=MAX_STREAMS_PER_CREDENTIAL).contains(&self.event_streams_per_credential) {
+            return Err(ConfigError::Invalid(format!(
+                "event_streams_per_credential must be between 1 and {MAX_STREAMS_PER_CREDENTIAL}"
+            )));
+        }
         if !(1..=MAX_CONNECTS_IN_FLIGHT).contains(&self.ssh_connects_in_flight) {
             return Err(ConfigError::Invalid(format!(
                 "ssh_connects_in_flight must be between 1 and {MAX_CONNECTS_IN_FLIGHT}"
             )));
+        }
+        if !(5..=3600).contains(&self.ssh_command_timeout_secs) {
+            return Err(ConfigError::Invalid(
+                "ssh_command_timeout_secs must be between 5 and 3600".into(),
+            ));
+        }
+        if !(1..=300).contains(&self.ssh_keepalive_secs) {
+            return Err(ConfigError::Invalid(
+                "ssh_keepalive_secs must be between 1 and 300".into(),
+            ));
         }
         if !(2..=3600).contains(&self.job_lease_secs) {
             return Err(ConfigError::Invalid(
@@ -258,11 +290,24 @@ const FIELDS: &[&str] = &[
     "login_max_failures_per_address",
     "inventory_resync_secs",
     "stream_recheck_secs",
+    "event_streams_per_credential",
     "ssh_connects_in_flight",
+    "ssh_command_timeout_secs",
+    "ssh_keepalive_secs",
     "job_lease_secs",
     "run_jobs",
     "test_jobs",
 ];
+
+/// The field whose value cannot be read (serde names the problem, not the
+/// field): each one is tried alone, the others left at their defaults.
+fn culprit(table: &toml::Table) -> Option<&str> {
+    table.iter().find_map(|(key, value)| {
+        let mut alone = toml::Table::new();
+        alone.insert(key.clone(), value.clone());
+        alone.try_into::<Config>().is_err().then_some(key.as_str())
+    })
+}
 
 /// A switch: `true`/`false`, or `1`/`0` as such variables are often set.
 fn flag<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
@@ -349,6 +394,20 @@ mod tests {
         assert_eq!(defaults.ssh_connects_in_flight, 16);
         assert_eq!(defaults.max_connections, 1024);
         assert_eq!(defaults.header_read_timeout_secs, 10);
+        assert_eq!(defaults.event_streams_per_credential, 16);
+        assert_eq!(
+            (
+                defaults.ssh_command_timeout_secs,
+                defaults.ssh_keepalive_secs
+            ),
+            (60, 15)
+        );
+        assert_eq!(
+            from_toml("event_streams_per_credential = 2\n")
+                .expect("load")
+                .event_streams_per_credential,
+            2
+        );
         assert_eq!(
             from_toml("ssh_connects_in_flight = 64\n")
                 .expect("load")
@@ -376,8 +435,19 @@ mod tests {
             "header_read_timeout_secs = 0\n",
             "body_read_timeout_secs = 3601\n",
             "max_connections = 0\n",
+            "event_streams_per_credential = 0\n",
+            "ssh_command_timeout_secs = 4\n",
+            "ssh_keepalive_secs = 0\n",
+            "ssh_keepalive_secs = 301\n",
+            "event_streams_per_credential = 4097\n",
+            "event_streams_per_credential = -1\n",
+            "event_streams_per_credential = \"many\"\n",
         ] {
-            assert!(from_toml(bad).is_err(), "{bad} was accepted");
+            let err = from_toml(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} was accepted"));
+            let field = bad.split(' ').next().unwrap_or_default();
+            assert!(err.to_string().contains(field), "{bad}: {err}");
         }
     }
 }

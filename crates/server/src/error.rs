@@ -107,6 +107,9 @@ impl From<AppError> for ApiError {
                 e.retry_after = Some(retry_after_secs);
                 e
             }
+            AppError::TooManyStreams { .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", message)
+            }
             AppError::InvalidTransition(_) => {
                 Self::new(StatusCode::CONFLICT, "invalid_transition", message)
             }
@@ -120,6 +123,10 @@ impl From<AppError> for ApiError {
                 Self::new(StatusCode::GATEWAY_TIMEOUT, "host_timeout", message)
             }
             AppError::HostFailed(_) => Self::new(StatusCode::BAD_GATEWAY, "host_error", message),
+            AppError::StorageFull => {
+                tracing::error!("the disk holding the database is full; changes are refused");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_full", message)
+            }
             AppError::Unavailable(detail) => {
                 tracing::warn!(%detail, "service unavailable");
                 Self::new(

@@ -58,7 +58,7 @@ fn on_unique(err: sqlx::Error) -> StoreError {
             };
             StoreError::Conflict(format!("{what} already exists"))
         }
-        _ => StoreError::Database(err),
+        _ => err.into(),
     }
 }
 

@@ -34,12 +34,39 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The disk holding the database is full (SQLite's `SQLITE_FULL`):
+    /// nothing can be written until space is freed; reads still work.
+    #[error("the disk holding the database is full")]
+    Full,
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Seal(#[from] SealError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        if is_disk_full(&err) {
+            StoreError::Full
+        } else {
+            StoreError::Database(err)
+        }
+    }
+}
+
+/// SQLite's `SQLITE_FULL` (13, in its primary or an extended code), or the
+/// operating system's "no space left on device" reaching us directly.
+fn is_disk_full(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| code & 0xff == 13),
+        sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::StorageFull,
+        _ => false,
+    }
 }
 
 impl StoreError {
@@ -58,7 +85,7 @@ impl StoreError {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 StoreError::Conflict(format!("{what} already exists"))
             }
-            _ => StoreError::Database(err),
+            _ => err.into(),
         }
     }
 }

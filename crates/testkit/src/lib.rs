@@ -10,8 +10,9 @@
 //! Host allocation (tests run in parallel, in CI too): `ovh1` and `ovh2` are
 //! shared and must never be disrupted; a test that kills a host's sshd or
 //! network owns one host of its own — `ovh3` the SSH driver's resilience
-//! test, `ovh4` the host-registry API's, `ovh5` the jobs/inventory ones.
-//! `scripts/test` brings up five hosts.
+//! test, `ovh4` the host-registry API's, `ovh5` the jobs/inventory ones,
+//! `ovh6` the libvirtd-restart fault test, `ovh7` the network-cut one.
+//! `scripts/test` brings up seven hosts.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -342,6 +343,12 @@ impl LabHost {
 
     pub fn start_sshd(&self) {
         self.lab("sshd-start");
+    }
+
+    /// Kills the host's libvirtd and starts it again (running guests carry
+    /// on); returns once the new one answers over SSH.
+    pub fn restart_libvirtd(&self) {
+        self.lab("libvirtd-restart");
     }
 
     /// Unplugs the host from the network: packets vanish, nothing is

@@ -120,13 +120,23 @@ pub async fn host_vms(api: &Api, host_id: &str) -> Value {
 
 /// Names of the VMs on a host after an explicit resync (so VMs defined
 /// behind our back a moment ago are listed).
+///
+/// On a shared host another test may define or undefine a guest between
+/// the resync and the list; the pair is then taken again (a few times).
 pub async fn vm_names(api: &Api, host_id: &str) -> Vec<String> {
-    let job = resync(api, host_id).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    let body = host_vms(api, host_id).await;
-    assert_eq!(body["host"]["status"], "connected", "{body}");
-    // No count check against the job: other tests define and remove VMs
-    // on shared lab hosts at the same time.
+    let mut attempts = 0;
+    let body = loop {
+        attempts += 1;
+        let job = resync(api, host_id).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let body = host_vms(api, host_id).await;
+        assert_eq!(body["host"]["status"], "connected", "{body}");
+        if body["total"] == job["result"]["vms"] {
+            break body;
+        }
+        assert!(attempts < 5, "{body} vs {job}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     body["items"]
         .as_array()
         .unwrap()

@@ -71,6 +71,13 @@ impl App {
         };
         let runner = self.jobs();
         for candidate in candidates {
+            // A job of ours whose lease lapsed because a renewal came late
+            // (a busy machine) is still running here: claiming it again
+            // would run its steps twice, side by side. The next renewal
+            // extends the lease.
+            if runner.is_live(candidate.id) {
+                continue;
+            }
             let permit = match &candidate.slot {
                 Some(key) => match runner.slot(key).try_acquire_owned() {
                     Ok(permit) => Some(permit),
@@ -208,7 +215,9 @@ impl App {
                         .await;
                         format!(" (in step {} \"{name}\")", index + 1)
                     }
-                    None => String::new(),
+                    // Killed between two steps: say where, as the record
+                    // shows it.
+                    None => between_steps(&steps),
                 };
                 let ending = Ending {
                     status: JobStatus::Interrupted,
@@ -341,6 +350,24 @@ impl App {
             return;
         }
         self.job_publish_step(id, owner, index).await;
+    }
+}
+
+/// Where a job stopped when no step of it was running: after its last
+/// finished step, before the first that had not begun.
+fn between_steps(steps: &[JobStep]) -> String {
+    let next = steps.iter().find(|s| s.status != StepStatus::Done);
+    let last_done = steps.iter().rev().find(|s| s.status == StepStatus::Done);
+    match (last_done, next) {
+        (_, None) => " (after its last step)".into(),
+        (None, Some(next)) => format!(" (before step {} \"{}\" began)", next.index + 1, next.name),
+        (Some(done), Some(next)) => format!(
+            " (after step {} \"{}\", before step {} \"{}\" began)",
+            done.index + 1,
+            done.name,
+            next.index + 1,
+            next.name
+        ),
     }
 }
 

@@ -30,6 +30,7 @@ pub struct AuditParams {
     /// Events with an id below this (next page: the last id you got).
     pub before: Option<i64>,
     /// Page size, 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// `json` (default) or `csv`.
     pub format: Option<String>,

@@ -42,7 +42,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestMeta {
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest, security(()),
-    responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+    responses((status = 200, body = LoginResponse), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 415, body = ErrorBody, description = "The body is not `Content-Type: application/json`")))]
 pub async fn auth_login(
     State(state): State<AppState>,
     RequestMeta(parts): RequestMeta,

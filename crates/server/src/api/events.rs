@@ -14,6 +14,9 @@
 //! a WebSocket then gets a close frame with code [`CLOSE_CREDENTIALS`]
 //! (sign in again) or [`CLOSE_ROLE_CHANGED`] (reconnect), and an SSE
 //! response ends after a final `event: closed`.
+//!
+//! One credential may hold at most `event_streams_per_credential` streams
+//! at once; one more is answered `429 too_many_streams` before any upgrade.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -61,7 +64,9 @@ pub struct EventsParams {
             after a last `{\"type\":\"closed\",\"reason\"}` message"),
         (status = 200, description = "With `Accept: text/event-stream`: the same events as SSE, \
             ending with `event: closed` when the credential stops being valid", content_type = "text/event-stream"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "This API key or session already has as many streams open \
+            as `event_streams_per_credential` allows (the message names the limit); nothing was upgraded")))]
 pub async fn events_stream(
     State(state): State<AppState>,
     Caller(subject): Caller,

@@ -42,7 +42,8 @@ pub struct ProbedHostKey {
 /// Send the fingerprint back as `host_key_fingerprint` once confirmed.
 #[utoipa::path(post, path = "/api/v1/hosts/probe", tag = "hosts", request_body = HostProbe,
     responses((status = 200, body = ProbedHostKey), (status = 400, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 502, body = ErrorBody), (status = 504, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 502, body = ErrorBody), (status = 504, body = ErrorBody),
+        (status = 415, body = ErrorBody, description = "The body is not `Content-Type: application/json`")))]
 pub async fn host_probe(
     State(state): State<AppState>,
     Caller(subject): Caller,
@@ -64,7 +65,8 @@ pub async fn host_probe(
 /// `host.create` job that records the change.
 #[utoipa::path(post, path = "/api/v1/hosts", tag = "hosts", request_body = NewHost,
     responses((status = 201, body = Host, headers(("x-job-id" = String, description = "The host.create job"))), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+        (status = 409, body = ErrorBody), (status = 502, body = ErrorBody),
+        (status = 415, body = ErrorBody, description = "The body is not `Content-Type: application/json`")))]
 pub async fn host_create(
     State(state): State<AppState>,
     Caller(subject): Caller,
@@ -113,7 +115,8 @@ pub async fn host_get(
 #[utoipa::path(patch, path = "/api/v1/hosts/{id}", tag = "hosts", params(("id" = String, Path)),
     request_body = HostChanges,
     responses((status = 202, body = overvisor_model::job::Job, description = "The job; `Location` names it"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 415, body = ErrorBody, description = "The body is not `Content-Type: application/json`")))]
 pub async fn host_update(
     State(state): State<AppState>,
     Caller(subject): Caller,
@@ -181,7 +184,8 @@ pub struct ServerConnected {
 /// key its automation account must authorize. Also at `/v1/servers/connect`.
 #[utoipa::path(post, path = "/api/v1/servers/connect", tag = "hosts", request_body = ServerConnect,
     responses((status = 201, body = ServerConnected), (status = 200, body = ServerConnected),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 415, body = ErrorBody, description = "The body is not `Content-Type: application/json`")))]
 pub async fn server_connect(
     State(state): State<AppState>,
     Caller(subject): Caller,

@@ -34,6 +34,7 @@ pub struct VmsParams {
     /// `name` (default), `state`, `host`, `memory`, `vcpus`; prefix `-` for descending.
     pub sort: Option<String>,
     /// Page size, 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// How many matches to skip (default 0).
     pub offset: Option<usize>,

@@ -45,6 +45,7 @@ pub struct JobsParams {
     /// Jobs created before this one (next page: the last id you got).
     pub before: Option<JobId>,
     /// Page size, 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// Admins: `true` for every user's jobs.
     #[serde(default)]
@@ -80,6 +81,7 @@ pub async fn jobs_list(
 #[serde(deny_unknown_fields)]
 pub struct WaitParams {
     /// Seconds to wait for the job to finish before answering (0..=60).
+    #[param(minimum = 0, maximum = 60)]
     pub wait: Option<u64>,
 }
 

@@ -60,7 +60,8 @@ pub fn expiry(
 }
 
 #[utoipa::path(post, path = "/api/v1/users/me/keys", tag = "account", request_body = KeyCreate,
-    responses((status = 201, body = KeyWithToken), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 201, body = KeyWithToken), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 415, body = ErrorBody, description = "The body is not `Content-Type: application/json`")))]
 pub async fn key_create(
     State(state): State<AppState>,
     Caller(subject): Caller,

@@ -118,7 +118,7 @@ pub fn routes() -> Router<AppState> {
         crate::observe::healthz, crate::observe::readyz, crate::observe::metrics_text,
     ),
     components(schemas(ErrorBody)),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &CommonResponses),
     security(("bearer" = []), ("session" = [])),
     tags(
         (name = "auth", description = "Browser sign-in for the portal and scripts"),
@@ -153,6 +153,88 @@ impl Modify for SecuritySchemes {
             "session",
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("ov_session"))),
         );
+    }
+}
+
+/// The error answers any operation can give because of how it is called,
+/// added where an operation does not list them itself: 401 to every one
+/// that needs credentials, 400 where a query or body is parsed (a bad
+/// value, bad JSON), 404 where a path names something (or cannot be an
+/// id), and 413/415 where a JSON body is read.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::security::SecurityRequirement;
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+
+        let global_security = openapi.security.clone().unwrap_or_default();
+        let error = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let shared = item.parameters.clone().unwrap_or_default();
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let security = op.security.as_ref().unwrap_or(&global_security);
+                let public = security
+                    .iter()
+                    .any(|r| *r == SecurityRequirement::default());
+                let params = op.parameters.iter().flatten().chain(&shared);
+                let (mut query, mut path) = (false, false);
+                for p in params {
+                    if let RefOr::T(p) = p {
+                        query |= matches!(p.parameter_in, ParameterIn::Query);
+                        path |= matches!(p.parameter_in, ParameterIn::Path);
+                    }
+                }
+                let body = op.request_body.is_some();
+                let responses = &mut op.responses.responses;
+                let mut add = |status: &str, description: &str| {
+                    responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(description));
+                };
+                if !public {
+                    add("401", "Missing, invalid, expired or revoked credentials");
+                }
+                if query || body {
+                    add(
+                        "400",
+                        "A query parameter or the body is malformed or invalid (`field` names it)",
+                    );
+                }
+                if path {
+                    add(
+                        "404",
+                        "Nothing by that id or name (or it belongs to someone you may not see)",
+                    );
+                }
+                if body {
+                    add("413", "The body is over `max_body_bytes`");
+                    add("415", "The body is not `Content-Type: application/json`");
+                }
+            }
+        }
     }
 }
 

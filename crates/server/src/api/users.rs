@@ -31,7 +31,9 @@ pub struct PasswordChange {
 
 /// Changes the caller's password; every other session of theirs ends.
 #[utoipa::path(post, path = "/api/v1/users/me/password", tag = "account", request_body = PasswordChange,
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "Too many wrong current passwords (they count with the account's sign-in failures); `Retry-After` says when to retry"),
+        (status = 415, body = ErrorBody, description = "The body is not `Content-Type: application/json`")))]
 pub async fn password_change(
     State(state): State<AppState>,
     Caller(subject): Caller,
@@ -102,7 +104,8 @@ pub struct UserCreated {
 
 #[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = UserCreate,
     responses((status = 201, body = UserCreated), (status = 400, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 415, body = ErrorBody, description = "The body is not `Content-Type: application/json`")))]
 pub async fn user_create(
     State(state): State<AppState>,
     Caller(subject): Caller,
@@ -142,7 +145,8 @@ pub async fn user_get(
 }
 
 #[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", params(("id" = String, Path)), request_body = UserChanges,
-    responses((status = 200, body = User), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = User), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 415, body = ErrorBody, description = "The body is not `Content-Type: application/json`")))]
 pub async fn user_update(
     State(state): State<AppState>,
     Caller(subject): Caller,
@@ -167,7 +171,8 @@ pub struct PasswordResetDone {
 
 #[utoipa::path(post, path = "/api/v1/users/{id}/reset-password", tag = "users", params(("id" = String, Path)),
     request_body = PasswordReset,
-    responses((status = 200, body = PasswordResetDone), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = PasswordResetDone), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 415, body = ErrorBody, description = "The body is not `Content-Type: application/json`")))]
 pub async fn user_reset_password(
     State(state): State<AppState>,
     Caller(subject): Caller,
