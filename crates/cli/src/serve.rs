@@ -32,6 +32,9 @@ pub async fn open_app(config: &Config) -> anyhow::Result<App> {
         .await
         .context("opening the database")?;
     store.migrate().await.context("migrating the database")?;
+    // A bad operator profile stops start-up, naming its file and field.
+    let profiles = overvisor_deploy::Catalog::load(&config.profiles_dir())
+        .map_err(|e| anyhow::anyhow!("deployment {e}"))?;
     let app_config = AppConfig {
         session_ttl: std::time::Duration::from_secs(config.session_ttl_secs),
         login_limits: Limits {
@@ -48,6 +51,7 @@ pub async fn open_app(config: &Config) -> anyhow::Result<App> {
             keepalive_interval: std::time::Duration::from_secs(config.ssh_keepalive_secs),
             ..ConnectionSettings::default()
         },
+        profiles: Arc::new(profiles),
         jobs: JobSettings {
             lease: std::time::Duration::from_secs(config.job_lease_secs),
             ..JobSettings::default()

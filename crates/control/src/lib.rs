@@ -16,6 +16,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod login_limit;
 pub mod operations;
+pub mod profiles;
 pub mod sessions;
 pub mod vms;
 
@@ -44,6 +45,8 @@ pub struct AppConfig {
     pub connections: connections::ConnectionSettings,
     /// How runners claim and lease jobs.
     pub jobs: jobs::JobSettings,
+    /// The deployment profiles: built-in and the operator's.
+    pub profiles: std::sync::Arc<overvisor_deploy::Catalog>,
 }
 
 impl Default for AppConfig {
@@ -56,6 +59,7 @@ impl Default for AppConfig {
             test_jobs: false,
             connections: connections::ConnectionSettings::default(),
             jobs: jobs::JobSettings::default(),
+            profiles: std::sync::Arc::new(overvisor_deploy::Catalog::default()),
         }
     }
 }

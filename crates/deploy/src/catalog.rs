@@ -47,7 +47,7 @@ impl ProfileError {
 }
 
 /// The checked profiles, by name.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Catalog {
     profiles: BTreeMap<ProfileName, Profile>,
 }

@@ -65,6 +65,9 @@ pub struct Config {
     /// service dies mid-job, another (or the restarted one) takes the job
     /// over this long after the last renewal, resuming or interrupting it.
     pub job_lease_secs: u64,
+    /// Operator deployment profiles (`*.toml`), beside the built-in ones;
+    /// defaults to `<data_dir>/profiles` (which need not exist).
+    pub profiles_dir: Option<PathBuf>,
     /// Whether this process runs jobs. Every replica does by default; one
     /// with `false` serves the API and portal and leaves the jobs it
     /// accepts to the replicas that run them.
@@ -104,6 +107,7 @@ impl Default for Config {
             ssh_command_timeout_secs: 60,
             ssh_keepalive_secs: 15,
             job_lease_secs: 15,
+            profiles_dir: None,
             run_jobs: true,
             test_jobs: false,
         }
@@ -242,6 +246,12 @@ impl Config {
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("overvisor.db").display()))
     }
 
+    pub fn profiles_dir(&self) -> PathBuf {
+        self.profiles_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("profiles"))
+    }
+
     pub fn master_key_path(&self) -> PathBuf {
         self.master_key_file
             .clone()
@@ -295,6 +305,7 @@ const FIELDS: &[&str] = &[
     "ssh_command_timeout_secs",
     "ssh_keepalive_secs",
     "job_lease_secs",
+    "profiles_dir",
     "run_jobs",
     "test_jobs",
 ];

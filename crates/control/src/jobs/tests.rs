@@ -447,6 +447,13 @@ async fn a_runner_that_lost_its_lease_stops_without_writing_or_undoing() {
         .await
         .unwrap();
     step_running(&f.app, &s, job.id, 0).await;
+    // The step has begun its work (it logs first).
+    for _ in 0..200 {
+        if !f.app.job_get(&s, job.id).await.unwrap().log.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Another runner takes the job over, as if this one had stalled past
     // its lease.
     let later = Utc::now() + chrono::Duration::hours(1);

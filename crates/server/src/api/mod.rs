@@ -8,6 +8,7 @@ pub mod hosts;
 pub mod inventory;
 pub mod jobs;
 pub mod keys;
+pub mod profiles;
 pub mod sessions;
 pub mod users;
 pub mod vms;
@@ -94,6 +95,7 @@ pub fn routes() -> Router<AppState> {
             post(inventory::inventory_resync),
         )
         .route("/api/v1/vms", get(inventory::inventory_vms))
+        .route("/api/v1/profiles", get(profiles::profiles_list))
         .route("/api/v1/vms/{id}", get(inventory::inventory_vm))
 }
 
@@ -115,6 +117,7 @@ pub fn routes() -> Router<AppState> {
         events::events_stream,
         inventory::inventory_summary, inventory::inventory_vms, inventory::inventory_vm,
         inventory::inventory_resync, inventory::host_resync,
+        profiles::profiles_list,
         crate::observe::healthz, crate::observe::readyz, crate::observe::metrics_text,
     ),
     components(schemas(ErrorBody)),
@@ -128,6 +131,7 @@ pub fn routes() -> Router<AppState> {
         (name = "hosts", description = "The host registry, host key confirmation and agent enrolment"),
         (name = "vms", description = "VMs on a host: list (from the inventory), show, lifecycle actions, delete"),
         (name = "jobs", description = "Every change runs as a job: status, progress, log, result"),
+        (name = "profiles", description = "What can be deployed: OS images, firmware, sizing"),
         (name = "events", description = "Live stream of job, inventory and host events"),
         (name = "inventory", description = "Every VM on every host, from memory"),
         (name = "operations", description = "Health and metrics"),
