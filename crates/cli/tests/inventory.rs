@@ -8,65 +8,20 @@
 //! belongs to this file's resilience test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/event_stream.rs"]
+mod event_stream;
 #[path = "support/lab_hosts.rs"]
 mod lab_hosts;
 mod support;
 
 use std::time::Duration;
 
-use futures::StreamExt;
+use event_stream::{events, wait_event};
 use lab_hosts::{SshdDown, id, job_finished, register, register_with_wrong_key};
 use overvisor_testkit::{Lab, LabHost, unique_name};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{Api, TestApp, assert_error};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn events(app: &TestApp, token: &str, types: &str) -> Ws {
-    let url = format!(
-        "{}/api/v1/events?types={types}",
-        app.api.replacen("http", "ws", 1)
-    );
-    let mut request = url.into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    assert_eq!(
-        next_event(&mut ws, Duration::from_secs(10)).await["type"],
-        "subscribed"
-    );
-    ws
-}
-
-async fn next_event(ws: &mut Ws, within: Duration) -> Value {
-    loop {
-        let msg = tokio::time::timeout(within, ws.next())
-            .await
-            .expect("no event in time")
-            .expect("stream ended")
-            .expect("websocket error");
-        if let Message::Text(text) = msg {
-            return serde_json::from_str(&text).unwrap();
-        }
-    }
-}
-
-/// Skips events until one satisfies `want`.
-async fn wait_event(ws: &mut Ws, within: Duration, want: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let event = next_event(ws, left).await;
-        if want(&event) {
-            return event;
-        }
-    }
-}
 
 async fn host_status(api: &Api, host: &str) -> Value {
     let (status, summary) = api.get("/api/v1/inventory").await;
