@@ -373,6 +373,10 @@ pub fn domain_xml(
         DiskBus::Scsi => "scsi",
         DiskBus::Sata => "sata",
     };
+    // q35 has no IDE. Windows reads SATA (AHCI) CD-ROMs without extra
+    // drivers; Linux cloud kernels may lack AHCI (Debian's cloud kernel,
+    // used by its genericcloud images, does) but all carry virtio-scsi.
+    let cdrom_bus = if windows { "sata" } else { "scsi" };
     let mut targets = Targets::default();
     let disk_format = match profile.image.format {
         ImageFormat::Raw => "raw",
@@ -419,8 +423,7 @@ pub fn domain_xml(
             source: FileSource {
                 file: path.as_str(),
             },
-            // q35 has no IDE; SATA CD-ROMs work in every guest and firmware.
-            target: targets.next("sata"),
+            target: targets.next(cdrom_bus),
             readonly: Some(Empty {}),
             boot,
         });
@@ -488,7 +491,7 @@ pub fn domain_xml(
         on_crash: "destroy",
         devices: Devices {
             disk: disks,
-            controller: (profile.disk_bus == DiskBus::Scsi).then_some(Controller {
+            controller: (disk_bus == "scsi" || cdrom_bus == "scsi").then_some(Controller {
                 controller_type: "scsi",
                 model: "virtio-scsi",
             }),
