@@ -55,6 +55,30 @@ pub struct Lab {
     /// the default lab).
     #[serde(default)]
     pub instance: Option<u32>,
+    /// The real Debian cloud guest (cloud-init, qemu-guest-agent, sshd),
+    /// served to the hosts by the lab's file server.
+    pub cloud_image: CloudImage,
+    /// Every host's guest bridge, with DHCP on it.
+    pub guest_network: GuestNetwork,
+}
+
+/// A disk image as a deployment profile names it: where to fetch it and
+/// its digest. `path` is the cached file on this machine.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CloudImage {
+    pub url: String,
+    pub sha256: String,
+    pub size: u64,
+    pub path: PathBuf,
+}
+
+/// The bridge guests are plugged into on each host (`br0`): the host holds
+/// `gateway` on it and hands out addresses by DHCP.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GuestNetwork {
+    pub bridge: String,
+    pub gateway: String,
+    pub prefix: u8,
 }
 
 /// The tiny guest every test VM boots: a kernel and a busybox initramfs
