@@ -4,6 +4,8 @@
 //! how to bring it up, when it is missing; `--no-lab` runs only 1 and 5.
 //! `--fleet` instead measures end to end through the running service on a
 //! lab instance of its own (200 hosts × 100 domains; see `fleet`).
+//! `--soak` runs the service under mixed load for half an hour on the
+//! default lab and reports whether anything accumulates (see `soak`).
 
 mod actions;
 mod coldstart;
@@ -14,6 +16,7 @@ mod list;
 mod process;
 mod resync;
 mod service;
+mod soak;
 mod stats;
 
 use std::path::PathBuf;
@@ -59,6 +62,17 @@ struct Args {
     /// Fleet mode: timed full resyncs.
     #[arg(long, default_value_t = 10)]
     fleet_resyncs: usize,
+    /// Only the soak (on demand): minutes of mixed load on ovh1 and ovh2 of
+    /// the default lab, sampling the service's memory, descriptors and
+    /// threads; 0 errors and flat memory are the pass mark.
+    #[arg(long)]
+    soak: bool,
+    /// Soak mode: how long, in minutes.
+    #[arg(long, default_value_t = 30.0)]
+    soak_minutes: f64,
+    /// Soak mode: seconds between samples of the service process.
+    #[arg(long, default_value_t = 60)]
+    soak_sample_secs: u64,
     /// Fleet mode: the service's OVERVISOR_LOG filter.
     #[arg(long, default_value = "warn")]
     fleet_log: String,
@@ -86,6 +100,16 @@ async fn main() -> anyhow::Result<()> {
             sync_timeout: Duration::from_secs(args.fleet_sync_timeout),
         };
         return fleet::run(&binary, &lab, &fleet_args).await;
+    }
+    if args.soak {
+        let lab = lab::load()?;
+        print_machine(", --soak");
+        let soak_args = soak::SoakArgs {
+            duration: Duration::from_secs_f64(args.soak_minutes * 60.0),
+            sample_every: Duration::from_secs(args.soak_sample_secs),
+            domains: args.resync_domains,
+        };
+        return soak::run(&binary, &lab, &soak_args).await;
     }
     let lab = if args.no_lab {
         None

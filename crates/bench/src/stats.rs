@@ -19,6 +19,11 @@ impl Samples {
         self.ms.push(ms);
     }
 
+    /// Adds every sample of `other`.
+    pub fn extend(&mut self, other: Samples) {
+        self.ms.extend(other.ms);
+    }
+
     pub fn len(&self) -> usize {
         self.ms.len()
     }

@@ -38,7 +38,7 @@ pub async fn run(api: &Api, lab: &Lab, host: &LabHost, runs: usize) -> anyhow::R
 }
 
 /// A WebSocket on the event stream, past its `subscribed` greeting.
-async fn subscribe(api: &Api, types: &str) -> anyhow::Result<Socket> {
+pub(crate) async fn subscribe(api: &Api, types: &str) -> anyhow::Result<Socket> {
     let url = format!(
         "{}/api/v1/events?types={types}",
         api.base.replacen("http", "ws", 1)
@@ -58,7 +58,7 @@ async fn subscribe(api: &Api, types: &str) -> anyhow::Result<Socket> {
 }
 
 /// The next JSON frame (pings are answered by the library).
-async fn next_frame(socket: &mut Socket, timeout: Duration) -> anyhow::Result<Value> {
+pub(crate) async fn next_frame(socket: &mut Socket, timeout: Duration) -> anyhow::Result<Value> {
     loop {
         let message = tokio::time::timeout(timeout, socket.next())
             .await

@@ -8,7 +8,7 @@
 //! connections. Timings are printed, never asserted.
 
 pub(crate) mod api;
-mod events;
+pub(crate) mod events;
 mod resync;
 
 use std::collections::HashMap;
