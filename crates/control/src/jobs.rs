@@ -216,6 +216,9 @@ pub(crate) struct Checked {
 fn timeout_of(op: &Operation) -> Duration {
     match op {
         Operation::VmAction { .. } | Operation::VmDelete { .. } => Duration::from_secs(180),
+        // Image downloads dominate; a stalled one fails sooner (the fetch
+        // gives up after a minute without progress).
+        Operation::VmDeploy { .. } => Duration::from_secs(1800),
         Operation::HostCreate { .. }
         | Operation::HostUpdate { .. }
         | Operation::HostDelete { .. } => Duration::from_secs(60),

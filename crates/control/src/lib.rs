@@ -9,6 +9,7 @@ pub mod audit;
 pub mod authz;
 pub mod connections;
 pub mod credentials;
+pub mod deployments;
 pub mod error;
 pub mod events;
 pub mod hosts;

@@ -10,6 +10,7 @@
 //!   nothing, or only half of it, and must not fail for that.
 //! - No secrets in outputs, logs or errors: they are shown on the job.
 
+mod deploy;
 mod host;
 mod test;
 pub(crate) mod vm;
@@ -46,6 +47,7 @@ pub fn plan(op: &Operation) -> Vec<StepDef> {
     match op {
         Operation::VmAction { .. } => vec![step(vm::CHECK), step(vm::ACT), step(vm::CONFIRM)],
         Operation::VmDelete { .. } => vec![step(vm::CHECK), step(vm::UNDEFINE)],
+        Operation::VmDeploy { .. } => deploy::STEPS.to_vec(),
         Operation::HostCreate { .. } | Operation::HostUpdate { .. } => vec![step(host::RECORD)],
         Operation::HostDelete { .. } => vec![step(host::REMOVE)],
         Operation::InventoryResync { .. } => vec![step("resync")],
@@ -64,6 +66,7 @@ pub fn plan(op: &Operation) -> Vec<StepDef> {
 /// - VM start, shutdown, force-stop, suspend, resume, delete: resumed (the
 ///   step first checks whether the VM is already where it should be);
 /// - VM reboot and reset: interrupted (a second run restarts the guest again);
+/// - VM deploy: resumed (each step looks first, see `operations/deploy.rs`);
 /// - host create/update/delete, inventory resync, test sleep: resumed;
 /// - test steps: as the test asks.
 pub fn resumable(op: &Operation) -> bool {
@@ -71,6 +74,7 @@ pub fn resumable(op: &Operation) -> bool {
         Operation::VmAction { action, .. } => action.repeatable(),
         Operation::TestSteps { resumable, .. } => *resumable,
         Operation::VmDelete { .. }
+        | Operation::VmDeploy { .. }
         | Operation::HostCreate { .. }
         | Operation::HostUpdate { .. }
         | Operation::HostDelete { .. }
@@ -165,6 +169,9 @@ pub async fn run_step(
             vm,
             with_storage,
         } => vm::run_delete(cx, *host, vm, *with_storage, index).await,
+        Operation::VmDeploy { host, vm, spec } => {
+            deploy::run(cx, *host, vm, spec, index, secret).await
+        }
         Operation::HostCreate { host, .. } => host::create(cx, host, secret).await,
         Operation::HostUpdate {
             host, credential, ..
@@ -183,8 +190,9 @@ pub async fn run_step(
 }
 
 /// Undoes step `index` of `op` (only called for steps with an undo).
-pub async fn undo_step(op: &Operation, _index: u16, cx: &StepCx<'_>) -> Result<(), JobError> {
+pub async fn undo_step(op: &Operation, index: u16, cx: &StepCx<'_>) -> Result<(), JobError> {
     match op {
+        Operation::VmDeploy { host, vm, spec } => deploy::undo(cx, *host, vm, spec, index).await,
         Operation::TestSteps { undo_fails, .. } => test::undo(cx, *undo_fails).await,
         _ => Ok(()),
     }
@@ -207,6 +215,10 @@ pub fn audit_detail(op: &Operation, outputs: &[Option<serde_json::Value>]) -> Op
     match op {
         Operation::VmAction { .. } => vm::audit_detail(outputs),
         Operation::VmDelete { with_storage, .. } => Some(format!("with_storage={with_storage}")),
+        Operation::VmDeploy { spec, .. } => Some(format!(
+            "profile={} uuid={} image={}",
+            spec.profile, spec.uuid, spec.image.sha256
+        )),
         Operation::HostCreate {
             host,
             trust_on_first_use,

@@ -75,6 +75,12 @@ pub trait Hypervisor: Send + Sync {
     /// resyncs, because events missed in between are lost.
     fn events(&self) -> BoxFuture<'_, HvResult<BoxStream<'static, HvResult<VmEvent>>>>;
 
+    /// The libvirt driver behind this host, for what only libvirt hosts do
+    /// yet (deployments); `None` for other drivers.
+    fn as_libvirt(&self) -> Option<&crate::LibvirtDriver> {
+        None
+    }
+
     fn start<'a>(&'a self, vm: &'a VmName) -> BoxFuture<'a, HvResult<()>> {
         self.act(vm, VmAction::Start)
     }

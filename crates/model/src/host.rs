@@ -66,6 +66,12 @@ pub struct HostFacts {
     pub hypervisor_version: String,
     /// Version of the management layer (libvirt; the OS build on Hyper-V).
     pub management_version: String,
+    /// Networks a VM can be plugged into: libvirt networks (active or not).
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// ... and Linux bridges.
+    #[serde(default)]
+    pub bridges: Vec<String>,
 }
 
 /// An SSH host key fingerprint in OpenSSH's form: `SHA256:` followed by the

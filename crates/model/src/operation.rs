@@ -37,6 +37,15 @@ pub enum Operation {
         vm: VmName,
         with_storage: bool,
     },
+    /// Creates a VM from a profile's image (see [`DeploySpec`]). The guest's
+    /// user-data (it holds the password hash) travels sealed beside the
+    /// operation, never in it.
+    VmDeploy {
+        host: HostId,
+        #[schema(value_type = String)]
+        vm: VmName,
+        spec: Box<DeploySpec>,
+    },
     /// Records a host that passed every check. A credential uploaded with
     /// it travels sealed beside the operation, never in it.
     HostCreate {
@@ -70,6 +79,34 @@ pub enum Operation {
     },
 }
 
+/// Everything a deployment job needs besides the sealed user-data, made
+/// from a checked request when the job is submitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySpec {
+    /// The new VM's UUID: names its files on the host and its seed's
+    /// instance id.
+    pub uuid: uuid::Uuid,
+    pub profile: String,
+    pub image: DeployImage,
+    pub disk_gib: u64,
+    /// The domain definition, with the paths the job uses.
+    pub domain_xml: String,
+    /// The NoCloud `meta-data` (no secrets in it).
+    pub meta_data: String,
+}
+
+/// The base image of a deployment, cached on the host by its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployImage {
+    pub url: String,
+    /// Lower-case hex.
+    pub sha256: String,
+    /// `qcow2` or `raw`: the overlay's backing format.
+    pub format: String,
+}
+
 /// What a host update does to the host's own credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -86,6 +123,7 @@ impl Operation {
         match self {
             Self::VmAction { action, .. } => format!("vm.{}", action.as_str()),
             Self::VmDelete { .. } => "vm.delete".into(),
+            Self::VmDeploy { .. } => "vm.deploy".into(),
             Self::HostCreate { .. } => "host.create".into(),
             Self::HostUpdate { .. } => "host.update".into(),
             Self::HostDelete { .. } => "host.delete".into(),
@@ -99,9 +137,9 @@ impl Operation {
     /// `host:<host id>`, `inventory`, `test:<what>`.
     pub fn target(&self) -> String {
         match self {
-            Self::VmAction { host, vm, .. } | Self::VmDelete { host, vm, .. } => {
-                vm_target(*host, vm)
-            }
+            Self::VmAction { host, vm, .. }
+            | Self::VmDelete { host, vm, .. }
+            | Self::VmDeploy { host, vm, .. } => vm_target(*host, vm),
             Self::HostCreate { host, .. }
             | Self::HostUpdate { host, .. }
             | Self::HostDelete { host } => {
@@ -119,7 +157,9 @@ impl Operation {
     /// The host whose concurrency limit the job counts against, if any.
     pub fn host(&self) -> Option<HostId> {
         match self {
-            Self::VmAction { host, .. } | Self::VmDelete { host, .. } => Some(*host),
+            Self::VmAction { host, .. }
+            | Self::VmDelete { host, .. }
+            | Self::VmDeploy { host, .. } => Some(*host),
             Self::HostCreate { .. }
             | Self::HostUpdate { .. }
             | Self::HostDelete { .. }

@@ -6,6 +6,7 @@
 //! libvirt port. Commands run under `LC_ALL=C` so error texts can be
 //! classified, and only machine formats are parsed (see [`parse`]).
 
+pub mod deploy;
 pub mod parse;
 mod shell;
 
@@ -225,13 +226,17 @@ impl LibvirtDriver {
     }
 
     async fn facts(&self) -> HvResult<HostFacts> {
-        let (hostname, nodeinfo, memstats, version) = futures::try_join!(
+        let (hostname, nodeinfo, memstats, version, (networks, bridges)) = futures::try_join!(
             self.run(&["hostname"], None),
             self.run(&["nodeinfo"], None),
             self.run(&["nodememstats"], None),
             self.run(&["version"], None),
+            self.networks(),
         )?;
-        parse::host_facts(&hostname, &nodeinfo, &memstats, &version)
+        let mut facts = parse::host_facts(&hostname, &nodeinfo, &memstats, &version)?;
+        facts.networks = networks;
+        facts.bridges = bridges;
+        Ok(facts)
     }
 
     async fn event_stream(&self) -> HvResult<BoxStream<'static, HvResult<VmEvent>>> {
@@ -364,6 +369,10 @@ impl Hypervisor for LibvirtDriver {
 
     fn events(&self) -> BoxFuture<'_, HvResult<BoxStream<'static, HvResult<VmEvent>>>> {
         Box::pin(self.event_stream())
+    }
+
+    fn as_libvirt(&self) -> Option<&LibvirtDriver> {
+        Some(self)
     }
 }
 

@@ -325,6 +325,9 @@ pub fn host_facts(
         hypervisor,
         hypervisor_version,
         management_version,
+        // Filled by the driver, which asks for them separately.
+        networks: Vec::new(),
+        bridges: Vec::new(),
     })
 }
 

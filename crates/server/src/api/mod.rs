@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod deployments;
 pub mod events;
 pub mod hosts;
 pub mod inventory;
@@ -72,6 +73,10 @@ pub fn routes() -> Router<AppState> {
                 .delete(hosts::host_delete),
         )
         .route("/api/v1/hosts/{id}/facts", get(hosts::host_facts))
+        .route(
+            "/api/v1/hosts/{id}/deployments",
+            post(deployments::deployment_create),
+        )
         .route("/api/v1/hosts/{id}/vms", get(inventory::host_vms))
         .route("/api/v1/hosts/{id}/resync", post(inventory::host_resync))
         .route(
@@ -113,6 +118,7 @@ pub fn routes() -> Router<AppState> {
         hosts::host_probe, hosts::host_create, hosts::hosts_list, hosts::host_get, hosts::host_update,
         hosts::host_delete, hosts::host_facts, hosts::server_connect,
         inventory::host_vms, vms::vm_get, vms::vm_action, vms::vm_delete,
+        deployments::deployment_create,
         jobs::jobs_list, jobs::job_get, jobs::job_cancel,
         events::events_stream,
         inventory::inventory_summary, inventory::inventory_vms, inventory::inventory_vm,

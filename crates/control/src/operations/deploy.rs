@@ -1,0 +1,229 @@
+//! `vm.deploy` as steps: `image` (into the host's cache, verified), `overlay`
+//! (the VM's disk on the cached image), `seed` (the NoCloud ISO, built
+//! here and uploaded), `define`, `start`. Every step is idempotent, so a job
+//! whose runner died resumes where it stopped:
+//! - `image` is resumed by curl itself (`-C -` on the partial file) and the
+//!   host's lock per checksum; a cached image is never fetched again;
+//! - `overlay` and `seed` are rewritten whole (nothing uses them before the
+//!   domain is defined);
+//! - `define` redefines the same UUID; `start` first checks the state.
+//!
+//! Undo, in reverse: `start` → destroy, `define` → undefine, `overlay` →
+//! remove the VM's directory (overlay, seed, XML). The cache stays. `image`
+//! and `seed` have no undo of their own: the cache is meant to stay, and the
+//! seed lives in the directory `overlay`'s undo removes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use overvisor_hv::libvirt::deploy::{FetchProgress, Fetched, VmFiles};
+use overvisor_hv::{HvError, LibvirtDriver};
+use overvisor_model::host::HostId;
+use overvisor_model::operation::DeploySpec;
+use overvisor_model::vm::{VmName, VmState};
+
+use super::{StepCx, StepDef, StepResult};
+use crate::jobs::JobError;
+
+pub const STEPS: [StepDef; 5] = [
+    StepDef {
+        name: "image",
+        has_undo: false,
+    },
+    StepDef {
+        name: "overlay",
+        has_undo: true,
+    },
+    StepDef {
+        name: "seed",
+        has_undo: false,
+    },
+    StepDef {
+        name: "define",
+        has_undo: true,
+    },
+    StepDef {
+        name: "start",
+        has_undo: true,
+    },
+];
+
+/// How often download progress is written to the job.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The libvirt driver of the job's host.
+async fn libvirt(cx: &StepCx<'_>, host: HostId) -> Result<Runner, JobError> {
+    let (host, driver) = cx.host_driver(host).await?;
+    if driver.as_libvirt().is_none() {
+        return Err(JobError::new("deployments need a libvirt host"));
+    }
+    Ok(Runner { host, driver })
+}
+
+struct Runner {
+    host: crate::authz::Authorized<overvisor_model::host::Host>,
+    driver: Arc<dyn overvisor_hv::Hypervisor>,
+}
+
+impl Runner {
+    fn lv(&self) -> &LibvirtDriver {
+        // Checked in `libvirt` above.
+        self.driver.as_libvirt().unwrap_or_else(|| unreachable!())
+    }
+}
+
+pub async fn run(
+    cx: &StepCx<'_>,
+    host: HostId,
+    vm: &VmName,
+    spec: &DeploySpec,
+    index: u16,
+    user_data: Option<&[u8]>,
+) -> StepResult {
+    let r = libvirt(cx, host).await?;
+    let files = VmFiles::of(&spec.uuid);
+    let fail = |e: HvError| cx.host_failure(&r.host, e);
+    let lv = r.lv();
+    match index {
+        0 => image(cx, lv, spec).await.map_err(fail),
+        1 => {
+            lv.overlay_create(&files, &spec.image.sha256, &spec.image.format, spec.disk_gib)
+                .await
+                .map_err(fail)?;
+            cx.info(format!("overlay {} ({} GiB)", files.disk, spec.disk_gib))
+                .await;
+            Ok(None)
+        }
+        2 => {
+            let user_data =
+                user_data.ok_or_else(|| JobError::new("the job's sealed user-data is missing"))?;
+            let iso = overvisor_deploy::iso::build(
+                overvisor_deploy::cloud_init::VOLUME_ID,
+                &[
+                    ("meta-data", spec.meta_data.as_bytes()),
+                    ("user-data", user_data),
+                ],
+            )
+            .map_err(|e| JobError::new(format!("cannot build the seed: {e}")))?;
+            lv.upload(&files.seed, &iso).await.map_err(fail)?;
+            cx.info(format!("seed {} ({} bytes)", files.seed, iso.len()))
+                .await;
+            Ok(None)
+        }
+        3 => {
+            let xml = format!("{}/domain.xml", files.dir);
+            lv.upload(&xml, spec.domain_xml.as_bytes())
+                .await
+                .map_err(fail)?;
+            lv.define_file(&xml).await.map_err(fail)?;
+            cx.info(format!("defined {vm}")).await;
+            Ok(None)
+        }
+        _ => {
+            // A resumed start may find the VM running already.
+            let state = r.driver.vm_state(vm).await.map_err(fail)?;
+            if state != VmState::Running {
+                r.driver.start(vm).await.map_err(fail)?;
+            }
+            let state = r.driver.vm_state(vm).await.map_err(fail)?;
+            cx.info(format!("{vm} is {state}")).await;
+            Ok(Some(serde_json::json!({ "state": state, "uuid": spec.uuid })))
+        }
+    }
+}
+
+/// Fetches the image, writing progress (bytes) to the step as it goes.
+async fn image(
+    cx: &StepCx<'_>,
+    lv: &LibvirtDriver,
+    spec: &DeploySpec,
+) -> Result<Option<serde_json::Value>, HvError> {
+    let total = AtomicU64::new(0);
+    let have = AtomicU64::new(0);
+    let fetch = lv.image_fetch(&spec.image.url, &spec.image.sha256, |p| match p {
+        FetchProgress::Total(n) => total.store(n, Ordering::Relaxed),
+        FetchProgress::Have(n) => have.store(n, Ordering::Relaxed),
+    });
+    tokio::pin!(fetch);
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut shown = None;
+    let outcome = loop {
+        tokio::select! {
+            r = &mut fetch => break r,
+            _ = tick.tick() => {
+                let (t, h) = (total.load(Ordering::Relaxed), have.load(Ordering::Relaxed));
+                if t > 0 && shown != Some(h) {
+                    shown = Some(h);
+                    cx.progress(percent(h, t)).await;
+                }
+            }
+        }
+    }?;
+    let bytes = have.load(Ordering::Relaxed);
+    let cached = outcome == Fetched::Cached;
+    if cached {
+        cx.info(format!("image {} is cached", spec.image.sha256))
+            .await;
+    } else {
+        cx.info(format!(
+            "image {} downloaded and verified ({bytes} bytes)",
+            spec.image.sha256
+        ))
+        .await;
+    }
+    cx.progress(100).await;
+    Ok(Some(serde_json::json!({
+        "sha256": spec.image.sha256,
+        "cached": cached,
+        "bytes": bytes,
+        "total": total.load(Ordering::Relaxed),
+    })))
+}
+
+fn percent(have: u64, total: u64) -> u8 {
+    let p = u128::from(have.min(total)) * 100 / u128::from(total.max(1));
+    u8::try_from(p).unwrap_or(100)
+}
+
+pub async fn undo(
+    cx: &StepCx<'_>,
+    host: HostId,
+    vm: &VmName,
+    spec: &DeploySpec,
+    index: u16,
+) -> Result<(), JobError> {
+    let r = libvirt(cx, host).await?;
+    let fail = |e: HvError| cx.host_failure(&r.host, e);
+    let lv = r.lv();
+    match index {
+        1 => {
+            let files = VmFiles::of(&spec.uuid);
+            lv.vm_files_remove(&files).await.map_err(fail)?;
+            cx.info(format!("removed {}", files.dir)).await;
+        }
+        3 => {
+            lv.undefine_if_defined(vm).await.map_err(fail)?;
+            cx.info(format!("undefined {vm}")).await;
+        }
+        4 => {
+            lv.destroy_if_running(vm).await.map_err(fail)?;
+            cx.info(format!("stopped {vm}")).await;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_is_bounded() {
+        assert_eq!(percent(0, 0), 0);
+        assert_eq!(percent(50, 100), 50);
+        assert_eq!(percent(200, 100), 100);
+        assert_eq!(percent(u64::MAX / 2, u64::MAX / 2), 100);
+    }
+}
