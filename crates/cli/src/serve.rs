@@ -52,6 +52,7 @@ pub async fn open_app(config: &Config) -> anyhow::Result<App> {
             ..ConnectionSettings::default()
         },
         profiles: Arc::new(profiles),
+        deploy_emulated: config.deploy_emulated,
         jobs: JobSettings {
             lease: std::time::Duration::from_secs(config.job_lease_secs),
             ..JobSettings::default()

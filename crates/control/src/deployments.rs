@@ -61,7 +61,9 @@ impl App {
                     Err(_) => format!("host:{host}"),
                 };
                 let target = Target::named(target, authorized.get().owner);
-                return self.audited(subject, KIND, target, None, Err(refused)).await;
+                return self
+                    .audited(subject, KIND, target, None, Err(refused))
+                    .await;
             }
         };
         let uuid = uuid::Uuid::new_v4();
@@ -69,9 +71,8 @@ impl App {
         let internal = |e: overvisor_deploy::GenerateError| AppError::Internal(e.to_string());
         let seed = NoCloudSeed::new(&deployment, &password, uuid).map_err(internal)?;
         let files = VmFiles::of(&uuid);
-        let path = |p: &str| {
-            HostPath::parse("path", p).map_err(|e| AppError::Internal(e.to_string()))
-        };
+        let path =
+            |p: &str| HostPath::parse("path", p).map_err(|e| AppError::Internal(e.to_string()));
         let xml = domain_xml(
             &deployment,
             uuid,
@@ -122,23 +123,18 @@ impl App {
         })?;
         let err = |e: HvError| self.host_error(host.get(), e);
         let asked = async {
-            futures::try_join!(
-                driver.host_facts(),
-                lv.has_kvm(),
-                async {
-                    match driver.vm_state(&deployment.name).await {
-                        Err(HvError::NotFound(_)) => Ok(false),
-                        Ok(_) => Ok(true),
-                        Err(e) => Err(e),
-                    }
+            futures::try_join!(driver.host_facts(), lv.has_kvm(), async {
+                match driver.vm_state(&deployment.name).await {
+                    Err(HvError::NotFound(_)) => Ok(false),
+                    Ok(_) => Ok(true),
+                    Err(e) => Err(e),
                 }
-            )
+            })
         };
-        let (facts, kvm, taken) =
-            tokio::time::timeout(PRECHECK_TIMEOUT, asked)
-                .await
-                .map_err(|_| err(HvError::Timeout(PRECHECK_TIMEOUT)))?
-                .map_err(err)?;
+        let (facts, kvm, taken) = tokio::time::timeout(PRECHECK_TIMEOUT, asked)
+            .await
+            .map_err(|_| err(HvError::Timeout(PRECHECK_TIMEOUT)))?
+            .map_err(err)?;
         if taken {
             return Err(AppError::Conflict(format!(
                 "a VM named {} already exists on this host",
@@ -147,11 +143,9 @@ impl App {
         }
         let sizing = &deployment.sizing;
         if sizing.vcpus > facts.cpus {
-            return Err(InvalidInput::new(
-                "vcpus",
-                format!("the host has {} CPUs", facts.cpus),
-            )
-            .into());
+            return Err(
+                InvalidInput::new("vcpus", format!("the host has {} CPUs", facts.cpus)).into(),
+            );
         }
         if sizing.memory_mib > facts.memory_total_mib {
             return Err(InvalidInput::new(
@@ -171,7 +165,11 @@ impl App {
             )
             .into());
         }
-        Ok(if kvm { VirtType::Kvm } else { VirtType::Qemu })
+        Ok(if kvm && !self.config().deploy_emulated {
+            VirtType::Kvm
+        } else {
+            VirtType::Qemu
+        })
     }
 }
 

@@ -48,6 +48,8 @@ pub struct AppConfig {
     pub jobs: jobs::JobSettings,
     /// The deployment profiles: built-in and the operator's.
     pub profiles: std::sync::Arc<overvisor_deploy::Catalog>,
+    /// Deployed guests are emulated (TCG) even where KVM is offered.
+    pub deploy_emulated: bool,
 }
 
 impl Default for AppConfig {
@@ -61,6 +63,7 @@ impl Default for AppConfig {
             connections: connections::ConnectionSettings::default(),
             jobs: jobs::JobSettings::default(),
             profiles: std::sync::Arc::new(overvisor_deploy::Catalog::default()),
+            deploy_emulated: false,
         }
     }
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::GenerateError;
-use crate::profile::{DiskBus, Firmware, HostPath, ImageFormat, NicModel, OsFamily};
+use crate::profile::{DiskBus, Firmware, HostPath, NicModel, OsFamily};
 use crate::request::{Deployment, NetworkAttachment};
 use crate::xml::{Empty, Text, to_document};
 
@@ -378,11 +378,9 @@ pub fn domain_xml(
     // used by its genericcloud images, does) but all carry virtio-scsi.
     let cdrom_bus = if windows { "sata" } else { "scsi" };
     let mut targets = Targets::default();
-    let disk_format = match profile.image.format {
-        ImageFormat::Raw => "raw",
-        // Installers install onto a blank qcow2.
-        ImageFormat::Qcow2 | ImageFormat::Iso => "qcow2",
-    };
+    // The system disk is always qcow2: an overlay on the cached image
+    // (whatever its format), or a blank disk an installer installs onto.
+    let disk_format = "qcow2";
     let mut disks = vec![Disk {
         disk_type: "file",
         device: "disk",

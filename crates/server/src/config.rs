@@ -68,6 +68,11 @@ pub struct Config {
     /// Operator deployment profiles (`*.toml`), beside the built-in ones;
     /// defaults to `<data_dir>/profiles` (which need not exist).
     pub profiles_dir: Option<PathBuf>,
+    /// Deploy guests emulated (libvirt domain type `qemu`, TCG) even on
+    /// hosts that offer KVM: for nested labs where `/dev/kvm` exists but
+    /// cannot run guests. Off: KVM wherever libvirt offers it.
+    #[serde(deserialize_with = "flag")]
+    pub deploy_emulated: bool,
     /// Whether this process runs jobs. Every replica does by default; one
     /// with `false` serves the API and portal and leaves the jobs it
     /// accepts to the replicas that run them.
@@ -108,6 +113,7 @@ impl Default for Config {
             ssh_keepalive_secs: 15,
             job_lease_secs: 15,
             profiles_dir: None,
+            deploy_emulated: false,
             run_jobs: true,
             test_jobs: false,
         }
@@ -306,6 +312,7 @@ const FIELDS: &[&str] = &[
     "ssh_keepalive_secs",
     "job_lease_secs",
     "profiles_dir",
+    "deploy_emulated",
     "run_jobs",
     "test_jobs",
 ];

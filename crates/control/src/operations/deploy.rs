@@ -87,9 +87,14 @@ pub async fn run(
     match index {
         0 => image(cx, lv, spec).await.map_err(fail),
         1 => {
-            lv.overlay_create(&files, &spec.image.sha256, &spec.image.format, spec.disk_gib)
-                .await
-                .map_err(fail)?;
+            lv.overlay_create(
+                &files,
+                &spec.image.sha256,
+                &spec.image.format,
+                spec.disk_gib,
+            )
+            .await
+            .map_err(fail)?;
             cx.info(format!("overlay {} ({} GiB)", files.disk, spec.disk_gib))
                 .await;
             Ok(None)
@@ -127,7 +132,9 @@ pub async fn run(
             }
             let state = r.driver.vm_state(vm).await.map_err(fail)?;
             cx.info(format!("{vm} is {state}")).await;
-            Ok(Some(serde_json::json!({ "state": state, "uuid": spec.uuid })))
+            Ok(Some(
+                serde_json::json!({ "state": state, "uuid": spec.uuid }),
+            ))
         }
     }
 }

@@ -171,7 +171,9 @@ impl LibvirtDriver {
                 Ok(line) => line?,
             };
             let Some(line) = line else {
-                return Err(HvError::Host("the image download ended without a word".into()));
+                return Err(HvError::Host(
+                    "the image download ended without a word".into(),
+                ));
             };
             let line = line.trim();
             if let Some(n) = line.strip_prefix("total ") {
@@ -220,7 +222,10 @@ impl LibvirtDriver {
     /// Stops `vm` at once if it runs; a VM that does not run or does not
     /// exist is fine (undo of a start).
     pub async fn destroy_if_running(&self, vm: &VmName) -> HvResult<()> {
-        match self.run(&["destroy", "--domain", vm.as_str()], Some((vm, None))).await {
+        match self
+            .run(&["destroy", "--domain", vm.as_str()], Some((vm, None)))
+            .await
+        {
             Ok(_) | Err(HvError::NotFound(_)) => Ok(()),
             Err(HvError::Host(m)) if m.to_ascii_lowercase().contains("not running") => Ok(()),
             Err(e) => Err(e),
@@ -269,7 +274,10 @@ mod tests {
     #[test]
     fn inputs_stay_positional() {
         let line = sh(FETCH_SCRIPT, &[DEPLOY_DIR, "ab", "http://x/$(reboot)'"]).render();
-        assert!(line.ends_with(r#"sh /var/lib/libvirt/overvisor ab 'http://x/$(reboot)'\'''"#), "{line}");
+        assert!(
+            line.ends_with(r#"sh /var/lib/libvirt/overvisor ab 'http://x/$(reboot)'\'''"#),
+            "{line}"
+        );
         let files = VmFiles::of(&uuid::Uuid::nil());
         assert_eq!(
             files.disk,

@@ -1,0 +1,500 @@
+//! Deployments through the real service onto real lab hosts: a VM reaches
+//! `running`; two deployments of one image download it once; a wrong
+//! checksum, a cancel and a host that dies mid-download leave nothing of
+//! the VM behind (and a retry resumes the download); hostile input is a
+//! 4xx before any job exists.
+//!
+//! Images are made here (random raw disks: a domain with no OS still
+//! runs) and served by the test itself on the lab bridge, where the hosts'
+//! curl reaches them; the server counts what it sent.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/lab_hosts.rs"]
+mod lab_hosts;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lab_hosts::{id, job_finished, register};
+use overvisor_testkit::{Lab, LabHost, unique_name};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{Api, TestApp};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Where deployments keep files on a host (`hv::libvirt::deploy`).
+const DEPLOY_DIR: &str = "/var/lib/libvirt/overvisor";
+
+/// One GET the file server answered: the offset it started at.
+#[derive(Debug, Clone, Copy)]
+struct Served {
+    from: u64,
+}
+
+/// A file server on the lab bridge: answers HEAD and GET (with
+/// `Range: bytes=N-`) for the files it was given, optionally slowly.
+struct FileServer {
+    base: String,
+    log: Arc<Mutex<Vec<(String, Served)>>>,
+}
+
+impl FileServer {
+    async fn start(lab: &Lab, files: Vec<(String, PathBuf)>, bytes_per_sec: Option<u64>) -> Self {
+        // The hosts are .2, .3, ... of the lab subnet; the bridge is .1.
+        let first = &lab.hosts[0].address;
+        let bridge = format!("{}.1", first.rsplit_once('.').unwrap().0);
+        let listener = tokio::net::TcpListener::bind((bridge.as_str(), 0))
+            .await
+            .unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let files = Arc::new(files);
+        let seen = log.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let (files, seen) = (files.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let _ = serve_one(sock, &files, &seen, bytes_per_sec).await;
+                });
+            }
+        });
+        Self { base, log }
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("{}/{name}", self.base)
+    }
+
+    fn gets(&self, name: &str) -> Vec<Served> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, s)| *s)
+            .collect()
+    }
+}
+
+async fn serve_one(
+    mut sock: tokio::net::TcpStream,
+    files: &[(String, PathBuf)],
+    log: &Mutex<Vec<(String, Served)>>,
+    bytes_per_sec: Option<u64>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = sock.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let mut words = head.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let name = path.trim_start_matches('/').to_owned();
+    let Some((_, file)) = files.iter().find(|(n, _)| *n == name) else {
+        sock.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await?;
+        return Ok(());
+    };
+    let data = std::fs::read(file)?;
+    let from = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("range: bytes=")
+                .and_then(|r| r.trim().strip_suffix('-').map(str::to_owned))
+        })
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(data.len() as u64);
+    let len = data.len() as u64;
+    let status = if from > 0 {
+        format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {from}-{}/{len}\r\n",
+            len.saturating_sub(1)
+        )
+    } else {
+        "HTTP/1.1 200 OK\r\n".to_owned()
+    };
+    let header = format!(
+        "{status}Content-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
+        len - from
+    );
+    sock.write_all(header.as_bytes()).await?;
+    if method != "GET" {
+        return Ok(());
+    }
+    log.lock().unwrap().push((name, Served { from }));
+    let body = &data[usize::try_from(from).unwrap()..];
+    match bytes_per_sec {
+        None => sock.write_all(body).await?,
+        Some(rate) => {
+            // Ten pieces a second, so a test can act mid-download.
+            let piece = usize::try_from((rate / 10).max(1)).unwrap();
+            for part in body.chunks(piece) {
+                sock.write_all(part).await?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A random raw disk of `mib` MiB (random, so its SHA-256 is its own and
+/// no other test's download is found in a host's cache); returns its hex
+/// SHA-256.
+fn make_image(dir: &Path, name: &str, mib: usize) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let mut data = vec![0u8; mib << 20];
+    let seed = uuid::Uuid::new_v4();
+    for (i, b) in data.iter_mut().enumerate().step_by(4096) {
+        *b = seed.as_bytes()[i % 16] ^ (i >> 12) as u8;
+    }
+    data[..16].copy_from_slice(seed.as_bytes());
+    std::fs::write(&path, &data).unwrap();
+    let out = std::process::Command::new("sha256sum")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let sha = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    (path, sha)
+}
+
+fn profile(url: &str, sha256: &str) -> String {
+    format!(
+        r#"
+title = "Lab blank disk"
+os = "linux"
+firmware = "bios"
+disk_bus = "virtio"
+nic_model = "virtio"
+seed = "nocloud"
+
+[image]
+format = "raw"
+url = "{url}"
+sha256 = "{sha256}"
+
+[defaults]
+vcpus = 1
+memory_mib = 128
+disk_gib = 1
+
+[minimum]
+vcpus = 1
+memory_mib = 64
+disk_gib = 1
+"#
+    )
+}
+
+/// The service with `profiles` (name → TOML) and an operator who owns the
+/// given lab hosts; returns the app, the operator's client and host ids.
+async fn service(
+    lab: &Lab,
+    profiles: &[(&str, String)],
+    hosts: &[&LabHost],
+) -> (TestApp, Api, Vec<String>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, toml) in profiles {
+        std::fs::write(dir.path().join(format!("{name}.toml")), toml).unwrap();
+    }
+    let app = TestApp::builder()
+        .env("OVERVISOR_PROFILES_DIR", dir.path().display().to_string())
+        // Lab hosts offer /dev/kvm but run guests under TCG only.
+        .env("OVERVISOR_DEPLOY_EMULATED", "1")
+        .start()
+        .await;
+    let (_, token, _) = app.create_user("olga", "operator").await;
+    let api = app.client(&token);
+    let mut ids = Vec::new();
+    for h in hosts {
+        ids.push(id(&register(&api, lab, h).await));
+    }
+    (app, api, ids, dir)
+}
+
+fn request(profile: &str, name: &str, lab: &Lab) -> Value {
+    json!({
+        "profile": profile, "name": name, "vcpus": 1, "memory_mib": 128, "disk_gib": 1,
+        "network": {"bridge": "br0"}, "username": "ops",
+        "ssh_keys": [lab.client_key_pub],
+    })
+}
+
+/// Posts a deployment; returns the response body (job + credentials).
+async fn deploy(api: &Api, host: &str, body: Value) -> Value {
+    let (status, accepted) = api
+        .post(&format!("/api/v1/hosts/{host}/deployments"), body)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    accepted
+}
+
+fn step<'a>(job: &'a Value, name: &str) -> &'a Value {
+    job["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no steps: {job}"))
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name}: {job}"))
+}
+
+/// The VM's directory on the host (from the job's result or audit).
+fn vm_dirs(host: &LabHost) -> Vec<String> {
+    let out = host.run_as_root("ls", &["-1", &format!("{DEPLOY_DIR}/vms")]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Removes a deployed VM as root (a test's own leftovers).
+fn remove_vm(host: &LabHost, name: &str, uuid: &str) {
+    let _ = host.try_virsh(&["destroy", "--domain", name]);
+    let _ = host.try_virsh(&["undefine", "--domain", name]);
+    host.run_as_root("rm", &["-rf", &format!("{DEPLOY_DIR}/vms/{uuid}")]);
+}
+
+fn cached(host: &LabHost, sha: &str) -> bool {
+    host.path_exists(Path::new(&format!("{DEPLOY_DIR}/images/{sha}.img")))
+}
+
+#[tokio::test]
+async fn two_deployments_of_one_image_reach_running_and_download_it_once() {
+    let lab = Lab::load();
+    let host = lab.host("ovh1");
+    let images = tempfile::tempdir().unwrap();
+    let (file, sha) = make_image(images.path(), "blank.raw", 4);
+    let server = FileServer::start(&lab, vec![("blank.raw".into(), file)], None).await;
+    let (_app, api, ids, _p) = service(
+        &lab,
+        &[("lab-blank", profile(&server.url("blank.raw"), &sha))],
+        &[host],
+    )
+    .await;
+    let (a, b) = (unique_name("dep-a"), unique_name("dep-b"));
+    let (ja, jb) = tokio::join!(
+        deploy(&api, &ids[0], request("lab-blank", &a, &lab)),
+        deploy(&api, &ids[0], request("lab-blank", &b, &lab)),
+    );
+    for accepted in [&ja, &jb] {
+        let password = accepted["credentials"]["password"].as_str().unwrap();
+        assert!(password.len() >= 16, "{accepted}");
+        assert_eq!(accepted["credentials"]["username"], "ops");
+        assert_eq!(accepted["job"]["kind"], "vm.deploy");
+    }
+    let mut downloaded = 0;
+    let mut uuids = Vec::new();
+    for (name, accepted) in [(&a, &ja), (&b, &jb)] {
+        let job = job_finished(&api, accepted["job"]["id"].as_str().unwrap()).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert_eq!(job["result"]["state"], "running", "{job}");
+        uuids.push(job["result"]["uuid"].as_str().unwrap().to_owned());
+        let image = &step(&job, "image")["output"];
+        if image["cached"] == false {
+            downloaded += 1;
+            assert_eq!(image["bytes"], 4 << 20, "{job}");
+        }
+        assert_eq!(host.domstate(name), "running");
+        // The password appears nowhere after the answer that showed it.
+        let password = accepted["credentials"]["password"].as_str().unwrap();
+        assert!(!job.to_string().contains(password));
+    }
+    assert_eq!(downloaded, 1, "one of the two jobs downloads");
+    assert_eq!(server.gets("blank.raw").len(), 1, "one GET of the image");
+    assert!(cached(host, &sha));
+    for ((name, _), uuid) in [(&a, 0), (&b, 1)].iter().zip(&uuids) {
+        remove_vm(host, name, uuid);
+    }
+}
+
+#[tokio::test]
+async fn a_checksum_mismatch_fails_the_job_and_leaves_nothing() {
+    let lab = Lab::load();
+    let host = lab.host("ovh2");
+    let images = tempfile::tempdir().unwrap();
+    let (file, _) = make_image(images.path(), "bad.raw", 1);
+    let wrong = "ab".repeat(32);
+    let server = FileServer::start(&lab, vec![("bad.raw".into(), file)], None).await;
+    let (_app, api, ids, _p) = service(
+        &lab,
+        &[("lab-bad", profile(&server.url("bad.raw"), &wrong))],
+        &[host],
+    )
+    .await;
+    let before = vm_dirs(host);
+    let name = unique_name("dep-bad");
+    let accepted = deploy(&api, &ids[0], request("lab-bad", &name, &lab)).await;
+    let job = job_finished(&api, accepted["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    let error = step(&job, "image")["error"].as_str().unwrap_or_default();
+    assert!(error.contains("checksum mismatch"), "{job}");
+    for later in ["overlay", "seed", "define", "start"] {
+        assert_eq!(step(&job, later)["status"], "skipped", "{job}");
+    }
+    assert!(host.try_virsh(&["domstate", "--domain", &name]).is_err());
+    assert_eq!(vm_dirs(host), before, "no VM directory left");
+    assert!(!cached(host, &wrong), "nothing cached under the wrong sum");
+}
+
+#[tokio::test]
+async fn a_cancelled_deployment_is_undone() {
+    let lab = Lab::load();
+    let host = lab.host("ovh3");
+    let images = tempfile::tempdir().unwrap();
+    let (file, sha) = make_image(images.path(), "slow.raw", 8);
+    // 8 MiB at 1 MiB/s: the download is still running when the cancel comes.
+    let server = FileServer::start(&lab, vec![("slow.raw".into(), file)], Some(1 << 20)).await;
+    let (_app, api, ids, _p) = service(
+        &lab,
+        &[("lab-slow", profile(&server.url("slow.raw"), &sha))],
+        &[host],
+    )
+    .await;
+    let before = vm_dirs(host);
+    let name = unique_name("dep-cancel");
+    let accepted = deploy(&api, &ids[0], request("lab-slow", &name, &lab)).await;
+    let job_id = accepted["job"]["id"].as_str().unwrap();
+    // Cancel once the host is fetching.
+    while server.gets("slow.raw").is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = api
+        .post(&format!("/api/v1/jobs/{job_id}/cancel"), json!({}))
+        .await;
+    assert!(status.is_success(), "{body}");
+    let job = job_finished(&api, job_id).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert!(host.try_virsh(&["domstate", "--domain", &name]).is_err());
+    assert_eq!(vm_dirs(host), before, "no VM directory left");
+    assert!(!cached(host, &sha), "a cancelled download is not cached");
+}
+
+#[tokio::test]
+async fn a_host_lost_mid_download_fails_the_job_and_a_retry_resumes() {
+    let lab = Lab::load();
+    let host = lab.host("ovh4");
+    let images = tempfile::tempdir().unwrap();
+    let (file, sha) = make_image(images.path(), "resume.raw", 8);
+    let server = FileServer::start(&lab, vec![("resume.raw".into(), file)], Some(1 << 20)).await;
+    let (_app, api, ids, _p) = service(
+        &lab,
+        &[("lab-resume", profile(&server.url("resume.raw"), &sha))],
+        &[host],
+    )
+    .await;
+    let name = unique_name("dep-resume");
+    let accepted = deploy(&api, &ids[0], request("lab-resume", &name, &lab)).await;
+    let job_id = accepted["job"]["id"].as_str().unwrap();
+    // Wait until part of the image is on the host, then kill its sshd.
+    let part = PathBuf::from(format!("{DEPLOY_DIR}/images/{sha}.part"));
+    while !host.path_exists(&part) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    host.stop_sshd();
+    let job = job_finished(&api, job_id).await;
+    host.start_sshd();
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(host.try_virsh(&["domstate", "--domain", &name]).is_err());
+    // The retry carries on from what the first attempt left.
+    let accepted = deploy(&api, &ids[0], request("lab-resume", &name, &lab)).await;
+    let job = job_finished(&api, accepted["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let gets = server.gets("resume.raw");
+    assert!(
+        gets.last().is_some_and(|g| g.from > 0),
+        "the retry asked for the rest only: {gets:?}"
+    );
+    remove_vm(host, &name, job["result"]["uuid"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn hostile_input_is_refused_before_any_job() {
+    let lab = Lab::load();
+    let host = lab.host("ovh5");
+    let sha = "cd".repeat(32);
+    let (app, api, ids, _p) = service(
+        &lab,
+        &[("lab-never", profile("http://127.0.0.1:9/never.raw", &sha))],
+        &[host],
+    )
+    .await;
+    let good = request("lab-never", "fine-name", &lab);
+    let with = |field: &str, value: Value| {
+        let mut body = good.clone();
+        body[field] = value;
+        body
+    };
+    let hostile = [
+        with("name", json!("a;reboot")),
+        with("name", json!("$(id)")),
+        with("name", json!("x".repeat(300))),
+        with("name", json!("")),
+        with("profile", json!("../../etc/passwd")),
+        with("profile", json!("nope")),
+        with("username", json!("root")),
+        with("username", json!("a b")),
+        with("username", json!("ops\nroot")),
+        with("ssh_keys", json!(["ssh-ed25519 AAAA\nrm -rf /"])),
+        with("ssh_keys", json!(["not a key"])),
+        with("vcpus", json!(0)),
+        with("vcpus", json!(100_000)),
+        with("memory_mib", json!(1)),
+        with("memory_mib", json!(u64::MAX)),
+        with("disk_gib", json!(0)),
+        with("network", json!({"bridge": "br0;reboot"})),
+        with("network", json!({"bridge": "nosuchbr"})),
+        with("network", json!({"network": "nosuchnet"})),
+        with("timezone", json!("../../etc/shadow")),
+        with("locale", json!("en_US.UTF-8;id")),
+        with("extra", json!(1)),
+    ];
+    for body in hostile {
+        let (status, answer) = api
+            .post(
+                &format!("/api/v1/hosts/{}/deployments", ids[0]),
+                body.clone(),
+            )
+            .await;
+        assert!(status.is_client_error(), "{body} → {status} {answer}");
+        assert!(answer["error"]["message"].is_string(), "{answer}");
+    }
+    let (_, jobs) = api.get("/api/v1/jobs?kind=vm.deploy").await;
+    assert_eq!(jobs.as_array().map(Vec::len), Some(0), "{jobs}");
+    // Another tenant's host is not found; a reader may not deploy.
+    let (_, other, _) = app.create_user("otto", "operator").await;
+    let (status, _) = app
+        .client(&other)
+        .post(
+            &format!("/api/v1/hosts/{}/deployments", ids[0]),
+            good.clone(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The facts list the host's bridges.
+    let (status, facts) = api.get(&format!("/api/v1/hosts/{}/facts", ids[0])).await;
+    assert_eq!(status, StatusCode::OK, "{facts}");
+    assert!(
+        facts["bridges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b == "br0"),
+        "{facts}"
+    );
+}
