@@ -181,12 +181,30 @@ impl LibvirtDriver {
             memory_mib: dom.memory_mib,
             disks: dom.disks,
             nics: dom.nics,
-            // libvirt knows addresses only from a guest agent or its own
-            // DHCP leases; neither is assumed yet.
-            ips: Vec::new(),
+            ips: if state.trim() == "running" {
+                self.addresses(vm).await
+            } else {
+                Vec::new()
+            },
             os: dom.os,
             graphics: dom.graphics,
         })
+    }
+
+    /// The guest's addresses: from its agent (which knows best), else from
+    /// libvirt's DHCP leases, else from the host's ARP table. A source that
+    /// fails or knows nothing passes on to the next; none is not an error.
+    async fn addresses(&self, vm: &VmName) -> Vec<String> {
+        for source in ["agent", "lease", "arp"] {
+            let args = ["domifaddr", "--domain", vm.as_str(), "--source", source];
+            if let Ok(out) = self.run(&args, Some((vm, None))).await {
+                let ips = parse::domifaddr(&out);
+                if !ips.is_empty() {
+                    return ips;
+                }
+            }
+        }
+        Vec::new()
     }
 
     async fn action(&self, vm: &VmName, action: VmAction) -> HvResult<()> {

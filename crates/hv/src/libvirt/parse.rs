@@ -331,6 +331,32 @@ pub fn host_facts(
     })
 }
 
+/// Addresses in `virsh domifaddr` output (`Name MAC Protocol Address/prefix`
+/// rows), without loopback and link-local ones, which say nothing about
+/// where the guest can be reached.
+pub fn domifaddr(out: &str) -> Vec<String> {
+    let mut ips = Vec::new();
+    for line in out.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let [_, _, proto, addr] = cols.as_slice() else {
+            continue;
+        };
+        if !matches!(*proto, "ipv4" | "ipv6") {
+            continue;
+        }
+        let ip = addr.split('/').next().unwrap_or_default();
+        let Ok(parsed) = ip.parse::<std::net::IpAddr>() else {
+            continue;
+        };
+        let useless = parsed.is_loopback()
+            || matches!(parsed, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local());
+        if !useless && !ips.iter().any(|i| i == ip) {
+            ips.push(ip.to_owned());
+        }
+    }
+    ips
+}
+
 /// One line of `virsh event --all --loop`, e.g.
 /// `event 'lifecycle' for domain 'web': Started Booted`. Other lines
 /// (blank, "event loop timed out") give `None`.

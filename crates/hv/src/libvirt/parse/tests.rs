@@ -174,3 +174,19 @@ fn events() {
     assert!(event_line("event loop timed out").is_none());
     assert!(event_line("event 'lifecycle' for domain 'broken").is_none());
 }
+
+#[test]
+fn domifaddr_addresses() {
+    let out = " Name       MAC address          Protocol     Address
+-------------------------------------------------------------------------------
+ lo         00:00:00:00:00:00    ipv4         127.0.0.1/8
+ -          -                    ipv6         ::1/128
+ enp1s0     52:54:00:6b:3c:58    ipv4         10.77.0.142/24
+ -          -                    ipv6         fe80::5054:ff:fe6b:3c58/64
+ -          -                    ipv6         fd00::5/64
+ vnet0      52:54:00:6b:3c:58    ipv4         10.77.0.142/24
+ bogus      x                    ipv4         not-an-ip/24
+";
+    assert_eq!(domifaddr(out), ["10.77.0.142", "fd00::5"]);
+    assert!(domifaddr("").is_empty());
+}
