@@ -21,6 +21,7 @@ async fn start_once(binary: &Path, data_dir: &Path) -> anyhow::Result<Duration> 
         log_filter: "warn",
         log_file: None,
         read_banner: false,
+        env: &[],
     })?;
     service.wait_ready(&client, started).await
 }

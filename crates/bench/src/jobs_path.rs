@@ -57,6 +57,7 @@ pub async fn run(binary: &Path, lab: &Lab, guest: &TestGuest, runs: usize) -> an
         log_filter: "warn",
         log_file: None,
         read_banner: true,
+        env: &[],
     })?;
     let client = reqwest::Client::new();
     service.wait_ready(&client, Instant::now()).await?;

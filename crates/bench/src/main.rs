@@ -9,6 +9,7 @@
 
 mod actions;
 mod coldstart;
+mod deploy;
 mod fleet;
 mod jobs_path;
 mod lab;
@@ -62,6 +63,10 @@ struct Args {
     /// Fleet mode: timed full resyncs.
     #[arg(long, default_value_t = 10)]
     fleet_resyncs: usize,
+    /// Only deployments: a `vm.deploy` job from a cached image against the
+    /// host's own commands (--runs times), then ten at once over five hosts.
+    #[arg(long)]
+    deploy: bool,
     /// Only the soak (on demand): minutes of mixed load on ovh1 and ovh2 of
     /// the default lab, sampling the service's memory, descriptors and
     /// threads; 0 errors and flat memory are the pass mark.
@@ -100,6 +105,11 @@ async fn main() -> anyhow::Result<()> {
             sync_timeout: Duration::from_secs(args.fleet_sync_timeout),
         };
         return fleet::run(&binary, &lab, &fleet_args).await;
+    }
+    if args.deploy {
+        let lab = lab::load()?;
+        print_machine(", --deploy");
+        return deploy::run(&binary, &lab, args.runs).await;
     }
     if args.soak {
         let lab = lab::load()?;

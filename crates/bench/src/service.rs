@@ -46,6 +46,8 @@ pub struct Launch<'a> {
     pub log_file: Option<&'a Path>,
     /// Read the first-start banner for the administrator's API key.
     pub read_banner: bool,
+    /// Further settings (`OVERVISOR_…` variables).
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 /// A running service; killed (SIGKILL) and reaped on drop.
@@ -75,6 +77,7 @@ impl Service {
             .env("OVERVISOR_UI_BIND", format!("127.0.0.1:{ui_port}"))
             .env("OVERVISOR_API_BIND", format!("127.0.0.1:{api_port}"))
             .env("OVERVISOR_LOG", launch.log_filter)
+            .envs(launch.env.iter().copied())
             .stdin(Stdio::null())
             .stdout(if launch.read_banner {
                 Stdio::piped()

@@ -148,6 +148,7 @@ pub async fn run(binary: &Path, lab: &Lab, args: &SoakArgs) -> anyhow::Result<()
         log_filter: "warn",
         log_file: None,
         read_banner: true,
+        env: &[],
     })?;
     let result = soak(&mut service, lab, &hosts, &guests, args).await;
     let stopped = service.terminate(Duration::from_secs(30));

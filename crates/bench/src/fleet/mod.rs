@@ -110,6 +110,7 @@ async fn measure(
         log_filter: &args.log_filter,
         log_file: Some(log),
         read_banner,
+        env: &[],
     };
     let expected_vms = hosts.len() * args.domains;
 

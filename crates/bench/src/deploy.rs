@@ -1,0 +1,257 @@
+//! Deployments (`--deploy`): a `vm.deploy` job through the real service's
+//! API from an image already in the host's cache to `running`, against the
+//! host's own commands for the same VM (`qemu-img create` + `virsh define`
+//! + `virsh start`, as root inside the host), interleaved; then ten
+//! deployments at once across five hosts. The lab's cloud guest is the
+//! image; each VM is destroyed and removed as soon as it was measured.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use overvisor_testkit::{Lab, LabHost, unique_name};
+use serde_json::{Value, json};
+
+use crate::fleet::api::Api;
+use crate::service::{Launch, Service};
+use crate::stats::Samples;
+
+const DEPLOY_DIR: &str = "/var/lib/libvirt/overvisor";
+
+/// One deployment through the API, waited for; its wall time and job.
+async fn deploy(api: &Api, host_id: &str, name: &str) -> anyhow::Result<(Duration, Value)> {
+    let started = Instant::now();
+    let body = json!({"profile": "bench-cloud", "name": name, "vcpus": 1, "memory_mib": 256,
+        "disk_gib": 4, "network": {"bridge": "br0"}, "username": "bench"});
+    let reply = api
+        .post(&format!("/api/v1/hosts/{host_id}/deployments"), Some(&body))
+        .await?;
+    if reply.status.as_u16() != 202 {
+        bail!("deploy {name}: {}", reply.describe());
+    }
+    let id = reply.body["job"]["id"].as_str().context("no job id")?;
+    let job = api.get(&format!("/api/v1/jobs/{id}?wait=120")).await?;
+    if job["status"] != "succeeded" {
+        bail!("job {id} ended {}: {}", job["status"], job["error"]);
+    }
+    Ok((started.elapsed(), job))
+}
+
+/// Root commands inside `host`, off the async threads.
+async fn root(host: &LabHost, program: &'static str, args: Vec<String>) -> anyhow::Result<()> {
+    let host = host.clone();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = host.run_as_root(program, &args);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(anyhow!(
+                "{program} {args:?} on {}: {}",
+                host.name,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    })
+    .await?
+}
+
+/// Removes a VM and its directory (not timed).
+async fn remove(host: &LabHost, name: &str, uuid: &str) -> anyhow::Result<()> {
+    let _ = root(host, "virsh", vec!["destroy".into(), name.into()]).await;
+    let _ = root(host, "virsh", vec!["undefine".into(), name.into()]).await;
+    root(
+        host,
+        "rm",
+        vec!["-rf".into(), format!("{DEPLOY_DIR}/vms/{uuid}")],
+    )
+    .await
+}
+
+/// The same VM made by the host's own commands: the job's domain XML under
+/// a new name and UUID, the seed copied beforehand; times `qemu-img create`
+/// + `virsh define` + `virsh start`.
+async fn by_hand(host: &LabHost, job: &Value, sha256: &str) -> anyhow::Result<Duration> {
+    let spec = &job["operation"]["spec"];
+    let (old_uuid, xml) = (
+        spec["uuid"].as_str().context("no uuid")?,
+        spec["domain_xml"].as_str().context("no xml")?,
+    );
+    let old_name = job["operation"]["vm"].as_str().context("no name")?;
+    let (uuid, name) = (uuid::Uuid::new_v4().to_string(), unique_name("bench-hand"));
+    let xml = xml.replace(old_uuid, &uuid).replace(
+        &format!("<name>{old_name}</name>"),
+        &format!("<name>{name}</name>"),
+    );
+    let dir = format!("{DEPLOY_DIR}/vms/{uuid}");
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), xml)?;
+    root(host, "mkdir", vec!["-p".into(), dir.clone()]).await?;
+    root(
+        host,
+        "cp",
+        vec![
+            format!("{DEPLOY_DIR}/vms/{old_uuid}/seed.iso"),
+            format!("{dir}/seed.iso"),
+        ],
+    )
+    .await?;
+    root(
+        host,
+        "cp",
+        vec![path(file.path()), format!("{dir}/domain.xml")],
+    )
+    .await?;
+    let started = Instant::now();
+    root(
+        host,
+        "qemu-img",
+        vec![
+            "create".into(),
+            "-q".into(),
+            "-f".into(),
+            "qcow2".into(),
+            "-b".into(),
+            format!("{DEPLOY_DIR}/images/{sha256}.img"),
+            "-F".into(),
+            "qcow2".into(),
+            format!("{dir}/disk.qcow2"),
+            "4G".into(),
+        ],
+    )
+    .await?;
+    root(
+        host,
+        "virsh",
+        vec!["define".into(), format!("{dir}/domain.xml")],
+    )
+    .await?;
+    root(host, "virsh", vec!["start".into(), name.clone()]).await?;
+    let took = started.elapsed();
+    remove(host, &name, &uuid).await?;
+    Ok(took)
+}
+
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+pub async fn run(binary: &Path, lab: &Lab, runs: usize) -> anyhow::Result<()> {
+    let hosts = lab.hosts(5);
+    let image = &lab.cloud_image;
+    println!(
+        "== Deployments from a cached image ({}, {runs} runs; image {} bytes)",
+        hosts[0].name, image.size
+    );
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("profiles"))?;
+    std::fs::write(
+        data.join("profiles/bench-cloud.toml"),
+        format!(
+            "title = \"Bench\"\nos = \"linux\"\nfirmware = \"bios\"\ndisk_bus = \"virtio\"\n\
+             nic_model = \"virtio\"\nseed = \"nocloud\"\n[image]\nformat = \"qcow2\"\n\
+             url = \"{}\"\nsha256 = \"{}\"\n[defaults]\nvcpus = 1\nmemory_mib = 256\ndisk_gib = 4\n\
+             [minimum]\nvcpus = 1\nmemory_mib = 128\ndisk_gib = 2\n",
+            image.url, image.sha256
+        ),
+    )?;
+    let mut service = Service::spawn(&Launch {
+        binary,
+        data_dir: &data,
+        log_filter: "warn",
+        log_file: None,
+        read_banner: true,
+        // Lab hosts offer /dev/kvm but run guests under TCG only.
+        env: &[("OVERVISOR_DEPLOY_EMULATED", "1")],
+    })?;
+    let client = reqwest::Client::new();
+    service.wait_ready(&client, Instant::now()).await?;
+    let api = Api::new(&service.api, &service.admin_key(Duration::from_secs(10))?)?;
+    crate::fleet::register(&api, lab, hosts).await?;
+    let listed = api.get("/api/v1/hosts").await?;
+    let id_of = |h: &LabHost| -> anyhow::Result<String> {
+        listed
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == h.name.as_str()))
+            .and_then(|x| x["id"].as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("{} not registered", h.name))
+    };
+    // Warm-up: every host caches the image (not measured).
+    let mut warm = Vec::new();
+    for h in hosts {
+        let (id, name, api) = (id_of(h)?, unique_name("bench-warm"), &api);
+        warm.push(async move {
+            let (took, job) = deploy(api, &id, &name).await?;
+            let uuid = job["result"]["uuid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            remove(h, &name, &uuid).await?;
+            anyhow::Ok(took)
+        });
+    }
+    for (h, took) in hosts.iter().zip(futures::future::join_all(warm).await) {
+        println!(
+            "   first deployment on {} (downloads the image): {:.1} s",
+            h.name,
+            took?.as_secs_f64()
+        );
+    }
+
+    let host = &hosts[0];
+    let host_id = id_of(host)?;
+    let (mut ours, mut theirs) = (Samples::default(), Samples::default());
+    for _ in 0..runs {
+        let name = unique_name("bench-dep");
+        let (took, job) = deploy(&api, &host_id, &name).await?;
+        ours.push(took);
+        theirs.push(by_hand(host, &job, &image.sha256).await?);
+        let uuid = job["result"]["uuid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        remove(host, &name, &uuid).await?;
+    }
+    println!("   API vm.deploy, cached image → running   {}", ours.line());
+    println!(
+        "   root qemu-img create + define + start   {}",
+        theirs.line()
+    );
+    println!(
+        "   ratio of medians: {:.2}x (target ≤ 1.2x)",
+        ours.median() / theirs.median()
+    );
+
+    println!("== Ten deployments at once across five hosts (2 each, cached image)");
+    let started = Instant::now();
+    let mut all = Vec::new();
+    for h in hosts.iter().chain(hosts.iter()) {
+        let (id, name) = (id_of(h)?, unique_name("bench-par"));
+        let api = &api;
+        all.push(async move {
+            let r = deploy(api, &id, &name).await;
+            (h, name, r)
+        });
+    }
+    let done = futures::future::join_all(all).await;
+    let wall = started.elapsed();
+    let mut each = Samples::default();
+    for (h, name, r) in done {
+        let (took, job) = r?;
+        each.push(took);
+        let uuid = job["result"]["uuid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        remove(h, &name, &uuid).await?;
+    }
+    println!("   each deployment                         {}", each.line());
+    println!(
+        "   all ten, wall time: {:.0} ms",
+        wall.as_secs_f64() * 1000.0
+    );
+    service.terminate(Duration::from_secs(30))?;
+    Ok(())
+}
