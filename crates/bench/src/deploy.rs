@@ -30,7 +30,12 @@ async fn deploy(api: &Api, host_id: &str, name: &str) -> anyhow::Result<(Duratio
         bail!("deploy {name}: {}", reply.describe());
     }
     let id = reply.body["job"]["id"].as_str().context("no job id")?;
-    let job = api.get(&format!("/api/v1/jobs/{id}?wait=120")).await?;
+    let job = loop {
+        let job = api.get(&format!("/api/v1/jobs/{id}?wait=60")).await?;
+        if !matches!(job["status"].as_str(), Some("queued" | "running")) {
+            break job;
+        }
+    };
     if job["status"] != "succeeded" {
         bail!("job {id} ended {}: {}", job["status"], job["error"]);
     }
