@@ -1,7 +1,7 @@
 //! Deployments (`--deploy`): a `vm.deploy` job through the real service's
 //! API from an image already in the host's cache to `running`, against the
-//! host's own commands for the same VM (`qemu-img create` + `virsh define`
-//! + `virsh start`, as root inside the host), interleaved; then ten
+//! host's own commands for the same VM (`qemu-img create`, `virsh define`,
+//! `virsh start`, as root inside the host), interleaved; then ten
 //! deployments at once across five hosts. The lab's cloud guest is the
 //! image; each VM is destroyed and removed as soon as it was measured.
 
@@ -74,8 +74,8 @@ async fn remove(host: &LabHost, name: &str, uuid: &str) -> anyhow::Result<()> {
 }
 
 /// The same VM made by the host's own commands: the job's domain XML under
-/// a new name and UUID, the seed copied beforehand; times `qemu-img create`
-/// + `virsh define` + `virsh start`.
+/// a new name and UUID, the seed copied beforehand; times `qemu-img
+/// create`, `virsh define` and `virsh start`.
 async fn by_hand(host: &LabHost, job: &Value, sha256: &str) -> anyhow::Result<Duration> {
     let spec = &job["operation"]["spec"];
     let (old_uuid, xml) = (
