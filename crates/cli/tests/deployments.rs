@@ -227,6 +227,45 @@ async fn service(
     (app, api, ids, dir)
 }
 
+/// One test's image, served (at `rate` bytes/s, if given) under the
+/// profile `lab-img` pinned to `sha256` (the image's own unless told), and
+/// the service with an operator owning `host`.
+struct Setup {
+    server: FileServer,
+    api: Api,
+    host_id: String,
+    sha: String,
+    _app: TestApp,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+async fn setup(
+    lab: &Lab,
+    host: &LabHost,
+    mib: usize,
+    rate: Option<u64>,
+    sha256: Option<&str>,
+) -> Setup {
+    let images = tempfile::tempdir().unwrap();
+    let (file, own) = make_image(images.path(), "img.raw", mib);
+    let sha = sha256.map_or(own, str::to_owned);
+    let server = FileServer::start(lab, vec![("img.raw".into(), file)], rate).await;
+    let (app, api, ids, profiles) = service(
+        lab,
+        &[("lab-img", profile(&server.url("img.raw"), &sha))],
+        &[host],
+    )
+    .await;
+    Setup {
+        server,
+        api,
+        host_id: ids[0].clone(),
+        sha,
+        _app: app,
+        _dirs: (images, profiles),
+    }
+}
+
 fn request(profile: &str, name: &str, lab: &Lab) -> Value {
     json!({
         "profile": profile, "name": name, "vcpus": 1, "memory_mib": 128, "disk_gib": 1,
@@ -277,19 +316,17 @@ fn cached(host: &LabHost, sha: &str) -> bool {
 async fn two_deployments_of_one_image_reach_running_and_download_it_once() {
     let lab = Lab::load();
     let host = lab.host("ovh1");
-    let images = tempfile::tempdir().unwrap();
-    let (file, sha) = make_image(images.path(), "blank.raw", 4);
-    let server = FileServer::start(&lab, vec![("blank.raw".into(), file)], None).await;
-    let (_app, api, ids, _p) = service(
-        &lab,
-        &[("lab-blank", profile(&server.url("blank.raw"), &sha))],
-        &[host],
-    )
-    .await;
+    let Setup {
+        server,
+        api,
+        host_id,
+        sha,
+        ..
+    } = &setup(&lab, host, 4, None, None).await;
     let (a, b) = (unique_name("dep-a"), unique_name("dep-b"));
     let (ja, jb) = tokio::join!(
-        deploy(&api, &ids[0], request("lab-blank", &a, &lab)),
-        deploy(&api, &ids[0], request("lab-blank", &b, &lab)),
+        deploy(api, host_id, request("lab-img", &a, &lab)),
+        deploy(api, host_id, request("lab-img", &b, &lab)),
     );
     for accepted in [&ja, &jb] {
         let password = accepted["credentials"]["password"].as_str().unwrap();
@@ -300,7 +337,7 @@ async fn two_deployments_of_one_image_reach_running_and_download_it_once() {
     let mut downloaded = 0;
     let mut uuids = Vec::new();
     for (name, accepted) in [(&a, &ja), (&b, &jb)] {
-        let job = job_finished(&api, accepted["job"]["id"].as_str().unwrap()).await;
+        let job = job_finished(api, accepted["job"]["id"].as_str().unwrap()).await;
         assert_eq!(job["status"], "succeeded", "{job}");
         assert_eq!(job["result"]["state"], "running", "{job}");
         uuids.push(job["result"]["uuid"].as_str().unwrap().to_owned());
@@ -315,8 +352,8 @@ async fn two_deployments_of_one_image_reach_running_and_download_it_once() {
         assert!(!job.to_string().contains(password));
     }
     assert_eq!(downloaded, 1, "one of the two jobs downloads");
-    assert_eq!(server.gets("blank.raw").len(), 1, "one GET of the image");
-    assert!(cached(host, &sha));
+    assert_eq!(server.gets("img.raw").len(), 1, "one GET of the image");
+    assert!(cached(host, sha));
     for ((name, _), uuid) in [(&a, 0), (&b, 1)].iter().zip(&uuids) {
         remove_vm(host, name, uuid);
     }
@@ -326,20 +363,12 @@ async fn two_deployments_of_one_image_reach_running_and_download_it_once() {
 async fn a_checksum_mismatch_fails_the_job_and_leaves_nothing() {
     let lab = Lab::load();
     let host = lab.host("ovh2");
-    let images = tempfile::tempdir().unwrap();
-    let (file, _) = make_image(images.path(), "bad.raw", 1);
     let wrong = "ab".repeat(32);
-    let server = FileServer::start(&lab, vec![("bad.raw".into(), file)], None).await;
-    let (_app, api, ids, _p) = service(
-        &lab,
-        &[("lab-bad", profile(&server.url("bad.raw"), &wrong))],
-        &[host],
-    )
-    .await;
+    let Setup { api, host_id, .. } = &setup(&lab, host, 1, None, Some(&wrong)).await;
     let before = vm_dirs(host);
     let name = unique_name("dep-bad");
-    let accepted = deploy(&api, &ids[0], request("lab-bad", &name, &lab)).await;
-    let job = job_finished(&api, accepted["job"]["id"].as_str().unwrap()).await;
+    let accepted = deploy(api, host_id, request("lab-img", &name, &lab)).await;
+    let job = job_finished(api, accepted["job"]["id"].as_str().unwrap()).await;
     assert_eq!(job["status"], "failed", "{job}");
     let error = step(&job, "image")["error"].as_str().unwrap_or_default();
     assert!(error.contains("checksum mismatch"), "{job}");
@@ -355,50 +384,46 @@ async fn a_checksum_mismatch_fails_the_job_and_leaves_nothing() {
 async fn a_cancelled_deployment_is_undone() {
     let lab = Lab::load();
     let host = lab.host("ovh3");
-    let images = tempfile::tempdir().unwrap();
-    let (file, sha) = make_image(images.path(), "slow.raw", 8);
     // 8 MiB at 1 MiB/s: the download is still running when the cancel comes.
-    let server = FileServer::start(&lab, vec![("slow.raw".into(), file)], Some(1 << 20)).await;
-    let (_app, api, ids, _p) = service(
-        &lab,
-        &[("lab-slow", profile(&server.url("slow.raw"), &sha))],
-        &[host],
-    )
-    .await;
+    let Setup {
+        server,
+        api,
+        host_id,
+        sha,
+        ..
+    } = &setup(&lab, host, 8, Some(1 << 20), None).await;
     let before = vm_dirs(host);
     let name = unique_name("dep-cancel");
-    let accepted = deploy(&api, &ids[0], request("lab-slow", &name, &lab)).await;
+    let accepted = deploy(api, host_id, request("lab-img", &name, &lab)).await;
     let job_id = accepted["job"]["id"].as_str().unwrap();
     // Cancel once the host is fetching.
-    while server.gets("slow.raw").is_empty() {
+    while server.gets("img.raw").is_empty() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (status, body) = api
         .post(&format!("/api/v1/jobs/{job_id}/cancel"), json!({}))
         .await;
     assert!(status.is_success(), "{body}");
-    let job = job_finished(&api, job_id).await;
+    let job = job_finished(api, job_id).await;
     assert_eq!(job["status"], "cancelled", "{job}");
     assert!(host.try_virsh(&["domstate", "--domain", &name]).is_err());
     assert_eq!(vm_dirs(host), before, "no VM directory left");
-    assert!(!cached(host, &sha), "a cancelled download is not cached");
+    assert!(!cached(host, sha), "a cancelled download is not cached");
 }
 
 #[tokio::test]
 async fn a_host_lost_mid_download_fails_the_job_and_a_retry_resumes() {
     let lab = Lab::load();
     let host = lab.host("ovh4");
-    let images = tempfile::tempdir().unwrap();
-    let (file, sha) = make_image(images.path(), "resume.raw", 8);
-    let server = FileServer::start(&lab, vec![("resume.raw".into(), file)], Some(1 << 20)).await;
-    let (_app, api, ids, _p) = service(
-        &lab,
-        &[("lab-resume", profile(&server.url("resume.raw"), &sha))],
-        &[host],
-    )
-    .await;
+    let Setup {
+        server,
+        api,
+        host_id,
+        sha,
+        ..
+    } = &setup(&lab, host, 8, Some(1 << 20), None).await;
     let name = unique_name("dep-resume");
-    let accepted = deploy(&api, &ids[0], request("lab-resume", &name, &lab)).await;
+    let accepted = deploy(api, host_id, request("lab-img", &name, &lab)).await;
     let job_id = accepted["job"]["id"].as_str().unwrap();
     // Wait until part of the image is on the host, then kill its sshd.
     let part = PathBuf::from(format!("{DEPLOY_DIR}/images/{sha}.part"));
@@ -407,15 +432,15 @@ async fn a_host_lost_mid_download_fails_the_job_and_a_retry_resumes() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     host.stop_sshd();
-    let job = job_finished(&api, job_id).await;
+    let job = job_finished(api, job_id).await;
     host.start_sshd();
     assert_eq!(job["status"], "failed", "{job}");
     assert!(host.try_virsh(&["domstate", "--domain", &name]).is_err());
     // The retry carries on from what the first attempt left.
-    let accepted = deploy(&api, &ids[0], request("lab-resume", &name, &lab)).await;
-    let job = job_finished(&api, accepted["job"]["id"].as_str().unwrap()).await;
+    let accepted = deploy(api, host_id, request("lab-img", &name, &lab)).await;
+    let job = job_finished(api, accepted["job"]["id"].as_str().unwrap()).await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    let gets = server.gets("resume.raw");
+    let gets = server.gets("img.raw");
     assert!(
         gets.last().is_some_and(|g| g.from > 0),
         "the retry asked for the rest only: {gets:?}"

@@ -125,9 +125,11 @@ pub async fn run(
             Ok(None)
         }
         _ => {
-            // A resumed start may find the VM running already.
-            let state = r.driver.vm_state(vm).await.map_err(fail)?;
-            if state != VmState::Running {
+            // A resumed start may find the VM running already; a fresh one
+            // was defined just now, shut off.
+            let running =
+                cx.resumed && r.driver.vm_state(vm).await.map_err(fail)? == VmState::Running;
+            if !running {
                 r.driver.start(vm).await.map_err(fail)?;
             }
             let state = r.driver.vm_state(vm).await.map_err(fail)?;
