@@ -199,7 +199,7 @@ pub async fn run(binary: &Path, lab: &Lab, runs: usize) -> anyhow::Result<()> {
     }
     for (h, took) in hosts.iter().zip(futures::future::join_all(warm).await) {
         println!(
-            "   first deployment on {} (downloads the image): {:.1} s",
+            "   warm-up deployment on {} (fetches the image unless cached): {:.1} s",
             h.name,
             took?.as_secs_f64()
         );
