@@ -7,12 +7,15 @@
 //! Host: ovh1 (only a guest of our own is touched).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/event_stream.rs"]
+mod event_stream;
 #[path = "support/lab_hosts.rs"]
 mod lab_hosts;
 mod support;
 
 use std::time::{Duration, Instant};
 
+use event_stream::{Ws, next_event};
 use futures::{SinkExt, StreamExt};
 use lab_hosts::{id, register};
 use overvisor_testkit::{Lab, unique_name};
@@ -21,9 +24,6 @@ use serde_json::{Value, json};
 use support::{Api, TestApp, assert_error};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const BOOT: Duration = Duration::from_secs(120);
 /// A guard against a hang, not a measurement.
@@ -95,16 +95,7 @@ fn refused(opened: Result<Ws, (u16, Value)>, status: u16, code: &str) {
 
 /// The next text frame as JSON (terminal bytes on the way are skipped).
 async fn text_frame(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(PATIENCE, ws.next())
-            .await
-            .expect("no text frame in time")
-            .expect("socket ended")
-            .expect("socket error");
-        if let Message::Text(text) = msg {
-            return serde_json::from_str(&text).unwrap();
-        }
-    }
+    next_event(ws, PATIENCE).await
 }
 
 /// Reads terminal output until it contains `want`; returns all of it.
