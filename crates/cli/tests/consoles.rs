@@ -4,7 +4,8 @@
 //! revoking the key ends it; the session is one audit row with its byte
 //! counts. Tenancy, roles, reuse and expiry are refused before any upgrade.
 //!
-//! Host: ovh1 (only a guest of our own is touched).
+//! Hosts: ovh1 (only a guest of our own is touched); ovh8 belongs to the
+//! disconnect test (its sshd is killed).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "support/event_stream.rs"]
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use event_stream::{Ws, next_event};
 use futures::{SinkExt, StreamExt};
-use lab_hosts::{id, register};
+use lab_hosts::{SshdDown, id, register};
 use overvisor_testkit::{Lab, unique_name};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -134,6 +135,21 @@ async fn console_audit(api: &Api) -> Vec<Value> {
     let (status, rows) = api.get("/api/v1/audit?action=vm.console").await;
     assert_eq!(status, StatusCode::OK, "{rows}");
     rows.as_array().unwrap().clone()
+}
+
+/// The first `vm.console` audit row `api` may see that `want` accepts;
+/// it is written as the session ends, so it may take a moment.
+async fn session_row(api: &Api, want: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..100 {
+        if let Some(row) = console_audit(api).await.into_iter().find(&want) {
+            return row;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "no audit row for the session: {:?}",
+        console_audit(api).await
+    )
 }
 
 /// One `key=value` of an audit row's detail.
@@ -253,19 +269,8 @@ async fn serial_console_round_trip_revocation_audit_and_refusals() {
 
     // One audit row for the session: who, which VM, from where, how long,
     // and the bytes each way (exactly what we typed), never the content.
-    let row = {
-        let mut rows = Vec::new();
-        for _ in 0..100 {
-            rows = console_audit(&alice).await;
-            if rows.iter().any(|r| r["via"] == format!("api_key:{key_id}")) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        rows.into_iter()
-            .find(|r| r["via"] == format!("api_key:{key_id}"))
-            .unwrap_or_else(|| panic!("no audit row for the session"))
-    };
+    let via = format!("api_key:{key_id}");
+    let row = session_row(&alice, |r| r["via"] == via.as_str()).await;
     assert_eq!(row["outcome"], "success", "{row}");
     assert_eq!(row["actor_name"], "alice", "{row}");
     assert!(row["target"].as_str().unwrap().contains(&vm), "{row}");
@@ -319,4 +324,35 @@ async fn serial_console_round_trip_revocation_audit_and_refusals() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = ask(&alice, &host, &vm, "serial").await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_that_goes_away_ends_the_console_with_a_reason_and_an_audit_row() {
+    let lab = Lab::load();
+    let ovh8 = lab.host("ovh8");
+    let app = TestApp::start().await;
+    let (_, token, _) = app.create_user("hana", "operator").await;
+    let api = app.client(&token);
+    let host = id(&register(&api, &lab, ovh8).await);
+    let guest = lab.define_guest(ovh8, &unique_name("con-gone"));
+    let vm = guest.name.clone();
+    ovh8.virsh(&["start", &vm]);
+    guest.wait_ready(1, BOOT);
+
+    let granted = ticket(&api, &host, &vm).await;
+    let mut ws = open(&app, &token, &granted).await.unwrap();
+    let mut sent = 0;
+    type_keys(&mut ws, &mut sent, "\recho UP-\"\"ovh8\r").await;
+    read_until(&mut ws, "UP-ovh8").await;
+
+    // sshd and its sessions die: the console says so, then closes.
+    let down = SshdDown::new(ovh8);
+    let closed = text_frame(&mut ws).await;
+    assert_eq!(closed["type"], "closed", "{closed}");
+    assert_eq!(closed["reason"], "host_disconnected", "{closed}");
+    drop(down);
+
+    let row = session_row(&api, |_| true).await;
+    assert_eq!(detail_field(&row, "end"), "host_disconnected");
+    assert_eq!(detail_field(&row, "bytes_to_vm"), sent.to_string());
 }
