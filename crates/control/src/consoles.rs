@@ -312,7 +312,6 @@ impl App {
             .serial_console(&grant.vm, cols, rows)
             .await
             .map_err(|e| self.host_error(authorized.get(), e))?;
-        metrics::gauge!("overvisor_consoles_open", "kind" => grant.kind.as_str()).increment(1.0);
         Ok(SerialConsole {
             pty,
             watch,
@@ -342,7 +341,6 @@ impl App {
             ..
         } = console;
         pty.close().await;
-        metrics::gauge!("overvisor_consoles_open", "kind" => grant.kind.as_str()).decrement(1.0);
         metrics::counter!("overvisor_consoles_ended_total", "reason" => end.code()).increment(1);
         let detail = format!(
             "kind={} started={} duration_ms={} bytes_to_vm={} bytes_from_vm={} end={}",

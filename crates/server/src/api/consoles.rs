@@ -159,6 +159,10 @@ struct Control {
 
 /// Carries a console until either side ends it, then audits it.
 async fn bridge(app: App, socket: WebSocket, mut console: SerialConsole) {
+    // Counted here, not when the console opened: an upgrade that fails
+    // never gets this far, and its console is dropped (and closed) unused.
+    let open = metrics::gauge!("overvisor_consoles_open", "kind" => console.grant.kind.as_str());
+    open.increment(1.0);
     let (mut sink, mut incoming) = socket.split();
     let (out, mut queued) = mpsc::channel::<Message>(OUTPUT_QUEUE);
     // The writer alone waits on a slow viewer; the loop below never does.
@@ -228,6 +232,7 @@ async fn bridge(app: App, socket: WebSocket, mut console: SerialConsole) {
         abort.abort();
     }
     app.console_closed(console, end, traffic).await;
+    open.decrement(1.0);
 }
 
 /// Applies a viewer's text frame; a malformed one is answered, not fatal.
