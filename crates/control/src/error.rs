@@ -64,6 +64,10 @@ pub enum AppError {
     /// A host ran the operation and failed it, in its own words (→ 502 `host_error`).
     #[error("{0}")]
     HostFailed(String),
+    /// A console ticket was refused (→ 410 `console_ticket_invalid`, or
+    /// 429 `too_many_tickets`).
+    #[error(transparent)]
+    ConsoleTicket(#[from] crate::consoles::TicketRefused),
     #[error("internal error")]
     Internal(String),
 }

@@ -375,8 +375,9 @@ impl PresentedCredential {
     }
 }
 
-/// What a client subscription needs to keep its credential honest.
-struct CredentialWatch {
+/// What a client's long-lived connection (an event stream, a console)
+/// needs to keep its credential honest. Made by [`App::credential_watch`].
+pub struct CredentialWatch {
     app: App,
     presented: PresentedCredential,
     changes: broadcast::Receiver<UserId>,
@@ -435,6 +436,26 @@ impl CredentialWatch {
         authorize(&fresh, Action::Read, Resource::OwnedBy(fresh.id()))
             .map_err(|_| Some(StreamEnd::CredentialsInvalid))?;
         Ok(fresh)
+    }
+}
+
+impl CredentialWatch {
+    /// Resolves once the credential `subject` authenticated with stops
+    /// being valid or its role changes; `subject` is kept fresh meanwhile.
+    /// Cancel-safe: a trigger that arrived is re-checked on the next call.
+    pub async fn ended(&mut self, subject: &mut Subject) -> StreamEnd {
+        loop {
+            if !self.due {
+                self.triggered(subject.id()).await;
+                self.due = true;
+            }
+            match self.recheck(subject).await {
+                Ok(fresh) => *subject = fresh,
+                Err(Some(end)) => return end,
+                Err(None) => {}
+            }
+            self.due = false;
+        }
     }
 }
 
@@ -539,9 +560,7 @@ impl App {
         presented: PresentedCredential,
         filter: EventFilter,
     ) -> Result<Subscription, AppError> {
-        if !presented.kind_matches(&subject.credential) {
-            return Err(AppError::Unauthenticated);
-        }
+        let watch = self.credential_watch(subject, presented)?;
         let limit = self.config().event_streams_per_credential;
         let slot = self
             .events()
@@ -550,21 +569,35 @@ impl App {
                 metrics::counter!("overvisor_event_streams_refused_total").increment(1);
                 AppError::TooManyStreams { limit }
             })?;
+        let mut subscription = self.events_subscribe(subject, filter)?;
+        subscription._slot = Some(slot);
+        subscription.watch = Some(watch);
+        Ok(subscription)
+    }
+
+    /// Starts watching the credential `subject` authenticated with
+    /// (`presented`), for a connection that must end when it stops being
+    /// valid or the account's role changes.
+    pub fn credential_watch(
+        &self,
+        subject: &Subject,
+        presented: PresentedCredential,
+    ) -> Result<CredentialWatch, AppError> {
+        if !presented.kind_matches(&subject.credential) {
+            return Err(AppError::Unauthenticated);
+        }
         // Subscribed before anything can change, so no announcement is missed.
         let changes = self.events().credentials.subscribe();
-        let mut subscription = self.events_subscribe(subject, filter)?;
         let period = self.config().stream_recheck.max(Duration::from_millis(100));
         let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        subscription._slot = Some(slot);
-        subscription.watch = Some(CredentialWatch {
+        Ok(CredentialWatch {
             app: self.clone(),
             presented,
             changes,
             every,
             due: false,
-        });
-        Ok(subscription)
+        })
     }
 
     /// Authenticates a presented credential exactly as a request carrying

@@ -110,6 +110,15 @@ impl Hypervisor for FakeHost {
     fn events(&self) -> BoxFuture<'_, HvResult<BoxStream<'static, HvResult<VmEvent>>>> {
         Box::pin(async { Err(HvError::Host("no events".into())) })
     }
+
+    fn serial_console<'a>(
+        &'a self,
+        _vm: &'a VmName,
+        _cols: u32,
+        _rows: u32,
+    ) -> BoxFuture<'a, HvResult<overvisor_hv::PtyChannel>> {
+        Box::pin(async { Err(HvError::Host("no console".into())) })
+    }
 }
 
 /// Hands out one shared [`FakeHost`] and counts the drivers it made.

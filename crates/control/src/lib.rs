@@ -8,6 +8,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod authz;
 pub mod connections;
+pub mod consoles;
 pub mod credentials;
 pub mod deployments;
 pub mod error;
@@ -83,6 +84,7 @@ struct AppInner {
     events: events::EventBus,
     jobs: jobs::JobRunner,
     inventory: inventory::Inventory,
+    console_tickets: consoles::ConsoleTickets,
 }
 
 impl App {
@@ -112,6 +114,7 @@ impl App {
                 events: events::EventBus::default(),
                 jobs,
                 inventory: inventory::Inventory::default(),
+                console_tickets: consoles::ConsoleTickets::default(),
             }),
         }
     }
@@ -154,5 +157,10 @@ impl App {
     /// The live picture of every VM on every host.
     pub fn inventory(&self) -> &inventory::Inventory {
         &self.inner.inventory
+    }
+
+    /// Console tickets not yet redeemed.
+    pub fn console_tickets(&self) -> &consoles::ConsoleTickets {
+        &self.inner.console_tickets
     }
 }

@@ -9,7 +9,7 @@ use futures::stream::BoxStream;
 use overvisor_model::host::HostFacts;
 use overvisor_model::vm::{VmAction, VmEvent, VmInfo, VmName, VmState, VmSummary};
 
-use crate::ssh::SshError;
+use crate::ssh::{PtyChannel, SshError};
 
 /// Why a driver call failed, in terms the API can answer with.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +80,15 @@ pub trait Hypervisor: Send + Sync {
     fn as_libvirt(&self) -> Option<&crate::LibvirtDriver> {
         None
     }
+
+    /// The serial console of a running VM on a pseudo-terminal, `cols` ×
+    /// `rows`; it ends when the domain stops or the connection breaks.
+    fn serial_console<'a>(
+        &'a self,
+        vm: &'a VmName,
+        cols: u32,
+        rows: u32,
+    ) -> BoxFuture<'a, HvResult<PtyChannel>>;
 
     fn start<'a>(&'a self, vm: &'a VmName) -> BoxFuture<'a, HvResult<()>> {
         self.act(vm, VmAction::Start)

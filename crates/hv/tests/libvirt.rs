@@ -175,7 +175,7 @@ async fn serial_console_on_a_pty() {
     d.start(&vm).await.unwrap();
     guest.wait_ready(1, BOOT);
 
-    let mut console = d.console(&vm).await.unwrap();
+    let mut console = d.console(&vm, 80, 24).await.unwrap();
     let mut seen = String::new();
     let found = tokio::time::timeout(Duration::from_secs(20), async {
         let mut sent = false;

@@ -9,6 +9,7 @@ use axum::extract::rejection::{
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use overvisor_control::AppError;
+use overvisor_control::consoles::TicketRefused;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -109,6 +110,12 @@ impl From<AppError> for ApiError {
             }
             AppError::TooManyStreams { .. } => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", message)
+            }
+            AppError::ConsoleTicket(TicketRefused::Invalid) => {
+                Self::new(StatusCode::GONE, "console_ticket_invalid", message)
+            }
+            AppError::ConsoleTicket(TicketRefused::TooMany) => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_tickets", message)
             }
             AppError::InvalidTransition(_) => {
                 Self::new(StatusCode::CONFLICT, "invalid_transition", message)

@@ -55,7 +55,7 @@ pub fn api_router(state: AppState, max_body: usize) -> Router {
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn(observe::track_requests))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
 }
 
 /// Builds the router served on the UI port: the portal plus the API.
@@ -69,7 +69,18 @@ pub fn ui_router(state: AppState, max_body: usize) -> Router {
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn(observe::track_requests))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+}
+
+/// Request spans as tower-http makes them, but with the path redacted
+/// where it carries a secret (a console ticket), and never the query.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = %request.method(),
+        path = %api::consoles::redacted_path(request.uri().path()),
+        version = ?request.version(),
+    )
 }
 
 /// Bound listeners, so callers (and tests) can learn the actual ports.

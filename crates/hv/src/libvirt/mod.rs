@@ -20,7 +20,7 @@ use overvisor_model::vm::{VmAction, VmEvent, VmInfo, VmName, VmState, VmSummary}
 
 use crate::driver::{HvError, HvResult, Hypervisor};
 use crate::quote::CommandLine;
-use crate::ssh::{ExecOutput, PtyChannel, SshSession, TcpTunnel};
+use crate::ssh::{ExecOutput, PtyChannel, PtyOutput, SshSession, TcpTunnel};
 use shell::{FixedCommand, VirshShell};
 
 /// `list` for the inventory: every domain's UUID and name.
@@ -71,10 +71,21 @@ impl LibvirtDriver {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
+        self.virsh_loud(["-q"]).args(args)
+    }
+
+    /// `env LC_ALL=C virsh <args…> -c <uri>`: without `-q`, virsh also
+    /// says what it is doing (e.g. that a console is attached).
+    fn virsh_loud<I, S>(&self, args: I) -> CommandLine
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
         CommandLine::new("env")
-            .args(["LC_ALL=C", "virsh", "-q", "-c"])
-            .arg(self.uri.clone())
+            .args(["LC_ALL=C", "virsh"])
             .args(args)
+            .arg("-c")
+            .arg(self.uri.clone())
     }
 
     /// Runs virsh and turns a failure into a typed error.
@@ -92,9 +103,51 @@ impl LibvirtDriver {
 
     /// Serial console of `vm` on a PTY (`virsh console --force`, so a stale
     /// session elsewhere does not block it). Write 0x1d (`^]`) to leave.
-    pub async fn console(&self, vm: &VmName) -> HvResult<PtyChannel> {
-        let cmd = self.virsh(["console", "--force", "--domain", vm.as_str()]);
-        Ok(self.ssh.open_pty(&cmd, 80, 24).await?)
+    ///
+    /// Answers once virsh is attached: keys typed before that would be
+    /// flushed when virsh puts the terminal in raw mode. What virsh says
+    /// up to then (its banner, polkit's complaints) is not the guest's and
+    /// is dropped; a failure to attach is an error with virsh's words.
+    pub async fn console(&self, vm: &VmName, cols: u32, rows: u32) -> HvResult<PtyChannel> {
+        let cmd = self.virsh_loud(Vec::<String>::new()).args([
+            "console",
+            "--force",
+            "--domain",
+            vm.as_str(),
+        ]);
+        let mut pty = self.ssh.open_pty(&cmd, cols, rows).await?;
+        let deadline = self.ssh.config().command_timeout;
+        let mut said = Vec::new();
+        let attached = tokio::time::timeout(deadline, async {
+            loop {
+                match pty.read().await? {
+                    PtyOutput::Data(data) => said.extend_from_slice(&data),
+                    PtyOutput::Exit(_) => {
+                        let text = String::from_utf8_lossy(&said);
+                        let last = text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+                        return Err(HvError::Host(format!(
+                            "virsh console ended: {}",
+                            last.trim()
+                        )));
+                    }
+                }
+                if let Some(rest) = after_console_banner(&said) {
+                    pty.unread(rest);
+                    return Ok(());
+                }
+                if said.len() > CONSOLE_BANNER_MAX {
+                    return Err(HvError::Parse(
+                        "virsh console never said it attached".into(),
+                    ));
+                }
+            }
+        })
+        .await;
+        match attached {
+            Ok(Ok(())) => Ok(pty),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(HvError::Timeout(deadline)),
+        }
     }
 
     /// A tunnel to the VNC server of a running `vm`, through the SSH
@@ -355,7 +408,30 @@ fn classify(out: &ExecOutput, vm: Option<(&VmName, Option<VmAction>)>) -> HvErro
     HvError::Host(message)
 }
 
+/// What virsh prints (LC_ALL=C) once a console is attached, in raw mode.
+const CONSOLE_BANNER: &[u8] = b"Escape character is";
+/// More than virsh says before attaching; beyond it, something is wrong.
+const CONSOLE_BANNER_MAX: usize = 16 << 10;
+
+/// The output after virsh's "attached" line, once that line is complete.
+fn after_console_banner(said: &[u8]) -> Option<&[u8]> {
+    let at = said
+        .windows(CONSOLE_BANNER.len())
+        .position(|w| w == CONSOLE_BANNER)?;
+    let end = said[at..].iter().position(|b| *b == b'\n')?;
+    Some(&said[at + end + 1..])
+}
+
 impl Hypervisor for LibvirtDriver {
+    fn serial_console<'a>(
+        &'a self,
+        vm: &'a VmName,
+        cols: u32,
+        rows: u32,
+    ) -> BoxFuture<'a, HvResult<PtyChannel>> {
+        Box::pin(self.console(vm, cols, rows))
+    }
+
     fn list_vms(&self) -> BoxFuture<'_, HvResult<Vec<VmSummary>>> {
         Box::pin(self.list())
     }
@@ -397,6 +473,16 @@ impl Hypervisor for LibvirtDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_console_is_attached_after_virsh_says_so() {
+        let polkit = b"Authorization not available.\r\nConnected to domain 'a b'\r\n";
+        assert_eq!(after_console_banner(polkit), None);
+        let partial = b"Connected to domain 'a b'\r\nEscape character is ^] (Ctr";
+        assert_eq!(after_console_banner(partial), None);
+        let whole = b"Connected to domain 'a b'\r\nEscape character is ^] (Ctrl + ])\r\n/ # ";
+        assert_eq!(after_console_banner(whole), Some(&b"/ # "[..]));
+    }
 
     fn failed(stderr: &str) -> ExecOutput {
         ExecOutput {

@@ -54,9 +54,17 @@ pub struct PtyChannel {
     pub(super) ch: ClosingChannel,
     pub(super) _permit: OwnedSemaphorePermit,
     pub(super) addr: String,
+    /// Output read ahead (while waiting for a prompt) and handed back
+    /// before anything newer.
+    pub(super) unread: Vec<u8>,
 }
 
 impl PtyChannel {
+    /// Hands `data` back, to be read first.
+    pub(crate) fn unread(&mut self, data: &[u8]) {
+        self.unread.splice(0..0, data.iter().copied());
+    }
+
     pub async fn write(&mut self, data: &[u8]) -> Result<(), SshError> {
         let addr = self.addr.clone();
         self.ch
@@ -79,6 +87,9 @@ impl PtyChannel {
     /// quiet; keepalives end the wait if the connection dies. An end without
     /// an exit status reads as [`SshError::Disconnected`].
     pub async fn read(&mut self) -> Result<PtyOutput, SshError> {
+        if !self.unread.is_empty() {
+            return Ok(PtyOutput::Data(std::mem::take(&mut self.unread)));
+        }
         let mut status = None;
         loop {
             match self.ch.get().wait().await {

@@ -673,6 +673,7 @@ impl SshSession {
                 ch,
                 _permit: permit,
                 addr: self.inner.addr.clone(),
+                unread: Vec::new(),
             })
         };
         match timeout(deadline, open).await {

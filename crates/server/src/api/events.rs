@@ -100,7 +100,7 @@ pub async fn events_stream(
 
 /// The secret the caller authenticated with (the one [`Caller`] chose), so
 /// the stream can re-check it while it is open.
-fn presented_credential(
+pub(crate) fn presented_credential(
     headers: &HeaderMap,
     settings: &Settings,
     subject: &Subject,

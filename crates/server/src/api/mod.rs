@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod consoles;
 pub mod deployments;
 pub mod events;
 pub mod hosts;
@@ -84,6 +85,11 @@ pub fn routes() -> Router<AppState> {
             get(vms::vm_get).delete(vms::vm_delete),
         )
         .route(
+            "/api/v1/hosts/{id}/vms/{name}/console",
+            post(consoles::console_ticket),
+        )
+        .route("/api/v1/consoles/{ticket}", get(consoles::console_socket))
+        .route(
             "/api/v1/hosts/{id}/vms/{name}/{action}",
             post(vms::vm_action),
         )
@@ -119,6 +125,7 @@ pub fn routes() -> Router<AppState> {
         hosts::host_delete, hosts::host_facts, hosts::server_connect,
         inventory::host_vms, vms::vm_get, vms::vm_action, vms::vm_delete,
         deployments::deployment_create,
+        consoles::console_ticket, consoles::console_socket,
         jobs::jobs_list, jobs::job_get, jobs::job_cancel,
         events::events_stream,
         inventory::inventory_summary, inventory::inventory_vms, inventory::inventory_vm,
@@ -138,6 +145,7 @@ pub fn routes() -> Router<AppState> {
         (name = "vms", description = "VMs on a host: list (from the inventory), show, lifecycle actions, delete"),
         (name = "jobs", description = "Every change runs as a job: status, progress, log, result"),
         (name = "profiles", description = "What can be deployed: OS images, firmware, sizing"),
+        (name = "consoles", description = "A running VM's serial console over a WebSocket, opened with a single-use ticket"),
         (name = "events", description = "Live stream of job, inventory and host events"),
         (name = "inventory", description = "Every VM on every host, from memory"),
         (name = "operations", description = "Health and metrics"),

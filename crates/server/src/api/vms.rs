@@ -14,7 +14,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path, Query};
 
-fn vm_name(raw: &str) -> Result<VmName, ApiError> {
+pub(crate) fn vm_name(raw: &str) -> Result<VmName, ApiError> {
     VmName::parse(raw).map_err(|e| ApiError::invalid("name", e.to_string()))
 }
 

@@ -1,0 +1,467 @@
+//! VM consoles in the application: tickets, the open console and its
+//! audit row (the WebSocket that carries it is the server's).
+//!
+//! Console tickets are the first half of opening a VM's console. A caller
+//! allowed to operate the VM's host gets a short-lived, single-use ticket
+//! bound to them, the VM and the kind of console; the WebSocket that
+//! carries the console redeems it. Tickets live only in this process's
+//! memory (a ticket is redeemed within seconds, by the replica that issued
+//! it) and only their SHA-256 is kept, so no secret sits in memory longer
+//! than the answer that carries it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use overvisor_model::account::{Credential, UserId};
+use overvisor_model::host::HostId;
+use overvisor_model::vm::VmName;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use overvisor_hv::{Hypervisor, PtyChannel, PtyOutput};
+use overvisor_model::account::Outcome;
+use overvisor_model::host::Host;
+use overvisor_model::operation::vm_target;
+use overvisor_model::vm::VmState;
+
+use crate::audit::Target;
+use crate::authz::{Action, Authorized, Subject};
+use crate::credentials::{random_token, sha256};
+use crate::events::{CredentialWatch, PresentedCredential, StreamEnd};
+use crate::{App, AppError};
+
+/// How long a ticket may wait to be redeemed (the issue's bound is 30 s).
+pub const TICKET_TTL: Duration = Duration::from_secs(30);
+
+/// Tickets one user may hold unredeemed at once; more are refused, so a
+/// client in a loop cannot grow the table without bound.
+const PENDING_PER_USER: usize = 16;
+
+/// Which console of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleKind {
+    /// The guest's serial line (`virsh console`).
+    Serial,
+    /// The guest's graphical display (its VNC listener on the host).
+    Vnc,
+}
+
+impl ConsoleKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsoleKind::Serial => "serial",
+            ConsoleKind::Vnc => "vnc",
+        }
+    }
+}
+
+/// What a ticket allows: one console of one VM, for one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleGrant {
+    pub user: UserId,
+    /// The credential that asked for the ticket: revoking it ends the console.
+    pub credential: Credential,
+    pub host: HostId,
+    pub vm: VmName,
+    pub kind: ConsoleKind,
+}
+
+/// A freshly issued ticket (the secret is shown once, in the answer).
+#[derive(Debug)]
+pub struct IssuedTicket {
+    pub ticket: String,
+    pub expires_in: Duration,
+}
+
+/// Why a ticket was refused. One message for every case, so a caller
+/// learns nothing about other users' tickets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TicketRefused {
+    #[error("console ticket unknown, already used or expired; ask for a new one")]
+    Invalid,
+    #[error("too many unused console tickets; open or let expire the ones asked for")]
+    TooMany,
+}
+
+struct Pending {
+    grant: ConsoleGrant,
+    expires: Instant,
+}
+
+/// The unredeemed tickets, keyed by the SHA-256 of the secret.
+#[derive(Default)]
+pub struct ConsoleTickets {
+    pending: Mutex<HashMap<Vec<u8>, Pending>>,
+}
+
+impl ConsoleTickets {
+    /// Issues a ticket for `grant`, valid until `now + TICKET_TTL`.
+    pub fn issue(&self, grant: ConsoleGrant, now: Instant) -> Result<IssuedTicket, TicketRefused> {
+        let ticket = random_token(32);
+        let mut pending = self.lock();
+        pending.retain(|_, p| p.expires > now);
+        let held = pending
+            .values()
+            .filter(|p| p.grant.user == grant.user)
+            .count();
+        if held >= PENDING_PER_USER {
+            return Err(TicketRefused::TooMany);
+        }
+        pending.insert(
+            sha256(ticket.as_bytes()),
+            Pending {
+                grant,
+                expires: now + TICKET_TTL,
+            },
+        );
+        Ok(IssuedTicket {
+            ticket,
+            expires_in: TICKET_TTL,
+        })
+    }
+
+    /// Redeems `ticket` for `user` authenticated with `credential`: it is
+    /// gone afterwards whatever the outcome, so a ticket presented twice,
+    /// late, or by someone else (or with another key) never opens a console.
+    pub fn redeem(
+        &self,
+        ticket: &str,
+        user: UserId,
+        credential: &Credential,
+        now: Instant,
+    ) -> Result<ConsoleGrant, TicketRefused> {
+        let found = self.lock().remove(&sha256(ticket.as_bytes()));
+        match found {
+            Some(p)
+                if p.expires > now && p.grant.user == user && &p.grant.credential == credential =>
+            {
+                Ok(p.grant)
+            }
+            _ => Err(TicketRefused::Invalid),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Pending>> {
+        // A panic while holding the lock cannot leave the map half-changed
+        // (every change is one call), so a poisoned lock is still usable.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl App {
+    /// Issues a console ticket for `vm` on `host`: operators of the host
+    /// (and admins) only; a VM the caller may not see is a 404, as is one
+    /// the host does not have.
+    pub async fn console_ticket(
+        &self,
+        subject: &Subject,
+        host: HostId,
+        vm: &VmName,
+        kind: ConsoleKind,
+    ) -> Result<IssuedTicket, AppError> {
+        let authorized = self
+            .host_authorized(subject, host, Action::Operate, AUDIT_ACTION)
+            .await?;
+        if kind == ConsoleKind::Vnc {
+            return Err(AppError::Conflict(
+                "graphical (vnc) consoles are not available yet; ask for a serial one".into(),
+            ));
+        }
+        self.console_vm_running(&authorized, vm).await?;
+        let grant = ConsoleGrant {
+            user: subject.id(),
+            credential: subject.credential.clone(),
+            host,
+            vm: vm.clone(),
+            kind,
+        };
+        self.console_tickets()
+            .issue(grant, Instant::now())
+            .map_err(|e| AppError::Conflict(e.to_string()))
+    }
+}
+
+/// The audit action of a console session (and of a refused request).
+const AUDIT_ACTION: &str = "vm.console";
+
+/// An open serial console: the PTY on the host and what keeps it honest.
+/// End it with [`App::console_closed`], which audits the session.
+pub struct SerialConsole {
+    pty: PtyChannel,
+    /// Ends the console when the credential that opened it stops being valid.
+    watch: CredentialWatch,
+    /// Who opened it, kept fresh by `watch`.
+    subject: Subject,
+    pub grant: ConsoleGrant,
+    target: Target,
+    started: Instant,
+    started_at: DateTime<Utc>,
+}
+
+/// Why a console session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleEnd {
+    /// The viewer closed it.
+    ClientClosed,
+    /// The domain stopped (the console program on the host ended).
+    DomainStopped,
+    /// The host's connection broke.
+    HostDisconnected,
+    /// The viewer did not read fast enough; its queue was full.
+    ClientTooSlow,
+    /// The credential stopped being valid, or the role changed.
+    Credentials(StreamEnd),
+}
+
+impl ConsoleEnd {
+    /// A stable machine-readable reason.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::ClientClosed => "client_closed",
+            Self::DomainStopped => "domain_stopped",
+            Self::HostDisconnected => "host_disconnected",
+            Self::ClientTooSlow => "client_too_slow",
+            Self::Credentials(end) => end.code(),
+        }
+    }
+
+    /// What the viewer is told (fits a WebSocket close frame).
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::ClientClosed => "console closed",
+            Self::DomainStopped => "the VM stopped; its console is closed",
+            Self::HostDisconnected => "the connection to the host was lost",
+            Self::ClientTooSlow => "the console output was not read fast enough",
+            Self::Credentials(end) => end.message(),
+        }
+    }
+}
+
+impl SerialConsole {
+    /// The console's next output; the end once the domain stopped, the
+    /// host went away or the credential that opened it stopped being valid.
+    /// Cancel-safe.
+    pub async fn read(&mut self) -> Result<Vec<u8>, ConsoleEnd> {
+        tokio::select! {
+            // A revocation wins over output already waiting.
+            biased;
+            end = self.watch.ended(&mut self.subject) => Err(ConsoleEnd::Credentials(end)),
+            output = self.pty.read() => match output {
+                Ok(PtyOutput::Data(data)) => Ok(data),
+                Ok(PtyOutput::Exit(_)) => Err(ConsoleEnd::DomainStopped),
+                Err(_) => Err(ConsoleEnd::HostDisconnected),
+            },
+        }
+    }
+
+    /// Types `data` on the console (waits while the host is not taking it).
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), ConsoleEnd> {
+        self.pty
+            .write(data)
+            .await
+            .map_err(|_| ConsoleEnd::HostDisconnected)
+    }
+
+    /// Tells the guest's terminal its new size.
+    pub async fn resize(&mut self, cols: u32, rows: u32) -> Result<(), ConsoleEnd> {
+        self.pty
+            .resize(cols, rows)
+            .await
+            .map_err(|_| ConsoleEnd::HostDisconnected)
+    }
+}
+
+/// Counted over a session; never its content.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsoleTraffic {
+    /// Bytes the viewer sent to the VM.
+    pub to_vm: u64,
+    /// Bytes the VM sent to the viewer.
+    pub from_vm: u64,
+}
+
+impl App {
+    /// Opens the console `ticket` stands for, for `subject` who
+    /// authenticated with `presented`. The ticket is spent first; the
+    /// host is authorized again (the role may have changed since).
+    pub async fn console_open(
+        &self,
+        subject: &Subject,
+        ticket: &str,
+        presented: PresentedCredential,
+        size: (u32, u32),
+    ) -> Result<SerialConsole, AppError> {
+        let grant = self.console_tickets().redeem(
+            ticket,
+            subject.id(),
+            &subject.credential,
+            Instant::now(),
+        )?;
+        let watch = self.credential_watch(subject, presented)?;
+        let authorized = self
+            .host_authorized(subject, grant.host, Action::Operate, AUDIT_ACTION)
+            .await?;
+        let driver = self.console_vm_running(&authorized, &grant.vm).await?;
+        let (cols, rows) = size;
+        let pty = driver
+            .serial_console(&grant.vm, cols, rows)
+            .await
+            .map_err(|e| self.host_error(authorized.get(), e))?;
+        Ok(SerialConsole {
+            pty,
+            watch,
+            subject: subject.clone(),
+            target: Target::named(vm_target(grant.host, &grant.vm), authorized.get().owner),
+            grant,
+            started: Instant::now(),
+            started_at: Utc::now(),
+        })
+    }
+
+    /// Audits a console session that ended: one row, with who, which VM,
+    /// from where, how long and how many bytes each way.
+    pub async fn console_closed(
+        &self,
+        console: SerialConsole,
+        end: ConsoleEnd,
+        traffic: ConsoleTraffic,
+    ) {
+        let SerialConsole {
+            pty,
+            subject,
+            grant,
+            target,
+            started,
+            started_at,
+            ..
+        } = console;
+        pty.close().await;
+        metrics::counter!("overvisor_consoles_ended_total", "reason" => end.code()).increment(1);
+        let detail = format!(
+            "kind={} started={} duration_ms={} bytes_to_vm={} bytes_from_vm={} end={}",
+            grant.kind.as_str(),
+            started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            started.elapsed().as_millis(),
+            traffic.to_vm,
+            traffic.from_vm,
+            end.code(),
+        );
+        self.audit(
+            &subject,
+            AUDIT_ACTION,
+            target,
+            Outcome::Success,
+            Some(detail),
+        )
+        .await;
+    }
+
+    /// The host's driver, once `vm` is known to run (a console of a VM that
+    /// does not is a 409; one the host does not have, a 404).
+    async fn console_vm_running(
+        &self,
+        host: &Authorized<Host>,
+        vm: &VmName,
+    ) -> Result<Arc<dyn Hypervisor>, AppError> {
+        let driver = self.host_driver(host).await?;
+        let state = driver
+            .vm_state(vm)
+            .await
+            .map_err(|e| self.host_error(host.get(), e))?;
+        if state != VmState::Running {
+            return Err(AppError::InvalidTransition(format!(
+                "VM {vm} is {}: its console opens while it runs",
+                state.as_str()
+            )));
+        }
+        Ok(driver)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(user: UserId) -> ConsoleGrant {
+        ConsoleGrant {
+            user,
+            credential: Credential::System,
+            host: HostId::new(),
+            vm: VmName::parse("web 01 é").expect("a host-given name with a space"),
+            kind: ConsoleKind::Serial,
+        }
+    }
+
+    #[test]
+    fn a_ticket_opens_once_for_its_user_only() {
+        let tickets = ConsoleTickets::default();
+        let (alice, bob) = (UserId::new(), UserId::new());
+        let now = Instant::now();
+        let issued = tickets.issue(grant(alice), now).expect("issued");
+        assert_eq!(
+            tickets
+                .redeem(&issued.ticket, alice, &Credential::System, now)
+                .map(|g| g.user),
+            Ok(alice)
+        );
+        assert_eq!(
+            tickets.redeem(&issued.ticket, alice, &Credential::System, now),
+            Err(TicketRefused::Invalid)
+        );
+
+        let stolen = tickets.issue(grant(alice), now).expect("issued");
+        assert_eq!(
+            tickets.redeem(&stolen.ticket, bob, &Credential::System, now),
+            Err(TicketRefused::Invalid)
+        );
+        // Presented by the wrong user, it is spent for the right one too.
+        assert_eq!(
+            tickets.redeem(&stolen.ticket, alice, &Credential::System, now),
+            Err(TicketRefused::Invalid)
+        );
+    }
+
+    #[test]
+    fn a_ticket_expires() {
+        let tickets = ConsoleTickets::default();
+        let user = UserId::new();
+        let now = Instant::now();
+        let issued = tickets.issue(grant(user), now).expect("issued");
+        assert!(issued.expires_in <= Duration::from_secs(30));
+        let late = now + TICKET_TTL;
+        assert_eq!(
+            tickets.redeem(&issued.ticket, user, &Credential::System, late),
+            Err(TicketRefused::Invalid)
+        );
+        assert_eq!(
+            tickets.redeem("not-a-ticket", user, &Credential::System, now),
+            Err(TicketRefused::Invalid)
+        );
+    }
+
+    #[test]
+    fn unused_tickets_are_bounded_per_user() {
+        let tickets = ConsoleTickets::default();
+        let user = UserId::new();
+        let now = Instant::now();
+        for _ in 0..PENDING_PER_USER {
+            tickets.issue(grant(user), now).expect("within the bound");
+        }
+        assert!(matches!(
+            tickets.issue(grant(user), now),
+            Err(TicketRefused::TooMany)
+        ));
+        // Another user is not held back, and expired tickets free the slots.
+        tickets
+            .issue(grant(UserId::new()), now)
+            .expect("other user");
+        tickets
+            .issue(grant(user), now + TICKET_TTL)
+            .expect("expired ones pruned");
+    }
+}
