@@ -16,8 +16,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use overvisor_hv::{
-    ClientKey, ConnectGate, HostKeyPolicy, HvError, HypervDriver, Hypervisor, LibvirtDriver, PresentedHostKey,
-    SshConfig, SshError, SshSession, probe_host_key,
+    ClientKey, ConnectGate, HostKeyPolicy, HvError, HypervDriver, Hypervisor, LibvirtDriver,
+    PresentedHostKey, SshConfig, SshError, SshSession, probe_host_key,
 };
 use overvisor_model::host::HostSecret;
 use overvisor_model::host::{Host, HostId, HostKeyFingerprint, HostKind};
