@@ -16,8 +16,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use overvisor_hv::{
-    ClientKey, ConnectGate, HostKeyPolicy, HvError, Hypervisor, LibvirtDriver, PresentedHostKey,
-    SshConfig, SshError, SshSession, probe_host_key,
+    ClientKey, ConnectGate, HostKeyPolicy, HvError, HypervDriver, Hypervisor, LibvirtDriver,
+    PresentedHostKey, SshConfig, SshError, SshSession, probe_host_key,
 };
 use overvisor_model::host::HostSecret;
 use overvisor_model::host::{Host, HostId, HostKeyFingerprint, HostKind};
@@ -73,7 +73,7 @@ pub trait DriverFactory: Send + Sync {
     ) -> BoxFuture<'a, Result<PresentedHostKey, SshError>>;
 }
 
-/// Drivers over the SSH transport (libvirt today; Hyper-V joins later).
+/// Drivers over the SSH transport: libvirt and Hyper-V.
 #[derive(Debug, Clone)]
 pub struct SshDriverFactory {
     settings: ConnectionSettings,
@@ -101,27 +101,23 @@ impl DriverFactory for SshDriverFactory {
         pinned: HostKeyFingerprint,
         key: ClientKey,
     ) -> Result<Arc<dyn Hypervisor>, AppError> {
-        match host.kind {
-            HostKind::Libvirt => {
-                let mut cfg = SshConfig::new(
-                    host.address.clone(),
-                    host.port,
-                    host.ssh_user.clone(),
-                    key,
-                    HostKeyPolicy::Pinned(pinned),
-                );
-                cfg.connect_timeout = self.settings.connect_timeout;
-                cfg.command_timeout = self.settings.command_timeout;
-                cfg.keepalive_interval = self.settings.keepalive_interval;
-                cfg.backoff_max = self.settings.backoff_max;
-                cfg.connect_gate = Some(self.gate.clone());
-                let ssh = SshSession::new(cfg);
-                Ok(Arc::new(LibvirtDriver::new(ssh, host.libvirt_uri.clone())))
-            }
-            HostKind::Hyperv => Err(AppError::Conflict(
-                "Hyper-V hosts can be registered, but this build has no Hyper-V driver yet".into(),
-            )),
-        }
+        let mut cfg = SshConfig::new(
+            host.address.clone(),
+            host.port,
+            host.ssh_user.clone(),
+            key,
+            HostKeyPolicy::Pinned(pinned),
+        );
+        cfg.connect_timeout = self.settings.connect_timeout;
+        cfg.command_timeout = self.settings.command_timeout;
+        cfg.keepalive_interval = self.settings.keepalive_interval;
+        cfg.backoff_max = self.settings.backoff_max;
+        cfg.connect_gate = Some(self.gate.clone());
+        let ssh = SshSession::new(cfg);
+        Ok(match host.kind {
+            HostKind::Libvirt => Arc::new(LibvirtDriver::new(ssh, host.libvirt_uri.clone())),
+            HostKind::Hyperv => Arc::new(HypervDriver::new(ssh)),
+        })
     }
 
     fn probe<'a>(

@@ -1,14 +1,16 @@
 //! Hypervisor drivers of Overvisor: how the control plane reaches hosts
 //! (one shared SSH connection per host, [`ssh`]), how every remote argument
 //! is quoted ([`quote`]), the driver interface ([`driver`]) and its libvirt
-//! implementation ([`libvirt`]). The Hyper-V driver will join them.
+//! implementations: [`libvirt`] and [`hyperv`] (PowerShell over SSH).
 
 pub mod driver;
+pub mod hyperv;
 pub mod libvirt;
 pub mod quote;
 pub mod ssh;
 
 pub use driver::{HvError, HvResult, Hypervisor};
+pub use hyperv::HypervDriver;
 pub use libvirt::LibvirtDriver;
 pub use quote::{CommandLine, quote};
 pub use ssh::{

@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+mod hyperv;
+pub use hyperv::{HostLock, HypervLabHost};
+
 /// Where the lab lives unless `OVERVISOR_LAB_DIR` says otherwise (the same
 /// default as `scripts/lab`).
 pub const DEFAULT_LAB_DIR: &str = "/tmp/overvisor-lab";
@@ -60,6 +63,12 @@ pub struct Lab {
     pub cloud_image: CloudImage,
     /// Every host's guest bridge, with DHCP on it.
     pub guest_network: GuestNetwork,
+    /// The scripted Hyper-V hosts (`scripts/lab up --hyperv N`).
+    #[serde(default)]
+    pub hyperv_hosts: Vec<HypervLabHost>,
+    /// The tool that steers them (scripts/hyperv-host/model).
+    #[serde(default)]
+    pub hyperv_model: Option<PathBuf>,
 }
 
 /// A disk image as a deployment profile names it: where to fetch it and
@@ -137,6 +146,9 @@ impl Lab {
                 path.display()
             )
         });
+        for h in &mut lab.hyperv_hosts {
+            h.model = lab.hyperv_model.clone().unwrap_or_default();
+        }
         for h in &mut lab.hosts {
             h.lab_script = lab.lab_script.clone();
             h.lab_dir = lab.lab_dir.clone();
@@ -147,6 +159,19 @@ impl Lab {
             "the lab has no hosts; rerun scripts/lab up"
         );
         lab
+    }
+
+    /// The `i`th (from 0) scripted Hyper-V host; panics (with advice) if
+    /// the lab has fewer.
+    pub fn hyperv_host(&self, i: usize) -> &HypervLabHost {
+        self.hyperv_hosts.get(i).unwrap_or_else(|| {
+            panic!(
+                "this test needs {} scripted Hyper-V hosts, the lab has {}: scripts/lab up --hyperv {}",
+                i + 1,
+                self.hyperv_hosts.len(),
+                i + 1
+            )
+        })
     }
 
     pub fn host(&self, name: &str) -> &LabHost {

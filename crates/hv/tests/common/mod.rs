@@ -9,14 +9,19 @@ use overvisor_model::host::HostKeyFingerprint;
 use overvisor_testkit::{Lab, LabHost};
 
 pub fn config(lab: &Lab, host: &LabHost, policy: HostKeyPolicy) -> SshConfig {
+    config_for(lab, &host.address, host.port, &host.user, policy)
+}
+
+/// A test configuration for any lab machine reachable over SSH.
+pub fn config_for(
+    lab: &Lab,
+    address: &str,
+    port: u16,
+    user: &str,
+    policy: HostKeyPolicy,
+) -> SshConfig {
     let key = ClientKey::from_openssh(&lab.client_key_pem()).unwrap();
-    let mut cfg = SshConfig::new(
-        host.address.clone(),
-        host.port,
-        host.user.clone(),
-        key,
-        policy,
-    );
+    let mut cfg = SshConfig::new(address.to_owned(), port, user.to_owned(), key, policy);
     cfg.connect_timeout = Duration::from_secs(5);
     cfg.command_timeout = Duration::from_secs(20);
     cfg.keepalive_interval = Duration::from_secs(2);
