@@ -324,6 +324,7 @@ impl App {
             HvError::Parse(message) => {
                 AppError::HostFailed(format!("unexpected answer from host {name}: {message}"))
             }
+            HvError::Unsupported(message) => AppError::Conflict(format!("host {name}: {message}")),
         }
     }
 

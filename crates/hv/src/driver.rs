@@ -38,6 +38,9 @@ pub enum HvError {
     /// The host answered something we could not understand.
     #[error("unexpected answer from host: {0}")]
     Parse(String),
+    /// This kind of hypervisor has no such feature (→ 409); says what.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl From<SshError> for HvError {

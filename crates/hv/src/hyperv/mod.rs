@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::driver::{HvError, HvResult, Hypervisor};
-use crate::ssh::SshSession;
+use crate::ssh::{PtyChannel, SshSession};
 use parse::{EventLine, RawDisk, RawNic, RawVm, ScriptError};
 use script::Script;
 
@@ -237,6 +237,10 @@ impl HypervDriver {
                 "Windows {} (PowerShell {})",
                 r.os_version, r.powershell_version
             ),
+            // Virtual switches are what a Hyper-V VM plugs into; listing
+            // them comes with Hyper-V deployments.
+            networks: Vec::new(),
+            bridges: Vec::new(),
         })
     }
 
@@ -451,6 +455,22 @@ fn classify(e: ScriptError, vm: Option<(&VmName, Option<VmAction>)>) -> HvError 
 }
 
 impl Hypervisor for HypervDriver {
+    fn serial_console<'a>(
+        &'a self,
+        _vm: &'a VmName,
+        _cols: u32,
+        _rows: u32,
+    ) -> BoxFuture<'a, HvResult<PtyChannel>> {
+        // A Hyper-V VM's COM port is a named pipe on the host, which
+        // PowerShell over SSH cannot bridge to a terminal.
+        Box::pin(async {
+            Err(HvError::Unsupported(
+                "Hyper-V VMs have no serial console: their COM ports are named pipes on the host"
+                    .into(),
+            ))
+        })
+    }
+
     fn list_vms(&self) -> BoxFuture<'_, HvResult<Vec<VmSummary>>> {
         Box::pin(self.list())
     }
