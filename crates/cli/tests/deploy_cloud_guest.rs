@@ -51,7 +51,7 @@ fn guest_ssh(lab: &Lab, host: &LabHost, ip: &str, user: &str, cmd: &str) -> Resu
 #[tokio::test]
 async fn a_deployed_cloud_guest_has_what_the_request_asked_for() {
     let lab = Lab::load();
-    let host = lab.host("ovh5");
+    let host = lab.host("ovh10");
     let image = &lab.cloud_image;
     let profiles = tempfile::tempdir().unwrap();
     std::fs::write(

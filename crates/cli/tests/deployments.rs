@@ -4,6 +4,9 @@
 //! the VM behind (and a retry resumes the download); hostile input is a
 //! 4xx before any job exists.
 //!
+//! Hosts: ovh1-ovh3 are shared (only VMs of our own are touched); ovh9
+//! belongs to the lost-mid-download test, whose sshd it stops.
+//!
 //! Images are made here (random raw disks: a domain with no OS still
 //! runs) and served by the test itself on the lab bridge, where the hosts'
 //! curl reaches them; the server counts what it sent.
@@ -414,7 +417,7 @@ async fn a_cancelled_deployment_is_undone() {
 #[tokio::test]
 async fn a_host_lost_mid_download_fails_the_job_and_a_retry_resumes() {
     let lab = Lab::load();
-    let host = lab.host("ovh4");
+    let host = lab.host("ovh9");
     let Setup {
         server,
         api,
@@ -451,7 +454,7 @@ async fn a_host_lost_mid_download_fails_the_job_and_a_retry_resumes() {
 #[tokio::test]
 async fn hostile_input_is_refused_before_any_job() {
     let lab = Lab::load();
-    let host = lab.host("ovh5");
+    let host = lab.host("ovh2");
     let sha = "cd".repeat(32);
     let (app, api, ids, _p) = service(
         &lab,
