@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use overvisor_model::account::{Credential, UserId};
-use overvisor_model::host::HostId;
+use overvisor_model::host::{HostId, HostKind};
 use overvisor_model::vm::VmName;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -170,6 +170,11 @@ impl App {
         if kind == ConsoleKind::Vnc {
             return Err(AppError::Conflict(
                 "graphical (vnc) consoles are not available yet; ask for a serial one".into(),
+            ));
+        }
+        if authorized.get().kind == HostKind::Hyperv {
+            return Err(AppError::Conflict(
+                overvisor_hv::hyperv::NO_SERIAL_CONSOLE.into(),
             ));
         }
         self.console_vm_running(&authorized, vm).await?;

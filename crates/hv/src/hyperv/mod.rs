@@ -454,6 +454,11 @@ fn classify(e: ScriptError, vm: Option<(&VmName, Option<VmAction>)>) -> HvError 
     }
 }
 
+/// Why a Hyper-V VM has no serial console: its COM port is a named pipe
+/// on the host, which PowerShell over SSH cannot bridge to a terminal.
+pub const NO_SERIAL_CONSOLE: &str =
+    "Hyper-V VMs have no serial console: their COM ports are named pipes on the host";
+
 impl Hypervisor for HypervDriver {
     fn serial_console<'a>(
         &'a self,
