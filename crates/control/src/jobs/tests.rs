@@ -326,7 +326,9 @@ async fn orphan(app: &App, s: &Subject, op: Operation, done: u16) -> JobId {
             job,
             "runner-that-died",
             long_ago,
-            long_ago + chrono::Duration::seconds(1),
+            // Live while its steps are written, so that no runner polling
+            // for lapsed leases takes it over half-written.
+            Utc::now() + chrono::Duration::seconds(60),
         )
         .await
         .unwrap()
@@ -344,6 +346,11 @@ async fn orphan(app: &App, s: &Subject, op: Operation, done: u16) -> JobId {
     }
     store
         .job_step_set(job, done, StepStatus::Running, long_ago, None, None)
+        .await
+        .unwrap();
+    // Now it died: its lease lapses.
+    store
+        .job_leases_renew("runner-that-died", long_ago + chrono::Duration::seconds(1))
         .await
         .unwrap();
     job
