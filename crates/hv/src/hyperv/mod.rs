@@ -248,7 +248,20 @@ impl HypervDriver {
         let cmd =
             script::VM_EVENTS.command(&json!({ "heartbeat_seconds": HEARTBEAT.as_secs() }))?;
         // On a PTY, so the remote session ends with the channel.
-        let lines = self.ssh.stream_lines(&cmd).await?;
+        let mut lines = self.ssh.stream_lines(&cmd).await?;
+        // Changes are reported from the host's `ready` on: waiting for it
+        // means an action taken once this returns is never missed.
+        loop {
+            let line = tokio::time::timeout(STALLED_AFTER, lines.next_line())
+                .await
+                .map_err(|_| HvError::Timeout(STALLED_AFTER))??
+                .ok_or_else(|| {
+                    HvError::Host("the event stream ended before it was ready".into())
+                })?;
+            if let Some(EventLine::Ready) = parse::event_line(&line)? {
+                break;
+            }
+        }
         let s = stream::unfold(Some(lines), |state| async move {
             let mut lines = state?;
             loop {
