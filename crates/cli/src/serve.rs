@@ -120,6 +120,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     init_logging(&config.log_format);
     // Install the metrics recorder before anything records.
     overvisor_server::observe::prometheus();
+    overvisor_server::observe::spawn_metrics_upkeep();
     let app = open_app(&config).await?;
 
     if let Some(admin) = app.bootstrap_admin().await? {

@@ -32,6 +32,17 @@ async fn health_readiness_metrics_and_openapi() {
         metrics.contains("route=\"/api/v1/users/me\""),
         "routes are labelled by template"
     );
+    // Latency is a histogram with fixed buckets (bounded memory, summable
+    // across replicas), not a summary.
+    assert!(
+        metrics.lines().any(|l| {
+            l.starts_with("overvisor_http_request_duration_seconds_bucket{")
+                && l.contains("route=\"/api/v1/users/me\"")
+                && l.contains("le=\"0.005\"")
+        }),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("quantile="), "{metrics}");
 
     let (s, doc) = anon.get("/api/openapi.json").await;
     assert_eq!(s, StatusCode::OK);

@@ -17,16 +17,46 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 
+/// Request latency buckets, in seconds: 1 ms to 10 s.
+const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// The process-wide Prometheus recorder (metrics are process-global by nature).
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        // Fixed buckets, not the default summaries: a summary keeps a
+        // sketch per series and time window that grew with every request
+        // (the soak in docs/benchmarks.md), and summaries cannot be
+        // summed across replicas.
+        let builder = PrometheusBuilder::new();
+        let recorder = builder
+            .set_buckets(LATENCY_BUCKETS_SECONDS)
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+            .build_recorder();
         let handle = recorder.handle();
         // Fails only if another recorder was installed first; then ours just stays empty.
         let _ = metrics::set_global_recorder(recorder);
         handle
     })
+}
+
+/// Drains recorded histogram samples into their summaries every few
+/// seconds. Without it they pile up between scrapes, without bound when
+/// nothing scrapes `/metrics` (the recorder is built, not installed with
+/// its own upkeep task).
+pub fn spawn_metrics_upkeep() {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    let handle = prometheus();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    });
 }
 
 pub fn health_routes() -> Router<AppState> {
