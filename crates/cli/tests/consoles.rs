@@ -4,7 +4,11 @@
 //! revoking the key ends it; the session is one audit row with its byte
 //! counts. Tenancy, roles, reuse and expiry are refused before any upgrade.
 //!
-//! Hosts: ovh1 (only a guest of our own is touched); ovh8 belongs to the
+//! Several viewers share one console (one types at a time); a viewer that
+//! does not read is dropped with memory bounded; the graphical console
+//! speaks VNC (RFB) through the same socket.
+//!
+//! Hosts: ovh1 (only guests of our own are touched); ovh8 belongs to the
 //! disconnect test (its sshd is killed).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,7 +20,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use event_stream::{Ws, next_event};
+use event_stream::{Ws, wait_event};
 use futures::{SinkExt, StreamExt};
 use lab_hosts::{SshdDown, id, register};
 use overvisor_testkit::{Lab, unique_name};
@@ -50,15 +54,22 @@ async fn ask(api: &Api, host: &str, vm: &str, kind: &str) -> (StatusCode, Value)
 }
 
 async fn ticket(api: &Api, host: &str, vm: &str) -> Value {
-    let (status, body) = ask(api, host, vm, "serial").await;
+    ticket_of(api, host, vm, "serial").await
+}
+
+async fn ticket_of(api: &Api, host: &str, vm: &str, kind: &str) -> Value {
+    let (status, body) = ask(api, host, vm, kind).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert!(body["expires_in_secs"].as_u64().unwrap() <= 30, "{body}");
     body
 }
 
-/// Opens a ticket's socket with `token`; a refusal comes back as its
-/// status and JSON body.
-async fn open(app: &TestApp, token: &str, ticket: &Value) -> Result<Ws, (u16, Value)> {
+/// The socket request for a ticket, authenticated with `token`.
+fn socket_request(
+    app: &TestApp,
+    token: &str,
+    ticket: &Value,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     let url = format!(
         "{}{}",
         app.api.replacen("http", "ws", 1),
@@ -68,7 +79,13 @@ async fn open(app: &TestApp, token: &str, ticket: &Value) -> Result<Ws, (u16, Va
     request
         .headers_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    match tokio_tungstenite::connect_async(request).await {
+    request
+}
+
+/// Opens a ticket's socket with `token`; a refusal comes back as its
+/// status and JSON body.
+async fn open(app: &TestApp, token: &str, ticket: &Value) -> Result<Ws, (u16, Value)> {
+    match tokio_tungstenite::connect_async(socket_request(app, token, ticket)).await {
         Ok((mut ws, _)) => {
             assert_eq!(text_frame(&mut ws).await["type"], "connected");
             Ok(ws)
@@ -94,9 +111,15 @@ fn refused(opened: Result<Ws, (u16, Value)>, status: u16, code: &str) {
     }
 }
 
-/// The next text frame as JSON (terminal bytes on the way are skipped).
+/// The next text frame as JSON, but for news of who is in control
+/// (terminal bytes on the way are skipped).
 async fn text_frame(ws: &mut Ws) -> Value {
-    next_event(ws, PATIENCE).await
+    wait_event(ws, PATIENCE, |v| v["type"] != "control").await
+}
+
+/// Skips frames until a `control` frame that `want` accepts.
+async fn control_until(ws: &mut Ws, want: impl Fn(&Value) -> bool) -> Value {
+    wait_event(ws, PATIENCE, |v| v["type"] == "control" && want(v)).await
 }
 
 /// Reads terminal output until it contains `want`; returns all of it.
@@ -188,8 +211,6 @@ async fn serial_console_round_trip_revocation_audit_and_refusals() {
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     let (status, body) = ask(&alice, &host, &vm, "telnet").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    let (status, body) = ask(&alice, &host, &vm, "vnc").await;
-    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
 
     // Taken now, presented after it lapsed (below).
     let late = ticket(&alice, &host, &vm).await;
@@ -355,4 +376,316 @@ async fn a_host_that_goes_away_ends_the_console_with_a_reason_and_an_audit_row()
     let row = session_row(&api, |_| true).await;
     assert_eq!(detail_field(&row, "end"), "host_disconnected");
     assert_eq!(detail_field(&row, "bytes_to_vm"), sent.to_string());
+}
+
+/// A guest of our own on ovh1, running and at its shell.
+async fn running_guest(lab: &Lab, prefix: &str) -> overvisor_testkit::TestGuest {
+    let ovh1 = lab.host("ovh1");
+    let guest = lab.define_guest(ovh1, &unique_name(prefix));
+    ovh1.virsh(&["start", &guest.name]);
+    guest.wait_ready(1, BOOT);
+    guest
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn viewers_share_a_console_and_one_types_at_a_time() {
+    let lab = Lab::load();
+    let app = TestApp::start().await;
+    let (_, alice_token, _) = app.create_user("alice", "operator").await;
+    // An administrator may open any tenant's console.
+    let (_, bob_token, _) = app.create_user("bob", "admin").await;
+    let (alice, bob) = (app.client(&alice_token), app.client(&bob_token));
+    let host = id(&register(&alice, &lab, lab.host("ovh1")).await);
+    let guest = running_guest(&lab, "con-share").await;
+    let vm = guest.name.clone();
+    let marker = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+
+    let mut a = open(&app, &alice_token, &ticket(&alice, &host, &vm).await)
+        .await
+        .unwrap();
+    let first = control_until(&mut a, |_| true).await;
+    assert_eq!(first["you"], true, "{first}");
+    assert_eq!(first["holder"], "alice", "{first}");
+    let mut b = open(&app, &bob_token, &ticket(&bob, &host, &vm).await)
+        .await
+        .unwrap();
+    let joined = control_until(&mut b, |_| true).await;
+    assert_eq!(joined["you"], false, "{joined}");
+    assert_eq!(joined["holder"], "alice", "{joined}");
+    assert_eq!(joined["viewers"], 2, "{joined}");
+    control_until(&mut a, |v| v["viewers"] == 2).await;
+
+    // Bob may watch but not type while Alice has control; he is told who has it.
+    let (mut alice_sent, mut bob_sent) = (0, 0);
+    type_keys(&mut b, &mut 0, "x").await;
+    let refused = text_frame(&mut b).await;
+    assert_eq!(refused["reason"], "not_in_control", "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("alice"),
+        "{refused}"
+    );
+
+    // What Alice types, both see.
+    type_keys(
+        &mut a,
+        &mut alice_sent,
+        &format!("\recho SHARED-\"\"{marker}\r"),
+    )
+    .await;
+    read_until(&mut a, &format!("SHARED-{marker}")).await;
+    read_until(&mut b, &format!("SHARED-{marker}")).await;
+
+    // Bob takes control: both are told, and now he types.
+    b.send(Message::Text(r#"{"take_control":true}"#.into()))
+        .await
+        .unwrap();
+    let now_a = control_until(&mut a, |v| v["holder"] == "bob").await;
+    assert_eq!(now_a["you"], false, "{now_a}");
+    let now_b = control_until(&mut b, |v| v["holder"] == "bob").await;
+    assert_eq!(now_b["you"], true, "{now_b}");
+    type_keys(&mut b, &mut bob_sent, &format!("echo BOB-\"\"{marker}\r")).await;
+    read_until(&mut a, &format!("BOB-{marker}")).await;
+    type_keys(&mut a, &mut 0, "y").await;
+    assert_eq!(text_frame(&mut a).await["reason"], "not_in_control");
+
+    // A viewer who joins late first sees what is on the screen.
+    let mut c = open(&app, &alice_token, &ticket(&alice, &host, &vm).await)
+        .await
+        .unwrap();
+    read_until(&mut c, &format!("BOB-{marker}")).await;
+    control_until(&mut a, |v| v["viewers"] == 3).await;
+
+    // Bob leaves: control passes to the viewer watching longest.
+    b.close(None).await.unwrap();
+    let back = control_until(&mut a, |v| v["viewers"] == 2).await;
+    assert_eq!(back["you"], true, "{back}");
+    type_keys(
+        &mut a,
+        &mut alice_sent,
+        &format!("echo BACK-\"\"{marker}\r"),
+    )
+    .await;
+    read_until(&mut c, &format!("BACK-{marker}")).await;
+
+    // One audit row per viewer, with the bytes that viewer typed (refused
+    // keystrokes are not counted).
+    let bob_row = session_row(&bob, |r| r["actor_name"] == "bob").await;
+    assert_eq!(detail_field(&bob_row, "bytes_to_vm"), bob_sent.to_string());
+    a.close(None).await.unwrap();
+    let alice_row = session_row(&alice, |r| {
+        r["actor_name"] == "alice" && detail_field(r, "bytes_to_vm") != "0"
+    })
+    .await;
+    assert_eq!(
+        detail_field(&alice_row, "bytes_to_vm"),
+        alice_sent.to_string()
+    );
+    drop(c);
+    lab.host("ovh1").virsh(&["destroy", &vm]);
+}
+
+/// The service's resident memory, from the kernel.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_viewer_that_does_not_read_is_dropped_and_memory_stays_bounded() {
+    /// Output the guest prints at once: more than the kernel's socket
+    /// buffers (a few MiB on loopback) and every queue hold.
+    const BURST: usize = 5 << 20;
+    let lab = Lab::load();
+    let app = TestApp::start().await;
+    let pid = app.pid().unwrap();
+    let (_, token, _) = app.create_user("sam", "operator").await;
+    let api = app.client(&token);
+    let host = id(&register(&api, &lab, lab.host("ovh1")).await);
+    let guest = running_guest(&lab, "con-slow").await;
+    let vm = guest.name.clone();
+
+    // A viewer whose socket holds a few KiB and who then stops reading.
+    let addr = app.api.trim_start_matches("http://").to_owned();
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let stream = tcp.connect(addr.parse().unwrap()).await.unwrap();
+    let request = socket_request(&app, &token, &ticket(&api, &host, &vm).await);
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (mut slow, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .unwrap();
+    assert_eq!(text_frame(&mut slow).await["type"], "connected");
+    let keys =
+        format!("\ryes 0123456789abcdef0123456789abcdef | head -c {BURST}; echo BURST-\"\"DONE\r");
+    type_keys(&mut slow, &mut 0, &keys).await;
+
+    // Another viewer watches the burst to its end.
+    let mut watcher = open(&app, &token, &ticket(&api, &host, &vm).await)
+        .await
+        .unwrap();
+    // The one that does not read is dropped once its socket and a few
+    // queued frames are full, long before the burst ends; its audit row
+    // says why. From then on the service's memory stays flat while the
+    // rest of the burst passes through it to the viewer that reads.
+    let mut dropped_at = None;
+    let mut before = 0;
+    let mut peak = 0;
+    let mut seen = 0usize;
+    let mut checked = Instant::now();
+    let done = tokio::time::timeout(Duration::from_secs(300), async {
+        let mut tail = String::new();
+        while let Some(msg) = watcher.next().await {
+            let Message::Binary(data) = msg.unwrap() else {
+                continue;
+            };
+            seen += data.len();
+            if dropped_at.is_none() && checked.elapsed() > Duration::from_millis(500) {
+                checked = Instant::now();
+                let rows = console_audit(&api).await;
+                if rows
+                    .iter()
+                    .any(|r| detail_field(r, "end") == "client_too_slow")
+                {
+                    dropped_at = Some(seen);
+                    before = rss_kib(pid);
+                }
+            }
+            if dropped_at.is_some() {
+                peak = peak.max(rss_kib(pid));
+            }
+            tail.push_str(&String::from_utf8_lossy(&data));
+            if tail.contains("BURST-DONE") {
+                return;
+            }
+            let cut = tail.len().saturating_sub(64);
+            tail = tail[tail.floor_char_boundary(cut)..].to_owned();
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "the burst never ended ({seen} bytes seen)");
+    let dropped_at = dropped_at.expect("the viewer that did not read was never dropped");
+    let after_drop = seen - dropped_at;
+    let grown_kib = peak.saturating_sub(before);
+    eprintln!(
+        "dropped after {dropped_at} bytes; RSS grew by {grown_kib} KiB while {after_drop} more passed"
+    );
+    assert!(
+        after_drop >= 1 << 20,
+        "dropped late: after {dropped_at} bytes"
+    );
+    assert!(
+        grown_kib < 1 << 10,
+        "the service grew by {grown_kib} KiB while {after_drop} bytes passed"
+    );
+    let row = session_row(&api, |r| detail_field(r, "end") == "client_too_slow").await;
+    assert_eq!(row["actor_name"], "sam", "{row}");
+    // The dropped viewer's socket has ended.
+    let ended = tokio::time::timeout(PATIENCE, async {
+        while let Some(Ok(msg)) = slow.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the viewer that did not read is still served"
+    );
+    lab.host("ovh1").virsh(&["destroy", &vm]);
+}
+
+/// Reads exactly `n` bytes of RFB from the socket's binary frames,
+/// keeping what is left over for the next read.
+async fn rfb_read(ws: &mut Ws, pending: &mut Vec<u8>, n: usize) -> Vec<u8> {
+    while pending.len() < n {
+        let msg = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("no VNC data in time")
+            .expect("socket ended")
+            .expect("socket error");
+        match msg {
+            Message::Binary(data) => pending.extend_from_slice(&data),
+            Message::Close(frame) => panic!("console closed: {frame:?}"),
+            _ => {}
+        }
+    }
+    pending.drain(..n).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_graphical_console_speaks_vnc_and_shows_a_picture() {
+    let lab = Lab::load();
+    let app = TestApp::start().await;
+    let (_, token, _) = app.create_user("vera", "operator").await;
+    let api = app.client(&token);
+    let host = id(&register(&api, &lab, lab.host("ovh1")).await);
+    let guest = running_guest(&lab, "con-vnc").await;
+    let vm = guest.name.clone();
+
+    let granted = ticket_of(&api, &host, &vm, "vnc").await;
+    assert_eq!(granted["kind"], "vnc");
+    let (mut ws, _) = tokio_tungstenite::connect_async(socket_request(&app, &token, &granted))
+        .await
+        .unwrap();
+    // RFB 3.8 (RFC 6143): version, security "None" (the listener is on the
+    // host's loopback only), shared session, then one full frame.
+    let mut pending = Vec::new();
+    let version = rfb_read(&mut ws, &mut pending, 12).await;
+    assert!(version.starts_with(b"RFB 003."), "{version:?}");
+    let send = |data: Vec<u8>| Message::Binary(data.into());
+    ws.send(send(b"RFB 003.008\n".to_vec())).await.unwrap();
+    let count = rfb_read(&mut ws, &mut pending, 1).await[0] as usize;
+    let types = rfb_read(&mut ws, &mut pending, count).await;
+    assert!(types.contains(&1), "security types {types:?}");
+    ws.send(send(vec![1])).await.unwrap();
+    assert_eq!(rfb_read(&mut ws, &mut pending, 4).await, [0, 0, 0, 0]);
+    ws.send(send(vec![1])).await.unwrap();
+    let init = rfb_read(&mut ws, &mut pending, 24).await;
+    let (width, height) = (
+        u16::from_be_bytes([init[0], init[1]]),
+        u16::from_be_bytes([init[2], init[3]]),
+    );
+    assert!(width > 0 && height > 0, "{width}x{height}");
+    let name_len = u32::from_be_bytes([init[20], init[21], init[22], init[23]]) as usize;
+    let name = rfb_read(&mut ws, &mut pending, name_len).await;
+    assert!(
+        String::from_utf8_lossy(&name).contains(&vm),
+        "desktop name {:?}",
+        String::from_utf8_lossy(&name)
+    );
+    // Raw encoding only, then the whole screen.
+    ws.send(send(vec![2, 0, 0, 1, 0, 0, 0, 0])).await.unwrap();
+    let mut request = vec![3, 0, 0, 0, 0, 0];
+    request.extend(width.to_be_bytes());
+    request.extend(height.to_be_bytes());
+    ws.send(send(request)).await.unwrap();
+    let header = rfb_read(&mut ws, &mut pending, 4).await;
+    assert_eq!(header[0], 0, "a FramebufferUpdate");
+    let rects = u16::from_be_bytes([header[2], header[3]]);
+    let bytes_per_pixel = usize::from(init[4] / 8);
+    let mut lit = 0usize;
+    for _ in 0..rects {
+        let r = rfb_read(&mut ws, &mut pending, 12).await;
+        let (w, h) = (
+            usize::from(u16::from_be_bytes([r[4], r[5]])),
+            usize::from(u16::from_be_bytes([r[6], r[7]])),
+        );
+        assert_eq!(&r[8..12], [0, 0, 0, 0], "raw encoding");
+        let pixels = rfb_read(&mut ws, &mut pending, w * h * bytes_per_pixel).await;
+        lit += pixels.iter().filter(|b| **b != 0).count();
+    }
+    assert!(lit > 0, "the guest's screen is blank");
+    ws.close(None).await.unwrap();
+
+    // The session is audited like a serial one.
+    let row = session_row(&api, |r| detail_field(r, "kind") == "vnc").await;
+    assert_eq!(detail_field(&row, "end"), "client_closed");
+    assert!(detail_field(&row, "bytes_from_vm").parse::<u64>().unwrap() > 0);
+    lab.host("ovh1").virsh(&["destroy", &vm]);
 }

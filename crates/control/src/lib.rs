@@ -85,6 +85,7 @@ struct AppInner {
     jobs: jobs::JobRunner,
     inventory: inventory::Inventory,
     console_tickets: consoles::ConsoleTickets,
+    serial_consoles: consoles::SerialHub,
 }
 
 impl App {
@@ -115,6 +116,7 @@ impl App {
                 jobs,
                 inventory: inventory::Inventory::default(),
                 console_tickets: consoles::ConsoleTickets::default(),
+                serial_consoles: consoles::SerialHub::default(),
             }),
         }
     }

@@ -1,16 +1,22 @@
 //! VM consoles: `POST /api/v1/hosts/{id}/vms/{name}/console` hands out a
 //! short-lived, single-use ticket, and `GET /api/v1/consoles/{ticket}`
 //! (a WebSocket) redeems it and bridges the browser to the VM's serial
-//! console on the host (control's `consoles.rs` owns tickets, the PTY and
-//! the audit row; this module owns the socket).
+//! console or its VNC display on the host (control's `consoles` owns
+//! tickets, the shared PTY, the tunnel and the audit row; this module owns
+//! the socket).
 //!
-//! On the socket, binary frames carry terminal bytes both ways; the viewer
-//! sends `{"resize":[cols,rows]}` as a text frame to resize. The service
-//! sends `{"type":"connected"}` first and, when the console ends,
-//! `{"type":"closed","reason","message"}` and a close frame. Both
-//! directions are bounded: input is read only as fast as the host takes
-//! it, and output waits in a short queue; a viewer that lets it fill is
-//! disconnected (`client_too_slow`) rather than growing the service.
+//! Serial: binary frames carry terminal bytes both ways; the viewer sends
+//! `{"resize":[cols,rows]}` or `{"take_control":true}` as text frames. The
+//! service sends `{"type":"connected"}` first, `{"type":"control","you",
+//! "holder","viewers"}` whenever control moves or viewers come and go, an
+//! `{"type":"error"}` for typing without control, and, when the console
+//! ends, `{"type":"closed","reason","message"}` and a close frame. Output
+//! waits in a short queue; a viewer that lets it fill is disconnected
+//! (`client_too_slow`) rather than growing the service. Input is read only
+//! as fast as the host takes it.
+//!
+//! VNC: binary frames carry the RFB protocol both ways, unchanged (noVNC
+//! speaks it); a slow viewer slows the VNC server down.
 //!
 //! The ticket is a credential while it lives: it is in the socket's path,
 //! so request logs show that path redacted ([`redacted_path`]).
@@ -24,12 +30,16 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use overvisor_control::App;
-use overvisor_control::consoles::{ConsoleEnd, ConsoleKind, ConsoleTraffic, SerialConsole};
+use overvisor_control::consoles::{
+    ConsoleEnd, ConsoleKind, ConsoleTraffic, ControlView, NotTyped, OpenConsole, SerialConsole,
+    ViewerOutput, VncConsole,
+};
 use overvisor_control::events::StreamEnd;
 use overvisor_model::account::Credential;
 use overvisor_model::host::HostId;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
 use utoipa::ToSchema;
 
 use crate::AppState;
@@ -41,9 +51,10 @@ use crate::extract::{Json, Path};
 
 /// Where console sockets live; the ticket follows.
 const SOCKET_PREFIX: &str = "/api/v1/consoles/";
-/// Frames of output waiting for a viewer (each at most one SSH packet,
-/// 32 KiB): beyond this the viewer is too slow and is disconnected.
-const OUTPUT_QUEUE: usize = 64;
+/// Frames waiting for a viewer's socket (a serial frame is at most
+/// `shared::MAX_FRAME`, 64 KiB; a VNC one 32 KiB): beyond this the viewer
+/// is not reading.
+const OUTPUT_QUEUE: usize = 16;
 /// Largest frame a viewer may send (keystrokes and pastes).
 const MAX_INPUT_FRAME: usize = 64 << 10;
 /// How often an idle socket is pinged (keeps proxies from closing it).
@@ -58,7 +69,7 @@ const MAX_SIDE: u32 = 1000;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleRequest {
-    /// `serial` (the guest's serial line) or `vnc` (its display; not yet).
+    /// `serial` (the guest's serial line) or `vnc` (its display).
     pub kind: ConsoleKind,
 }
 
@@ -144,120 +155,285 @@ pub async fn console_socket(
         .console_open(&subject, &ticket, presented, INITIAL_SIZE)
         .await?;
     let app = state.app.clone();
-    Ok(upgrade
-        .max_message_size(MAX_INPUT_FRAME)
-        .on_upgrade(move |socket| bridge(app, socket, console))
-        .into_response())
+    let upgrade = upgrade.max_message_size(MAX_INPUT_FRAME);
+    Ok(match console {
+        OpenConsole::Serial(console) => {
+            upgrade.on_upgrade(move |socket| serial_bridge(app, socket, console))
+        }
+        OpenConsole::Vnc(console) => {
+            upgrade.on_upgrade(move |socket| vnc_bridge(app, socket, console))
+        }
+    }
+    .into_response())
 }
 
-/// What the viewer may say in a text frame.
+/// What the viewer may say in a text frame: a new terminal size, or that
+/// it takes the keyboard.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Control {
-    resize: (u32, u32),
+enum Control {
+    #[serde(rename = "resize")]
+    Resize(u32, u32),
+    #[serde(rename = "take_control")]
+    TakeControl(bool),
 }
 
-/// Carries a console until either side ends it, then audits it.
-async fn bridge(app: App, socket: WebSocket, mut console: SerialConsole) {
-    // Counted here, not when the console opened: an upgrade that fails
-    // never gets this far, and its console is dropped (and closed) unused.
-    let open = metrics::gauge!("overvisor_consoles_open", "kind" => console.grant.kind.as_str());
-    open.increment(1.0);
-    let (mut sink, mut incoming) = socket.split();
-    let (out, mut queued) = mpsc::channel::<Message>(OUTPUT_QUEUE);
-    // The writer alone waits on a slow viewer; the loop below never does.
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = queued.recv().await {
-            let last = matches!(frame, Message::Close(_));
-            if sink.send(frame).await.is_err() || last {
-                break;
+/// The socket's two halves: frames are written by a task of their own
+/// through a short queue, so the bridge never waits on a slow viewer.
+struct Socket {
+    out: mpsc::Sender<Message>,
+    incoming: futures::stream::SplitStream<WebSocket>,
+    writer: tokio::task::JoinHandle<()>,
+    /// The last frames, sent ahead of anything still queued.
+    farewell: oneshot::Sender<[Message; 2]>,
+    ping: tokio::time::Interval,
+}
+
+impl Socket {
+    fn new(socket: WebSocket) -> Self {
+        let (mut sink, incoming) = socket.split();
+        let (out, mut queued) = mpsc::channel::<Message>(OUTPUT_QUEUE);
+        let (farewell, mut last) = oneshot::channel::<[Message; 2]>();
+        let writer = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    // What is still queued is dropped: the viewer is told
+                    // why at once, even one that fell behind.
+                    frames = &mut last => {
+                        for frame in frames.into_iter().flatten() {
+                            if sink.send(frame).await.is_err() {
+                                break;
+                            }
+                        }
+                        break;
+                    }
+                    frame = queued.recv() => match frame {
+                        Some(frame) => if sink.send(frame).await.is_err() {
+                            break;
+                        },
+                        None => break,
+                    },
+                }
             }
+        });
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        Self {
+            out,
+            incoming,
+            writer,
+            farewell,
+            ping,
         }
-    });
+    }
+
+    /// Queues a frame; a full queue means the viewer is not reading.
+    fn queue(&self, frame: Message) -> Option<ConsoleEnd> {
+        match self.out.try_send(frame) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("overvisor_console_overflows_total").increment(1);
+                Some(ConsoleEnd::ClientTooSlow)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Some(ConsoleEnd::ClientClosed),
+        }
+    }
+
+    fn queue_json(&self, value: serde_json::Value) -> Option<ConsoleEnd> {
+        self.queue(Message::Text(value.to_string().into()))
+    }
+
+    /// Says why the console ended (unless the viewer ended it) and lets
+    /// the last frames go, for a few seconds at most.
+    async fn close(self, end: ConsoleEnd) {
+        if end == ConsoleEnd::ClientClosed {
+            drop(self.farewell);
+        } else {
+            let closed = serde_json::json!({"type": "closed", "reason": end.code(), "message": end.message()});
+            let _ = self.farewell.send([
+                Message::Text(closed.to_string().into()),
+                Message::Close(Some(CloseFrame {
+                    code: close_code(end),
+                    reason: end.message().into(),
+                })),
+            ]);
+        }
+        drop(self.out);
+        // A viewer that does not read does not hold the session open.
+        let abort = self.writer.abort_handle();
+        if tokio::time::timeout(FAREWELL, self.writer).await.is_err() {
+            abort.abort();
+        }
+    }
+}
+
+/// What the viewer sent, as far as a bridge cares.
+enum Incoming {
+    Data(bytes::Bytes),
+    Text(String),
+    Ended,
+    Other,
+}
+
+fn incoming(frame: Option<Result<Message, axum::Error>>) -> Incoming {
+    match frame {
+        Some(Ok(Message::Binary(data))) => Incoming::Data(data),
+        Some(Ok(Message::Text(text))) => Incoming::Text(text.as_str().to_owned()),
+        Some(Ok(Message::Close(_)) | Err(_)) | None => Incoming::Ended,
+        Some(Ok(_)) => Incoming::Other,
+    }
+}
+
+/// Counts a console as open while its bridge runs (an upgrade that fails
+/// never gets this far).
+fn open_gauge(kind: ConsoleKind) -> metrics::Gauge {
+    let open = metrics::gauge!("overvisor_consoles_open", "kind" => kind.as_str());
+    open.increment(1.0);
+    open
+}
+
+/// Carries one viewer of a serial console until either side ends it, then
+/// audits it.
+async fn serial_bridge(app: App, socket: WebSocket, mut console: SerialConsole) {
+    let open = open_gauge(ConsoleKind::Serial);
+    let mut socket = Socket::new(socket);
+    socket.ping.tick().await;
     let mut traffic = ConsoleTraffic::default();
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    ping.tick().await;
-    let connected = serde_json::json!({"type": "connected", "kind": console.grant.kind.as_str()});
-    let mut end = match out.try_send(Message::Text(connected.to_string().into())) {
-        Ok(()) => None,
-        Err(_) => Some(ConsoleEnd::ClientClosed),
-    };
+    let connected = serde_json::json!({"type": "connected", "kind": "serial"});
+    let mut end = socket.queue_json(connected);
     while end.is_none() {
         tokio::select! {
             output = console.read() => end = match output {
-                Ok(data) => {
+                Ok(ViewerOutput::Data(data)) => {
                     traffic.from_vm += data.len() as u64;
-                    match out.try_send(Message::Binary(data.into())) {
-                        Ok(()) => None,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            metrics::counter!("overvisor_console_overflows_total").increment(1);
-                            Some(ConsoleEnd::ClientTooSlow)
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => Some(ConsoleEnd::ClientClosed),
-                    }
+                    socket.queue(Message::Binary(data))
                 }
+                Ok(ViewerOutput::Control(view)) => socket.queue_json(control_frame(&view)),
                 Err(ended) => Some(ended),
             },
-            frame = incoming.next() => end = match frame {
-                Some(Ok(Message::Binary(data))) => {
-                    traffic.to_vm += data.len() as u64;
-                    console.write(&data).await.err()
-                }
-                Some(Ok(Message::Text(text))) => control(&mut console, &out, text.as_str()).await,
-                Some(Ok(Message::Close(_)) | Err(_)) | None => Some(ConsoleEnd::ClientClosed),
-                Some(Ok(_)) => None,
+            frame = socket.incoming.next() => end = match incoming(frame) {
+                Incoming::Data(data) => match console.write(&data).await {
+                    Ok(()) => {
+                        traffic.to_vm += data.len() as u64;
+                        None
+                    }
+                    Err(NotTyped::NotInControl(holder)) => {
+                        socket.queue_json(not_in_control(holder.as_deref()))
+                    }
+                    Err(NotTyped::Ended(ended)) => Some(ended),
+                },
+                Incoming::Text(text) => control(&mut console, &socket, &text).await,
+                Incoming::Ended => Some(ConsoleEnd::ClientClosed),
+                Incoming::Other => None,
             },
-            _ = ping.tick() => {
+            _ = socket.ping.tick() => {
                 // A full queue means the viewer is behind already; the
                 // next output says so.
-                let _ = out.try_send(Message::Ping(Vec::new().into()));
+                let _ = socket.out.try_send(Message::Ping(Vec::new().into()));
             }
         }
     }
     let end = end.unwrap_or(ConsoleEnd::ClientClosed);
-    if end != ConsoleEnd::ClientClosed {
-        let closed =
-            serde_json::json!({"type": "closed", "reason": end.code(), "message": end.message()});
-        let _ = out.try_send(Message::Text(closed.to_string().into()));
-        let _ = out.try_send(Message::Close(Some(CloseFrame {
-            code: close_code(end),
-            reason: end.message().into(),
-        })));
-    }
-    drop(out);
-    // A viewer that does not read does not hold the session open.
-    let abort = writer.abort_handle();
-    if tokio::time::timeout(FAREWELL, writer).await.is_err() {
-        abort.abort();
-    }
-    app.console_closed(console, end, traffic).await;
+    socket.close(end).await;
+    app.console_closed(console.leave(), end, traffic).await;
     open.decrement(1.0);
 }
 
-/// Applies a viewer's text frame; a malformed one is answered, not fatal.
-async fn control(
-    console: &mut SerialConsole,
-    out: &mpsc::Sender<Message>,
-    text: &str,
-) -> Option<ConsoleEnd> {
-    let refused = |message: &str| {
-        let error = serde_json::json!({"type": "error", "message": message});
-        let _ = out.try_send(Message::Text(error.to_string().into()));
-        None
-    };
-    let Ok(Control {
-        resize: (cols, rows),
-    }) = serde_json::from_str::<Control>(text)
-    else {
-        return refused(
-            r#"text frames carry {"resize":[cols,rows]}; send terminal bytes as binary"#,
-        );
-    };
-    if !(1..=MAX_SIDE).contains(&cols) || !(1..=MAX_SIDE).contains(&rows) {
-        return refused("resize: cols and rows must be between 1 and 1000");
+/// How long a graphical console may wait for a viewer to take its frames
+/// before the viewer counts as gone (VNC is flow-controlled by the viewer's
+/// own requests, so a healthy one is never this far behind).
+const VNC_STALL: Duration = Duration::from_secs(30);
+/// Bytes read from the VNC server at a time.
+const VNC_CHUNK: usize = 32 << 10;
+
+/// Carries a graphical console: VNC bytes both ways, unchanged. A slow
+/// viewer slows the VNC server down (through the SSH window) instead of
+/// being dropped.
+async fn vnc_bridge(app: App, socket: WebSocket, mut console: VncConsole) {
+    let open = open_gauge(ConsoleKind::Vnc);
+    let mut socket = Socket::new(socket);
+    socket.ping.tick().await;
+    let mut traffic = ConsoleTraffic::default();
+    let mut buf = vec![0u8; VNC_CHUNK];
+    let mut end = None;
+    while end.is_none() {
+        tokio::select! {
+            biased;
+            ended = console.session.revoked() => end = Some(ended),
+            read = console.tunnel.read(&mut buf) => end = match read {
+                Ok(0) => Some(ConsoleEnd::DomainStopped),
+                Ok(n) => {
+                    traffic.from_vm += n as u64;
+                    let frame = Message::Binary(bytes::Bytes::copy_from_slice(&buf[..n]));
+                    match tokio::time::timeout(VNC_STALL, socket.out.send(frame)).await {
+                        Ok(Ok(())) => None,
+                        Ok(Err(_)) => Some(ConsoleEnd::ClientClosed),
+                        Err(_) => Some(ConsoleEnd::ClientTooSlow),
+                    }
+                }
+                Err(_) => Some(ConsoleEnd::HostDisconnected),
+            },
+            frame = socket.incoming.next() => end = match incoming(frame) {
+                Incoming::Data(data) => match console.tunnel.write_all(&data).await {
+                    Ok(()) => {
+                        traffic.to_vm += data.len() as u64;
+                        None
+                    }
+                    Err(_) => Some(ConsoleEnd::HostDisconnected),
+                },
+                Incoming::Text(_) => socket.queue_json(serde_json::json!({
+                    "type": "error", "message": "a graphical console carries VNC as binary frames only"
+                })),
+                Incoming::Ended => Some(ConsoleEnd::ClientClosed),
+                Incoming::Other => None,
+            },
+            _ = socket.ping.tick() => {
+                let _ = socket.out.try_send(Message::Ping(Vec::new().into()));
+            }
+        }
     }
-    console.resize(cols, rows).await.err()
+    let end = end.unwrap_or(ConsoleEnd::ClientClosed);
+    let _ = console.tunnel.shutdown().await;
+    socket.close(end).await;
+    app.console_closed(console.session, end, traffic).await;
+    open.decrement(1.0);
+}
+
+/// Tells a viewer where control is.
+fn control_frame(view: &ControlView) -> serde_json::Value {
+    serde_json::json!({
+        "type": "control", "you": view.you, "holder": view.holder, "viewers": view.viewers,
+    })
+}
+
+fn not_in_control(holder: Option<&str>) -> serde_json::Value {
+    let message = match holder {
+        Some(name) => {
+            format!("{name} is typing on this console; take control to type (they will be told)")
+        }
+        None => "take control to type on this console".to_owned(),
+    };
+    serde_json::json!({"type": "error", "reason": "not_in_control", "message": message})
+}
+
+/// Applies a viewer's text frame; a malformed one is answered, not fatal.
+async fn control(console: &mut SerialConsole, socket: &Socket, text: &str) -> Option<ConsoleEnd> {
+    let refused =
+        |message: &str| socket.queue_json(serde_json::json!({"type": "error", "message": message}));
+    match serde_json::from_str::<Control>(text) {
+        Ok(Control::Resize(cols, rows)) => {
+            if !(1..=MAX_SIDE).contains(&cols) || !(1..=MAX_SIDE).contains(&rows) {
+                return refused("resize: cols and rows must be between 1 and 1000");
+            }
+            console.resize(cols, rows).await.err()
+        }
+        Ok(Control::TakeControl(true)) => console.take_control().await.err(),
+        Ok(Control::TakeControl(false)) => None,
+        Err(_) => refused(
+            r#"text frames carry {"resize":[cols,rows]} or {"take_control":true}; send terminal bytes as binary"#,
+        ),
+    }
 }
 
 fn close_code(end: ConsoleEnd) -> u16 {

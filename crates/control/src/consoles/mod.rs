@@ -22,7 +22,7 @@ use utoipa::ToSchema;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use overvisor_hv::{Hypervisor, PtyChannel, PtyOutput};
+use overvisor_hv::{Hypervisor, TcpTunnel};
 use overvisor_model::account::Outcome;
 use overvisor_model::host::Host;
 use overvisor_model::operation::vm_target;
@@ -33,6 +33,11 @@ use crate::authz::{Action, Authorized, Subject};
 use crate::credentials::{random_token, sha256};
 use crate::events::{CredentialWatch, PresentedCredential, StreamEnd};
 use crate::{App, AppError};
+
+pub mod shared;
+
+use shared::Viewer;
+pub use shared::{ControlView, NotTyped, SerialHub, ViewerOutput};
 
 /// How long a ticket may wait to be redeemed (the bound is 30 s).
 pub const TICKET_TTL: Duration = Duration::from_secs(30);
@@ -167,15 +172,11 @@ impl App {
         let authorized = self
             .host_authorized(subject, host, Action::Operate, AUDIT_ACTION)
             .await?;
-        if kind == ConsoleKind::Vnc {
-            return Err(AppError::Conflict(
-                "graphical (vnc) consoles are not available yet; ask for a serial one".into(),
-            ));
-        }
         if authorized.get().kind == HostKind::Hyperv {
-            return Err(AppError::Conflict(
-                overvisor_hv::hyperv::NO_SERIAL_CONSOLE.into(),
-            ));
+            return Err(AppError::Conflict(match kind {
+                ConsoleKind::Serial => overvisor_hv::hyperv::NO_SERIAL_CONSOLE.into(),
+                ConsoleKind::Vnc => "Hyper-V VMs have no VNC display; use VMConnect or RDP".into(),
+            }));
         }
         self.console_vm_running(&authorized, vm).await?;
         let grant = ConsoleGrant {
@@ -194,10 +195,9 @@ impl App {
 /// The audit action of a console session (and of a refused request).
 const AUDIT_ACTION: &str = "vm.console";
 
-/// An open serial console: the PTY on the host and what keeps it honest.
-/// End it with [`App::console_closed`], which audits the session.
-pub struct SerialConsole {
-    pty: PtyChannel,
+/// Who has a console open and what keeps it honest; the same for every
+/// kind. Closed with [`App::console_closed`], which audits it.
+pub struct ConsoleSession {
     /// Ends the console when the credential that opened it stops being valid.
     watch: CredentialWatch,
     /// Who opened it, kept fresh by `watch`.
@@ -206,6 +206,33 @@ pub struct SerialConsole {
     target: Target,
     started: Instant,
     started_at: DateTime<Utc>,
+}
+
+impl ConsoleSession {
+    /// Resolves when the credential that opened the console stops being
+    /// valid (or the role changes). Cancel-safe.
+    pub async fn revoked(&mut self) -> ConsoleEnd {
+        ConsoleEnd::Credentials(self.watch.ended(&mut self.subject).await)
+    }
+}
+
+/// A console just opened, of the kind its ticket named.
+pub enum OpenConsole {
+    Serial(SerialConsole),
+    Vnc(VncConsole),
+}
+
+/// One viewer of a VM's serial console (shared with its other viewers).
+pub struct SerialConsole {
+    viewer: Viewer,
+    pub session: ConsoleSession,
+}
+
+/// A VM's graphical display: a tunnel to its VNC server on the host's
+/// loopback, one per viewer (VNC servers share a display themselves).
+pub struct VncConsole {
+    pub tunnel: TcpTunnel,
+    pub session: ConsoleSession,
 }
 
 /// Why a console session ended.
@@ -248,36 +275,41 @@ impl ConsoleEnd {
 }
 
 impl SerialConsole {
-    /// The console's next output; the end once the domain stopped, the
-    /// host went away or the credential that opened it stopped being valid.
-    /// Cancel-safe.
-    pub async fn read(&mut self) -> Result<Vec<u8>, ConsoleEnd> {
+    /// The console's next output or change of control; the end once the
+    /// domain stopped, the host went away or the credential that opened it
+    /// stopped being valid. Cancel-safe.
+    pub async fn read(&mut self) -> Result<ViewerOutput, ConsoleEnd> {
         tokio::select! {
             // A revocation wins over output already waiting.
             biased;
-            end = self.watch.ended(&mut self.subject) => Err(ConsoleEnd::Credentials(end)),
-            output = self.pty.read() => match output {
-                Ok(PtyOutput::Data(data)) => Ok(data),
-                Ok(PtyOutput::Exit(_)) => Err(ConsoleEnd::DomainStopped),
-                Err(_) => Err(ConsoleEnd::HostDisconnected),
-            },
+            end = self.session.revoked() => Err(end),
+            output = self.viewer.read() => output,
         }
     }
 
-    /// Types `data` on the console (waits while the host is not taking it).
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), ConsoleEnd> {
-        self.pty
-            .write(data)
-            .await
-            .map_err(|_| ConsoleEnd::HostDisconnected)
+    /// Types `data` on the console if this viewer is in control.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), NotTyped> {
+        self.viewer.write(data).await
     }
 
-    /// Tells the guest's terminal its new size.
+    /// This viewer's terminal size (the guest's while it is in control).
     pub async fn resize(&mut self, cols: u32, rows: u32) -> Result<(), ConsoleEnd> {
-        self.pty
-            .resize(cols, rows)
-            .await
-            .map_err(|_| ConsoleEnd::HostDisconnected)
+        self.viewer.resize(cols, rows).await
+    }
+
+    /// Takes control of the keyboard from whoever had it.
+    pub async fn take_control(&mut self) -> Result<(), ConsoleEnd> {
+        self.viewer.take_control().await
+    }
+
+    /// Where control is now.
+    pub fn control_view(&self) -> ControlView {
+        self.viewer.control_view()
+    }
+
+    /// Leaves the console (the PTY closes with its last viewer).
+    pub fn leave(self) -> ConsoleSession {
+        self.session
     }
 }
 
@@ -294,13 +326,14 @@ impl App {
     /// Opens the console `ticket` stands for, for `subject` who
     /// authenticated with `presented`. The ticket is spent first; the
     /// host is authorized again (the role may have changed since).
+    /// `size` is the viewer's terminal (serial consoles only).
     pub async fn console_open(
         &self,
         subject: &Subject,
         ticket: &str,
         presented: PresentedCredential,
         size: (u32, u32),
-    ) -> Result<SerialConsole, AppError> {
+    ) -> Result<OpenConsole, AppError> {
         let grant = self.console_tickets().redeem(
             ticket,
             subject.id(),
@@ -312,19 +345,40 @@ impl App {
             .host_authorized(subject, grant.host, Action::Operate, AUDIT_ACTION)
             .await?;
         let driver = self.console_vm_running(&authorized, &grant.vm).await?;
-        let (cols, rows) = size;
-        let pty = driver
-            .serial_console(&grant.vm, cols, rows)
-            .await
-            .map_err(|e| self.host_error(authorized.get(), e))?;
-        Ok(SerialConsole {
-            pty,
+        let session = ConsoleSession {
             watch,
             subject: subject.clone(),
             target: Target::named(vm_target(grant.host, &grant.vm), authorized.get().owner),
             grant,
             started: Instant::now(),
             started_at: Utc::now(),
+        };
+        let vm = session.grant.vm.clone();
+        let host_error = |e| self.host_error(authorized.get(), e);
+        Ok(match session.grant.kind {
+            ConsoleKind::Serial => {
+                let (cols, rows) = size;
+                let open = async { driver.serial_console(&vm, cols, rows).await };
+                let viewer = self
+                    .inner
+                    .serial_consoles
+                    .join(
+                        (session.grant.host, vm.clone()),
+                        subject.user.name.as_str(),
+                        size,
+                        open,
+                    )
+                    .await
+                    .map_err(host_error)?;
+                OpenConsole::Serial(SerialConsole { viewer, session })
+            }
+            ConsoleKind::Vnc => {
+                let libvirt = driver.as_libvirt().ok_or_else(|| {
+                    AppError::Conflict("this host has no graphical console".into())
+                })?;
+                let tunnel = libvirt.vnc_tunnel(&vm).await.map_err(host_error)?;
+                OpenConsole::Vnc(VncConsole { tunnel, session })
+            }
         })
     }
 
@@ -332,20 +386,18 @@ impl App {
     /// from where, how long and how many bytes each way.
     pub async fn console_closed(
         &self,
-        console: SerialConsole,
+        session: ConsoleSession,
         end: ConsoleEnd,
         traffic: ConsoleTraffic,
     ) {
-        let SerialConsole {
-            pty,
+        let ConsoleSession {
             subject,
             grant,
             target,
             started,
             started_at,
             ..
-        } = console;
-        pty.close().await;
+        } = session;
         metrics::counter!("overvisor_consoles_ended_total", "reason" => end.code()).increment(1);
         let detail = format!(
             "kind={} started={} duration_ms={} bytes_to_vm={} bytes_from_vm={} end={}",
