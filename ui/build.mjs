@@ -29,3 +29,26 @@ await build({
   outdir,
   logLevel: 'warning',
 });
+
+// The console page's script and styles (xterm.js and noVNC): loaded only
+// where a console is shown. An ES module, because noVNC awaits at its top
+// level.
+await build({
+  entryPoints: { console: 'src/console.js' },
+  bundle: true,
+  format: 'esm',
+  target: ['es2022'],
+  minify: true,
+  sourcemap: false,
+  legalComments: 'eof',
+  outdir,
+  logLevel: 'warning',
+});
+
+await build({
+  entryPoints: { console: 'src/console.css' },
+  bundle: true,
+  minify: true,
+  outdir,
+  logLevel: 'warning',
+});

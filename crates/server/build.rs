@@ -17,6 +17,8 @@ use sha2::{Digest, Sha256};
 const ASSETS: &[(&str, &str, &str)] = &[
     ("APP_JS", "app.js", "text/javascript; charset=utf-8"),
     ("APP_CSS", "app.css", "text/css; charset=utf-8"),
+    ("CONSOLE_JS", "console.js", "text/javascript; charset=utf-8"),
+    ("CONSOLE_CSS", "console.css", "text/css; charset=utf-8"),
 ];
 
 fn main() {

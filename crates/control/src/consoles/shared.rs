@@ -156,11 +156,6 @@ impl SerialHub {
         }
     }
 
-    /// Consoles open now.
-    pub fn open_count(&self) -> usize {
-        self.lock().values().filter(|slot| live(slot)).count()
-    }
-
     /// The key's slot; slots of ended consoles nobody is opening are
     /// dropped on the way, so the map holds only what is in use.
     fn slot(&self, key: &Key) -> Slot {

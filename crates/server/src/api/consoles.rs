@@ -155,7 +155,10 @@ pub async fn console_socket(
         .console_open(&subject, &ticket, presented, INITIAL_SIZE)
         .await?;
     let app = state.app.clone();
-    let upgrade = upgrade.max_message_size(MAX_INPUT_FRAME);
+    // noVNC asks for the `binary` subprotocol; so may other viewers.
+    let upgrade = upgrade
+        .max_message_size(MAX_INPUT_FRAME)
+        .protocols(["binary"]);
     Ok(match console {
         OpenConsole::Serial(console) => {
             upgrade.on_upgrade(move |socket| serial_bridge(app, socket, console))
@@ -185,7 +188,7 @@ struct Socket {
     incoming: futures::stream::SplitStream<WebSocket>,
     writer: tokio::task::JoinHandle<()>,
     /// The last frames, sent ahead of anything still queued.
-    farewell: oneshot::Sender<[Message; 2]>,
+    farewell: oneshot::Sender<Vec<Message>>,
     ping: tokio::time::Interval,
 }
 
@@ -193,7 +196,7 @@ impl Socket {
     fn new(socket: WebSocket) -> Self {
         let (mut sink, incoming) = socket.split();
         let (out, mut queued) = mpsc::channel::<Message>(OUTPUT_QUEUE);
-        let (farewell, mut last) = oneshot::channel::<[Message; 2]>();
+        let (farewell, mut last) = oneshot::channel::<Vec<Message>>();
         let writer = tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -246,18 +249,23 @@ impl Socket {
 
     /// Says why the console ended (unless the viewer ended it) and lets
     /// the last frames go, for a few seconds at most.
-    async fn close(self, end: ConsoleEnd) {
+    /// `notice`: the reason goes in a JSON text frame too (not on a VNC
+    /// socket, whose frames are all RFB; its close frame says it).
+    async fn close(self, end: ConsoleEnd, notice: bool) {
         if end == ConsoleEnd::ClientClosed {
             drop(self.farewell);
         } else {
             let closed = serde_json::json!({"type": "closed", "reason": end.code(), "message": end.message()});
-            let _ = self.farewell.send([
+            let frames = [
                 Message::Text(closed.to_string().into()),
                 Message::Close(Some(CloseFrame {
                     code: close_code(end),
                     reason: end.message().into(),
                 })),
-            ]);
+            ];
+            let _ = self
+                .farewell
+                .send(frames.into_iter().skip(usize::from(!notice)).collect());
         }
         drop(self.out);
         // A viewer that does not read does not hold the session open.
@@ -335,7 +343,7 @@ async fn serial_bridge(app: App, socket: WebSocket, mut console: SerialConsole) 
         }
     }
     let end = end.unwrap_or(ConsoleEnd::ClientClosed);
-    socket.close(end).await;
+    socket.close(end, true).await;
     app.console_closed(console.leave(), end, traffic).await;
     open.decrement(1.0);
 }
@@ -395,7 +403,7 @@ async fn vnc_bridge(app: App, socket: WebSocket, mut console: VncConsole) {
     }
     let end = end.unwrap_or(ConsoleEnd::ClientClosed);
     let _ = console.tunnel.shutdown().await;
-    socket.close(end).await;
+    socket.close(end, false).await;
     app.console_closed(console.session, end, traffic).await;
     open.decrement(1.0);
 }

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use overvisor_control::inventory::{VmQuery, VmRecord, VmSort};
-use overvisor_model::host::{Host, HostId};
+use overvisor_model::host::{Host, HostId, HostKind};
 use overvisor_model::job::Job;
 use overvisor_model::vm::{VmAction, VmInfo, VmName, VmState, allowed};
 use serde::Deserialize;
@@ -30,6 +30,7 @@ pub fn routes() -> Router<AppState> {
         .route("/vms/{host}/{uuid}/panel", get(vm_panel))
         .route("/vms/{host}/{uuid}/action", post(vm_action))
         .route("/vms/{host}/{uuid}/delete", post(vm_delete))
+        .route("/vms/{host}/{uuid}/console", get(console_page))
 }
 
 const PAGE_SIZE: usize = 50;
@@ -223,6 +224,8 @@ struct VmPanel {
     host_id: HostId,
     csrf_token: String,
     can_operate: bool,
+    /// The host's VMs have serial and VNC consoles (libvirt hosts).
+    has_consoles: bool,
     vm: Result<VmInfo, String>,
     /// The job a button just started.
     job: Option<Job>,
@@ -316,10 +319,16 @@ async fn load_panel(
         .vm_get(&session.subject, host, &VmName::from_uuid(uuid))
         .await
         .map_err(|e| ApiError::from(e).message);
+    let has_consoles = state
+        .app
+        .host_get(&session.subject, host)
+        .await
+        .is_ok_and(|h| h.kind == HostKind::Libvirt);
     VmPanel {
         host_id: host,
         csrf_token: session.csrf_token.clone(),
         can_operate: session.can_operate(),
+        has_consoles,
         vm,
         job: None,
     }
@@ -339,6 +348,65 @@ async fn vm_page(
         chrome: Chrome::new(&session, "vms"),
         host,
         panel,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "console.html")]
+struct ConsolePage {
+    chrome: Chrome,
+    host: Host,
+    vm: VmInfo,
+    /// `serial` or `vnc`.
+    kind: &'static str,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsoleQuery {
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+/// A VM's console: the page asks the API for a ticket itself (operators
+/// only; the API refuses everyone else, and the page then says why).
+async fn console_page(
+    State(state): State<AppState>,
+    session: PortalSession,
+    Path((host_id, uuid)): Path<(HostId, Uuid)>,
+    Query(query): Query<ConsoleQuery>,
+) -> Response {
+    let kind = match query.kind.as_deref() {
+        None | Some("serial") => "serial",
+        Some("vnc") => "vnc",
+        Some(_) => {
+            return error_response(
+                &session,
+                ApiError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "invalid_input",
+                    "kind: expected serial or vnc",
+                ),
+            );
+        }
+    };
+    let host = match state.app.host_get(&session.subject, host_id).await {
+        Ok(host) => host,
+        Err(e) => return error_response(&session, e),
+    };
+    let vm = match state
+        .app
+        .vm_get(&session.subject, host_id, &VmName::from_uuid(uuid))
+        .await
+    {
+        Ok(vm) => vm,
+        Err(e) => return error_response(&session, e),
+    };
+    render(&ConsolePage {
+        chrome: Chrome::new(&session, "vms"),
+        host,
+        vm,
+        kind,
     })
 }
 
