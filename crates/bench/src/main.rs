@@ -9,6 +9,7 @@
 
 mod actions;
 mod coldstart;
+mod consoles;
 mod deploy;
 mod fleet;
 mod jobs_path;
@@ -67,6 +68,13 @@ struct Args {
     /// host's own commands (--runs times), then ten at once over five hosts.
     #[arg(long)]
     deploy: bool,
+    /// Only consoles: a keystroke's echo through the service against a
+    /// direct `ssh -tt … virsh console` (--keystrokes each), and memory per
+    /// open viewer (50 over 10 VMs on ovh1).
+    #[arg(long)]
+    consoles: bool,
+    #[arg(long, default_value_t = 100)]
+    keystrokes: usize,
     /// Only the soak (on demand): minutes of mixed load on ovh1 and ovh2 of
     /// the default lab, sampling the service's memory, descriptors and
     /// threads; 0 errors and flat memory are the pass mark.
@@ -110,6 +118,11 @@ async fn main() -> anyhow::Result<()> {
         let lab = lab::load()?;
         print_machine(", --deploy");
         return deploy::run(&binary, &lab, args.runs).await;
+    }
+    if args.consoles {
+        let lab = lab::load()?;
+        print_machine(", --consoles");
+        return consoles::run(&binary, &lab, args.keystrokes).await;
     }
     if args.soak {
         let lab = lab::load()?;
