@@ -10,11 +10,13 @@ import { resolve } from 'node:path';
 const outdir = resolve(process.argv[2] || 'dist');
 mkdirSync(outdir, { recursive: true });
 
-await build({
-  entryPoints: { app: 'src/app.js' },
+// One script bundle: `iife` for the portal's own script, an ES module where
+// a dependency awaits at its top level.
+const script = (name, format, target) => build({
+  entryPoints: { [name]: `src/${name}.js` },
   bundle: true,
-  format: 'iife',
-  target: ['es2020'],
+  format,
+  target: [target],
   minify: true,
   sourcemap: false,
   legalComments: 'eof',
@@ -22,33 +24,19 @@ await build({
   logLevel: 'warning',
 });
 
-await build({
-  entryPoints: { app: 'src/app.css' },
+const styles = (name) => build({
+  entryPoints: { [name]: `src/${name}.css` },
   bundle: true,
   minify: true,
   outdir,
   logLevel: 'warning',
 });
+
+await script('app', 'iife', 'es2020');
+await styles('app');
 
 // The console page's script and styles (xterm.js and noVNC): loaded only
 // where a console is shown. An ES module, because noVNC awaits at its top
 // level.
-await build({
-  entryPoints: { console: 'src/console.js' },
-  bundle: true,
-  format: 'esm',
-  target: ['es2022'],
-  minify: true,
-  sourcemap: false,
-  legalComments: 'eof',
-  outdir,
-  logLevel: 'warning',
-});
-
-await build({
-  entryPoints: { console: 'src/console.css' },
-  bundle: true,
-  minify: true,
-  outdir,
-  logLevel: 'warning',
-});
+await script('console', 'esm', 'es2022');
+await styles('console');

@@ -20,7 +20,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::fleet::api::Api;
 use crate::process::{Proc, memory};
-use crate::service::{Launch, Service};
 use crate::stats::{Samples, versus};
 
 type Ws =
@@ -54,26 +53,9 @@ pub async fn run(binary: &Path, lab: &Lab, keystrokes: usize) -> anyhow::Result<
     println!("   direct ssh -tt + virsh console:  {}", direct.line());
 
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    let mut service = Service::spawn(&Launch {
-        binary,
-        data_dir: &data,
-        log_filter: "warn",
-        log_file: None,
-        read_banner: true,
-        env: &[],
-    })?;
-    let client = reqwest::Client::new();
-    service.wait_ready(&client, Instant::now()).await?;
-    let token = service.admin_key(Duration::from_secs(10))?;
-    let api = Api::new(&service.api, &token)?;
-    crate::fleet::register(&api, lab, std::slice::from_ref(&host)).await?;
-    let hosts = api.get("/api/v1/hosts").await?;
-    let host_id = hosts[0]["id"]
-        .as_str()
-        .ok_or_else(|| anyhow!("no host id in {hosts}"))?
-        .to_owned();
-
+    let (service, api, host_id) =
+        crate::service::start_with_host(binary, dir.path(), lab, &host).await?;
+    let token = api.token().to_owned();
     let mut ws = open(&api, &service.api, &token, &host_id, &guests[0].name).await?;
     let through = echoes(&mut ws, keystrokes).await?;
     println!("   through the service (WebSocket): {}", through.line());

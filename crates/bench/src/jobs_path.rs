@@ -11,7 +11,6 @@ use anyhow::{Context, bail};
 use overvisor_testkit::{Lab, TestGuest};
 
 use crate::fleet::api::Api;
-use crate::service::{Launch, Service};
 use crate::stats::{Samples, versus};
 
 /// Runs one action as a job and waits for it; its wall time.
@@ -50,21 +49,9 @@ pub async fn run(binary: &Path, lab: &Lab, guest: &TestGuest, runs: usize) -> an
         guest.host.name
     );
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    let mut service = Service::spawn(&Launch {
-        binary,
-        data_dir: &data,
-        log_filter: "warn",
-        log_file: None,
-        read_banner: true,
-        env: &[],
-    })?;
-    let client = reqwest::Client::new();
-    service.wait_ready(&client, Instant::now()).await?;
-    let api = Api::new(&service.api, &service.admin_key(Duration::from_secs(10))?)?;
-    crate::fleet::register(&api, lab, std::slice::from_ref(&guest.host)).await?;
-    let hosts = api.get("/api/v1/hosts").await?;
-    let host_id = hosts[0]["id"].as_str().context("no host id")?.to_owned();
+    let (service, api, host_id) =
+        crate::service::start_with_host(binary, dir.path(), lab, &guest.host).await?;
+    let client = api.client().clone();
     let path = |verb: &str| format!("/api/v1/hosts/{host_id}/vms/{}/{verb}", guest.name);
     for _ in 0..3 {
         act(&api, &path("suspend")).await?;

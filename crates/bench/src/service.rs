@@ -177,3 +177,32 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// The service on a fresh data directory under `dir`, ready, as the
+/// administrator, with the lab `host` registered: the service, an API
+/// client and the host's id.
+pub async fn start_with_host(
+    binary: &Path,
+    dir: &Path,
+    lab: &overvisor_testkit::Lab,
+    host: &overvisor_testkit::LabHost,
+) -> anyhow::Result<(Service, crate::fleet::api::Api, String)> {
+    let data = dir.join("data");
+    let mut service = Service::spawn(&Launch {
+        binary,
+        data_dir: &data,
+        log_filter: "warn",
+        log_file: None,
+        read_banner: true,
+        env: &[],
+    })?;
+    service
+        .wait_ready(&reqwest::Client::new(), Instant::now())
+        .await?;
+    let api =
+        crate::fleet::api::Api::new(&service.api, &service.admin_key(Duration::from_secs(10))?)?;
+    crate::fleet::register(&api, lab, std::slice::from_ref(host)).await?;
+    let hosts = api.get("/api/v1/hosts").await?;
+    let host_id = hosts[0]["id"].as_str().context("no host id")?.to_owned();
+    Ok((service, api, host_id))
+}

@@ -308,22 +308,30 @@ impl VmPanel {
     }
 }
 
+/// The VM's panel; `kind` is the host's kind when the caller has read the
+/// host already (it is read here otherwise).
 async fn load_panel(
     state: &AppState,
     session: &PortalSession,
     host: HostId,
     uuid: Uuid,
+    kind: Option<HostKind>,
 ) -> VmPanel {
     let vm = state
         .app
         .vm_get(&session.subject, host, &VmName::from_uuid(uuid))
         .await
         .map_err(|e| ApiError::from(e).message);
-    let has_consoles = state
-        .app
-        .host_get(&session.subject, host)
-        .await
-        .is_ok_and(|h| h.kind == HostKind::Libvirt);
+    let kind = match kind {
+        Some(kind) => Some(kind),
+        None => state
+            .app
+            .host_get(&session.subject, host)
+            .await
+            .ok()
+            .map(|h| h.kind),
+    };
+    let has_consoles = kind == Some(HostKind::Libvirt);
     VmPanel {
         host_id: host,
         csrf_token: session.csrf_token.clone(),
@@ -343,7 +351,7 @@ async fn vm_page(
         Ok(host) => host,
         Err(e) => return error_response(&session, e),
     };
-    let panel = load_panel(&state, &session, host_id, uuid).await;
+    let panel = load_panel(&state, &session, host_id, uuid, Some(host.kind)).await;
     render(&VmPage {
         chrome: Chrome::new(&session, "vms"),
         host,
@@ -415,7 +423,7 @@ async fn vm_panel(
     session: PortalSession,
     Path((host_id, uuid)): Path<(HostId, Uuid)>,
 ) -> Response {
-    render(&load_panel(&state, &session, host_id, uuid).await)
+    render(&load_panel(&state, &session, host_id, uuid, None).await)
 }
 
 #[derive(Deserialize)]
@@ -453,7 +461,7 @@ async fn vm_action(
         Err(e) => return error_response(&session, e),
     };
     if session.htmx {
-        let mut panel = load_panel(&state, &session, host_id, uuid).await;
+        let mut panel = load_panel(&state, &session, host_id, uuid, None).await;
         panel.job = Some(job);
         return render(&panel);
     }
