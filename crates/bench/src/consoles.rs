@@ -1,7 +1,7 @@
 //! Consoles (`--consoles`): a keystroke's echo through the service's
 //! console socket against the same echo over a direct `ssh -tt host virsh
 //! console` (the target: p95 within 1.2x), and the service's memory
-//! per open console viewer.
+//! per open console viewer, with viewers spread over VMs on several hosts.
 //!
 //! The keystroke is one byte typed at the guest's shell prompt; its echo is
 //! the first output after it. A backspace after each keeps the line empty.
@@ -25,38 +25,40 @@ use crate::stats::{Samples, versus};
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Viewers opened at once for the memory figure, over this many VMs.
+/// Viewers opened at once for the memory figure, over this many VMs, on
+/// this many hosts (2 each: within a host's default 4 serial consoles).
 const VIEWERS: usize = 50;
 const VMS: usize = 10;
+const HOSTS: usize = 5;
 /// Waiting for one echo longer than this is a failure, not a sample.
 const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(binary: &Path, lab: &Lab, keystrokes: usize) -> anyhow::Result<()> {
-    let host = lab
-        .hosts(1)
-        .first()
-        .cloned()
-        .ok_or_else(|| anyhow!("the lab has no host"))?;
+    let hosts = lab.hosts(HOSTS).to_vec();
+    let host = &hosts[0];
     println!(
-        "== C. Consoles on {} ({keystrokes} keystrokes each way; {VIEWERS} viewers over {VMS} VMs)",
+        "== C. Consoles on {} ({keystrokes} keystrokes each way; {VIEWERS} viewers over {VMS} VMs on {HOSTS} hosts)",
         host.name
     );
-    let mut guests = Vec::new();
-    for i in 0..VMS {
-        guests.push(
-            crate::lab::boot_guest(lab, &host, &unique_name(&format!("bench-con{i}"))).await?,
-        );
-    }
+    // Guest i runs on host i % HOSTS.
+    let names: Vec<String> = (0..VMS)
+        .map(|i| unique_name(&format!("bench-con{i}")))
+        .collect();
+    let boots = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| crate::lab::boot_guest(lab, &hosts[i % HOSTS], name));
+    let guests = futures::future::try_join_all(boots).await?;
 
     // Direct first: `--force` on either side takes the console from the other.
-    let direct = direct_echoes(lab, &host, &guests[0].name, keystrokes).await?;
+    let direct = direct_echoes(lab, host, &guests[0].name, keystrokes).await?;
     println!("   direct ssh -tt + virsh console:  {}", direct.line());
 
     let dir = tempfile::tempdir()?;
-    let (service, api, host_id) =
-        crate::service::start_with_host(binary, dir.path(), lab, &host).await?;
+    let (service, api, host_ids) =
+        crate::service::start_with_hosts(binary, dir.path(), lab, &hosts).await?;
     let token = api.token().to_owned();
-    let mut ws = open(&api, &service.api, &token, &host_id, &guests[0].name).await?;
+    let mut ws = open(&api, &service.api, &token, &host_ids[0], &guests[0].name).await?;
     let through = echoes(&mut ws, keystrokes).await?;
     println!("   through the service (WebSocket): {}", through.line());
     let ratio = through.quantile(0.95) / direct.quantile(0.95);
@@ -67,13 +69,13 @@ pub async fn run(binary: &Path, lab: &Lab, keystrokes: usize) -> anyhow::Result<
     ws.close(None).await.ok();
 
     // Memory per viewer: the service idle with one console, then with
-    // VIEWERS viewers over VMS consoles (so VMS PTYs on the host).
+    // VIEWERS viewers over VMS consoles (so VMS PTYs, 2 per host).
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = memory(Proc::Pid(service.pid()))?.rss;
     let mut open_viewers = Vec::new();
     for i in 0..VIEWERS {
-        let vm = &guests[i % VMS].name;
-        open_viewers.push(open(&api, &service.api, &token, &host_id, vm).await?);
+        let (vm, host_id) = (&guests[i % VMS].name, &host_ids[i % VMS % HOSTS]);
+        open_viewers.push(open(&api, &service.api, &token, host_id, vm).await?);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = memory(Proc::Pid(service.pid()))?.rss;

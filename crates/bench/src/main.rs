@@ -70,7 +70,7 @@ struct Args {
     deploy: bool,
     /// Only consoles: a keystroke's echo through the service against a
     /// direct `ssh -tt … virsh console` (--keystrokes each), and memory per
-    /// open viewer (50 over 10 VMs on ovh1).
+    /// open viewer (50 over 10 VMs on 5 hosts).
     #[arg(long)]
     consoles: bool,
     #[arg(long, default_value_t = 100)]

@@ -187,6 +187,19 @@ pub async fn start_with_host(
     lab: &overvisor_testkit::Lab,
     host: &overvisor_testkit::LabHost,
 ) -> anyhow::Result<(Service, crate::fleet::api::Api, String)> {
+    let (service, api, mut ids) =
+        start_with_hosts(binary, dir, lab, std::slice::from_ref(host)).await?;
+    let id = ids.pop().context("no host id")?;
+    Ok((service, api, id))
+}
+
+/// [`start_with_host`] for several hosts: their ids in the same order.
+pub async fn start_with_hosts(
+    binary: &Path,
+    dir: &Path,
+    lab: &overvisor_testkit::Lab,
+    hosts: &[overvisor_testkit::LabHost],
+) -> anyhow::Result<(Service, crate::fleet::api::Api, Vec<String>)> {
     let data = dir.join("data");
     let mut service = Service::spawn(&Launch {
         binary,
@@ -201,8 +214,19 @@ pub async fn start_with_host(
         .await?;
     let api =
         crate::fleet::api::Api::new(&service.api, &service.admin_key(Duration::from_secs(10))?)?;
-    crate::fleet::register(&api, lab, std::slice::from_ref(host)).await?;
-    let hosts = api.get("/api/v1/hosts").await?;
-    let host_id = hosts[0]["id"].as_str().context("no host id")?.to_owned();
-    Ok((service, api, host_id))
+    crate::fleet::register(&api, lab, hosts).await?;
+    let listed = api.get("/api/v1/hosts").await?;
+    let id_of = |name: &str| {
+        listed
+            .as_array()
+            .and_then(|all| all.iter().find(|h| h["name"] == name))
+            .and_then(|h| h["id"].as_str())
+            .map(str::to_owned)
+            .with_context(|| format!("host {name} is not listed"))
+    };
+    let ids = hosts
+        .iter()
+        .map(|h| id_of(&h.name))
+        .collect::<anyhow::Result<_>>()?;
+    Ok((service, api, ids))
 }

@@ -49,6 +49,7 @@ pub async fn open_app(config: &Config) -> anyhow::Result<App> {
             connects_in_flight: config.ssh_connects_in_flight,
             command_timeout: std::time::Duration::from_secs(config.ssh_command_timeout_secs),
             keepalive_interval: std::time::Duration::from_secs(config.ssh_keepalive_secs),
+            consoles_per_host: config.consoles_per_host,
             ..ConnectionSettings::default()
         },
         profiles: Arc::new(profiles),

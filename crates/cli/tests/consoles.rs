@@ -484,6 +484,99 @@ async fn viewers_share_a_console_and_one_types_at_a_time() {
     lab.host("ovh1").virsh(&["destroy", &vm]);
 }
 
+/// A guest of our own on ovh1, started (not waited for: a console opens
+/// on a VM that is still booting).
+fn started_guest(lab: &Lab, prefix: &str) -> overvisor_testkit::TestGuest {
+    let ovh1 = lab.host("ovh1");
+    let guest = lab.define_guest(ovh1, &unique_name(prefix));
+    ovh1.virsh(&["start", &guest.name]);
+    guest
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_with_all_its_consoles_open_refuses_one_more_and_still_runs_commands() {
+    let lab = Lab::load();
+    // One serial console and four graphical ones per host.
+    let app = TestApp::builder()
+        .env("OVERVISOR_CONSOLES_PER_HOST", "1")
+        .start()
+        .await;
+    let (_, token, _) = app.create_user("lena", "operator").await;
+    let api = app.client(&token);
+    let host = id(&register(&api, &lab, lab.host("ovh1")).await);
+    let (a, b) = (
+        started_guest(&lab, "con-full-a"),
+        started_guest(&lab, "con-full-b"),
+    );
+
+    let first = open(&app, &token, &ticket(&api, &host, &a.name).await)
+        .await
+        .unwrap();
+    // Another viewer of the same console shares its channel.
+    let second = open(&app, &token, &ticket(&api, &host, &a.name).await)
+        .await
+        .unwrap();
+    // Another VM's console would need a channel of its own: refused at
+    // once, naming the host's limit and the setting.
+    let (status, body) = ask(&api, &host, &b.name, "serial").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_consoles",
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("ovh1") && message.contains("consoles_per_host"),
+        "{body}"
+    );
+
+    // Graphical consoles have a share of their own (4× the serial one).
+    let mut displays = Vec::new();
+    for _ in 0..4 {
+        let granted = ticket_of(&api, &host, &a.name, "vnc").await;
+        let (ws, _) = tokio_tungstenite::connect_async(socket_request(&app, &token, &granted))
+            .await
+            .unwrap();
+        displays.push(ws);
+    }
+    let (status, body) = ask(&api, &host, &b.name, "vnc").await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_consoles",
+    );
+
+    // With every console open, commands still get their channels: a
+    // resync job runs on the host and succeeds.
+    let job = lab_hosts::resync(&api, &host).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+
+    // Closing the first VM's console makes room for the other's.
+    drop((first, second));
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = ask(&api, &host, &b.name, "serial").await;
+        if status == StatusCode::CREATED {
+            open(&app, &token, &body).await.unwrap();
+            break;
+        }
+        assert_error(
+            status,
+            &body,
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_consoles",
+        );
+        assert!(Instant::now() < deadline, "no room after closing: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(displays);
+    for guest in [&a, &b] {
+        lab.host("ovh1").virsh(&["destroy", &guest.name]);
+    }
+}
+
 /// The service's resident memory, from the kernel.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

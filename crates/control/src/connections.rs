@@ -40,6 +40,8 @@ pub struct ConnectionSettings {
     /// SSH handshakes in flight at once across all hosts, so a restart
     /// with hundreds of hosts brings them up steadily (see [`ConnectGate`]).
     pub connects_in_flight: usize,
+    /// Serial consoles open at once on one host; graphical ones get 4×.
+    pub consoles_per_host: usize,
 }
 
 impl Default for ConnectionSettings {
@@ -50,6 +52,7 @@ impl Default for ConnectionSettings {
             keepalive_interval: Duration::from_secs(15),
             backoff_max: Duration::from_secs(10),
             connects_in_flight: 16,
+            consoles_per_host: 4,
         }
     }
 }
@@ -113,6 +116,8 @@ impl DriverFactory for SshDriverFactory {
         cfg.keepalive_interval = self.settings.keepalive_interval;
         cfg.backoff_max = self.settings.backoff_max;
         cfg.connect_gate = Some(self.gate.clone());
+        cfg.max_consoles = self.settings.consoles_per_host;
+        cfg.max_tunnels = self.settings.consoles_per_host * 4;
         let ssh = SshSession::new(cfg);
         Ok(match host.kind {
             HostKind::Libvirt => Arc::new(LibvirtDriver::new(ssh, host.libvirt_uri.clone())),
@@ -315,6 +320,12 @@ impl App {
                 AppError::HostTimeout(format!(
                     "host {name}: `{what}` timed out after {} s",
                     after.as_secs()
+                ))
+            }
+            HvError::Transport(SshError::ChannelsBusy { what, limit, .. }) => {
+                AppError::TooManyConsoles(format!(
+                    "host {name} already has {limit} {what} open, the most allowed \
+                     (consoles_per_host); close one first"
                 ))
             }
             HvError::Transport(e) => {

@@ -32,6 +32,10 @@ pub enum AppError {
          (event_streams_per_credential); close one first"
     )]
     TooManyStreams { limit: usize },
+    /// The host has as many consoles open as allowed (→ 429
+    /// `too_many_consoles`); the message names the host and the limit.
+    #[error("{0}")]
+    TooManyConsoles(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
     /// The service's storage is full: changes cannot be saved (→ 503

@@ -161,6 +161,55 @@ async fn one_connection_many_concurrent_channels() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn consoles_and_tunnels_have_shares_of_their_own() {
+    let lab = Lab::load();
+    let host = &lab.hosts[1];
+    let mut cfg = common::config(&lab, host, common::pinned(host));
+    (cfg.max_channels, cfg.max_consoles, cfg.max_tunnels) = (1, 2, 1);
+    let ssh = SshSession::connect(cfg).await.unwrap();
+    let cat = CommandLine::new("cat");
+
+    let first = ssh.open_console(&cat, 80, 24).await.unwrap();
+    let _second = ssh.open_console(&cat, 80, 24).await.unwrap();
+    assert_eq!((ssh.open_consoles(), ssh.open_channels()), (2, 0));
+    // One more is refused at once (not queued behind the open ones).
+    let t0 = Instant::now();
+    let Err(refused) = ssh.open_console(&cat, 80, 24).await else {
+        panic!("a third console opened");
+    };
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert!(
+        matches!(
+            refused,
+            SshError::ChannelsBusy {
+                what: "serial consoles",
+                limit: 2,
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    assert!(!refused.is_connection(), "the connection is fine");
+
+    // Tunnels likewise, to the host's own sshd.
+    let _tunnel = ssh.direct_tcpip(&host.address, host.port).await.unwrap();
+    assert!(matches!(
+        ssh.direct_tcpip(&host.address, host.port).await,
+        Err(SshError::ChannelsBusy { limit: 1, .. })
+    ));
+    assert_eq!(ssh.open_tunnels(), 1);
+
+    // Commands still get their channel with every console open.
+    let out = ssh.exec(&CommandLine::new("echo").arg("ok")).await.unwrap();
+    assert_eq!(out.stdout_text().trim(), "ok");
+
+    // A console closed gives its share back.
+    drop(first);
+    assert_eq!(ssh.open_consoles(), 1);
+    ssh.open_console(&cat, 80, 24).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn hostile_arguments_reach_the_host_as_one_word() {
     let lab = Lab::load();
     let host = &lab.hosts[0];

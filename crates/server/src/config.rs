@@ -58,6 +58,11 @@ pub struct Config {
     /// Deadline of one command on a host (5..=3600 s): a host that stops
     /// answering fails the step running on it after this long at most.
     pub ssh_command_timeout_secs: u64,
+    /// Serial consoles open at once on one host (1..=64; viewers of one VM
+    /// share one), and 4× as many graphical ones. Each serial console is
+    /// an SSH session channel beside the service's 6 for commands, so the
+    /// host's sshd `MaxSessions` (default 10) must allow 6 + this.
+    pub consoles_per_host: usize,
     /// Keepalive period of host connections (1..=300 s): three unanswered
     /// in a row and the connection counts as dead, failing what runs on it.
     pub ssh_keepalive_secs: u64,
@@ -110,6 +115,7 @@ impl Default for Config {
             event_streams_per_credential: 16,
             ssh_connects_in_flight: 16,
             ssh_command_timeout_secs: 60,
+            consoles_per_host: 4,
             ssh_keepalive_secs: 15,
             job_lease_secs: 15,
             profiles_dir: None,
@@ -233,6 +239,11 @@ impl Config {
                 "ssh_command_timeout_secs must be between 5 and 3600".into(),
             ));
         }
+        if !(1..=64).contains(&self.consoles_per_host) {
+            return Err(ConfigError::Invalid(
+                "consoles_per_host must be between 1 and 64".into(),
+            ));
+        }
         if !(1..=300).contains(&self.ssh_keepalive_secs) {
             return Err(ConfigError::Invalid(
                 "ssh_keepalive_secs must be between 1 and 300".into(),
@@ -309,6 +320,7 @@ const FIELDS: &[&str] = &[
     "event_streams_per_credential",
     "ssh_connects_in_flight",
     "ssh_command_timeout_secs",
+    "consoles_per_host",
     "ssh_keepalive_secs",
     "job_lease_secs",
     "profiles_dir",
@@ -455,6 +467,8 @@ mod tests {
             "max_connections = 0\n",
             "event_streams_per_credential = 0\n",
             "ssh_command_timeout_secs = 4\n",
+            "consoles_per_host = 0\n",
+            "consoles_per_host = 65\n",
             "ssh_keepalive_secs = 0\n",
             "ssh_keepalive_secs = 301\n",
             "event_streams_per_credential = 4097\n",

@@ -111,6 +111,9 @@ impl From<AppError> for ApiError {
             AppError::TooManyStreams { .. } => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", message)
             }
+            AppError::TooManyConsoles(_) => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_consoles", message)
+            }
             AppError::ConsoleTicket(TicketRefused::Invalid) => {
                 Self::new(StatusCode::GONE, "console_ticket_invalid", message)
             }

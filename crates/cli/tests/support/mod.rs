@@ -37,7 +37,8 @@ pub struct TestAppBuilder {
 }
 
 impl TestAppBuilder {
-    /// Sets `OVERVISOR_<KEY>` (or any variable when it contains no prefix).
+    /// Sets an environment variable of the service (`OVERVISOR_<FIELD>`
+    /// for a setting).
     pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
         self.env.push((key.to_owned(), value.into()));
         self

@@ -22,7 +22,7 @@ use utoipa::ToSchema;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use overvisor_hv::{Hypervisor, TcpTunnel};
+use overvisor_hv::{HvError, Hypervisor, SshError, TcpTunnel};
 use overvisor_model::account::Outcome;
 use overvisor_model::host::Host;
 use overvisor_model::operation::vm_target;
@@ -178,7 +178,8 @@ impl App {
                 ConsoleKind::Vnc => "Hyper-V VMs have no VNC display; use VMConnect or RDP".into(),
             }));
         }
-        self.console_vm_running(&authorized, vm).await?;
+        let driver = self.console_vm_running(&authorized, vm).await?;
+        self.console_room(authorized.get(), driver.as_ref(), vm, kind)?;
         let grant = ConsoleGrant {
             user: subject.id(),
             credential: subject.credential.clone(),
@@ -420,6 +421,45 @@ impl App {
 
     /// The host's driver, once `vm` is known to run (a console of a VM that
     /// does not is a 409; one the host does not have, a 404).
+    /// Refuses a ticket the host cannot honour now (its share of consoles
+    /// is all open), so the viewer hears why before opening a socket.
+    /// Opening checks again: this only saves a round trip.
+    fn console_room(
+        &self,
+        host: &Host,
+        driver: &dyn Hypervisor,
+        vm: &VmName,
+        kind: ConsoleKind,
+    ) -> Result<(), AppError> {
+        let Some(ssh) = driver.as_libvirt().map(|l| l.ssh()) else {
+            return Ok(());
+        };
+        let (open, limit, what) = match kind {
+            ConsoleKind::Serial if self.inner.serial_consoles.is_open(&(host.id, vm.clone())) => {
+                return Ok(());
+            }
+            ConsoleKind::Serial => (
+                ssh.open_consoles(),
+                ssh.config().max_consoles,
+                "serial consoles",
+            ),
+            ConsoleKind::Vnc => (
+                ssh.open_tunnels(),
+                ssh.config().max_tunnels,
+                "console tunnels",
+            ),
+        };
+        if open < limit {
+            return Ok(());
+        }
+        let busy = SshError::ChannelsBusy {
+            addr: ssh.addr().to_owned(),
+            what,
+            limit,
+        };
+        Err(self.host_error(host, HvError::Transport(busy)))
+    }
+
     async fn console_vm_running(
         &self,
         host: &Authorized<Host>,

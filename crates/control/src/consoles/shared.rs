@@ -156,6 +156,12 @@ impl SerialHub {
         }
     }
 
+    /// Whether `key`'s console is open (or being opened): one more viewer
+    /// joins it without opening another.
+    pub fn is_open(&self, key: &Key) -> bool {
+        self.lock().get(key).is_some_and(live)
+    }
+
     /// The key's slot; slots of ended consoles nobody is opening are
     /// dropped on the way, so the map holds only what is in use.
     fn slot(&self, key: &Key) -> Slot {

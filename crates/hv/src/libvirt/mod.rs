@@ -115,7 +115,7 @@ impl LibvirtDriver {
             "--domain",
             vm.as_str(),
         ]);
-        let mut pty = self.ssh.open_pty(&cmd, cols, rows).await?;
+        let mut pty = self.ssh.open_console(&cmd, cols, rows).await?;
         let deadline = self.ssh.config().command_timeout;
         let mut said = Vec::new();
         let attached = tokio::time::timeout(deadline, async {

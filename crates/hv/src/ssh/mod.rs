@@ -49,9 +49,20 @@ pub struct SshConfig {
     pub keepalive_interval: Duration,
     /// Unanswered keepalives after which the connection counts as dead.
     pub keepalive_max: usize,
-    /// Channels open at once on the connection. OpenSSH refuses more than
-    /// `MaxSessions` (default 10) session channels per connection.
+    /// Session channels for commands (kept ones included: the event
+    /// stream, the kept virsh) open at once; more wait for a turn. OpenSSH
+    /// refuses more than `MaxSessions` (default 10) session channels per
+    /// connection, so this plus `max_consoles` stays within it.
     pub max_channels: usize,
+    /// Serial consoles (session channels too) open at once. They live as
+    /// long as someone watches, so they have a share of their own: however
+    /// many are open, commands still get their channels. One more is
+    /// refused at once ([`SshError::ChannelsBusy`]) rather than queued.
+    pub max_consoles: usize,
+    /// `direct-tcpip` tunnels (graphical consoles) open at once; refused
+    /// beyond like consoles. They are not session channels, so `MaxSessions`
+    /// does not count them.
+    pub max_tunnels: usize,
     /// Per stream (stdout, stderr) of one exec; the rest is dropped and
     /// [`ExecOutput::truncated`] set.
     pub max_output_bytes: usize,
@@ -113,7 +124,9 @@ impl SshConfig {
             command_timeout: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(15),
             keepalive_max: 3,
-            max_channels: 8,
+            max_channels: 6,
+            max_consoles: 4,
+            max_tunnels: 16,
             max_output_bytes: 16 << 20,
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
@@ -168,6 +181,14 @@ pub enum SshError {
     },
     #[error("{addr} refused a channel: {reason}")]
     ChannelRefused { addr: String, reason: String },
+    /// The share of channels for `what` is all in use (a console or tunnel
+    /// beyond `limit`): refused at once, the connection is fine.
+    #[error("{addr} already has {limit} {what} open, the most allowed; close one first")]
+    ChannelsBusy {
+        addr: String,
+        what: &'static str,
+        limit: usize,
+    },
     #[error("invalid remote command: {0}")]
     InvalidCommand(&'static str),
     #[error("unusable client key: {0}")]
@@ -247,6 +268,18 @@ struct Inner {
     host_key: SessionHostKey,
     state: Mutex<ConnState>,
     channels: Arc<Semaphore>,
+    consoles: Arc<Semaphore>,
+    tunnels: Arc<Semaphore>,
+}
+
+/// Which share of the connection's channels a channel takes.
+#[derive(Clone, Copy)]
+enum Share {
+    /// Commands wait for a free channel.
+    Commands,
+    /// Long-lived channels for viewers are refused when none is free.
+    Consoles,
+    Tunnels,
 }
 
 /// A cloneable handle on the one connection to a host. Connects lazily (or
@@ -279,14 +312,16 @@ impl SshSession {
     pub fn new(cfg: SshConfig) -> Self {
         let addr = cfg.addr();
         let host_key = SessionHostKey::new(cfg.host_key.clone());
-        let channels = Arc::new(Semaphore::new(cfg.max_channels.max(1)));
+        let share = |n: usize| Arc::new(Semaphore::new(n.max(1)));
         Self {
             inner: Arc::new(Inner {
-                cfg,
                 addr,
                 host_key,
                 state: Mutex::new(ConnState::default()),
-                channels,
+                channels: share(cfg.max_channels),
+                consoles: share(cfg.max_consoles),
+                tunnels: share(cfg.max_tunnels),
+                cfg,
             }),
         }
     }
@@ -324,13 +359,34 @@ impl SshSession {
         }
     }
 
-    /// Channels open right now on this connection (kept ones included).
+    /// Command channels open right now on this connection (kept ones
+    /// included; consoles and tunnels not).
     pub fn open_channels(&self) -> usize {
-        self.inner
-            .cfg
-            .max_channels
-            .max(1)
-            .saturating_sub(self.inner.channels.available_permits())
+        self.in_use(Share::Commands)
+    }
+
+    /// Serial consoles open right now on this connection.
+    pub fn open_consoles(&self) -> usize {
+        self.in_use(Share::Consoles)
+    }
+
+    /// Tunnels open right now on this connection.
+    pub fn open_tunnels(&self) -> usize {
+        self.in_use(Share::Tunnels)
+    }
+
+    fn in_use(&self, share: Share) -> usize {
+        let (semaphore, limit) = self.share(share);
+        limit.max(1).saturating_sub(semaphore.available_permits())
+    }
+
+    fn share(&self, share: Share) -> (&Arc<Semaphore>, usize) {
+        let (inner, cfg) = (&self.inner, &self.inner.cfg);
+        match share {
+            Share::Commands => (&inner.channels, cfg.max_channels),
+            Share::Consoles => (&inner.consoles, cfg.max_consoles),
+            Share::Tunnels => (&inner.tunnels, cfg.max_tunnels),
+        }
     }
 
     /// Closes the connection; the next call reconnects.
@@ -480,15 +536,27 @@ impl SshSession {
         }
     }
 
-    async fn permit(&self) -> Result<OwnedSemaphorePermit, SshError> {
-        self.inner
-            .channels
+    async fn permit(&self, share: Share) -> Result<OwnedSemaphorePermit, SshError> {
+        let (semaphore, limit) = self.share(share);
+        let what = match share {
+            Share::Commands => {
+                return semaphore.clone().acquire_owned().await.map_err(|_| {
+                    SshError::Disconnected {
+                        addr: self.inner.addr.clone(),
+                        reason: "session closed".into(),
+                    }
+                });
+            }
+            Share::Consoles => "serial consoles",
+            Share::Tunnels => "console tunnels",
+        };
+        semaphore
             .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| SshError::Disconnected {
+            .try_acquire_owned()
+            .map_err(|_| SshError::ChannelsBusy {
                 addr: self.inner.addr.clone(),
-                reason: "session closed".into(),
+                what,
+                limit: limit.max(1),
             })
     }
 
@@ -537,7 +605,7 @@ impl SshSession {
             return Err(SshError::InvalidCommand("NUL byte in an argument"));
         }
         let run = async {
-            let _permit = self.permit().await?;
+            let _permit = self.permit(Share::Commands).await?;
             let h = self.handle().await?;
             let mut ch = match h.channel_open_session().await {
                 Ok(ch) => ClosingChannel(Some(ch)),
@@ -626,7 +694,21 @@ impl SshSession {
         cols: u32,
         rows: u32,
     ) -> Result<PtyChannel, SshError> {
-        self.open_interactive(cmd, Some((cols, rows))).await
+        self.open_interactive(cmd, Some((cols, rows)), Share::Commands)
+            .await
+    }
+
+    /// [`Self::open_pty`] for a console someone watches: it takes one of
+    /// the `max_consoles`, not a command channel, and is refused at once
+    /// when they are all open.
+    pub async fn open_console(
+        &self,
+        cmd: &CommandLine,
+        cols: u32,
+        rows: u32,
+    ) -> Result<PtyChannel, SshError> {
+        self.open_interactive(cmd, Some((cols, rows)), Share::Consoles)
+            .await
     }
 
     /// Runs `cmd` with its stdin and stdout kept open, without a terminal
@@ -634,20 +716,23 @@ impl SshSession {
     /// requests on stdin and must end when its stdin closes, i.e. when the
     /// channel is dropped.
     pub async fn open_piped(&self, cmd: &CommandLine) -> Result<PipedChannel, SshError> {
-        Ok(PipedChannel(self.open_interactive(cmd, None).await?))
+        Ok(PipedChannel(
+            self.open_interactive(cmd, None, Share::Commands).await?,
+        ))
     }
 
     async fn open_interactive(
         &self,
         cmd: &CommandLine,
         pty: Option<(u32, u32)>,
+        share: Share,
     ) -> Result<PtyChannel, SshError> {
         if cmd.has_nul() {
             return Err(SshError::InvalidCommand("NUL byte in an argument"));
         }
         let deadline = self.inner.cfg.command_timeout;
         let open = async {
-            let permit = self.permit().await?;
+            let permit = self.permit(share).await?;
             let h = self.handle().await?;
             let ch = match h.channel_open_session().await {
                 Ok(ch) => ClosingChannel(Some(ch)),
@@ -699,7 +784,7 @@ impl SshSession {
     pub async fn direct_tcpip(&self, host: &str, port: u16) -> Result<TcpTunnel, SshError> {
         let deadline = self.inner.cfg.command_timeout;
         let open = async {
-            let permit = self.permit().await?;
+            let permit = self.permit(Share::Tunnels).await?;
             let h = self.handle().await?;
             match h
                 .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0)

@@ -93,7 +93,9 @@ pub struct ConsoleTicketBody {
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody, description = "No such host or VM, or another tenant's"),
         (status = 409, body = ErrorBody, description = "The VM is not running, or the kind is not available yet"),
-        (status = 429, body = ErrorBody, description = "Too many tickets asked for and not used"),
+        (status = 429, body = ErrorBody, description = "Too many tickets asked for and not used \
+            (`too_many_tickets`), or the host has all its consoles of this kind open \
+            (`too_many_consoles`, see `consoles_per_host`)"),
         (status = 502, body = ErrorBody), (status = 504, body = ErrorBody)))]
 pub async fn console_ticket(
     State(state): State<AppState>,
@@ -130,6 +132,7 @@ pub async fn console_ticket(
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "The VM is not running any more"),
         (status = 410, body = ErrorBody, description = "The ticket is unknown, used, expired or someone else's"),
+        (status = 429, body = ErrorBody, description = "The host has all its consoles of this kind open (`too_many_consoles`)"),
         (status = 502, body = ErrorBody), (status = 504, body = ErrorBody)))]
 pub async fn console_socket(
     State(state): State<AppState>,
