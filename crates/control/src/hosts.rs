@@ -42,6 +42,9 @@ const HOST_JOB_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// What a host agent reports about its host when it enrols.
 #[derive(Debug, Clone, Default)]
 pub struct Enrolment {
+    /// Default libvirt; a host enrolled again keeps its kind (another one
+    /// is a conflict).
+    pub kind: Option<HostKind>,
     pub hostname: Option<String>,
     pub ip_address: Option<String>,
     pub port: Option<u16>,
@@ -470,6 +473,15 @@ impl App {
         }
         let authorized_key = self.store().ssh_public_key(owner).await?;
         let (host, created) = match existing {
+            Some(current) if enrolment.kind.is_some_and(|k| k != current.kind) => {
+                return Err(AppError::Conflict(format!(
+                    "host {} at {} is enrolled as a {} host; remove it first to enrol it as {}",
+                    current.name,
+                    current.address,
+                    current.kind.label(),
+                    enrolment.kind.unwrap_or(current.kind).label()
+                )));
+            }
             Some(current) => {
                 let changes = HostChanges {
                     address: Some(address),
@@ -484,7 +496,7 @@ impl App {
             None => {
                 let new = NewHost {
                     name: hostname.filter(|h| *h != address),
-                    kind: HostKind::Libvirt,
+                    kind: enrolment.kind.unwrap_or(HostKind::Libvirt),
                     address,
                     port: enrolment.port,
                     ssh_user: enrolment.ssh_user,

@@ -630,6 +630,35 @@ async fn enrolment_creates_then_updates() {
     );
     assert_eq!(f.app.hosts_list(&alice).await.unwrap().len(), 1);
     assert!(contact(&f.app, &alice, first.host.id).await.is_ok());
+    // The same host enrolled as another kind is a conflict, and changes nothing.
+    let as_hyperv = Enrolment {
+        kind: Some(HostKind::Hyperv),
+        ip_address: Some("10.0.0.7".into()),
+        ..Enrolment::default()
+    };
+    assert!(matches!(
+        f.app.host_enrol(&alice, as_hyperv).await,
+        Err(AppError::Conflict(m)) if m.contains("KVM") && m.contains("Hyper-V")
+    ));
+    assert_eq!(
+        f.app.hosts_list(&alice).await.unwrap()[0].kind,
+        HostKind::Libvirt
+    );
+    // A Windows host enrols as Hyper-V.
+    let windows = f
+        .app
+        .host_enrol(
+            &alice,
+            Enrolment {
+                kind: Some(HostKind::Hyperv),
+                hostname: Some("hv1".into()),
+                ..Enrolment::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(windows.created);
+    assert_eq!(windows.host.kind, HostKind::Hyperv);
     for bad in [
         Enrolment::default(),
         Enrolment {

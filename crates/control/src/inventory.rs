@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
 use overvisor_model::account::UserId;
-use overvisor_model::host::HostId;
+use overvisor_model::host::{HostId, HostKind};
 use overvisor_model::vm::{VmState, VmSummary};
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -51,6 +51,8 @@ pub struct VmRecord {
     pub memory_mib: Option<u64>,
     pub host_id: HostId,
     pub host_name: String,
+    /// The host's kind (driver): `libvirt` or `hyperv`.
+    pub host_kind: HostKind,
     pub owner: UserId,
     /// The host's tags.
     #[schema(value_type = Vec<String>)]
@@ -81,6 +83,7 @@ impl VmRecord {
     fn differs_only_in_state(&self, other: &VmRecord) -> bool {
         self.uuid == other.uuid
             && self.host_id == other.host_id
+            && self.host_kind == other.host_kind
             && self.name == other.name
             && self.vcpus == other.vcpus
             && self.memory_mib == other.memory_mib
@@ -112,6 +115,7 @@ pub enum Connectivity {
 pub struct HostStatus {
     pub host_id: HostId,
     pub host_name: String,
+    pub host_kind: HostKind,
     pub owner: UserId,
     pub status: Connectivity,
     /// Since when it has had this status.

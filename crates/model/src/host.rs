@@ -33,6 +33,16 @@ impl fmt::Display for HostKind {
     }
 }
 
+impl HostKind {
+    /// What people call it: `KVM` or `Hyper-V`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Libvirt => "KVM",
+            Self::Hyperv => "Hyper-V",
+        }
+    }
+}
+
 impl std::str::FromStr for HostKind {
     type Err = UnknownHostKind;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

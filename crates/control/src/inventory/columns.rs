@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use overvisor_model::account::UserId;
-use overvisor_model::host::HostId;
+use overvisor_model::host::{HostId, HostKind};
 
 use super::VmRecord;
 
@@ -17,13 +17,22 @@ pub(super) struct Columns {
     /// Distinct owners, and each VM's index into them.
     pub(super) owners: Vec<UserId>,
     pub(super) owner_of: Vec<u32>,
-    /// Distinct hosts with their tags, and each VM's index into them.
-    pub(super) hosts: Vec<(HostId, Arc<[String]>)>,
+    /// Distinct hosts with what a filter asks of them, and each VM's
+    /// index into them.
+    pub(super) hosts: Vec<HostColumn>,
     pub(super) host_of: Vec<u32>,
     /// Lower-case names end to end: VM `i`'s ends at `name_ends[i]` and
     /// starts where the one before it ends.
     pub(super) names: String,
     name_ends: Vec<u32>,
+}
+
+/// A host as the filters see it.
+#[derive(Clone)]
+pub(super) struct HostColumn {
+    pub(super) id: HostId,
+    pub(super) kind: HostKind,
+    pub(super) tags: Arc<[String]>,
 }
 
 impl Columns {
@@ -48,9 +57,13 @@ impl Columns {
     /// (few owners, hosts in the hundreds).
     pub(super) fn append(&mut self, vm: &VmRecord) {
         let owner = number(&self.owners, self.owner_of.last(), vm.owner, |o| *o);
-        let host = number(&self.hosts, self.host_of.last(), vm.host_id, |(h, _)| *h);
+        let host = number(&self.hosts, self.host_of.last(), vm.host_id, |h| h.id);
         if host as usize == self.hosts.len() {
-            self.hosts.push((vm.host_id, vm.tags.clone()));
+            self.hosts.push(HostColumn {
+                id: vm.host_id,
+                kind: vm.host_kind,
+                tags: vm.tags.clone(),
+            });
         }
         if owner as usize == self.owners.len() {
             self.owners.push(vm.owner);

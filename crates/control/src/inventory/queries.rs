@@ -111,6 +111,7 @@ impl App {
             .unwrap_or_else(|| HostStatus {
                 host_id: host.id,
                 host_name: host.name.clone(),
+                host_kind: host.kind,
                 owner: host.owner,
                 status: Connectivity::Connecting,
                 since: host.created_at,

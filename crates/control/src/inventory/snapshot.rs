@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use overvisor_model::account::UserId;
-use overvisor_model::host::HostId;
+use overvisor_model::host::{HostId, HostKind};
 use overvisor_model::vm::VmState;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -71,6 +71,8 @@ impl VmSort {
 #[derive(Debug, Clone, Default)]
 pub struct VmQuery {
     pub host: Option<HostId>,
+    /// Only VMs on hosts of this kind.
+    pub kind: Option<HostKind>,
     pub state: Option<VmState>,
     /// Case-insensitive substring of the name.
     pub name: Option<String>,
@@ -239,8 +241,10 @@ impl Snapshot {
         let host_ok: Vec<bool> = c
             .hosts
             .iter()
-            .map(|(id, tags)| {
-                query.host.is_none_or(|h| *id == h) && query.tags.iter().all(|t| tags.contains(t))
+            .map(|h| {
+                query.host.is_none_or(|id| h.id == id)
+                    && query.kind.is_none_or(|kind| h.kind == kind)
+                    && query.tags.iter().all(|t| h.tags.contains(t))
             })
             .collect();
         let named = query

@@ -97,7 +97,10 @@ fn queries_filter_sort_page_and_hide_other_tenants() {
     let inv = Inventory::default();
     let (me, other) = (UserId::new(), UserId::new());
     let h1 = host(me, "alpha", &["prod"]);
-    let h2 = host(me, "beta", &[]);
+    let h2 = Host {
+        kind: HostKind::Hyperv,
+        ..host(me, "beta", &[])
+    };
     let h3 = host(other, "gamma", &["prod"]);
     inv.load_synthetic(
         &h1,
@@ -147,6 +150,19 @@ fn queries_filter_sort_page_and_hide_other_tenants() {
         ..Default::default()
     });
     assert_eq!(names(snap.page(&prod, mine)), ["web-1", "Web-2"]);
+    // One list of both kinds, each VM saying its host's; filtered by kind.
+    let hyperv = all(VmQuery {
+        kind: Some(HostKind::Hyperv),
+        ..Default::default()
+    });
+    let page = snap.page(&hyperv, mine);
+    assert_eq!(page.items[0].host_kind, HostKind::Hyperv);
+    assert_eq!(names(page), ["db"]);
+    let libvirt = all(VmQuery {
+        kind: Some(HostKind::Libvirt),
+        ..Default::default()
+    });
+    assert_eq!(names(snap.page(&libvirt, mine)), ["web-1", "Web-2"]);
     let page2 = VmQuery {
         offset: 1,
         limit: 1,
@@ -372,6 +388,7 @@ fn pages_match_a_plain_filter_and_sort_of_the_records() {
                         for (offset, limit) in [(0, 100), (5, 7), (130, 50), (0, 0)] {
                             let query = VmQuery {
                                 host: None,
+                                kind: None,
                                 state,
                                 name: name.map(str::to_owned),
                                 tags: tags.clone(),

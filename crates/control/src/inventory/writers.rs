@@ -131,6 +131,7 @@ impl Inventory {
             status: HostStatus {
                 host_id: host.id,
                 host_name: host.name.clone(),
+                host_kind: host.kind,
                 owner: host.owner,
                 status: Connectivity::Connecting,
                 since: Utc::now(),
@@ -370,6 +371,7 @@ fn new_record(
         memory_mib: vm.memory_mib,
         host_id: status.host_id,
         host_name: status.host_name.clone(),
+        host_kind: status.host_kind,
         owner: status.owner,
         tags: tags.clone(),
         updated_at: now,

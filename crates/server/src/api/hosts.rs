@@ -6,7 +6,9 @@ use axum::extract::State;
 use axum::http::{HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use overvisor_control::hosts::Enrolment;
-use overvisor_model::host::{Host, HostChanges, HostFacts, HostId, HostKeyFingerprint, NewHost};
+use overvisor_model::host::{
+    Host, HostChanges, HostFacts, HostId, HostKeyFingerprint, HostKind, NewHost,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -156,6 +158,8 @@ pub async fn host_facts(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConnect {
+    /// `libvirt` (default) or `hyperv`.
+    pub kind: Option<HostKind>,
     pub hostname: Option<String>,
     pub ip_address: Option<String>,
     /// SSH port; default 22.
@@ -192,6 +196,7 @@ pub async fn server_connect(
     Json(body): Json<ServerConnect>,
 ) -> ApiResult<Response> {
     let enrolment = Enrolment {
+        kind: body.kind,
         hostname: body.hostname,
         ip_address: body.ip_address,
         port: body.port,

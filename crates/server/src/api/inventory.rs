@@ -7,7 +7,7 @@ use axum::extract::State;
 use overvisor_control::inventory::{
     HostVmPage, InventorySummary, VmPage, VmQuery, VmRecord, VmSort,
 };
-use overvisor_model::host::HostId;
+use overvisor_model::host::{HostId, HostKind};
 use overvisor_model::vm::VmState;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -26,6 +26,8 @@ pub const MAX_PAGE: usize = 1000;
 pub struct VmsParams {
     /// Only VMs on this host.
     pub host: Option<HostId>,
+    /// Only VMs on hosts of this kind: `libvirt` or `hyperv`.
+    pub kind: Option<HostKind>,
     pub state: Option<VmState>,
     /// Case-insensitive substring of the name.
     pub name: Option<String>,
@@ -76,6 +78,7 @@ fn vm_query(params: VmsParams) -> Result<VmQuery, ApiError> {
         .unwrap_or_default();
     Ok(VmQuery {
         host: params.host,
+        kind: params.kind,
         state: params.state,
         name: params.name.filter(|n| !n.is_empty()),
         tags,

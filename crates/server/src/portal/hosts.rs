@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use overvisor_control::inventory::{Connectivity, HostStatus, VmQuery, VmRecord};
 use overvisor_model::host::{
     DEFAULT_LIBVIRT_URI, DEFAULT_SSH_USER, Host, HostChanges, HostFacts, HostId,
-    HostKeyFingerprint, NewHost,
+    HostKeyFingerprint, HostKind, NewHost,
 };
 use serde::Deserialize;
 
@@ -94,6 +94,9 @@ async fn hosts_page(
 struct HostForm {
     #[serde(default)]
     name: String,
+    /// `libvirt` (the default) or `hyperv`; only when adding.
+    #[serde(default)]
+    kind: String,
     #[serde(default)]
     address: String,
     #[serde(default)]
@@ -230,7 +233,16 @@ async fn host_create(
                 "Probe the host and confirm its fingerprint first",
             ));
         }
-        let new = NewHost::from_changes(changes);
+        let kind = match form.kind.trim() {
+            "" => HostKind::Libvirt,
+            k => k
+                .parse()
+                .map_err(|_| ApiError::invalid("kind", "Choose KVM (libvirt) or Hyper-V"))?,
+        };
+        let new = NewHost {
+            kind,
+            ..NewHost::from_changes(changes)
+        };
         state
             .app
             .host_create(&session.subject, new)

@@ -44,6 +44,9 @@ struct ListQuery {
     state: String,
     #[serde(default)]
     host: String,
+    /// `libvirt`, `hyperv` or empty (any).
+    #[serde(default)]
+    kind: String,
     #[serde(default)]
     sort: String,
     #[serde(default)]
@@ -76,10 +79,11 @@ impl ListQuery {
     /// The URL of another page or ordering of the same search.
     fn link(&self, sort: &str, dir: &str, page: usize) -> String {
         format!(
-            "/vms?q={}&state={}&host={}&sort={}&dir={}&page={page}",
+            "/vms?q={}&state={}&host={}&kind={}&sort={}&dir={}&page={page}",
             urlencode(&self.q),
             urlencode(&self.state),
             urlencode(&self.host),
+            urlencode(&self.kind),
             urlencode(sort),
             urlencode(dir),
         )
@@ -130,8 +134,16 @@ impl ListQuery {
                     .map_err(|_| ApiError::invalid("host", "Unknown host"))?,
             ),
         };
+        let kind = match self.kind.as_str() {
+            "" => None,
+            k => Some(
+                k.parse::<HostKind>()
+                    .map_err(|_| ApiError::invalid("kind", "Unknown host kind"))?,
+            ),
+        };
         Ok(VmQuery {
             host,
+            kind,
             state,
             name: Some(self.q.trim().to_owned()).filter(|q| !q.is_empty()),
             sort,
@@ -526,11 +538,11 @@ mod tests {
         let q = query("a b", "name", "", 1);
         assert_eq!(
             q.sort_link("name"),
-            "/vms?q=a%20b&state=&host=&sort=name&dir=desc&page=1"
+            "/vms?q=a%20b&state=&host=&kind=&sort=name&dir=desc&page=1"
         );
         assert_eq!(
             q.sort_link("host"),
-            "/vms?q=a%20b&state=&host=&sort=host&dir=asc&page=1"
+            "/vms?q=a%20b&state=&host=&kind=&sort=host&dir=asc&page=1"
         );
         assert_eq!(q.aria_sort("name"), "ascending");
         assert_eq!(q.aria_sort("host"), "none");
@@ -551,6 +563,12 @@ mod tests {
         let mut q = query("", "", "", 1);
         q.state = "exploded".into();
         assert!(q.to_query().is_err());
+        q.state.clear();
+        q.kind = "hyperv".into();
+        assert_eq!(q.to_query().expect("valid").kind, Some(HostKind::Hyperv));
+        q.kind = "xen".into();
+        assert!(q.to_query().is_err());
+        q.kind.clear();
         q.state.clear();
         q.host = "not-a-uuid".into();
         assert!(q.to_query().is_err());
