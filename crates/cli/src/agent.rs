@@ -4,6 +4,9 @@
 //! API key) and authorizes the returned public key for the automation
 //! account, idempotently. It needs nothing of libvirt: only the network,
 //! the host's SSH host key (to report its fingerprint) and `/etc/passwd`.
+//!
+//! A Hyper-V host runs Windows, where this binary does not: with
+//! `--kind hyperv` it prints a PowerShell script that does the same there.
 
 use std::io::Write;
 use std::net::{IpAddr, ToSocketAddrs, UdpSocket};
@@ -13,6 +16,8 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use clap::{Args, Subcommand};
+use overvisor_hv::powershell_literal;
+use overvisor_model::host::{HostKind, check_ssh_user};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -31,9 +36,14 @@ pub struct EnrollArgs {
     /// Base URL of the Overvisor API, e.g. https://overvisor.example:8081.
     #[arg(long)]
     url: String,
-    /// An API key of the account that will own this host.
+    /// `libvirt`: enrol this (Linux) host. `hyperv`: print a PowerShell
+    /// script that enrols a Windows Hyper-V host when run there.
+    #[arg(long, default_value = "libvirt", value_parser = parse_kind)]
+    kind: HostKind,
+    /// An API key of the account that will own this host (with `--kind
+    /// hyperv`, the script reads it on the host instead).
     #[arg(long, env = "OVERVISOR_API_KEY", hide_env_values = true)]
-    key: String,
+    key: Option<String>,
     /// The automation account Overvisor logs in as.
     #[arg(long, default_value = "ovdeploy")]
     user: String,
@@ -66,11 +76,64 @@ struct Connected {
 
 pub async fn run(cmd: AgentCommand) -> anyhow::Result<()> {
     match cmd {
+        AgentCommand::Enroll(args) if args.kind == HostKind::Hyperv => {
+            print!("{}", hyperv_script(&args)?);
+            Ok(())
+        }
         AgentCommand::Enroll(args) => enroll(args).await,
     }
 }
 
+fn parse_kind(text: &str) -> Result<HostKind, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not a host kind: libvirt or hyperv"))
+}
+
+/// The PowerShell script that enrols a Hyper-V host, for `args`. What it
+/// is given is checked here and written as PowerShell literals; the API
+/// key never appears in it.
+fn hyperv_script(args: &EnrollArgs) -> anyhow::Result<String> {
+    let base = args.url.trim_end_matches('/');
+    let url = reqwest::Url::parse(base).with_context(|| format!("--url {base} is not a URL"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        bail!("--url {base} is not an http(s) URL");
+    }
+    check_ssh_user(&args.user).map_err(|e| anyhow::anyhow!("--user {e}"))?;
+    let address = match &args.ip_address {
+        Some(ip) => ip
+            .parse::<IpAddr>()
+            .with_context(|| format!("--ip-address {ip} is not an IP address"))?
+            .to_string(),
+        None => String::new(),
+    };
+    if args.hostname.is_some()
+        || args.host_key_file.is_some()
+        || args.authorized_keys_file.is_some()
+    {
+        bail!(
+            "--hostname, --host-key-file and --authorized-keys-file are read on the Windows host by the script"
+        );
+    }
+    Ok(HYPERV_SCRIPT
+        .replace(
+            "{{URL}}",
+            &powershell_literal(url.as_str().trim_end_matches('/')),
+        )
+        .replace("{{USER}}", &powershell_literal(&args.user))
+        .replace("{{PORT}}", &args.port.to_string())
+        .replace("{{ADDRESS}}", &powershell_literal(&address)))
+}
+
+/// Versioned with the service: the enrolment endpoint it calls is this
+/// build's.
+const HYPERV_SCRIPT: &str = include_str!("agent/enroll-hyperv.ps1");
+
 async fn enroll(args: EnrollArgs) -> anyhow::Result<()> {
+    let Some(key) = args.key.as_deref() else {
+        bail!(
+            "--key (or OVERVISOR_API_KEY) is needed: an API key of the account that will own this host"
+        );
+    };
     let base = args.url.trim_end_matches('/');
     let url = reqwest::Url::parse(&format!("{base}/v1/servers/connect"))
         .with_context(|| format!("--url {base} is not a URL"))?;
@@ -94,7 +157,7 @@ async fn enroll(args: EnrollArgs) -> anyhow::Result<()> {
         .timeout(std::time::Duration::from_secs(30))
         .build()?
         .post(url.clone())
-        .bearer_auth(&args.key)
+        .bearer_auth(key)
         .json(&body)
         .send()
         .await
@@ -313,6 +376,65 @@ mod tests {
             Some("SHA256:c3xeTobGH1oQCoS3EqFRAkB+t0EFix4JMOHxDARxeF8")
         );
         assert!(fingerprint_of("garbage").is_err());
+    }
+
+    fn hyperv_args(url: &str, user: &str) -> EnrollArgs {
+        EnrollArgs {
+            url: url.into(),
+            kind: HostKind::Hyperv,
+            key: Some("ovk_secret_never_printed".into()),
+            user: user.into(),
+            hostname: None,
+            ip_address: Some("10.1.2.3".into()),
+            port: 2222,
+            authorized_keys_file: None,
+            host_key_file: None,
+        }
+    }
+
+    #[test]
+    fn the_hyperv_script_carries_what_it_was_given_as_literals_and_no_key() {
+        let script = hyperv_script(&hyperv_args("https://ov.example:8081/", "ovdeploy"))
+            .expect("valid arguments");
+        assert!(
+            script.contains("$Url = 'https://ov.example:8081'\n"),
+            "{script}"
+        );
+        assert!(script.contains("$User = 'ovdeploy'\n"));
+        assert!(script.contains("$Port = 2222\n"));
+        assert!(script.contains("$Address = '10.1.2.3'\n"));
+        assert!(script.contains("kind = 'hyperv'"));
+        assert!(script.contains("/v1/servers/connect"));
+        assert!(!script.contains("{{"), "a placeholder is left");
+        assert!(
+            !script.contains("ovk_secret"),
+            "the API key is read on the host"
+        );
+        // A quote in the URL cannot end the literal (the URL parser encodes it).
+        let odd = hyperv_script(&hyperv_args("https://ov.example/a'b", "ovdeploy")).expect("a URL");
+        let url_line = odd
+            .lines()
+            .find(|l| l.starts_with("$Url = "))
+            .expect("the URL line");
+        assert!(
+            url_line == "$Url = 'https://ov.example/a%27b'"
+                || url_line == "$Url = 'https://ov.example/a''b'",
+            "{url_line}"
+        );
+        for (url, user) in [
+            ("ftp://ov.example", "ovdeploy"),
+            ("not a url", "ovdeploy"),
+            ("https://ov.example", "o'neil"),
+            ("https://ov.example", "-x"),
+        ] {
+            assert!(
+                hyperv_script(&hyperv_args(url, user)).is_err(),
+                "{url} {user}"
+            );
+        }
+        let mut bad_ip = hyperv_args("https://ov.example", "ovdeploy");
+        bad_ip.ip_address = Some("10.0.0.1; rm".into());
+        assert!(hyperv_script(&bad_ip).is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod ssh;
 pub use driver::{HvError, HvResult, Hypervisor};
 pub use hyperv::HypervDriver;
 pub use libvirt::LibvirtDriver;
-pub use quote::{CommandLine, quote};
+pub use quote::{CommandLine, powershell_literal, quote};
 pub use ssh::{
     ClientKey, ConnectGate, ExecOutput, HostKeyPolicy, PresentedHostKey, PtyChannel, PtyOutput,
     SshConfig, SshError, SshSession, TcpTunnel, generate_ed25519_identity, probe_host_key,

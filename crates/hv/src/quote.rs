@@ -35,6 +35,23 @@ pub fn quote(arg: &str) -> String {
     out
 }
 
+/// `text` as a PowerShell single-quoted string literal: nothing inside one
+/// is expanded, and a quote character is written twice. PowerShell counts
+/// the typographic single quotes (U+2018, U+2019, U+201A, U+201B) as quotes
+/// too, so they are doubled as well.
+pub fn powershell_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('\'');
+    for c in text.chars() {
+        if matches!(c, '\'' | '\u{2018}' | '\u{2019}' | '\u{201A}' | '\u{201B}') {
+            out.push(c);
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
 /// A remote command: a program and its arguments, each quoted by [`quote`]
 /// when the line is rendered.
 #[derive(Clone, PartialEq, Eq)]
@@ -109,6 +126,16 @@ impl fmt::Debug for CommandLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn powershell_literals_double_every_kind_of_single_quote() {
+        assert_eq!(powershell_literal("ovdeploy"), "'ovdeploy'");
+        assert_eq!(powershell_literal(""), "''");
+        assert_eq!(powershell_literal("it's"), "'it''s'");
+        assert_eq!(powershell_literal("a\u{2019}b"), "'a\u{2019}\u{2019}b'");
+        // Nothing else is special inside single quotes.
+        assert_eq!(powershell_literal("$env:X `n \"x\""), "'$env:X `n \"x\"'");
+    }
 
     #[test]
     fn plain_words_stay_bare() {

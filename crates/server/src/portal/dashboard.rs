@@ -87,6 +87,8 @@ struct DashboardPage {
     api_base: String,
     curl_snippet: String,
     enrol_snippet: String,
+    /// Prints the PowerShell script that enrols a Windows Hyper-V host.
+    enrol_hyperv_snippet: String,
     activity: Vec<AuditEvent>,
 }
 
@@ -111,6 +113,9 @@ async fn dashboard(State(state): State<AppState>, session: PortalSession) -> Res
             "curl -H \"Authorization: Bearer $OVERVISOR_KEY\" {api_url}/api/v1/users/me"
         ),
         enrol_snippet: format!("overvisor agent enroll --url {api_url} --key \"$OVERVISOR_KEY\""),
+        enrol_hyperv_snippet: format!(
+            "overvisor agent enroll --kind hyperv --url {api_url} > enroll-hyperv.ps1"
+        ),
         api_url,
         activity,
     })
