@@ -104,17 +104,24 @@ impl LibvirtDriver {
     /// Serial console of `vm` on a PTY (`virsh console --force`, so a stale
     /// session elsewhere does not block it). Write 0x1d (`^]`) to leave.
     ///
-    /// Answers once virsh is attached: keys typed before that would be
-    /// flushed when virsh puts the terminal in raw mode. What virsh says
-    /// up to then (its banner, polkit's complaints) is not the guest's and
-    /// is dropped; a failure to attach is an error with virsh's words.
+    /// Answers once virsh is attached and its terminal is raw: virsh
+    /// prints its banner *before* it makes the terminal raw with
+    /// `TCSAFLUSH`, so keys typed in between would be echoed by the host's
+    /// terminal and then thrown away. The shell in front of virsh prints
+    /// the terminal's name, and `stty -F` on it says when it is raw. What
+    /// is said up to then (the name, virsh's banner, polkit's complaints)
+    /// is not the guest's and is dropped; a failure to attach is an error
+    /// with virsh's words.
     pub async fn console(&self, vm: &VmName, cols: u32, rows: u32) -> HvResult<PtyChannel> {
-        let cmd = self.virsh_loud(Vec::<String>::new()).args([
+        let virsh = self.virsh_loud(Vec::<String>::new()).args([
             "console",
             "--force",
             "--domain",
             vm.as_str(),
         ]);
+        let cmd = CommandLine::new("sh")
+            .args(["-c", "tty && exec \"$@\"", "sh"])
+            .args(virsh.words().iter().cloned());
         let mut pty = self.ssh.open_console(&cmd, cols, rows).await?;
         let deadline = self.ssh.config().command_timeout;
         let mut said = Vec::new();
@@ -132,8 +139,10 @@ impl LibvirtDriver {
                     }
                 }
                 if let Some(rest) = after_console_banner(&said) {
+                    let tty = console_tty(&said)
+                        .ok_or_else(|| HvError::Parse("no terminal name before virsh's".into()))?;
                     pty.unread(rest);
-                    return Ok(());
+                    return self.wait_raw(&tty).await;
                 }
                 if said.len() > CONSOLE_BANNER_MAX {
                     return Err(HvError::Parse(
@@ -147,6 +156,25 @@ impl LibvirtDriver {
             Ok(Ok(())) => Ok(pty),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(HvError::Timeout(deadline)),
+        }
+    }
+
+    /// Until the terminal `tty` on the host is in raw mode (no canonical
+    /// input): virsh switches it right after its banner.
+    async fn wait_raw(&self, tty: &str) -> HvResult<()> {
+        let stty = CommandLine::new("stty").args(["-F", tty, "-a"]);
+        loop {
+            let out = self.ssh.exec(&stty).await?;
+            if !out.success() {
+                return Err(HvError::Host(format!(
+                    "stty -F {tty}: {}",
+                    out.stderr_text().trim()
+                )));
+            }
+            if out.stdout_text().split_whitespace().any(|w| w == "-icanon") {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 
@@ -413,6 +441,15 @@ const CONSOLE_BANNER: &[u8] = b"Escape character is";
 /// More than virsh says before attaching; beyond it, something is wrong.
 const CONSOLE_BANNER_MAX: usize = 16 << 10;
 
+/// The terminal's name the shell printed before starting virsh.
+fn console_tty(said: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(said)
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("/dev/") && !l.contains(char::is_whitespace))
+        .map(str::to_owned)
+}
+
 /// The output after virsh's "attached" line, once that line is complete.
 fn after_console_banner(said: &[u8]) -> Option<&[u8]> {
     let at = said
@@ -482,6 +519,9 @@ mod tests {
         assert_eq!(after_console_banner(partial), None);
         let whole = b"Connected to domain 'a b'\r\nEscape character is ^] (Ctrl + ])\r\n/ # ";
         assert_eq!(after_console_banner(whole), Some(&b"/ # "[..]));
+        let named = b"/dev/pts/7\r\nConnected to domain 'a b'\r\nEscape character is ^]\r\n";
+        assert_eq!(console_tty(named).as_deref(), Some("/dev/pts/7"));
+        assert_eq!(console_tty(whole), None);
     }
 
     fn failed(stderr: &str) -> ExecOutput {
