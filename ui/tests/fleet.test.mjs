@@ -2,9 +2,11 @@
 // lab: add a lab host after checking the fingerprint the server shows,
 // see its facts and VMs, start a VM and watch its state change — also when
 // the change happens behind Overvisor's back — and check that another user
-// sees none of it.
+// sees none of it. A Hyper-V host (the lab's scripted one: Windows cannot
+// run here) sits beside the KVM one in the same lists, told apart by a badge.
 
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import {
   api, launchBrowser, newPage, screenshot, signIn, startServer,
@@ -148,6 +150,54 @@ describe('hosts and VMs', () => {
     await page.goto(`${server.ui}/vms`);
     assert.doesNotMatch(await page.locator('main').innerText(), new RegExp(guest.name));
     await screenshot(page, 'other-tenant-hosts');
+    await page.context().close();
+  });
+
+  test('a Hyper-V host sits beside the KVM one: kind badges, one VM list, a kind filter', async () => {
+    const ovw = labInfo.hyperv_hosts?.[1];
+    assert.ok(ovw, 'the lab has a second scripted Hyper-V host (scripts/lab up --hyperv 2)');
+    const page = await newPage(browser);
+    await signIn(page, server, 'admin', server.admin.password);
+    await page.goto(`${server.ui}/hosts/new`);
+    await page.getByLabel('Kind').selectOption('hyperv');
+    await page.getByLabel(/^Address/).fill(ovw.address);
+    await page.getByLabel('SSH port').fill(String(ovw.port));
+    await page.getByLabel('SSH user').fill(ovw.user);
+    await page.getByLabel(/Display name/).fill('lab-ovw2');
+    await page.getByRole('button', { name: 'Fetch the host key' }).click();
+    assert.equal((await page.locator('#probed-fingerprint').innerText()).trim(), ovw.host_key_fingerprint);
+    await page.getByRole('button', { name: /fingerprint matches/ }).click();
+    await page.waitForURL(/\/hosts\/[0-9a-f-]{36}\?done=created/);
+    const hvId = /\/hosts\/([0-9a-f-]{36})/.exec(page.url())[1];
+    assert.equal(await page.locator('h1 .badge.kind').innerText(), 'Hyper-V');
+    // The scripted host lets the lab's key in, not this account's: the host
+    // gets that key as its own credential.
+    const patched = await api(server, `/api/v1/hosts/${hvId}`, {
+      token: server.admin.apiKey,
+      method: 'PATCH',
+      body: { credential: { private_key: readFileSync(labInfo.client_key, 'utf8') } },
+    });
+    assert.equal(patched.status, 202, patched.text);
+    await page.goto(`${server.ui}/hosts`);
+    await page.locator('tr[data-host="lab-ovw2"] .badge.connected').waitFor({ timeout: 20000 });
+    assert.equal(await page.locator('tr[data-host="lab-ovw2"] .badge.kind').innerText(), 'Hyper-V');
+    assert.equal(await page.locator('tr[data-host="lab-ovh1"] .badge.kind').innerText(), 'KVM');
+    await screenshot(page, 'hosts-both-kinds');
+
+    // One list of both kinds; the kind filter narrows it to one.
+    await page.goto(`${server.ui}/vms`);
+    await page.locator('#vms tr[data-vm="win-01"]').waitFor({ timeout: 20000 });
+    assert.equal(await page.locator('#vms tr[data-vm="win-01"] .badge.kind').innerText(), 'Hyper-V');
+    assert.equal(await page.locator(`#vms tr[data-vm="${guest.name}"] .badge.kind`).innerText(), 'KVM');
+    await screenshot(page, 'vms-both-kinds');
+    await page.getByLabel('Kind').selectOption('hyperv');
+    await page.waitForFunction(
+      () => [...document.querySelectorAll('#vms tbody tr .badge.kind')].every((b) => b.dataset.kind === 'hyperv')
+        && document.querySelector('#vms tr[data-vm="win-01"]') !== null,
+    );
+    await page.waitForURL(/kind=hyperv/);
+    assert.equal(await page.locator(`#vms tr[data-vm="${guest.name}"]`).count(), 0);
+    assert.deepEqual(page.problems, []);
     await page.context().close();
   });
 });
