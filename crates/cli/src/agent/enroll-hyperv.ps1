@@ -18,6 +18,13 @@ if (-not (Get-Module -ListAvailable -Name Hyper-V)) {
 if (-not (Get-Service -Name sshd -ErrorAction SilentlyContinue)) {
     throw 'OpenSSH Server is missing: Add-WindowsCapability -Online -Name OpenSSH.Server~~~~0.0.1.0, then Start-Service sshd'
 }
+# Overvisor's scripts are longer than cmd.exe (OpenSSH's default shell) takes.
+$shell = (Get-ItemProperty -Path 'HKLM:\SOFTWARE\OpenSSH' -Name DefaultShell -ErrorAction SilentlyContinue).DefaultShell
+if ($shell -notmatch 'powershell\.exe$') {
+    Write-Warning ("OpenSSH's default shell is not Windows PowerShell, and most of Overvisor's commands are longer than cmd.exe accepts. " +
+        "Set it: New-ItemProperty -Path 'HKLM:\SOFTWARE\OpenSSH' -Name DefaultShell -Value " +
+        "'C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe' -PropertyType String -Force")
+}
 $account = Get-LocalUser -Name $User -ErrorAction SilentlyContinue
 if (-not $account) {
     throw "The automation user $User does not exist: create it (New-LocalUser) and add it to 'Hyper-V Administrators'."
