@@ -76,22 +76,33 @@ pub async fn boot_guest(lab: &Lab, host: &LabHost, name: &str) -> anyhow::Result
 
 /// A driver on a warm (already connected) SSH session to `host`.
 pub async fn driver(lab: &Lab, host: &LabHost) -> anyhow::Result<LibvirtDriver> {
+    let ssh = session(
+        lab,
+        &host.name,
+        (&host.address, host.port, &host.user),
+        &host.host_key_fingerprint,
+    )
+    .await?;
+    Ok(LibvirtDriver::new(ssh, host.uri.clone()))
+}
+
+/// A connected SSH session to a lab machine (`address`, `port`, `user`),
+/// pinned to `fingerprint`, logging in with the lab's key.
+pub async fn session(
+    lab: &Lab,
+    name: &str,
+    (address, port, user): (&str, u16, &str),
+    fingerprint: &str,
+) -> anyhow::Result<SshSession> {
     let key = ClientKey::from_openssh(&lab.client_key_pem())?;
-    let pinned = HostKeyFingerprint::parse(&host.host_key_fingerprint)
-        .map_err(|e| anyhow!("lab fingerprint of {}: {e}", host.name))?;
-    let mut cfg = SshConfig::new(
-        host.address.clone(),
-        host.port,
-        host.user.clone(),
-        key,
-        HostKeyPolicy::Pinned(pinned),
-    );
+    let pinned = HostKeyFingerprint::parse(fingerprint)
+        .map_err(|e| anyhow!("lab fingerprint of {name}: {e}"))?;
+    let mut cfg = SshConfig::new(address, port, user, key, HostKeyPolicy::Pinned(pinned));
     cfg.connect_timeout = Duration::from_secs(5);
     cfg.command_timeout = Duration::from_secs(30);
-    let ssh = SshSession::connect(cfg)
+    SshSession::connect(cfg)
         .await
-        .with_context(|| format!("connecting to lab host {}", host.name))?;
-    Ok(LibvirtDriver::new(ssh, host.uri.clone()))
+        .with_context(|| format!("connecting to lab host {name}"))
 }
 
 /// Runs `commands` (one virsh command a line) in one root virsh session

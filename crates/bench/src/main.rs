@@ -55,6 +55,12 @@ struct Args {
     /// Uses --requests for the list and --runs for the event latency.
     #[arg(long)]
     fleet: bool,
+    /// Only the Hyper-V fleet mode: the lab instance's scripted Hyper-V
+    /// hosts (`scripts/lab up --hyperv 50`, `hyperv-populate 100`) beside
+    /// its libvirt hosts in one service: list and event latency. Uses the
+    /// fleet options, --requests and --runs.
+    #[arg(long)]
+    hyperv_fleet: bool,
     /// Fleet mode: domains each host holds (`scripts/lab populate COUNT`).
     #[arg(long, default_value_t = 100)]
     fleet_domains: usize,
@@ -103,16 +109,12 @@ async fn main() -> anyhow::Result<()> {
     if args.fleet {
         let lab = lab::load_fleet()?;
         print_machine(", --fleet");
-        let fleet_args = fleet::FleetArgs {
-            domains: args.fleet_domains,
-            hosts: args.fleet_hosts,
-            requests: args.requests,
-            event_runs: args.runs,
-            resyncs: args.fleet_resyncs,
-            log_filter: args.fleet_log.clone(),
-            sync_timeout: Duration::from_secs(args.fleet_sync_timeout),
-        };
-        return fleet::run(&binary, &lab, &fleet_args).await;
+        return fleet::run(&binary, &lab, &fleet_args(&args)).await;
+    }
+    if args.hyperv_fleet {
+        let lab = lab::load_fleet()?;
+        print_machine(", --hyperv-fleet");
+        return fleet::hyperv::run(&binary, &lab, &fleet_args(&args)).await;
     }
     if args.deploy {
         let lab = lab::load()?;
@@ -147,6 +149,19 @@ async fn main() -> anyhow::Result<()> {
     }
     coldstart::run(&binary, args.starts).await?;
     Ok(())
+}
+
+/// The fleet modes' options, from the command line.
+fn fleet_args(args: &Args) -> fleet::FleetArgs {
+    fleet::FleetArgs {
+        domains: args.fleet_domains,
+        hosts: args.fleet_hosts,
+        requests: args.requests,
+        event_runs: args.runs,
+        resyncs: args.fleet_resyncs,
+        log_filter: args.fleet_log.clone(),
+        sync_timeout: Duration::from_secs(args.fleet_sync_timeout),
+    }
 }
 
 fn print_machine(mode: &str) {

@@ -26,7 +26,7 @@ use lab_hosts::{SshdDown, id, register};
 use overvisor_testkit::{Lab, unique_name};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Api, TestApp, assert_error};
+use support::{Api, TestApp, assert_error, path_segment as segment};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -35,18 +35,6 @@ const BOOT: Duration = Duration::from_secs(120);
 const PATIENCE: Duration = Duration::from_secs(30);
 /// The longest a ticket may live, by the contract.
 const TICKET_TTL: Duration = Duration::from_secs(30);
-
-/// A path segment with everything but unreserved ASCII percent-encoded.
-fn segment(raw: &str) -> String {
-    raw.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 async fn ask(api: &Api, host: &str, vm: &str, kind: &str) -> (StatusCode, Value) {
     let path = format!("/api/v1/hosts/{host}/vms/{}/console", segment(vm));

@@ -24,7 +24,7 @@ use lab_hosts::{get_until_ok, id, job_finished, register};
 use overvisor_testkit::{HypervLabHost, Lab, unique_name};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Api, TestApp, assert_error};
+use support::{Api, TestApp, assert_error, path_segment as segment};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -32,34 +32,11 @@ const WAIT: Duration = Duration::from_secs(30);
 /// the lab's client key.
 async fn register_hyperv(api: &Api, lab: &Lab, host: &HypervLabHost) -> Value {
     let (status, body) = api
-        .post(
-            "/api/v1/hosts",
-            json!({
-                "name": host.name,
-                "kind": "hyperv",
-                "address": host.address,
-                "port": host.port,
-                "ssh_user": host.user,
-                "host_key_fingerprint": host.host_key_fingerprint,
-                "credential": {"private_key": lab.client_key_pem()},
-            }),
-        )
+        .post("/api/v1/hosts", host.registration(&lab.client_key_pem()))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["kind"], "hyperv", "{body}");
     body
-}
-
-/// A path segment with everything but unreserved ASCII percent-encoded.
-fn segment(raw: &str) -> String {
-    raw.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The VMs whose name contains `needle`, once `want` of them are listed.

@@ -78,6 +78,21 @@ impl HypervLabHost {
         self.model(&["mode", &home, mode, &seconds.to_string()]);
     }
 
+    /// The `POST /api/v1/hosts` body that registers this host: kind
+    /// `hyperv`, pinned to its key, logging in with `client_key_pem` (the
+    /// lab's key, which the host lets in).
+    pub fn registration(&self, client_key_pem: &str) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "kind": "hyperv",
+            "address": self.address,
+            "port": self.port,
+            "ssh_user": self.user,
+            "host_key_fingerprint": self.host_key_fingerprint,
+            "credential": {"private_key": client_key_pem},
+        })
+    }
+
     /// `count` more VMs (Off) named `prefix-NNN`; existing names are kept.
     pub fn add_vms(&self, prefix: &str, count: usize) {
         let home = self.home.to_string_lossy().into_owned();

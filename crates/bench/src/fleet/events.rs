@@ -19,7 +19,7 @@ use crate::actions::{signed_ms, spawn_virsh};
 use crate::lab;
 use crate::stats::{Samples, versus};
 
-type Socket =
+pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub async fn run(api: &Api, lab: &Lab, host: &LabHost, runs: usize) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@
 
 pub(crate) mod api;
 pub(crate) mod events;
+pub(crate) mod hyperv;
 mod resync;
 
 use std::collections::HashMap;
@@ -165,7 +166,7 @@ async fn measure(
     report_memory("after connecting", pid)?;
     idle_cpu(pid, Duration::from_secs(10)).await?;
 
-    list_latency(&api, args.requests).await?;
+    list_latency(&api, args.requests, &QUERIES).await?;
     memory_line("after the list rounds", pid)?;
     // The guest boots on the last host: the first ones are the ones a
     // reader of the list sees first, and nothing else runs there.
@@ -186,25 +187,33 @@ async fn measure(
 pub(crate) async fn register(api: &Api, lab: &Lab, hosts: &[LabHost]) -> anyhow::Result<()> {
     let key = std::fs::read_to_string(&lab.client_key)
         .with_context(|| format!("reading the lab client key {}", lab.client_key.display()))?;
-    futures::stream::iter(hosts.iter().enumerate())
-        .map(|(i, host)| {
-            let body = json!({
-                "name": host.name,
-                "address": host.address,
-                "port": host.port,
-                "ssh_user": host.user,
-                "libvirt_uri": host.uri,
-                "host_key_fingerprint": host.host_key_fingerprint,
-                "credential": {"private_key": key},
-                "tags": [format!("rack-{}", i % 10)],
-            });
-            async move {
-                let reply = api.post("/api/v1/hosts", Some(&body)).await?;
-                if reply.status != reqwest::StatusCode::CREATED {
-                    bail!("registering {}: {}", host.name, reply.describe());
-                }
-                Ok(())
+    let bodies = hosts.iter().enumerate().map(|(i, host)| {
+        json!({
+            "name": host.name,
+            "address": host.address,
+            "port": host.port,
+            "ssh_user": host.user,
+            "libvirt_uri": host.uri,
+            "host_key_fingerprint": host.host_key_fingerprint,
+            "credential": {"private_key": key},
+            "tags": [format!("rack-{}", i % 10)],
+        })
+    });
+    post_hosts(api, bodies).await
+}
+
+/// `POST /api/v1/hosts` of each body, 8 at a time; any refusal fails all.
+pub(crate) async fn post_hosts(
+    api: &Api,
+    bodies: impl Iterator<Item = Value>,
+) -> anyhow::Result<()> {
+    futures::stream::iter(bodies)
+        .map(|body| async move {
+            let reply = api.post("/api/v1/hosts", Some(&body)).await?;
+            if reply.status != reqwest::StatusCode::CREATED {
+                bail!("registering {}: {}", body["name"], reply.describe());
             }
+            Ok(())
         })
         .buffer_unordered(8)
         .try_collect::<()>()
@@ -344,12 +353,12 @@ async fn idle_cpu(pid: u32, window: Duration) -> anyhow::Result<()> {
 }
 
 /// Target 1 at fleet size: pages of the real inventory over HTTP.
-async fn list_latency(api: &Api, requests: usize) -> anyhow::Result<()> {
+async fn list_latency(api: &Api, requests: usize, queries: &[(&str, &str)]) -> anyhow::Result<()> {
     println!(
         "== F1. VM list through the service at fleet size ({requests} timed requests per query after 100 warm-up)"
     );
     let mut worst_p99: f64 = 0.0;
-    for (label, query) in QUERIES {
+    for (label, query) in queries {
         let path = format!("/api/v1/vms?{query}");
         let total = api.get(&path).await?["total"].as_u64().unwrap_or(0);
         let (samples, bytes) =

@@ -364,6 +364,19 @@ impl Api {
 }
 
 /// Asserts an error envelope with `code`.
+/// A path segment with everything but unreserved ASCII percent-encoded
+/// (VM names from hosts may hold spaces, quotes, non-ASCII).
+pub fn path_segment(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 pub fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, want_code: &str) {
     assert_eq!(status, want_status, "unexpected status; body: {body}");
     assert_eq!(
