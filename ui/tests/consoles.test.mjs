@@ -49,12 +49,27 @@ async function waitForText(page, want) {
 
 // Waits for the guest's shell prompt on the last line (busybox's line
 // editor may swallow keys typed while it asks the terminal where it is).
+// Without a prompt for a while, presses Enter for a fresh one, as a person
+// would; the error names what the screen showed.
 async function waitPrompt(page) {
-  await page.waitForFunction(() => {
+  const prompted = () => {
     const lines = (document.querySelector('#console-screen .xterm-rows')?.innerText || '')
       .split('\n').map((l) => l.trimEnd()).filter((l) => l !== '');
     return lines.length > 0 && lines[lines.length - 1].endsWith('#');
-  }, null, { timeout: PATIENCE });
+  };
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      await page.waitForFunction(prompted, null, { timeout: PATIENCE / 3 });
+      break;
+    } catch (error) {
+      if (attempt === 2) {
+        const shown = (await screenText(page)).split('\n').filter((l) => l.trim()).slice(-4);
+        throw new Error(`no shell prompt; the screen ends with ${JSON.stringify(shown)}`, { cause: error });
+      }
+      await page.locator('#console-screen').click();
+      await page.keyboard.press('Enter');
+    }
+  }
   await page.waitForTimeout(200);
 }
 
