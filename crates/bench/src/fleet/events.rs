@@ -57,10 +57,12 @@ pub(crate) async fn subscribe(api: &Api, types: &str) -> anyhow::Result<Socket> 
     Ok(socket)
 }
 
-/// The next JSON frame (pings are answered by the library).
+/// The next JSON frame within `timeout` (pings are answered by the
+/// library and do not extend it).
 pub(crate) async fn next_frame(socket: &mut Socket, timeout: Duration) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let message = tokio::time::timeout(timeout, socket.next())
+        let message = tokio::time::timeout_at(deadline, socket.next())
             .await
             .map_err(|_| anyhow!("no event within {timeout:?}"))?
             .context("the event stream ended")??;

@@ -177,6 +177,23 @@ pub fn state(name: &str) -> VmState {
     }
 }
 
+/// What a change to Hyper-V state `name` means. The event names the new
+/// state, so one that counts as running, off or paused says it all (the
+/// inventory takes it as is: Starting is already running); a reset and
+/// the ways out (stopping, saving) are re-read.
+pub fn event_kind(name: &str) -> VmEventKind {
+    match name {
+        "Reset" | "ResetCritical" => VmEventKind::Rebooted,
+        "Resuming" | "ResumingCritical" => VmEventKind::Resumed,
+        _ => match state(name) {
+            VmState::Running => VmEventKind::Started,
+            VmState::ShutOff => VmEventKind::Stopped,
+            VmState::Paused => VmEventKind::Suspended,
+            _ => VmEventKind::Other,
+        },
+    }
+}
+
 /// A VM as `ConvertTo-OvVm` prints it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RawVm {
@@ -296,13 +313,7 @@ pub fn event_line(line: &str) -> HvResult<Option<EventLine>> {
         "heartbeat" => EventLine::Heartbeat,
         "state" => {
             let state = raw.state.unwrap_or_default();
-            let kind = match state.as_str() {
-                "Running" => VmEventKind::Started,
-                "Off" | "Saved" => VmEventKind::Stopped,
-                "Paused" => VmEventKind::Suspended,
-                // Transitions: the inventory re-reads the VM.
-                _ => VmEventKind::Other,
-            };
+            let kind = event_kind(&state);
             let vm = raw
                 .name
                 .or(raw.id)

@@ -113,6 +113,25 @@ fn every_hyperv_state_name_maps() {
 }
 
 #[test]
+fn state_changes_say_what_they_leave_the_vm_in() {
+    for (name, want) in [
+        ("Running", VmEventKind::Started),
+        ("Starting", VmEventKind::Started),
+        ("Resuming", VmEventKind::Resumed),
+        ("Off", VmEventKind::Stopped),
+        ("Saved", VmEventKind::Stopped),
+        ("Paused", VmEventKind::Suspended),
+        ("Reset", VmEventKind::Rebooted),
+        // On the way out: re-read.
+        ("Stopping", VmEventKind::Other),
+        ("Saving", VmEventKind::Other),
+        ("Other", VmEventKind::Other),
+    ] {
+        assert_eq!(event_kind(name), want, "{name}");
+    }
+}
+
+#[test]
 fn nics_and_disks_convert() {
     let nic: RawNic = serde_json::from_value(serde_json::json!({
         "name": "Network Adapter", "mac": "00155D010203", "switch": "Default Switch", "ips": "10.0.0.5"
