@@ -3,8 +3,9 @@
 // on the `ov:live` event. This module keeps one WebSocket to the event stream
 // and, for every event, fires `ov:live` on the elements whose topics match.
 // The server stays the only place that renders state; events only say
-// "this changed". After a reconnect every live element refreshes once, so
-// events missed while disconnected are not lost.
+// "this changed". Whenever the socket opens, the first time included, every
+// live element refreshes once: events between the page's rendering and the
+// subscription, or while disconnected, are not lost.
 
 import htmx from 'htmx.org';
 
@@ -76,7 +77,6 @@ function setStatus(text, state) {
 export function setupLive() {
   if (liveElements().length === 0) return;
   let backoff = 500;
-  let connectedOnce = false;
 
   const connect = () => {
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
@@ -85,8 +85,7 @@ export function setupLive() {
       backoff = 500;
       setStatus('Live', 'on');
       document.body.dataset.live = 'on';
-      if (connectedOnce) refresh(liveElements());
-      connectedOnce = true;
+      refresh(liveElements());
     });
     socket.addEventListener('message', (event) => {
       let message;
