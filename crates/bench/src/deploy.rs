@@ -5,6 +5,7 @@
 //! deployments at once across five hosts. The lab's cloud guest is the
 //! image; each VM is destroyed and removed as soon as it was measured.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use overvisor_testkit::{Lab, LabHost, unique_name};
 use serde_json::{Value, json};
 
 use crate::fleet::api::Api;
-use crate::service::{Launch, Service};
+use crate::service::{self, Launch};
 use crate::stats::Samples;
 
 const DEPLOY_DIR: &str = "/var/lib/libvirt/overvisor";
@@ -161,7 +162,7 @@ pub async fn run(binary: &Path, lab: &Lab, runs: usize) -> anyhow::Result<()> {
             image.url, image.sha256
         ),
     )?;
-    let mut service = Service::spawn(&Launch {
+    let (service, api) = service::start(&Launch {
         binary,
         data_dir: &data,
         log_filter: "warn",
@@ -169,18 +170,16 @@ pub async fn run(binary: &Path, lab: &Lab, runs: usize) -> anyhow::Result<()> {
         read_banner: true,
         // Lab hosts offer /dev/kvm but run guests under TCG only.
         env: &[("OVERVISOR_DEPLOY_EMULATED", "1")],
-    })?;
-    let client = reqwest::Client::new();
-    service.wait_ready(&client, Instant::now()).await?;
-    let api = Api::new(&service.api, &service.admin_key(Duration::from_secs(10))?)?;
-    crate::fleet::register(&api, lab, hosts).await?;
-    let listed = api.get("/api/v1/hosts").await?;
+    })
+    .await?;
+    let ids: HashMap<&str, String> = hosts
+        .iter()
+        .map(|h| h.name.as_str())
+        .zip(service::register_hosts(&api, lab, hosts).await?)
+        .collect();
     let id_of = |h: &LabHost| -> anyhow::Result<String> {
-        listed
-            .as_array()
-            .and_then(|a| a.iter().find(|x| x["name"] == h.name.as_str()))
-            .and_then(|x| x["id"].as_str())
-            .map(str::to_owned)
+        ids.get(h.name.as_str())
+            .cloned()
             .ok_or_else(|| anyhow!("{} not registered", h.name))
     };
     // Warm-up: every host caches the image (not measured).

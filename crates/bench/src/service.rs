@@ -201,20 +201,38 @@ pub async fn start_with_hosts(
     hosts: &[overvisor_testkit::LabHost],
 ) -> anyhow::Result<(Service, crate::fleet::api::Api, Vec<String>)> {
     let data = dir.join("data");
-    let mut service = Service::spawn(&Launch {
+    let (service, api) = start(&Launch {
         binary,
         data_dir: &data,
         log_filter: "warn",
         log_file: None,
         read_banner: true,
         env: &[],
-    })?;
+    })
+    .await?;
+    let ids = register_hosts(&api, lab, hosts).await?;
+    Ok((service, api, ids))
+}
+
+/// Spawns a first start of the service, waits until it is ready, and
+/// gives an API client with the administrator's key from its banner.
+pub async fn start(launch: &Launch<'_>) -> anyhow::Result<(Service, crate::fleet::api::Api)> {
+    let mut service = Service::spawn(launch)?;
     service
         .wait_ready(&reqwest::Client::new(), Instant::now())
         .await?;
     let api =
         crate::fleet::api::Api::new(&service.api, &service.admin_key(Duration::from_secs(10))?)?;
-    crate::fleet::register(&api, lab, hosts).await?;
+    Ok((service, api))
+}
+
+/// Registers lab `hosts` through the API; their ids in the same order.
+pub async fn register_hosts(
+    api: &crate::fleet::api::Api,
+    lab: &overvisor_testkit::Lab,
+    hosts: &[overvisor_testkit::LabHost],
+) -> anyhow::Result<Vec<String>> {
+    crate::fleet::register(api, lab, hosts).await?;
     let listed = api.get("/api/v1/hosts").await?;
     let id_of = |name: &str| {
         listed
@@ -224,9 +242,5 @@ pub async fn start_with_hosts(
             .map(str::to_owned)
             .with_context(|| format!("host {name} is not listed"))
     };
-    let ids = hosts
-        .iter()
-        .map(|h| id_of(&h.name))
-        .collect::<anyhow::Result<_>>()?;
-    Ok((service, api, ids))
+    hosts.iter().map(|h| id_of(&h.name)).collect()
 }

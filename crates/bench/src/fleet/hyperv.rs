@@ -22,7 +22,7 @@ use overvisor_testkit::{HypervLabHost, Lab};
 use super::api::Api;
 use super::events::{Socket, next_frame, subscribe};
 use super::{FleetArgs, list_latency, post_hosts, register, report_memory, wait_synced_from};
-use crate::service::{Launch, Service};
+use crate::service::{self, Launch};
 use crate::stats::{Samples, versus};
 
 /// The list queries timed with both kinds in the inventory.
@@ -58,17 +58,15 @@ pub async fn run(binary: &std::path::Path, lab: &Lab, args: &FleetArgs) -> anyho
     );
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let client = reqwest::Client::new();
-    let mut service = Service::spawn(&Launch {
+    let (service, api) = service::start(&Launch {
         binary,
         data_dir: &data,
         log_filter: &args.log_filter,
         log_file: None,
         read_banner: true,
         env: &[],
-    })?;
-    service.wait_ready(&client, Instant::now()).await?;
-    let api = Api::new(&service.api, &service.admin_key(Duration::from_secs(10))?)?;
+    })
+    .await?;
 
     // Each Hyper-V host holds its 5 lab VMs, plus what hyperv-populate added.
     let mut expected = kvm_hosts.len() * args.domains;
