@@ -8,6 +8,7 @@ use anyhow::Context;
 use overvisor_control::connections::ConnectionSettings;
 use overvisor_control::inventory::reconcile::InventorySettings;
 use overvisor_control::jobs::JobSettings;
+use overvisor_control::metrics::MetricsSettings;
 use overvisor_control::{App, AppConfig, login_limit::Limits};
 use overvisor_server::{AppState, Config, Listeners, Settings};
 use overvisor_store::{MasterKey, Sealer, Store};
@@ -54,6 +55,11 @@ pub async fn open_app(config: &Config) -> anyhow::Result<App> {
         },
         profiles: Arc::new(profiles),
         deploy_emulated: config.deploy_emulated,
+        metrics: MetricsSettings {
+            step: (config.metrics_step_secs > 0)
+                .then(|| std::time::Duration::from_secs(config.metrics_step_secs)),
+            per_vm_prometheus: config.metrics_per_vm,
+        },
         jobs: JobSettings {
             lease: std::time::Duration::from_secs(config.job_lease_secs),
             ..JobSettings::default()

@@ -89,6 +89,16 @@ events! {
         error: String,
         since: DateTime<Utc>,
     },
+    /// A host's usage sample: its figures and its VMs' over the step that
+    /// starts at `at` (Unix seconds). Only sent to streams that ask for
+    /// it by type (`metrics` or `metrics.sampled`).
+    "metrics.sampled" => MetricsSampled {
+        host_id: HostId,
+        at: u64,
+        step_secs: u64,
+        host: crate::metrics::Values,
+        vms: Vec<crate::metrics::VmValues>,
+    },
 }
 
 impl Event {
@@ -235,7 +245,9 @@ pub struct EventFilter {
     types: Vec<String>,
 }
 
-const TYPE_FAMILIES: [&str; 3] = ["job", "vm", "host"];
+const TYPE_FAMILIES: [&str; 4] = ["job", "vm", "host", "metrics"];
+/// Families a stream receives only when it names them: frequent and large.
+const OPT_IN_FAMILIES: [&str; 1] = ["metrics"];
 
 impl EventFilter {
     /// Parses a comma-separated list such as `job,vm.changed`.
@@ -258,13 +270,16 @@ impl EventFilter {
     }
 
     pub fn matches(&self, type_name: &str) -> bool {
-        self.types.is_empty()
-            || self.types.iter().any(|t| {
-                t == type_name
-                    || type_name
-                        .strip_prefix(t.as_str())
-                        .is_some_and(|rest| rest.starts_with('.'))
-            })
+        if self.types.is_empty() {
+            let family = type_name.split('.').next().unwrap_or_default();
+            return !OPT_IN_FAMILIES.contains(&family);
+        }
+        self.types.iter().any(|t| {
+            t == type_name
+                || type_name
+                    .strip_prefix(t.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
     }
 }
 

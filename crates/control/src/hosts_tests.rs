@@ -110,6 +110,9 @@ impl Hypervisor for FakeHost {
     fn events(&self) -> BoxFuture<'_, HvResult<BoxStream<'static, HvResult<VmEvent>>>> {
         Box::pin(async { Err(HvError::Host("no events".into())) })
     }
+    fn sample(&self) -> BoxFuture<'_, HvResult<overvisor_model::metrics::HostReading>> {
+        Box::pin(async { Err(HvError::Host("no usage".into())) })
+    }
 
     fn serial_console<'a>(
         &'a self,

@@ -17,6 +17,7 @@ pub mod hosts;
 pub mod inventory;
 pub mod jobs;
 pub mod login_limit;
+pub mod metrics;
 pub mod operations;
 pub mod profiles;
 pub mod sessions;
@@ -51,6 +52,8 @@ pub struct AppConfig {
     pub profiles: std::sync::Arc<overvisor_deploy::Catalog>,
     /// Deployed guests are emulated (TCG) even where KVM is offered.
     pub deploy_emulated: bool,
+    /// Usage sampling for the graphs.
+    pub metrics: metrics::MetricsSettings,
 }
 
 impl Default for AppConfig {
@@ -65,6 +68,7 @@ impl Default for AppConfig {
             jobs: jobs::JobSettings::default(),
             profiles: std::sync::Arc::new(overvisor_deploy::Catalog::default()),
             deploy_emulated: false,
+            metrics: metrics::MetricsSettings::default(),
         }
     }
 }
@@ -86,6 +90,7 @@ struct AppInner {
     inventory: inventory::Inventory,
     console_tickets: consoles::ConsoleTickets,
     serial_consoles: consoles::SerialHub,
+    metrics: metrics::Metrics,
 }
 
 impl App {
@@ -105,6 +110,7 @@ impl App {
     ) -> Self {
         let login_limiter = login_limit::LoginLimiter::new(config.login_limits.clone());
         let jobs = jobs::JobRunner::new(config.jobs.clone());
+        let metrics = metrics::Metrics::new(&config.metrics);
         Self {
             inner: Arc::new(AppInner {
                 store,
@@ -117,6 +123,7 @@ impl App {
                 inventory: inventory::Inventory::default(),
                 console_tickets: consoles::ConsoleTickets::default(),
                 serial_consoles: consoles::SerialHub::default(),
+                metrics,
             }),
         }
     }

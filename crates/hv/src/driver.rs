@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use overvisor_model::host::HostFacts;
+use overvisor_model::metrics::HostReading;
 use overvisor_model::vm::{VmAction, VmEvent, VmInfo, VmName, VmState, VmSummary};
 
 use crate::ssh::{PtyChannel, SshError};
@@ -72,6 +73,10 @@ pub trait Hypervisor: Send + Sync {
     fn undefine<'a>(&'a self, vm: &'a VmName, with_storage: bool) -> BoxFuture<'a, HvResult<()>>;
 
     fn host_facts(&self) -> BoxFuture<'_, HvResult<HostFacts>>;
+
+    /// Usage counters of the host and all its VMs, read together (one
+    /// round of commands per call, for the usage graphs).
+    fn sample(&self) -> BoxFuture<'_, HvResult<HostReading>>;
 
     /// Lifecycle events as the host reports them. The stream ends (after an
     /// error item) when the connection breaks; the caller resubscribes and

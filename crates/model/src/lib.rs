@@ -5,6 +5,7 @@
 pub mod account;
 pub mod host;
 pub mod job;
+pub mod metrics;
 pub mod operation;
 pub mod vm;
 

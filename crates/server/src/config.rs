@@ -78,6 +78,15 @@ pub struct Config {
     /// cannot run guests. Off: KVM wherever libvirt offers it.
     #[serde(deserialize_with = "flag")]
     pub deploy_emulated: bool,
+    /// Every connected host (and its VMs) is sampled for the usage graphs
+    /// this often, in seconds (1..=600); 0 turns sampling off. The graphs
+    /// keep one hour at this step and one day at 10 minutes (or this step
+    /// if longer), in memory: about 3.3 KiB per VM at 30 s.
+    pub metrics_step_secs: u64,
+    /// `/metrics` also exports each VM's figures (labelled by host, VM UUID
+    /// and name): six series per VM, so off by default.
+    #[serde(deserialize_with = "flag")]
+    pub metrics_per_vm: bool,
     /// Whether this process runs jobs. Every replica does by default; one
     /// with `false` serves the API and portal and leaves the jobs it
     /// accepts to the replicas that run them.
@@ -120,6 +129,8 @@ impl Default for Config {
             job_lease_secs: 15,
             profiles_dir: None,
             deploy_emulated: false,
+            metrics_step_secs: 30,
+            metrics_per_vm: false,
             run_jobs: true,
             test_jobs: false,
         }
@@ -249,6 +260,11 @@ impl Config {
                 "ssh_keepalive_secs must be between 1 and 300".into(),
             ));
         }
+        if self.metrics_step_secs > 600 {
+            return Err(ConfigError::Invalid(
+                "metrics_step_secs must be between 1 and 600, or 0 to turn sampling off".into(),
+            ));
+        }
         if !(2..=3600).contains(&self.job_lease_secs) {
             return Err(ConfigError::Invalid(
                 "job_lease_secs must be between 2 and 3600".into(),
@@ -325,6 +341,8 @@ const FIELDS: &[&str] = &[
     "job_lease_secs",
     "profiles_dir",
     "deploy_emulated",
+    "metrics_step_secs",
+    "metrics_per_vm",
     "run_jobs",
     "test_jobs",
 ];

@@ -108,11 +108,13 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations", security(()), responses((status = 200, content_type = "text/plain", body = String)))]
-pub async fn metrics_text() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        prometheus().render(),
-    )
+pub async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    // The service's own metrics, then the hosts' latest usage figures
+    // (rendered from the graphs' history, so a removed host leaves no
+    // stale series behind).
+    let mut text = prometheus().render();
+    text.push_str(&state.app.metrics_prometheus());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// Counts requests and their latency. Every label takes a bounded set of

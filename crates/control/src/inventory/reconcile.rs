@@ -108,6 +108,7 @@ async fn supervise(app: App, settings: InventorySettings, shutdown: Cancellation
                 stop.cancel();
                 app.inventory().resyncers.close(*id);
                 app.inventory().host_remove(app.events(), *id);
+                app.metrics().forget(*id);
             }
             keep
         });
@@ -217,6 +218,13 @@ async fn session(
         Ok(count) => answer_all(std::mem::take(waiting), &Ok(count)),
         Err(error) => return error,
     }
+    // Sampling runs beside this loop while the session lasts.
+    let sampling = CancellationToken::new();
+    let _stop_sampling = sampling.clone().drop_guard();
+    tokio::spawn({
+        let (app, host, driver) = (app.clone(), host.clone(), driver.clone());
+        async move { app.metrics_sample_host(host, driver, sampling).await }
+    });
     let mut tick = tokio::time::interval_at(
         Instant::now() + first_resync_after(settings.resync_every),
         settings.resync_every,

@@ -221,6 +221,11 @@ impl Snapshot {
         order.insert(to, at);
     }
 
+    /// The VM with `uuid`, whoever owns it (callers authorize).
+    pub(crate) fn vm(&self, uuid: Uuid) -> Option<&Arc<VmRecord>> {
+        self.by_uuid.get(&uuid).map(|i| &self.vms[*i as usize])
+    }
+
     pub fn len(&self) -> usize {
         self.vms.len()
     }

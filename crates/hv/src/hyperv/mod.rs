@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, StreamExt};
 use overvisor_model::host::HostFacts;
+use overvisor_model::metrics::{CpuReading, HostReading, VmReading};
 use overvisor_model::vm::{VmAction, VmEvent, VmInfo, VmName, VmState, VmSummary};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -194,6 +195,75 @@ impl HypervDriver {
         )
         .await
         .map(drop)
+    }
+
+    /// The host's and every VM's usage counters (see `host_usage.ps1`).
+    async fn usage(&self) -> HvResult<HostReading> {
+        #[derive(Deserialize)]
+        struct RawUsage {
+            #[serde(default)]
+            cpu_percent: Option<f64>,
+            #[serde(default)]
+            logical_processors: Option<u32>,
+            #[serde(default)]
+            memory_total_bytes: Option<u64>,
+            #[serde(default)]
+            memory_free_bytes: Option<u64>,
+            #[serde(default)]
+            vms: Value,
+        }
+        #[derive(Deserialize)]
+        struct RawVmUsage {
+            id: uuid::Uuid,
+            state: String,
+            #[serde(default)]
+            cpus: Option<u32>,
+            #[serde(default)]
+            cpu_percent: Option<f64>,
+            #[serde(default)]
+            memory_bytes: Option<u64>,
+            #[serde(default)]
+            disk_read_bytes: Option<u64>,
+            #[serde(default)]
+            disk_write_bytes: Option<u64>,
+            #[serde(default)]
+            net_rx_bytes: Option<u64>,
+            #[serde(default)]
+            net_tx_bytes: Option<u64>,
+        }
+        let op = script::HOST_USAGE.op;
+        let data = self.run(script::HOST_USAGE, json!({}), None).await?;
+        let raw: RawUsage = parse::data(op, data)?;
+        let vms = parse::many(raw.vms)
+            .into_iter()
+            .map(|v| {
+                let vm: RawVmUsage = parse::data(op, v)?;
+                let running = parse::state(&vm.state).is_active();
+                // A VM that is off has no usage; Hyper-V reports zeros.
+                let when_running = |v: Option<u64>| v.filter(|_| running);
+                Ok(VmReading {
+                    uuid: vm.id,
+                    running,
+                    vcpus: vm.cpus,
+                    cpu: vm.cpu_percent.filter(|_| running).map(CpuReading::Percent),
+                    memory_used_bytes: when_running(vm.memory_bytes),
+                    disk_read_bytes: when_running(vm.disk_read_bytes),
+                    disk_write_bytes: when_running(vm.disk_write_bytes),
+                    net_rx_bytes: when_running(vm.net_rx_bytes),
+                    net_tx_bytes: when_running(vm.net_tx_bytes),
+                })
+            })
+            .collect::<HvResult<Vec<_>>>()?;
+        Ok(HostReading {
+            cpu: raw.cpu_percent.map(CpuReading::Percent),
+            cpus: raw.logical_processors,
+            memory_total_bytes: raw.memory_total_bytes,
+            memory_used_bytes: raw
+                .memory_total_bytes
+                .zip(raw.memory_free_bytes)
+                .map(|(t, f)| t.saturating_sub(f)),
+            vms,
+        })
     }
 
     async fn facts(&self) -> HvResult<HostFacts> {
@@ -511,6 +581,10 @@ impl Hypervisor for HypervDriver {
 
     fn host_facts(&self) -> BoxFuture<'_, HvResult<HostFacts>> {
         Box::pin(self.facts())
+    }
+
+    fn sample(&self) -> BoxFuture<'_, HvResult<HostReading>> {
+        Box::pin(self.usage())
     }
 
     fn events(&self) -> BoxFuture<'_, HvResult<BoxStream<'static, HvResult<VmEvent>>>> {

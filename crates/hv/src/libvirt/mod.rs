@@ -16,6 +16,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, StreamExt};
 use overvisor_model::host::HostFacts;
+use overvisor_model::metrics::HostReading;
 use overvisor_model::vm::{VmAction, VmEvent, VmInfo, VmName, VmState, VmSummary};
 
 use crate::driver::{HvError, HvResult, Hypervisor};
@@ -27,6 +28,18 @@ use shell::{FixedCommand, VirshShell};
 const LIST_COMMAND: FixedCommand = "list --all --uuid --name";
 /// `domstats` for the inventory: state, memory and vCPUs of every domain.
 const STATS_COMMAND: FixedCommand = "domstats --raw --state --balloon --vcpu";
+/// `domstats` for usage graphs: also CPU time, disk and network counters.
+const USAGE_COMMAND: FixedCommand =
+    "domstats --raw --state --cpu-total --balloon --block --interface --vcpu";
+
+/// Whether a caller waits for the kept virsh when another call has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// A list must not queue behind a slow command: it runs its own virsh.
+    No,
+    /// Sampling is not urgent and runs often: it waits its turn.
+    Yes,
+}
 
 /// Drives one libvirt host.
 #[derive(Clone)]
@@ -203,12 +216,50 @@ impl LibvirtDriver {
     }
 
     /// Every domain, through the kept virsh when it is free and works,
-    /// otherwise with a virsh per command. After a timeout or with the
-    /// connection gone, the other way is not tried: it would only double
-    /// the wait.
+    /// otherwise with a virsh per command.
     async fn list(&self) -> HvResult<Vec<VmSummary>> {
-        match self.list_on_shell().await {
-            Ok(Some(list)) => return Ok(list),
+        let [names, stats] = self
+            .fixed_commands([LIST_COMMAND, STATS_COMMAND], Wait::No)
+            .await?;
+        summaries(&names, &stats)
+    }
+
+    /// Usage counters of the host and every domain: four fixed commands,
+    /// on the kept virsh when it works (one domstats for all domains).
+    async fn sample(&self) -> HvResult<HostReading> {
+        let [names, stats, cpu, mem] = self
+            .fixed_commands(
+                [LIST_COMMAND, USAGE_COMMAND, "nodecpustats", "nodememstats"],
+                Wait::Yes,
+            )
+            .await?;
+        let stats = parse::domstats(&stats);
+        let empty = HashMap::new();
+        let vms = parse::list_uuid_name(&names)?
+            .into_iter()
+            .map(|(uuid, name)| parse::vm_reading(uuid, stats.get(&name).unwrap_or(&empty)))
+            .collect();
+        let (cpu, memory_total_bytes, memory_used_bytes) = parse::host_usage(&cpu, &mem);
+        Ok(HostReading {
+            cpu,
+            cpus: None,
+            memory_total_bytes,
+            memory_used_bytes,
+            vms,
+        })
+    }
+
+    /// Runs fixed commands on the kept virsh, else (busy and `wait` is
+    /// `No`, or broken) each with its own virsh. After a timeout or with
+    /// the connection gone, the other way is not tried: it would only
+    /// double the wait.
+    async fn fixed_commands<const N: usize>(
+        &self,
+        commands: [FixedCommand; N],
+        wait: Wait,
+    ) -> HvResult<[String; N]> {
+        match self.on_shell(&commands, wait).await {
+            Ok(Some(outputs)) => return Ok(outputs),
             Ok(None) => {}
             Err(e @ HvError::Timeout(_)) => return Err(e),
             Err(e) if !self.ssh.status().await.connected => return Err(e),
@@ -216,15 +267,25 @@ impl LibvirtDriver {
                 tracing::debug!(addr = %self.ssh.addr(), error = %e, "kept virsh failed; running virsh per command");
             }
         }
-        let (list, stats) = (split(LIST_COMMAND), split(STATS_COMMAND));
-        let (names, stats) = futures::try_join!(self.run(&list, None), self.run(&stats, None))?;
-        summaries(&names, &stats)
+        let runs = commands.map(|c| async move { self.run(&split(c), None).await });
+        let outputs = futures::future::try_join_all(runs).await?;
+        outputs
+            .try_into()
+            .map_err(|_| HvError::Parse("virsh answered a different number of commands".into()))
     }
 
-    /// `Ok(None)`: the kept virsh is busy with another list.
-    async fn list_on_shell(&self) -> HvResult<Option<Vec<VmSummary>>> {
-        let Ok(mut slot) = self.shell.try_lock() else {
-            return Ok(None);
+    /// `Ok(None)`: the kept virsh is busy and `wait` is `No`.
+    async fn on_shell<const N: usize>(
+        &self,
+        commands: &[FixedCommand; N],
+        wait: Wait,
+    ) -> HvResult<Option<[String; N]>> {
+        let mut slot = match wait {
+            Wait::Yes => self.shell.lock().await,
+            Wait::No => match self.shell.try_lock() {
+                Ok(slot) => slot,
+                Err(_) => return Ok(None),
+            },
         };
         let answer = async {
             let shell = match &mut *slot {
@@ -232,9 +293,11 @@ impl LibvirtDriver {
                 empty => empty
                     .insert(VirshShell::open(&self.ssh, self.virsh(Vec::<String>::new())).await?),
             };
-            let names = shell.run(LIST_COMMAND).await?;
-            let stats = shell.run(STATS_COMMAND).await?;
-            summaries(&names, &stats)
+            let mut outputs: [String; N] = std::array::from_fn(|_| String::new());
+            for (out, command) in outputs.iter_mut().zip(commands) {
+                *out = shell.run(command).await?;
+            }
+            Ok(outputs)
         }
         .await;
         if answer.is_err() {
@@ -500,6 +563,10 @@ impl Hypervisor for LibvirtDriver {
 
     fn events(&self) -> BoxFuture<'_, HvResult<BoxStream<'static, HvResult<VmEvent>>>> {
         Box::pin(self.event_stream())
+    }
+
+    fn sample(&self) -> BoxFuture<'_, HvResult<HostReading>> {
+        Box::pin(LibvirtDriver::sample(self))
     }
 
     fn as_libvirt(&self) -> Option<&LibvirtDriver> {

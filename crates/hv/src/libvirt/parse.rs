@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use overvisor_model::host::HostFacts;
+use overvisor_model::metrics::{CpuReading, VmReading};
 use overvisor_model::vm::{VmDisk, VmEvent, VmEventKind, VmGraphics, VmNic, VmState};
 use quick_xml::events::{BytesStart, Event};
 use uuid::Uuid;
@@ -63,6 +64,77 @@ pub fn stats_summary(stats: &HashMap<String, String>) -> (VmState, Option<u32>, 
         .and_then(|v| u32::try_from(v).ok());
     let memory_mib = num("balloon.maximum").map(|kib| kib / 1024);
     (state, vcpus, memory_mib)
+}
+
+/// One domain's usage counters out of its `domstats --raw --state
+/// --cpu-total --balloon --block --interface --vcpu` keys.
+///
+/// Memory used is what the guest reports through its balloon driver
+/// (available − unused) when it does, else the resident size of the QEMU
+/// process on the host: the figure a host operator sees either way.
+pub fn vm_reading(uuid: Uuid, stats: &HashMap<String, String>) -> VmReading {
+    let num = |k: &str| stats.get(k).and_then(|v| v.parse::<u64>().ok());
+    let (state, vcpus, _) = stats_summary(stats);
+    let sum = |count: &str, prefix: &str, suffix: &str| -> Option<u64> {
+        let n = num(count)?;
+        (0..n)
+            .map(|i| num(&format!("{prefix}.{i}.{suffix}")))
+            .try_fold(0u64, |acc, v| Some(acc.saturating_add(v?)))
+    };
+    let guest_used = match (num("balloon.available"), num("balloon.unused")) {
+        (Some(available), Some(unused)) => Some(available.saturating_sub(unused)),
+        _ => None,
+    };
+    VmReading {
+        uuid,
+        running: state.is_active(),
+        vcpus,
+        cpu: num("cpu.time").map(|busy_ns| CpuReading::Time {
+            busy_ns,
+            total_ns: None,
+        }),
+        memory_used_bytes: guest_used
+            .or_else(|| num("balloon.rss"))
+            .map(|kib| kib * 1024),
+        disk_read_bytes: sum("block.count", "block", "rd.bytes"),
+        disk_write_bytes: sum("block.count", "block", "wr.bytes"),
+        net_rx_bytes: sum("net.count", "net", "rx.bytes"),
+        net_tx_bytes: sum("net.count", "net", "tx.bytes"),
+    }
+}
+
+/// The host's own figures from `virsh nodecpustats` (cumulative
+/// nanoseconds of all CPUs) and `nodememstats` (KiB). Busy is everything
+/// but idle and I/O wait; used memory leaves out buffers and page cache,
+/// which the kernel gives back on demand.
+pub fn host_usage(
+    cpustats: &str,
+    memstats: &str,
+) -> (Option<CpuReading>, Option<u64>, Option<u64>) {
+    let cpu = key_values(cpustats);
+    let mem = key_values(memstats);
+    let ns = |k: &str| cpu.get(k).and_then(|v| leading_number(v));
+    let kib = |k: &str| mem.get(k).and_then(|v| leading_number(v));
+    let reading = match (ns("user"), ns("system"), ns("idle")) {
+        (Some(user), Some(system), Some(idle)) => {
+            let iowait = ns("iowait").unwrap_or(0);
+            let busy_ns = user.saturating_add(system);
+            Some(CpuReading::Time {
+                busy_ns,
+                total_ns: Some(busy_ns.saturating_add(idle).saturating_add(iowait)),
+            })
+        }
+        _ => None,
+    };
+    let total = kib("total");
+    let used = total.map(|t| {
+        let spare = ["free", "buffers", "cached"]
+            .iter()
+            .filter_map(|k| kib(k))
+            .fold(0u64, u64::saturating_add);
+        t.saturating_sub(spare)
+    });
+    (reading, total.map(|k| k * 1024), used.map(|k| k * 1024))
 }
 
 /// The parts of a domain's XML we show.

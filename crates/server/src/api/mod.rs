@@ -10,6 +10,7 @@ pub mod hosts;
 pub mod inventory;
 pub mod jobs;
 pub mod keys;
+pub mod metrics;
 pub mod profiles;
 pub mod sessions;
 pub mod users;
@@ -74,6 +75,9 @@ pub fn routes() -> Router<AppState> {
                 .delete(hosts::host_delete),
         )
         .route("/api/v1/hosts/{id}/facts", get(hosts::host_facts))
+        .route("/api/v1/hosts/{id}/metrics", get(metrics::host_metrics))
+        .route("/api/v1/vms/{id}/metrics", get(metrics::vm_metrics))
+        .route("/api/v1/metrics/fleet", get(metrics::fleet_metrics))
         .route(
             "/api/v1/hosts/{id}/deployments",
             post(deployments::deployment_create),
@@ -131,6 +135,7 @@ pub fn routes() -> Router<AppState> {
         inventory::inventory_summary, inventory::inventory_vms, inventory::inventory_vm,
         inventory::inventory_resync, inventory::host_resync,
         profiles::profiles_list,
+        metrics::host_metrics, metrics::vm_metrics, metrics::fleet_metrics,
         crate::observe::healthz, crate::observe::readyz, crate::observe::metrics_text,
     ),
     components(schemas(ErrorBody)),
@@ -148,6 +153,7 @@ pub fn routes() -> Router<AppState> {
         (name = "consoles", description = "A running VM's serial console over a WebSocket, opened with a single-use ticket"),
         (name = "events", description = "Live stream of job, inventory and host events"),
         (name = "inventory", description = "Every VM on every host, from memory"),
+        (name = "metrics", description = "Usage graphs: CPU, memory, disk and network of hosts, VMs and the fleet"),
         (name = "operations", description = "Health and metrics"),
     )
 )]

@@ -190,3 +190,68 @@ fn domifaddr_addresses() {
     assert_eq!(domifaddr(out), ["10.77.0.142", "fd00::5"]);
     assert!(domifaddr("").is_empty());
 }
+
+#[test]
+fn usage_counters_of_a_running_domain() {
+    // A lab guest: no disks, one NIC, no balloon device (so QEMU's RSS).
+    let out = "Domain: 'probe1'\n  state.state=1\n  state.reason=1\n  cpu.time=3920000000\n  \
+               cpu.user=3450000000\n  cpu.system=470000000\n  balloon.current=131072\n  \
+               balloon.maximum=131072\n  balloon.rss=247528\n  vcpu.current=1\n  vcpu.maximum=1\n  \
+               vcpu.0.state=1\n  vcpu.0.time=3440000000\n  net.count=1\n  net.0.name=vnet0\n  \
+               net.0.rx.bytes=90\n  net.0.tx.bytes=0\n  block.count=0\n";
+    let uuid = Uuid::nil();
+    let r = vm_reading(uuid, &domstats(out)["probe1"]);
+    assert!(r.running);
+    assert_eq!(r.vcpus, Some(1));
+    assert_eq!(
+        r.cpu,
+        Some(CpuReading::Time {
+            busy_ns: 3_920_000_000,
+            total_ns: None
+        })
+    );
+    assert_eq!(r.memory_used_bytes, Some(247_528 * 1024));
+    assert_eq!((r.net_rx_bytes, r.net_tx_bytes), (Some(90), Some(0)));
+    assert_eq!((r.disk_read_bytes, r.disk_write_bytes), (Some(0), Some(0)));
+
+    // Two disks summed; the guest's own balloon figures preferred.
+    let out = "Domain: 'g'\n  state.state=1\n  balloon.available=1000\n  balloon.unused=400\n  \
+               balloon.rss=5000\n  block.count=2\n  block.0.rd.bytes=10\n  block.0.wr.bytes=1\n  \
+               block.1.rd.bytes=5\n  block.1.wr.bytes=2\n";
+    let r = vm_reading(uuid, &domstats(out)["g"]);
+    assert_eq!(r.memory_used_bytes, Some(600 * 1024));
+    assert_eq!((r.disk_read_bytes, r.disk_write_bytes), (Some(15), Some(3)));
+    // A disk without its counter makes the sum unknown, not smaller.
+    let out = "Domain: 'h'\n  block.count=2\n  block.0.rd.bytes=10\n";
+    assert_eq!(vm_reading(uuid, &domstats(out)["h"]).disk_read_bytes, None);
+
+    // A domain that is off reports its state only.
+    let r = vm_reading(uuid, &domstats("Domain: 'off'\n  state.state=5\n")["off"]);
+    assert!(!r.running);
+    assert_eq!(
+        (r.cpu, r.memory_used_bytes, r.net_rx_bytes),
+        (None, None, None)
+    );
+}
+
+#[test]
+fn host_usage_from_node_stats() {
+    let cpu = "user:                 20540480000000\nsystem:                4719730000000\n\
+               idle:                 52152440000000\niowait:                 321260000000\n";
+    let mem = "total  :             24683792 KiB\nfree   :             21928020 KiB\n\
+               buffers:                21036 KiB\ncached :              1983140 KiB\n";
+    let (reading, total, used) = host_usage(cpu, mem);
+    assert_eq!(
+        reading,
+        Some(CpuReading::Time {
+            busy_ns: 25_260_210_000_000,
+            total_ns: Some(77_733_910_000_000)
+        })
+    );
+    assert_eq!(total, Some(24_683_792 * 1024));
+    assert_eq!(
+        used,
+        Some((24_683_792 - 21_928_020 - 21_036 - 1_983_140) * 1024)
+    );
+    assert_eq!(host_usage("", ""), (None, None, None));
+}
