@@ -161,10 +161,7 @@ impl Metrics {
         let points: Vec<Point> = vm_points.iter().map(|(_, p)| *p).collect();
         let before_cpu = if fresh { None } else { h.last_cpu };
         let host_point = rates::host_point(before_cpu, &reading, &points);
-        h.cpus = reading
-            .cpus
-            .or_else(|| rates::cpus_from_time(before_cpu, reading.cpu, elapsed))
-            .or(h.cpus);
+        h.cpus = reading.cpus.or(h.cpus);
         h.memory_total_bytes = reading.memory_total_bytes.or(h.memory_total_bytes);
         h.last_cpu = reading.cpu;
         h.last_at = Some(at);
@@ -183,6 +180,11 @@ impl Metrics {
                 })
                 .collect(),
         }
+    }
+
+    /// Sets a host's logical CPUs, for hosts whose readings do not say.
+    pub fn note_host_cpus(&self, host: &Host, cpus: u32) {
+        lock(&self.history(host)).cpus = Some(cpus);
     }
 
     /// Sets what the inventory knows of a VM's size (its memory ceiling
@@ -600,6 +602,10 @@ impl App {
         // Hosts spread over the first half of each step, so a fleet is
         // not asked all at once.
         let offset = spread(host.id, step / 2);
+        // The CPU count is the weight of this host in the fleet's CPU.
+        if let Ok(facts) = driver.host_facts().await {
+            self.metrics().note_host_cpus(&host, facts.cpus);
+        }
         loop {
             let wall = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -683,7 +689,7 @@ mod tests {
                 busy_ns,
                 total_ns: Some(total_ns),
             }),
-            cpus: None,
+            cpus: Some(2),
             memory_total_bytes: Some(8 << 30),
             memory_used_bytes: Some(2 << 30),
             vms: vms

@@ -115,29 +115,6 @@ pub fn host_point(before: Option<CpuReading>, now: &HostReading, vms: &[Point]) 
     p
 }
 
-/// Logical CPUs, from how much CPU time passed in `elapsed` of wall time,
-/// when the host does not say.
-pub fn cpus_from_time(
-    before: Option<CpuReading>,
-    now: Option<CpuReading>,
-    elapsed: Duration,
-) -> Option<u32> {
-    match (before?, now?) {
-        (
-            CpuReading::Time {
-                total_ns: Some(t0), ..
-            },
-            CpuReading::Time {
-                total_ns: Some(t1), ..
-            },
-        ) if elapsed.as_nanos() > 0 => {
-            let cpus = (t1.checked_sub(t0)? as f64 / elapsed.as_nanos() as f64).round();
-            (cpus >= 1.0).then_some(cpus as u32)
-        }
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,8 +195,5 @@ mod tests {
         assert_eq!(p.get(Series::MemoryUsedBytes), Some(40.0));
         assert_eq!(p.get(Series::NetRxBytesPerSec), Some(15.0));
         assert_eq!(p.get(Series::DiskReadBytesPerSec), None);
-        // 4 s of CPU time in 2 s: two CPUs.
-        let cpus = cpus_from_time(t(0, 0), t(0, 4_000_000_000), Duration::from_secs(2));
-        assert_eq!(cpus, Some(2));
     }
 }
