@@ -40,3 +40,7 @@ await styles('app');
 // level.
 await script('console', 'esm', 'es2022');
 await styles('console');
+
+// The usage charts (uPlot): loaded only on pages that draw them.
+await script('charts', 'iife', 'es2020');
+await styles('charts');

@@ -19,6 +19,8 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("APP_CSS", "app.css", "text/css; charset=utf-8"),
     ("CONSOLE_JS", "console.js", "text/javascript; charset=utf-8"),
     ("CONSOLE_CSS", "console.css", "text/css; charset=utf-8"),
+    ("CHARTS_JS", "charts.js", "text/javascript; charset=utf-8"),
+    ("CHARTS_CSS", "charts.css", "text/css; charset=utf-8"),
 ];
 
 fn main() {

@@ -74,18 +74,25 @@ function setStatus(text, state) {
   badge.dataset.state = state;
 }
 
+// Usage charts ask for the metrics samples, which a stream only sends when
+// named; everything else is the default set.
+const WITH_METRICS = '?types=job,vm,host,metrics';
+
 export function setupLive() {
-  if (liveElements().length === 0) return;
+  const charts = document.querySelector('[data-charts]') !== null;
+  if (liveElements().length === 0 && !charts) return;
   let backoff = 500;
 
   const connect = () => {
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const socket = new WebSocket(`${scheme}//${location.host}/api/v1/events`);
+    const query = charts ? WITH_METRICS : '';
+    const socket = new WebSocket(`${scheme}//${location.host}/api/v1/events${query}`);
     socket.addEventListener('open', () => {
       backoff = 500;
       setStatus('Live', 'on');
       document.body.dataset.live = 'on';
       refresh(liveElements());
+      document.dispatchEvent(new CustomEvent('ov:live-open'));
     });
     socket.addEventListener('message', (event) => {
       let message;
@@ -94,6 +101,7 @@ export function setupLive() {
       } catch {
         return;
       }
+      document.dispatchEvent(new CustomEvent('ov:event', { detail: message }));
       const topics = topicsOf(message);
       const hit = liveElements().filter((el) =>
         el.dataset.live.split(/\s+/).some((t) => topics.has(t)),
