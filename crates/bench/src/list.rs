@@ -39,7 +39,7 @@ const QUERIES: [(&str, &str); 4] = [
 ];
 
 /// `hosts × per_host` synthetic VMs with varied names, states and sizes.
-fn synthetic_host(owner: UserId, h: usize, per_host: usize) -> (Host, Vec<VmSummary>) {
+pub fn synthetic_host(owner: UserId, h: usize, per_host: usize) -> (Host, Vec<VmSummary>) {
     let now = Utc::now();
     let host = Host {
         id: HostId::new(),
@@ -76,7 +76,7 @@ fn synthetic_host(owner: UserId, h: usize, per_host: usize) -> (Host, Vec<VmSumm
 }
 
 /// An [`App`] on a fresh SQLite store in `dir`, with its first administrator.
-async fn app_with_admin(dir: &std::path::Path) -> anyhow::Result<(App, String, UserId)> {
+pub async fn app_with_admin(dir: &std::path::Path) -> anyhow::Result<(App, String, UserId)> {
     let store = Store::open_sqlite(&dir.join("overvisor.db"))
         .await
         .context("opening the store")?;

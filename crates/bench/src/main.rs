@@ -17,6 +17,7 @@ mod lab;
 mod list;
 mod process;
 mod resync;
+mod sampling;
 mod service;
 mod soak;
 mod stats;
@@ -99,12 +100,21 @@ struct Args {
     /// and synced.
     #[arg(long, default_value_t = 600)]
     fleet_sync_timeout: u64,
+    /// Only the usage-sampling mode (no lab): memory of the graphs'
+    /// history at 200 × 100 VMs and CPU time per host sample, over this
+    /// many rounds of every host.
+    #[arg(long)]
+    sampling: Option<u64>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Fail before measuring anything if a prerequisite is missing.
+    if let Some(rounds) = args.sampling {
+        print_machine(", --sampling");
+        return sampling::run(200, 100, rounds.max(2)).await;
+    }
     let binary = service::locate(args.overvisor.clone())?;
     if args.fleet {
         let lab = lab::load_fleet()?;
