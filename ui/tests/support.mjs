@@ -21,8 +21,11 @@ function binaryPath() {
   return join(target, 'debug', 'overvisor');
 }
 
-/** A running service: its URLs, the first administrator, and stop(). */
-export async function startServer() {
+/**
+ * A running service: its URLs, the first administrator, and stop().
+ * `env` adds settings (e.g. a profiles directory).
+ */
+export async function startServer({ env = {} } = {}) {
   const bin = binaryPath();
   if (!existsSync(bin)) {
     throw new Error(`overvisor binary not found at ${bin}: build it (scripts/browser-test does) or set OVERVISOR_BIN`);
@@ -38,6 +41,7 @@ export async function startServer() {
       // Offers a job that only sleeps, so job pages can be watched live.
       OVERVISOR_TEST_JOBS: '1',
       OVERVISOR_LOG: 'info,sqlx=warn,tower_http=warn',
+      ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

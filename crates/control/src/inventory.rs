@@ -38,7 +38,7 @@ use uuid::Uuid;
 
 use crate::events::VmBrief;
 
-pub use queries::{HostVmPage, InventorySummary};
+pub use queries::{HostLoad, HostVmPage, InventorySummary};
 pub use snapshot::{Snapshot, VmPage, VmQuery, VmSort};
 
 /// One VM as the inventory knows it.

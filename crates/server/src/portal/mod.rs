@@ -9,6 +9,7 @@ mod account;
 mod admin;
 pub mod assets;
 mod dashboard;
+mod deploy;
 mod hosts;
 mod jobs;
 mod login;
@@ -28,6 +29,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .merge(login::routes())
         .merge(dashboard::routes())
+        .merge(deploy::routes())
         .merge(account::routes())
         .merge(admin::routes())
         .merge(hosts::routes())
@@ -136,6 +138,15 @@ pub(crate) fn mib(mib: impl Mib) -> String {
         format!("{} GiB", mib / 1024)
     } else {
         format!("{:.1} GiB", mib as f64 / 1024.0)
+    }
+}
+
+/// A size in bytes for people: KiB below 1 MiB, else as [`mib`].
+pub(crate) fn bytes(bytes: u64) -> String {
+    if bytes < 1 << 20 {
+        format!("{} KiB", bytes.div_ceil(1024))
+    } else {
+        mib(bytes >> 20)
     }
 }
 
