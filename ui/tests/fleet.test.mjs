@@ -197,6 +197,23 @@ describe('hosts and VMs', () => {
     );
     await page.waitForURL(/kind=hyperv/);
     assert.equal(await page.locator(`#vms tr[data-vm="${guest.name}"]`).count(), 0);
+
+    // A running guest's addresses (Hyper-V's integration services report
+    // them) reach the list live, after the host is re-read.
+    const admin = { token: server.admin.apiKey, method: 'POST', body: {} };
+    const act = async (path) => {
+      const accepted = await api(server, path, admin);
+      assert.equal(accepted.status, 202, accepted.text);
+      const done = await api(server, `/api/v1/jobs/${accepted.json.id}?wait=30`, { token: server.admin.apiKey });
+      assert.equal(done.json.status, 'succeeded', done.text);
+    };
+    await act(`/api/v1/hosts/${hvId}/vms/win-01/start`);
+    await act(`/api/v1/hosts/${hvId}/resync`);
+    await page.locator('#vms tr[data-vm="win-01"] td.ips', { hasText: '172.20.0.2' }).waitFor({ timeout: 20000 });
+    assert.equal(await page.locator('#vms tr[data-vm="win-01"] td.ips').getAttribute('data-ips'), '172.20.0.2');
+    await screenshot(page, 'vms-addresses');
+    await act(`/api/v1/hosts/${hvId}/vms/win-01/force-stop`);
+    await page.locator('#vms tr[data-vm="win-01"] td.ips[data-ips=""]').waitFor({ timeout: 20000 });
     assert.deepEqual(page.problems, []);
     await page.context().close();
   });

@@ -48,10 +48,19 @@ script!(VM_ACTION, "vm.action", 1, "vm_action.ps1");
 script!(VM_DELETE, "vm.delete", 1, "vm_delete.ps1");
 script!(VM_EVENTS, "vm.events", 1, "vm_events.ps1");
 script!(VM_KVP, "vm.kvp", 1, "kvp.ps1");
+script!(VM_ADDRESSES, "vm.addresses", 1, "vm_addresses.ps1");
 
 /// Every script, for the tests that check their tags and rules.
-pub const ALL: [Script; 8] = [
-    HOST_FACTS, VM_LIST, VM_INFO, VM_STATE, VM_ACTION, VM_DELETE, VM_EVENTS, VM_KVP,
+pub const ALL: [Script; 9] = [
+    HOST_FACTS,
+    VM_LIST,
+    VM_INFO,
+    VM_STATE,
+    VM_ACTION,
+    VM_DELETE,
+    VM_EVENTS,
+    VM_KVP,
+    VM_ADDRESSES,
 ];
 
 impl Script {
