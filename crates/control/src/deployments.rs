@@ -16,7 +16,7 @@ use overvisor_hv::HvError;
 use overvisor_hv::libvirt::deploy::VmFiles;
 use overvisor_model::InvalidInput;
 use overvisor_model::host::{Host, HostFacts, HostId, HostKind};
-use overvisor_model::job::Job;
+use overvisor_model::job::{Job, JobQuery};
 use overvisor_model::operation::{DeployImage, DeploySpec, Operation, vm_target};
 use overvisor_model::vm::VmName;
 
@@ -262,10 +262,13 @@ impl App {
             None
         };
         let (capacity, kvm, taken) = self.deploy_host_look(host, name.as_ref()).await?;
-        if let Some(name) = name.as_ref().filter(|_| taken) {
-            return Err(AppError::Conflict(format!(
-                "a VM named {name} already exists on this host"
-            )));
+        if let Some(name) = &name {
+            if taken {
+                return Err(AppError::Conflict(format!(
+                    "a VM named {name} already exists on this host"
+                )));
+            }
+            self.deploy_not_under_way(host.get().id, name).await?;
         }
         if let Some(sizing) = &sizing {
             host_fits(&capacity.facts, sizing, &req.network)?;
@@ -276,6 +279,26 @@ impl App {
             VirtType::Qemu
         };
         Ok((image, HostChecked { capacity, virt }))
+    }
+
+    /// No other deployment of `name` on `host` is queued or running: the
+    /// host knows the name only from that job's `define` step on (a form
+    /// sent twice would otherwise start two).
+    async fn deploy_not_under_way(&self, host: HostId, name: &VmName) -> Result<(), AppError> {
+        let query = JobQuery {
+            kind: Some(KIND.to_owned()),
+            target: Some(vm_target(host, name)),
+            limit: 10,
+            ..JobQuery::default()
+        };
+        let jobs = self.store().job_list(&query).await?;
+        match jobs.iter().find(|job| !job.status.is_terminal()) {
+            Some(job) => Err(AppError::Conflict(format!(
+                "{name} is already being deployed on this host (job {})",
+                job.id
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Asks a libvirt host for its facts, whether it has KVM and (given a
