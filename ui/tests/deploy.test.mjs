@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import {
-  api, launchBrowser, newPage, screenshot, signIn, startServer,
+  createUser, launchBrowser, newPage, screenshot, sessionCall as call, signIn, startServer,
 } from './support.mjs';
 import { asRoot, authorizeKey, lab, labHost, uniqueName, virsh } from './lab.mjs';
 
@@ -58,19 +58,6 @@ function serveImage(bridge, image) {
   });
 }
 
-/** The session's own API call from inside the page (cookie + CSRF). */
-function call(page, path, method = 'GET', body) {
-  return page.evaluate(async ({ path, method, body }) => {
-    const csrf = document.querySelector('meta[name="csrf-token"]')?.content || '';
-    const response = await fetch(path, {
-      method,
-      headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    return { status: response.status, json: await response.json().catch(() => null) };
-  }, { path, method, body });
-}
-
 before(async () => {
   const labInfo = lab();
   host = labHost(labInfo, 'ovh2');
@@ -108,13 +95,7 @@ disk_gib = 1
     env: { OVERVISOR_PROFILES_DIR: dir, OVERVISOR_DEPLOY_EMULATED: '1' },
   });
   browser = await launchBrowser();
-  const created = await api(server, '/api/v1/users', {
-    token: server.admin.apiKey,
-    method: 'POST',
-    body: { name: 'olga', email: 'olga@example.test', role: 'operator' },
-  });
-  assert.equal(created.status, 201, created.text);
-  operator = { name: 'olga', password: created.json.password };
+  operator = await createUser(server, 'olga', 'operator');
 });
 
 after(async () => {
@@ -298,14 +279,9 @@ describe('deploy wizard', () => {
   });
 
   test('a reader is offered no wizard', async () => {
-    const created = await api(server, '/api/v1/users', {
-      token: server.admin.apiKey,
-      method: 'POST',
-      body: { name: 'rudi', email: 'rudi@example.test', role: 'reader' },
-    });
-    assert.equal(created.status, 201, created.text);
+    const reader = await createUser(server, 'rudi', 'reader');
     const page = await newPage(browser);
-    await signIn(page, server, 'rudi', created.json.password);
+    await signIn(page, server, reader.name, reader.password);
     await page.goto(`${server.ui}/vms`);
     await page.locator('h1', { hasText: 'Virtual machines' }).waitFor();
     assert.equal(await page.getByRole('link', { name: 'Deploy a VM' }).count(), 0);

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import {
-  api, launchBrowser, newPage, screenshot, signIn, startServer,
+  api, createUser, launchBrowser, newPage, screenshot, signIn, startServer,
 } from './support.mjs';
 import { authorizeKey, defineGuest, lab, labHost, uniqueName, virsh } from './lab.mjs';
 
@@ -132,14 +132,9 @@ describe('hosts and VMs', () => {
   });
 
   test('another user sees none of the first user\'s hosts or VMs', async () => {
-    const created = await api(server, '/api/v1/users', {
-      token: server.admin.apiKey,
-      method: 'POST',
-      body: { name: 'carol', email: 'carol@example.com', role: 'operator' },
-    });
-    assert.equal(created.status, 201, created.text);
+    const carol = await createUser(server, 'carol', 'operator');
     const page = await newPage(browser);
-    await signIn(page, server, 'carol', created.json.password);
+    await signIn(page, server, carol.name, carol.password);
     await page.goto(`${server.ui}/hosts`);
     assert.equal(await page.locator('#hosts').count(), 0, 'no host table for carol');
     assert.doesNotMatch(await page.locator('main').innerText(), /lab-ovh1/);

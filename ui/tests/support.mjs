@@ -154,6 +154,30 @@ export async function api(server, path, { token, method = 'GET', body } = {}) {
   return { status: res.status, json, text, headers: res.headers };
 }
 
+/** An API call made by the page itself, with its session cookie and CSRF token. */
+export function sessionCall(page, path, method = 'GET', body) {
+  return page.evaluate(async ({ path, method, body }) => {
+    const csrf = document.querySelector('meta[name="csrf-token"]')?.content || '';
+    const response = await fetch(path, {
+      method,
+      headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    return { status: response.status, json: await response.json().catch(() => null) };
+  }, { path, method, body });
+}
+
+/** Creates a user as the first administrator: {name, id, password}. */
+export async function createUser(server, name, role) {
+  const created = await api(server, '/api/v1/users', {
+    token: server.admin.apiKey,
+    method: 'POST',
+    body: { name, email: `${name}@example.test`, role },
+  });
+  if (created.status !== 201) throw new Error(`creating ${name}: ${created.status} ${created.text}`);
+  return { name, id: created.json.user?.id ?? created.json.id, password: created.json.password };
+}
+
 /** The hypervisor lab's description; a missing lab fails the test. */
 export function loadLab() {
   const dir = process.env.OVERVISOR_LAB_DIR || '/tmp/overvisor-lab';

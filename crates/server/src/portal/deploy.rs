@@ -157,14 +157,7 @@ impl DeployForm {
     /// in yet become values the control layer refuses (0, empty), so only
     /// text that cannot be a value at all is refused here.
     fn request(&self) -> Result<(Option<HostId>, DeploymentRequest), ApiError> {
-        let host = match self.host.trim() {
-            "" => None,
-            h => Some(
-                h.parse::<Uuid>()
-                    .map(HostId)
-                    .map_err(|_| ApiError::invalid("host", "Choose a host"))?,
-            ),
-        };
+        let host = super::host_field(&self.host, "Choose a host")?;
         let number = |field: &str, text: &str| -> Result<u64, ApiError> {
             match text.trim() {
                 "" => Ok(0),

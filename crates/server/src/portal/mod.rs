@@ -21,6 +21,8 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
+use overvisor_model::host::HostId;
+
 use crate::AppState;
 use crate::error::ApiError;
 pub use session::{CsrfOnly, CsrfRejected, PortalSession, VerifiedForm};
@@ -127,6 +129,17 @@ pub(crate) fn when(t: &chrono::DateTime<chrono::Utc>) -> String {
 /// Bad input from a form, as the same error the API would give.
 pub(crate) fn invalid(err: overvisor_model::InvalidInput) -> ApiError {
     ApiError::from(overvisor_control::AppError::from(err))
+}
+
+/// A host id from a form or query field named `host`; `None` when blank.
+pub(crate) fn host_field(text: &str, refusal: &str) -> Result<Option<HostId>, ApiError> {
+    match text.trim() {
+        "" => Ok(None),
+        h => h
+            .parse::<uuid::Uuid>()
+            .map(|u| Some(HostId(u)))
+            .map_err(|_| ApiError::invalid("host", refusal)),
+    }
 }
 
 /// Memory for people: MiB below 1 GiB, else GiB with one decimal.
