@@ -149,6 +149,12 @@ async fn one_list_one_event_stream_and_jobs_across_kvm_and_hyperv() {
         .post(&format!("/api/v1/hosts/{hv}/resync"), json!({}))
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    wait_event(&mut ws, WAIT, |e| {
+        e["type"] == "vm.changed"
+            && e["vm"]["name"] == hv_vm.as_str()
+            && e["vm"]["ips"] == json!(["172.20.0.3"])
+    })
+    .await;
     let deadline = Instant::now() + WAIT;
     loop {
         let item = listed(&api, &format!("name={hv_vm}"), 1).await.remove(0);

@@ -76,6 +76,7 @@ impl VmRecord {
             state: self.state,
             vcpus: self.vcpus,
             memory_mib: self.memory_mib,
+            ips: self.ips.clone(),
         }
     }
 
