@@ -308,12 +308,13 @@ impl App {
         host: &Authorized<Host>,
         name: Option<&VmName>,
     ) -> Result<(HostCapacity, bool, bool), AppError> {
-        let driver = self.host_driver(host).await?;
-        let lv = driver.as_libvirt().ok_or_else(|| {
-            AppError::Conflict("deployments are supported on libvirt hosts only".into())
-        })?;
         let err = |e: HvError| self.host_error(host.get(), e);
+        // Connecting counts too: a dead host must not hold a page of hosts.
         let asked = async {
+            let driver = self.host_driver(host).await?;
+            let lv = driver.as_libvirt().ok_or_else(|| {
+                AppError::Conflict("deployments are supported on libvirt hosts only".into())
+            })?;
             futures::try_join!(driver.host_facts(), lv.has_kvm(), async {
                 let Some(name) = name else { return Ok(false) };
                 match driver.vm_state(name).await {
@@ -322,11 +323,11 @@ impl App {
                     Err(e) => Err(e),
                 }
             })
+            .map_err(err)
         };
         let (facts, kvm, taken) = tokio::time::timeout(PRECHECK_TIMEOUT, asked)
             .await
-            .map_err(|_| err(HvError::Timeout(PRECHECK_TIMEOUT)))?
-            .map_err(err)?;
+            .map_err(|_| err(HvError::Timeout(PRECHECK_TIMEOUT)))??;
         let load = self.inventory().host_load(host.get().id);
         let capacity = HostCapacity {
             facts,

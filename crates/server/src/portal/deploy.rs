@@ -574,3 +574,70 @@ async fn deployed_page(
         Err(e) => error_response(&session, e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_refusal_belongs_to_the_step_of_its_field() {
+        for (field, step) in [
+            ("profile", Step::Profile),
+            ("host", Step::Host),
+            ("memory_mib", Step::Size),
+            ("network.bridge", Step::Size),
+            ("name", Step::Name),
+            ("ssh_keys[3]", Step::Name),
+        ] {
+            assert_eq!(Step::of_field(field), Some(step), "{field}");
+        }
+        assert_eq!(Step::of_field("locale"), None);
+        assert_eq!(Step::Confirm.previous(), Some(Step::Name));
+        assert_eq!(Step::Profile.previous(), None);
+        assert_eq!(Step::parse("size"), Step::Size);
+        assert_eq!(Step::parse("bogus"), Step::Profile);
+    }
+
+    #[test]
+    fn next_to_its_field_a_message_does_not_repeat_the_field() {
+        let shown = StepError::from(ApiError::invalid("vcpus", "vcpus must be at most 2"));
+        assert_eq!(shown.message, "Must be at most 2");
+        assert_eq!(shown.field.as_deref(), Some("vcpus"));
+        let other = StepError::from(ApiError::invalid("name", "Choose a name"));
+        assert_eq!(other.message, "Choose a name");
+    }
+
+    #[test]
+    fn the_form_becomes_the_api_request() {
+        let form = DeployForm {
+            profile: " debian-12 ".into(),
+            host: "6f1c0a4e-93c4-4b8e-a0a2-3c1d7f6f2b10".into(),
+            vcpus: "2".into(),
+            memory_mib: "2048".into(),
+            disk_gib: "".into(),
+            network: "network:default".into(),
+            name: "web-01".into(),
+            username: "ops".into(),
+            ssh_keys: "ssh-ed25519 AAAA a\r\n\r\n  ssh-ed25519 BBBB b  \r\n".into(),
+            go: "confirm".into(),
+        };
+        let (host, req) = form.request().unwrap();
+        assert!(host.is_some());
+        assert_eq!(req.profile, "debian-12");
+        assert_eq!((req.vcpus, req.memory_mib, req.disk_gib), (2, 2048, 0));
+        assert_eq!(req.network, NetworkAttachment::Network("default".into()));
+        assert_eq!(req.ssh_keys, ["ssh-ed25519 AAAA a", "ssh-ed25519 BBBB b"]);
+        let bad = DeployForm {
+            vcpus: "two".into(),
+            ..form.clone()
+        };
+        assert_eq!(bad.request().unwrap_err().field.as_deref(), Some("vcpus"));
+        let bad = DeployForm {
+            host: "not-a-host".into(),
+            ..form
+        };
+        assert_eq!(bad.request().unwrap_err().field.as_deref(), Some("host"));
+    }
+}
