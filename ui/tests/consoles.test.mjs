@@ -11,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import {
   api, createUser, launchBrowser, newPage, screenshot, sessionCall, signIn, startServer,
 } from './support.mjs';
-import { authorizeKey, defineGuest, lab, labHost, uniqueName, virsh } from './lab.mjs';
+import { addOwnHost, authorizeKey, defineGuest, lab, labHost, uniqueName, virsh } from './lab.mjs';
 
 let server;
 let browser;
@@ -249,16 +249,7 @@ describe('consoles', () => {
     await page.goto(`${server.ui}/`);
     const context = page.context();
     const call = sessionCall;
-    const key = await call(page, '/api/v1/users/me/ssh-key', 'GET');
-    assert.equal(key.status, 200);
-    authorizeKey(ovh1, key.json.public_key);
-    const host = await call(page, '/api/v1/hosts', 'POST', {
-      name: 'rita-ovh1',
-      address: ovh1.address,
-      port: ovh1.port,
-      ssh_user: ovh1.user,
-      host_key_fingerprint: ovh1.host_key_fingerprint,
-    });
+    const host = await addOwnHost(page, ovh1, 'rita-ovh1');
     assert.equal(host.status, 201, JSON.stringify(host.json));
     const demoted = await api(server, `/api/v1/users/${reader.id}`, {
       token: server.admin.apiKey, method: 'PATCH', body: { role: 'reader' },

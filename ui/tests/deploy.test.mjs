@@ -19,7 +19,7 @@ import { after, before, describe, test } from 'node:test';
 import {
   createUser, launchBrowser, newPage, screenshot, sessionCall as call, signIn, startServer,
 } from './support.mjs';
-import { asRoot, authorizeKey, lab, labHost, uniqueName, virsh } from './lab.mjs';
+import { addOwnHost, asRoot, lab, labHost, uniqueName, virsh } from './lab.mjs';
 
 const PATIENCE = 60000;
 /** Where deployments keep a VM's files on a host. */
@@ -116,16 +116,7 @@ describe('deploy wizard', () => {
     const page = await newPage(browser);
     await signIn(page, server, operator.name, operator.password);
     // Olga's own host, reached with her own SSH key.
-    const key = await call(page, '/api/v1/users/me/ssh-key');
-    assert.equal(key.status, 200);
-    authorizeKey(host, key.json.public_key);
-    const registered = await call(page, '/api/v1/hosts', 'POST', {
-      name: 'olga-ovh2',
-      address: host.address,
-      port: host.port,
-      ssh_user: host.user,
-      host_key_fingerprint: host.host_key_fingerprint,
-    });
+    const registered = await addOwnHost(page, host, 'olga-ovh2');
     assert.equal(registered.status, 201, JSON.stringify(registered.json));
     hostId = registered.json.id;
 
