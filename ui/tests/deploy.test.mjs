@@ -33,6 +33,7 @@ let host;
 let operator;
 let hostId;
 let deployed; // { name, uuid } once created, for the clean-up
+let imageSha; // the test image, cached on the host by the deployment
 
 /** Serves `image` at http://<lab bridge>:<port>/img.raw; answers Range too. */
 function serveImage(bridge, image) {
@@ -64,6 +65,7 @@ before(async () => {
   // 4 MiB of random bytes: its checksum is its own, never in a host's cache.
   const image = randomBytes(4 << 20);
   const sha256 = createHash('sha256').update(image).digest('hex');
+  imageSha = sha256;
   const bridge = host.address.replace(/\.\d+$/, '.1');
   files = await serveImage(bridge, image);
   dir = mkdtempSync(join(tmpdir(), 'overvisor-profiles-'));
@@ -104,6 +106,8 @@ after(async () => {
     try { virsh(host, 'destroy', deployed.name); } catch { /* not running */ }
     try { virsh(host, 'undefine', deployed.name); } catch { /* already gone */ }
     if (deployed.uuid) asRoot(host, 'rm', ['-rf', `${DEPLOY_DIR}/vms/${deployed.uuid}`]);
+    // This run's image is no other run's: it need not stay cached.
+    asRoot(host, 'rm', ['-f', `${DEPLOY_DIR}/images/${imageSha}.img`, `${DEPLOY_DIR}/images/${imageSha}.lock`]);
   }
   files?.close();
   await browser?.close();
