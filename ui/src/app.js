@@ -56,6 +56,12 @@ function errorText(xhr) {
   return `The request failed (HTTP ${xhr.status}).`;
 }
 
+// A page that must not be shown again on reload (the deployment's one
+// showing the guest's password) names the address to show instead: a
+// reload then asks for that page, never re-sending the form.
+const replaceWith = document.querySelector('[data-replace-url]');
+if (replaceWith) history.replaceState(null, '', replaceWith.dataset.replaceUrl);
+
 setupConfirm();
 setupCopy();
 setupLive({ csrfToken });

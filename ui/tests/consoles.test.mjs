@@ -9,9 +9,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import {
-  api, launchBrowser, newPage, screenshot, signIn, startServer,
+  api, createUser, launchBrowser, newPage, screenshot, sessionCall, signIn, startServer,
 } from './support.mjs';
-import { authorizeKey, defineGuest, lab, labHost, uniqueName, virsh } from './lab.mjs';
+import { addOwnHost, authorizeKey, defineGuest, lab, labHost, uniqueName, virsh } from './lab.mjs';
 
 let server;
 let browser;
@@ -120,13 +120,7 @@ before(async () => {
   virsh(ovh1, 'start', guest.name);
   await waitReady(ovh1, guest.name);
   vmPage = `${server.ui}/vms/${hostId}/${guest.uuid}`;
-  const created = await api(server, '/api/v1/users', {
-    token: admin,
-    method: 'POST',
-    body: { name: 'rita', email: 'rita@example.test', role: 'operator' },
-  });
-  assert.equal(created.status, 201, created.text);
-  reader = { name: 'rita', id: created.json.user?.id ?? created.json.id, password: created.json.password };
+  reader = await createUser(server, 'rita', 'operator');
 });
 
 after(async () => {
@@ -254,25 +248,8 @@ describe('consoles', () => {
     await signIn(page, server, reader.name, reader.password);
     await page.goto(`${server.ui}/`);
     const context = page.context();
-    const call = (on, path, method, body) => on.evaluate(async ({ path, method, body }) => {
-      const csrf = document.querySelector('meta[name="csrf-token"]')?.content || '';
-      const response = await fetch(path, {
-        method,
-        headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-      return { status: response.status, json: await response.json().catch(() => null) };
-    }, { path, method, body });
-    const key = await call(page, '/api/v1/users/me/ssh-key', 'GET');
-    assert.equal(key.status, 200);
-    authorizeKey(ovh1, key.json.public_key);
-    const host = await call(page, '/api/v1/hosts', 'POST', {
-      name: 'rita-ovh1',
-      address: ovh1.address,
-      port: ovh1.port,
-      ssh_user: ovh1.user,
-      host_key_fingerprint: ovh1.host_key_fingerprint,
-    });
+    const call = sessionCall;
+    const host = await addOwnHost(page, ovh1, 'rita-ovh1');
     assert.equal(host.status, 201, JSON.stringify(host.json));
     const demoted = await api(server, `/api/v1/users/${reader.id}`, {
       token: server.admin.apiKey, method: 'PATCH', body: { role: 'reader' },

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import {
-  api, launchBrowser, newPage, screenshot, signIn, startServer,
+  api, createUser, launchBrowser, newPage, screenshot, signIn, startServer,
 } from './support.mjs';
 import { authorizeKey, defineGuest, lab, labHost, uniqueName, virsh } from './lab.mjs';
 
@@ -132,14 +132,9 @@ describe('hosts and VMs', () => {
   });
 
   test('another user sees none of the first user\'s hosts or VMs', async () => {
-    const created = await api(server, '/api/v1/users', {
-      token: server.admin.apiKey,
-      method: 'POST',
-      body: { name: 'carol', email: 'carol@example.com', role: 'operator' },
-    });
-    assert.equal(created.status, 201, created.text);
+    const carol = await createUser(server, 'carol', 'operator');
     const page = await newPage(browser);
-    await signIn(page, server, 'carol', created.json.password);
+    await signIn(page, server, carol.name, carol.password);
     await page.goto(`${server.ui}/hosts`);
     assert.equal(await page.locator('#hosts').count(), 0, 'no host table for carol');
     assert.doesNotMatch(await page.locator('main').innerText(), /lab-ovh1/);
@@ -197,6 +192,23 @@ describe('hosts and VMs', () => {
     );
     await page.waitForURL(/kind=hyperv/);
     assert.equal(await page.locator(`#vms tr[data-vm="${guest.name}"]`).count(), 0);
+
+    // A running guest's addresses (Hyper-V's integration services report
+    // them) reach the list live, after the host is re-read.
+    const admin = { token: server.admin.apiKey, method: 'POST', body: {} };
+    const act = async (path) => {
+      const accepted = await api(server, path, admin);
+      assert.equal(accepted.status, 202, accepted.text);
+      const done = await api(server, `/api/v1/jobs/${accepted.json.id}?wait=30`, { token: server.admin.apiKey });
+      assert.equal(done.json.status, 'succeeded', done.text);
+    };
+    await act(`/api/v1/hosts/${hvId}/vms/win-01/start`);
+    await act(`/api/v1/hosts/${hvId}/resync`);
+    await page.locator('#vms tr[data-vm="win-01"] td.ips', { hasText: '172.20.0.2' }).waitFor({ timeout: 20000 });
+    assert.equal(await page.locator('#vms tr[data-vm="win-01"] td.ips').getAttribute('data-ips'), '172.20.0.2');
+    await screenshot(page, 'vms-addresses');
+    await act(`/api/v1/hosts/${hvId}/vms/win-01/force-stop`);
+    await page.locator('#vms tr[data-vm="win-01"] td.ips[data-ips=""]').waitFor({ timeout: 20000 });
     assert.deepEqual(page.problems, []);
     await page.context().close();
   });

@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { randomUUID, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadLab } from './support.mjs';
+import { loadLab, sessionCall } from './support.mjs';
 
 export function lab() {
   return loadLab();
@@ -43,6 +43,23 @@ export function authorizeKey(host, publicKey) {
   const present = asRoot(host, 'cat', [file]);
   if (present.split('\n').includes(publicKey.trim())) return;
   asRoot(host, 'tee', ['-a', file], `${publicKey.trim()}\n`);
+}
+
+/**
+ * Registers `host` as the signed-in user's own, named `name`, reached with
+ * that user's SSH key (authorized here first); answers the API's reply.
+ */
+export async function addOwnHost(page, host, name) {
+  const key = await sessionCall(page, '/api/v1/users/me/ssh-key');
+  if (key.status !== 200) throw new Error(`no SSH key: ${key.status}`);
+  authorizeKey(host, key.json.public_key);
+  return sessionCall(page, '/api/v1/hosts', 'POST', {
+    name,
+    address: host.address,
+    port: host.port,
+    ssh_user: host.user,
+    host_key_fingerprint: host.host_key_fingerprint,
+  });
 }
 
 export function uniqueName(prefix) {

@@ -21,8 +21,10 @@ function binaryPath() {
   return join(target, 'debug', 'overvisor');
 }
 
-/** A running service: its URLs, the first administrator, and stop();
- * `env` adds settings (`OVERVISOR_<FIELD>`). */
+/**
+ * A running service: its URLs, the first administrator, and stop().
+ * `env` adds settings (e.g. a profiles directory).
+ */
 export async function startServer({ env = {} } = {}) {
   const bin = binaryPath();
   if (!existsSync(bin)) {
@@ -150,6 +152,30 @@ export async function api(server, path, { token, method = 'GET', body } = {}) {
   let json;
   try { json = JSON.parse(text); } catch { json = undefined; }
   return { status: res.status, json, text, headers: res.headers };
+}
+
+/** An API call made by the page itself, with its session cookie and CSRF token. */
+export function sessionCall(page, path, method = 'GET', body) {
+  return page.evaluate(async ({ path, method, body }) => {
+    const csrf = document.querySelector('meta[name="csrf-token"]')?.content || '';
+    const response = await fetch(path, {
+      method,
+      headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    return { status: response.status, json: await response.json().catch(() => null) };
+  }, { path, method, body });
+}
+
+/** Creates a user as the first administrator: {name, id, password}. */
+export async function createUser(server, name, role) {
+  const created = await api(server, '/api/v1/users', {
+    token: server.admin.apiKey,
+    method: 'POST',
+    body: { name, email: `${name}@example.test`, role },
+  });
+  if (created.status !== 201) throw new Error(`creating ${name}: ${created.status} ${created.text}`);
+  return { name, id: created.json.user?.id ?? created.json.id, password: created.json.password };
 }
 
 /** The hypervisor lab's description; a missing lab fails the test. */

@@ -2,7 +2,8 @@
 //! cloud image (cloud-init, qemu-guest-agent, sshd) is deployed through the
 //! API onto a lab host, boots under TCG, and is checked from inside over
 //! SSH from the host's own network: hostname, user, authorized key, the
-//! password's hash, and the guest agent's address as the API shows it.
+//! password's hash, and the guest agent's address as the API shows it, in
+//! the VM's detail and in the inventory's list.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "support/lab_hosts.rs"]
@@ -137,6 +138,24 @@ disk_gib = 2
         );
         tokio::time::sleep(Duration::from_secs(3)).await;
     };
+    // The inventory keeps it too: the list shows it without asking the
+    // host (read after the next resync or shortly after a start).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, page) = api.get(&format!("/api/v1/vms?name={name}")).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        if page["items"][0]["ips"]
+            .as_array()
+            .is_some_and(|ips| ips.iter().any(|i| i == ip.as_str()))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the list never showed {ip}: {page}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     // cloud-init may still be writing the user when the agent answers.
     let deadline = Instant::now() + BOOT;
     let said = loop {

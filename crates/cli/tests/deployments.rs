@@ -403,6 +403,19 @@ async fn a_cancelled_deployment_is_undone() {
     while server.gets("img.raw").is_empty() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The host does not know the name before `define`; the deployment
+    // under way still holds it.
+    let (status, body) = api
+        .post(
+            &format!("/api/v1/hosts/{host_id}/deployments"),
+            request("lab-img", &name, &lab),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains(job_id),
+        "{body}"
+    );
     let (status, body) = api
         .post(&format!("/api/v1/jobs/{job_id}/cancel"), json!({}))
         .await;

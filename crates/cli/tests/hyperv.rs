@@ -142,6 +142,28 @@ async fn one_list_one_event_stream_and_jobs_across_kvm_and_hyperv() {
     }
     let running = listed(&api, &format!("name={marker}&state=running"), 2).await;
     assert_eq!(running.len(), 2);
+    // The addresses the Hyper-V guest reports (its integration services)
+    // reach the inventory's list the way a libvirt guest's do: read after
+    // a resync, link-local ones left out.
+    let (status, body) = api
+        .post(&format!("/api/v1/hosts/{hv}/resync"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    wait_event(&mut ws, WAIT, |e| {
+        e["type"] == "vm.changed"
+            && e["vm"]["name"] == hv_vm.as_str()
+            && e["vm"]["ips"] == json!(["172.20.0.3"])
+    })
+    .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let item = listed(&api, &format!("name={hv_vm}"), 1).await.remove(0);
+        if item["ips"] == json!(["172.20.0.3"]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no addresses listed: {item}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // An invalid transition is refused alike on both kinds.
     for (host, vm) in [(&hv, &hv_vm), (&kvm, &kvm_vm)] {
         let (status, body) = api
@@ -160,6 +182,9 @@ async fn one_list_one_event_stream_and_jobs_across_kvm_and_hyperv() {
         })
         .await;
     }
+    // A stopped VM has no addresses.
+    let stopped = listed(&api, &format!("name={hv_vm}"), 1).await;
+    assert_eq!(stopped[0]["ips"], json!([]), "{}", stopped[0]);
 
     // A name only Windows would give is addressed as the host named it.
     let odd = "odd name ü 'x' [1]";

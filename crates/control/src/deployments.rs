@@ -11,16 +11,19 @@ use overvisor_deploy::domain::{DomainFiles, VirtType, domain_xml};
 use overvisor_deploy::profile::{Firmware, HostPath, ImageChecksum, ImageFormat, ImageSource};
 use overvisor_deploy::request::NetworkAttachment;
 use overvisor_deploy::secret::GeneratedPassword;
-use overvisor_deploy::{Deployment, DeploymentRequest};
+use overvisor_deploy::{DeploymentRequest, Profile};
 use overvisor_hv::HvError;
 use overvisor_hv::libvirt::deploy::VmFiles;
 use overvisor_model::InvalidInput;
-use overvisor_model::host::HostId;
-use overvisor_model::job::Job;
+use overvisor_model::host::{Host, HostFacts, HostId, HostKind};
+use overvisor_model::job::{Job, JobQuery};
 use overvisor_model::operation::{DeployImage, DeploySpec, Operation, vm_target};
+use overvisor_model::vm::VmName;
+
+use futures::StreamExt;
 
 use crate::audit::Target;
-use crate::authz::{Action, Subject};
+use crate::authz::{Action, Authorized, Resource, Subject, authorize, authorize_owned};
 use crate::{App, AppError};
 
 const KIND: &str = "vm.deploy";
@@ -34,6 +37,61 @@ pub struct DeployCredentials {
     pub password: GeneratedPassword,
 }
 
+/// How far a deployment request has been filled in, in the order the
+/// portal's wizard asks for it. Checking a stage checks those before it
+/// too; [`DeployStage::Name`] is everything a deployment checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DeployStage {
+    /// The profile exists and can be deployed.
+    Profile,
+    /// ... the subject may operate the host, a libvirt host that answers.
+    Host,
+    /// ... sizes (profile minimum, host CPUs and memory) and the network.
+    Size,
+    /// ... the name, the guest account, and no VM of that name on the host.
+    Name,
+}
+
+/// A host as a deployment sees it: what it has, and what its running VMs
+/// already take (from the inventory, so as last seen).
+#[derive(Debug, Clone)]
+pub struct HostCapacity {
+    pub facts: HostFacts,
+    pub running_vms: usize,
+    /// vCPUs of its running VMs (they may exceed `facts.cpus`: CPUs are
+    /// shared, not reserved).
+    pub running_vcpus: u64,
+    /// Memory of its running VMs.
+    pub running_memory_mib: u64,
+}
+
+impl HostCapacity {
+    /// CPUs not given to a running VM (0 when overcommitted).
+    pub fn free_cpus(&self) -> u64 {
+        u64::from(self.facts.cpus).saturating_sub(self.running_vcpus)
+    }
+
+    /// Memory free on the host as its kernel counts it (running guests'
+    /// memory included), or, if the host does not say, total memory less
+    /// that of its running VMs.
+    pub fn free_memory_mib(&self) -> u64 {
+        self.facts.memory_free_mib.unwrap_or_else(|| {
+            self.facts
+                .memory_total_mib
+                .saturating_sub(self.running_memory_mib)
+        })
+    }
+}
+
+/// What the checks of a host found.
+struct HostChecked {
+    capacity: HostCapacity,
+    virt: VirtType,
+}
+
+/// How many hosts the wizard asks for their facts at once.
+const HOSTS_ASKED_AT_ONCE: usize = 16;
+
 impl App {
     /// Checks `req` and submits a `vm.deploy` job on `host`.
     pub async fn vm_deploy_job(
@@ -46,10 +104,12 @@ impl App {
             .host_authorized(subject, host, Action::Operate, KIND)
             .await?;
         let checked = async {
+            let (image, checked) = self
+                .deploy_checked(&authorized, req, DeployStage::Name)
+                .await?;
+            // Assembles what the stages above accepted.
             let deployment = req.check(&self.config().profiles)?;
-            let image = image_of(&deployment)?;
-            let virt = self.deploy_host_check(&authorized, &deployment).await?;
-            Ok::<_, AppError>((deployment, image, virt))
+            Ok::<_, AppError>((deployment, image, checked.virt))
         }
         .await;
         let (deployment, image, virt) = match checked {
@@ -110,73 +170,223 @@ impl App {
         ))
     }
 
-    /// What the host must offer: the network, enough CPUs and memory, and
-    /// no VM of that name. Answers how the guest is virtualized there.
-    async fn deploy_host_check(
+    /// Checks `req` as far as `upto` without deploying anything: the
+    /// portal's wizard asks this at each step, so every step is refused
+    /// exactly as the deployment itself would be. `host` may be `None`
+    /// only for [`DeployStage::Profile`]; from [`DeployStage::Host`] on,
+    /// the answer is the host's capacity.
+    pub async fn vm_deploy_check(
         &self,
-        host: &crate::authz::Authorized<overvisor_model::host::Host>,
-        deployment: &Deployment,
-    ) -> Result<VirtType, AppError> {
-        let driver = self.host_driver(host).await?;
-        let lv = driver.as_libvirt().ok_or_else(|| {
-            AppError::Conflict("deployments are supported on libvirt hosts only".into())
-        })?;
+        subject: &Subject,
+        host: Option<HostId>,
+        req: &DeploymentRequest,
+        upto: DeployStage,
+    ) -> Result<Option<HostCapacity>, AppError> {
+        authorize(subject, Action::Operate, Resource::OwnedBy(subject.id()))?;
+        if upto == DeployStage::Profile {
+            deployable(&self.config().profiles, req)?;
+            return Ok(None);
+        }
+        let host = host.ok_or_else(|| InvalidInput::new("host", "choose a host"))?;
+        let authorized = self
+            .host_authorized(subject, host, Action::Operate, KIND)
+            .await?;
+        let (_, checked) = self.deploy_checked(&authorized, req, upto).await?;
+        Ok(Some(checked.capacity))
+    }
+
+    /// Every profile, each with why it cannot be deployed yet (if so).
+    pub fn vm_deploy_profiles(
+        &self,
+        subject: &Subject,
+    ) -> Result<Vec<(Profile, Option<String>)>, AppError> {
+        authorize(subject, Action::Operate, Resource::OwnedBy(subject.id()))?;
+        Ok(self
+            .config()
+            .profiles
+            .profiles()
+            .map(|p| {
+                let why = image_of(p).err().map(|e| match e {
+                    AppError::Invalid(i) => i.message,
+                    other => other.to_string(),
+                });
+                (p.clone(), why)
+            })
+            .collect())
+    }
+
+    /// Every host `subject` may deploy to (its libvirt hosts; an admin's:
+    /// everyone's), by name, each with its capacity or why the host did
+    /// not tell. Asks the hosts at once (a few at a time), each within the
+    /// same time a deployment gives it.
+    pub async fn vm_deploy_hosts(
+        &self,
+        subject: &Subject,
+    ) -> Result<Vec<(Host, Result<HostCapacity, AppError>)>, AppError> {
+        authorize(subject, Action::Operate, Resource::OwnedBy(subject.id()))?;
+        let hosts = self.hosts_list(subject).await?;
+        let asked = hosts
+            .into_iter()
+            .filter(|h| h.kind == HostKind::Libvirt)
+            .filter_map(|h| authorize_owned(subject, Action::Operate, h).ok())
+            .map(|host| async move {
+                let capacity = self.deploy_host_look(&host, None).await.map(|(c, ..)| c);
+                (host.into_inner(), capacity)
+            });
+        let mut answers: Vec<_> = futures::stream::iter(asked)
+            .buffered(HOSTS_ASKED_AT_ONCE)
+            .collect()
+            .await;
+        answers.sort_by(|(a, _), (b, _)| a.name.cmp(&b.name));
+        Ok(answers)
+    }
+
+    /// The checks of every stage up to `upto`, in order: first those of the
+    /// request alone (the profile's rules), then the host's. Answers the
+    /// image the profile pins and what the host offers.
+    async fn deploy_checked(
+        &self,
+        host: &Authorized<Host>,
+        req: &DeploymentRequest,
+        upto: DeployStage,
+    ) -> Result<(DeployImage, HostChecked), AppError> {
+        let (profile, image) = deployable(&self.config().profiles, req)?;
+        let sizing = (upto >= DeployStage::Size)
+            .then(|| req.check_sizing(profile))
+            .transpose()?;
+        let name = if upto >= DeployStage::Name {
+            let name = req.check_name(profile)?;
+            req.check_account(profile)?;
+            Some(name.name)
+        } else {
+            None
+        };
+        let (capacity, kvm, taken) = self.deploy_host_look(host, name.as_ref()).await?;
+        if let Some(name) = &name {
+            if taken {
+                return Err(AppError::Conflict(format!(
+                    "a VM named {name} already exists on this host"
+                )));
+            }
+            self.deploy_not_under_way(host.get().id, name).await?;
+        }
+        if let Some(sizing) = &sizing {
+            host_fits(&capacity.facts, sizing, &req.network)?;
+        }
+        let virt = if kvm && !self.config().deploy_emulated {
+            VirtType::Kvm
+        } else {
+            VirtType::Qemu
+        };
+        Ok((image, HostChecked { capacity, virt }))
+    }
+
+    /// No other deployment of `name` on `host` is queued or running: the
+    /// host knows the name only from that job's `define` step on (a form
+    /// sent twice would otherwise start two).
+    async fn deploy_not_under_way(&self, host: HostId, name: &VmName) -> Result<(), AppError> {
+        let query = JobQuery {
+            kind: Some(KIND.to_owned()),
+            target: Some(vm_target(host, name)),
+            limit: 10,
+            ..JobQuery::default()
+        };
+        let jobs = self.store().job_list(&query).await?;
+        match jobs.iter().find(|job| !job.status.is_terminal()) {
+            Some(job) => Err(AppError::Conflict(format!(
+                "{name} is already being deployed on this host (job {})",
+                job.id
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Asks a libvirt host for its facts, whether it has KVM and (given a
+    /// name) whether a VM of that name exists, within [`PRECHECK_TIMEOUT`].
+    async fn deploy_host_look(
+        &self,
+        host: &Authorized<Host>,
+        name: Option<&VmName>,
+    ) -> Result<(HostCapacity, bool, bool), AppError> {
         let err = |e: HvError| self.host_error(host.get(), e);
+        // Connecting counts too: a dead host must not hold a page of hosts.
         let asked = async {
+            let driver = self.host_driver(host).await?;
+            let lv = driver.as_libvirt().ok_or_else(|| {
+                AppError::Conflict("deployments are supported on libvirt hosts only".into())
+            })?;
             futures::try_join!(driver.host_facts(), lv.has_kvm(), async {
-                match driver.vm_state(&deployment.name).await {
+                let Some(name) = name else { return Ok(false) };
+                match driver.vm_state(name).await {
                     Err(HvError::NotFound(_)) => Ok(false),
                     Ok(_) => Ok(true),
                     Err(e) => Err(e),
                 }
             })
+            .map_err(err)
         };
         let (facts, kvm, taken) = tokio::time::timeout(PRECHECK_TIMEOUT, asked)
             .await
-            .map_err(|_| err(HvError::Timeout(PRECHECK_TIMEOUT)))?
-            .map_err(err)?;
-        if taken {
-            return Err(AppError::Conflict(format!(
-                "a VM named {} already exists on this host",
-                deployment.name
-            )));
-        }
-        let sizing = &deployment.sizing;
-        if sizing.vcpus > facts.cpus {
-            return Err(
-                InvalidInput::new("vcpus", format!("the host has {} CPUs", facts.cpus)).into(),
-            );
-        }
-        if sizing.memory_mib > facts.memory_total_mib {
-            return Err(InvalidInput::new(
-                "memory_mib",
-                format!("the host has {} MiB", facts.memory_total_mib),
-            )
-            .into());
-        }
-        let (found, kind, name) = match &deployment.network {
-            NetworkAttachment::Bridge(b) => (facts.bridges.contains(b), "bridge", b),
-            NetworkAttachment::Network(n) => (facts.networks.contains(n), "libvirt network", n),
+            .map_err(|_| err(HvError::Timeout(PRECHECK_TIMEOUT)))??;
+        let load = self.inventory().host_load(host.get().id);
+        let capacity = HostCapacity {
+            facts,
+            running_vms: load.vms,
+            running_vcpus: load.vcpus,
+            running_memory_mib: load.memory_mib,
         };
-        if !found {
-            return Err(InvalidInput::new(
-                "network",
-                format!("the host has no {kind} named {name:?}"),
-            )
-            .into());
-        }
-        Ok(if kvm && !self.config().deploy_emulated {
-            VirtType::Kvm
-        } else {
-            VirtType::Qemu
-        })
+        Ok((capacity, kvm, taken))
     }
+}
+
+/// What the host must offer: enough CPUs and memory in all (a VM may be
+/// started later on a host that is full now), and the network.
+fn host_fits(
+    facts: &HostFacts,
+    sizing: &overvisor_deploy::profile::Sizing,
+    network: &NetworkAttachment,
+) -> Result<(), AppError> {
+    if sizing.vcpus > facts.cpus {
+        return Err(InvalidInput::new(
+            "vcpus",
+            format!("must be at most {}, the host's CPUs", facts.cpus),
+        )
+        .into());
+    }
+    if sizing.memory_mib > facts.memory_total_mib {
+        return Err(InvalidInput::new(
+            "memory_mib",
+            format!(
+                "must be at most {}, the host's memory in MiB",
+                facts.memory_total_mib
+            ),
+        )
+        .into());
+    }
+    let (found, kind, name) = match network {
+        NetworkAttachment::Bridge(b) => (facts.bridges.contains(b), "bridge", b),
+        NetworkAttachment::Network(n) => (facts.networks.contains(n), "libvirt network", n),
+    };
+    if !found {
+        return Err(
+            InvalidInput::new("network", format!("the host has no {kind} named {name:?}")).into(),
+        );
+    }
+    Ok(())
+}
+
+/// The profile `req` names, if it can be deployed, with its image.
+fn deployable<'c>(
+    catalog: &'c overvisor_deploy::Catalog,
+    req: &DeploymentRequest,
+) -> Result<(&'c Profile, DeployImage), AppError> {
+    let profile = req.profile_in(catalog)?;
+    Ok((profile, image_of(profile)?))
 }
 
 /// The image a deployment downloads, if the profile pins one this job can
 /// fetch (a SHA-256 and a disk image; BIOS firmware).
-fn image_of(deployment: &Deployment) -> Result<DeployImage, AppError> {
-    let profile = &deployment.profile;
+fn image_of(profile: &Profile) -> Result<DeployImage, AppError> {
     let refuse = |why: &str| InvalidInput::new("profile", why.to_owned());
     if profile.firmware != Firmware::Bios {
         return Err(refuse("UEFI profiles cannot be deployed yet").into());

@@ -46,6 +46,9 @@ pub struct VmBrief {
     pub state: VmState,
     pub vcpus: Option<u32>,
     pub memory_mib: Option<u64>,
+    /// The guest's addresses as the inventory keeps them (a `vm.changed`
+    /// may say only that they changed).
+    pub ips: Vec<String>,
 }
 
 /// Declares [`Event`] with each type's name written once: the serde tag,

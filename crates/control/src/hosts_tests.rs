@@ -80,6 +80,12 @@ impl Hypervisor for FakeHost {
     fn vm_info<'a>(&'a self, vm: &'a VmName) -> BoxFuture<'a, HvResult<VmInfo>> {
         Box::pin(async move { Err(HvError::NotFound(vm.to_string())) })
     }
+    fn vm_addresses<'a>(
+        &'a self,
+        vms: &'a [uuid::Uuid],
+    ) -> BoxFuture<'a, HvResult<overvisor_hv::VmAddresses>> {
+        Box::pin(async move { Ok(vms.iter().map(|u| (*u, Vec::new())).collect()) })
+    }
     fn vm_state<'a>(&'a self, vm: &'a VmName) -> BoxFuture<'a, HvResult<VmState>> {
         Box::pin(async move { self.state(vm) })
     }

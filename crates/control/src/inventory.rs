@@ -38,7 +38,7 @@ use uuid::Uuid;
 
 use crate::events::VmBrief;
 
-pub use queries::{HostVmPage, InventorySummary};
+pub use queries::{HostLoad, HostVmPage, InventorySummary};
 pub use snapshot::{Snapshot, VmPage, VmQuery, VmSort};
 
 /// One VM as the inventory knows it.
@@ -49,6 +49,11 @@ pub struct VmRecord {
     pub state: VmState,
     pub vcpus: Option<u32>,
     pub memory_mib: Option<u64>,
+    /// The guest's addresses while it runs, as the host last told them
+    /// (guest agent, DHCP lease or ARP on libvirt; the guest's integration
+    /// services on Hyper-V); refreshed after each resync and shortly after
+    /// the VM starts.
+    pub ips: Vec<String>,
     pub host_id: HostId,
     pub host_name: String,
     /// The host's kind (driver): `libvirt` or `hyperv`.
@@ -71,6 +76,7 @@ impl VmRecord {
             state: self.state,
             vcpus: self.vcpus,
             memory_mib: self.memory_mib,
+            ips: self.ips.clone(),
         }
     }
 
@@ -79,7 +85,8 @@ impl VmRecord {
         self.name == name_or_uuid || Uuid::try_parse(name_or_uuid).is_ok_and(|u| u == self.uuid)
     }
 
-    /// Whether `other` is this VM with another state (and time) only.
+    /// Whether `other` is this VM with another state, addresses or time
+    /// only (nothing a list sorts or filters by but the state).
     fn differs_only_in_state(&self, other: &VmRecord) -> bool {
         self.uuid == other.uuid
             && self.host_id == other.host_id

@@ -116,27 +116,38 @@ impl Locale {
     }
 }
 
+/// The name's parts a deployment uses.
+pub struct CheckedName {
+    pub name: VmName,
+    pub hostname: String,
+    pub fqdn: Option<String>,
+}
+
+/// The guest account's parts a deployment uses.
+pub struct CheckedAccount {
+    pub ssh_keys: Vec<String>,
+    pub locale: Locale,
+    pub timezone: String,
+}
+
 impl DeploymentRequest {
-    /// Checks the request against the catalog's profile.
+    /// Checks the request against the catalog's profile: [`Self::profile_in`],
+    /// [`Self::check_sizing`], [`Self::check_name`], [`Self::check_account`],
+    /// in that order. The portal's deploy wizard asks them one by one, as
+    /// its steps fill the request in.
     pub fn check(&self, catalog: &Catalog) -> Result<Deployment, InvalidInput> {
-        let profile = catalog
-            .get(&self.profile)
-            .ok_or_else(|| InvalidInput::new("profile", "is not a known profile"))?;
-        let name =
-            VmName::new_strict(&self.name).map_err(|e| InvalidInput::new("name", e.to_string()))?;
-        let (hostname, fqdn) = hostnames(name.as_str(), profile.os)?;
-        let sizing = Sizing {
-            vcpus: self.vcpus,
-            memory_mib: self.memory_mib,
-            disk_gib: self.disk_gib,
-        };
-        sizing.check("", &profile.minimum)?;
-        check_network(&self.network)?;
-        let ssh_keys = check_ssh_keys(&self.ssh_keys, profile.os)?;
-        check_username(&self.username, profile.os)?;
-        let locale = Locale::parse(self.locale.as_deref().unwrap_or("en-US"))?;
-        let timezone = self.timezone.as_deref().unwrap_or("UTC");
-        check_timezone(timezone, profile.os)?;
+        let profile = self.profile_in(catalog)?;
+        let sizing = self.check_sizing(profile)?;
+        let CheckedName {
+            name,
+            hostname,
+            fqdn,
+        } = self.check_name(profile)?;
+        let CheckedAccount {
+            ssh_keys,
+            locale,
+            timezone,
+        } = self.check_account(profile)?;
         Ok(Deployment {
             profile: profile.clone(),
             name,
@@ -146,6 +157,51 @@ impl DeploymentRequest {
             network: self.network.clone(),
             ssh_keys,
             username: self.username.clone(),
+            locale,
+            timezone,
+        })
+    }
+
+    /// The profile the request names.
+    pub fn profile_in<'c>(&self, catalog: &'c Catalog) -> Result<&'c Profile, InvalidInput> {
+        catalog
+            .get(&self.profile)
+            .ok_or_else(|| InvalidInput::new("profile", "is not a known profile"))
+    }
+
+    /// The sizes (at least the profile's minimum) and the network's name.
+    pub fn check_sizing(&self, profile: &Profile) -> Result<Sizing, InvalidInput> {
+        let sizing = Sizing {
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            disk_gib: self.disk_gib,
+        };
+        sizing.check("", &profile.minimum)?;
+        check_network(&self.network)?;
+        Ok(sizing)
+    }
+
+    /// The VM's name, and the host name it gives the guest.
+    pub fn check_name(&self, profile: &Profile) -> Result<CheckedName, InvalidInput> {
+        let name =
+            VmName::new_strict(&self.name).map_err(|e| InvalidInput::new("name", e.to_string()))?;
+        let (hostname, fqdn) = hostnames(name.as_str(), profile.os)?;
+        Ok(CheckedName {
+            name,
+            hostname,
+            fqdn,
+        })
+    }
+
+    /// The guest account: user name, SSH keys, locale, time zone.
+    pub fn check_account(&self, profile: &Profile) -> Result<CheckedAccount, InvalidInput> {
+        check_username(&self.username, profile.os)?;
+        let ssh_keys = check_ssh_keys(&self.ssh_keys, profile.os)?;
+        let locale = Locale::parse(self.locale.as_deref().unwrap_or("en-US"))?;
+        let timezone = self.timezone.as_deref().unwrap_or("UTC");
+        check_timezone(timezone, profile.os)?;
+        Ok(CheckedAccount {
+            ssh_keys,
             locale,
             timezone: timezone.to_owned(),
         })

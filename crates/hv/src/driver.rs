@@ -10,6 +10,8 @@ use overvisor_model::host::HostFacts;
 use overvisor_model::metrics::HostReading;
 use overvisor_model::vm::{VmAction, VmEvent, VmInfo, VmName, VmState, VmSummary};
 
+use uuid::Uuid;
+
 use crate::ssh::{PtyChannel, SshError};
 
 /// Why a driver call failed, in terms the API can answer with.
@@ -55,6 +57,20 @@ impl From<SshError> for HvError {
 
 pub type HvResult<T> = Result<T, HvError>;
 
+/// Guest addresses by VM: each VM asked for, with what the host knows
+/// (possibly nothing).
+pub type VmAddresses = Vec<(Uuid, Vec<String>)>;
+
+/// Whether a guest's address says where it can be reached: not loopback,
+/// not IPv6 link-local, and an address at all.
+pub fn reachable_address(ip: &str) -> bool {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => !v6.is_loopback() && !v6.is_unicast_link_local(),
+        Ok(std::net::IpAddr::V4(v4)) => !v4.is_loopback(),
+        Err(_) => false,
+    }
+}
+
 /// One hypervisor host, as the control plane drives it.
 ///
 /// Methods return boxed futures so the trait stays object-safe. VMs are
@@ -63,6 +79,12 @@ pub trait Hypervisor: Send + Sync {
     fn list_vms(&self) -> BoxFuture<'_, HvResult<Vec<VmSummary>>>;
 
     fn vm_info<'a>(&'a self, vm: &'a VmName) -> BoxFuture<'a, HvResult<VmInfo>>;
+
+    /// The guest addresses of each of `vms` (running VMs, by UUID), read in
+    /// one batch over the host's connection; an empty list where the host
+    /// knows none. What the inventory keeps, so lists show addresses
+    /// without asking hosts.
+    fn vm_addresses<'a>(&'a self, vms: &'a [Uuid]) -> BoxFuture<'a, HvResult<VmAddresses>>;
 
     fn vm_state<'a>(&'a self, vm: &'a VmName) -> BoxFuture<'a, HvResult<VmState>>;
 

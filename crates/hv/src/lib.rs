@@ -9,7 +9,7 @@ pub mod libvirt;
 pub mod quote;
 pub mod ssh;
 
-pub use driver::{HvError, HvResult, Hypervisor};
+pub use driver::{HvError, HvResult, Hypervisor, VmAddresses};
 pub use hyperv::HypervDriver;
 pub use libvirt::LibvirtDriver;
 pub use quote::{CommandLine, powershell_literal, quote};

@@ -125,6 +125,16 @@ async fn every_lifecycle_action_and_invalid_transitions() {
         Err(HvError::InvalidState { .. })
     ));
     wait_booted(&d, vm).await;
+    // The addresses the inventory keeps: every VM asked for, in one script;
+    // the guest's link-local address left out, as vm_info leaves it out.
+    let uuid = d.vm_info(vm).await.unwrap().uuid;
+    let other = uuid::Uuid::new_v4();
+    let found = d.vm_addresses(&[uuid, other]).await.unwrap();
+    assert_eq!(
+        found,
+        [(uuid, vec!["172.20.0.3".to_owned()]), (other, Vec::new())]
+    );
+    assert_eq!(d.vm_info(vm).await.unwrap().ips, ["172.20.0.3"]);
 
     d.suspend(vm).await.unwrap();
     assert_eq!(d.vm_state(vm).await.unwrap(), VmState::Paused);

@@ -38,7 +38,33 @@ pub struct InventorySummary {
     pub host_status: Vec<HostStatus>,
 }
 
+/// What a host's active (running, paused, ...) VMs take, as last seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostLoad {
+    pub vms: usize,
+    pub vcpus: u64,
+    pub memory_mib: u64,
+}
+
 impl Inventory {
+    /// One walk of the host's VMs (a host has hundreds at most).
+    pub fn host_load(&self, host: HostId) -> HostLoad {
+        let hosts = read(&self.hosts);
+        let mut load = HostLoad::default();
+        for vm in hosts
+            .get(&host)
+            .into_iter()
+            .flat_map(|slot| slot.vms.values())
+        {
+            if vm.state.is_active() {
+                load.vms += 1;
+                load.vcpus += u64::from(vm.vcpus.unwrap_or(0));
+                load.memory_mib += vm.memory_mib.unwrap_or(0);
+            }
+        }
+        load
+    }
+
     pub fn host_status(&self, id: HostId) -> Option<HostStatus> {
         read(&self.hosts).get(&id).map(|slot| slot.status.clone())
     }

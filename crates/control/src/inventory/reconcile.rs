@@ -7,10 +7,13 @@
 //! carry on, and stop on shutdown.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use overvisor_hv::Hypervisor;
 use overvisor_model::host::{Host, HostId};
 use overvisor_model::vm::{VmEventKind, VmState};
 use tokio::sync::mpsc;
@@ -33,6 +36,9 @@ pub struct InventorySettings {
     pub backoff_max: Duration,
     /// A resync follows an event that changes more than a state after this.
     pub debounce: Duration,
+    /// VMs' addresses are read this long after one starts (a guest needs
+    /// a moment to get one); otherwise after every resync.
+    pub addresses_after_start: Duration,
 }
 
 impl Default for InventorySettings {
@@ -43,6 +49,7 @@ impl Default for InventorySettings {
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(15),
             debounce: Duration::from_millis(50),
+            addresses_after_start: Duration::from_secs(10),
         }
     }
 }
@@ -207,11 +214,13 @@ async fn session(
         Ok(events) => events,
         Err(err) => return describe(err),
     };
+    let addressing = Arc::new(AtomicBool::new(false));
     let resync = async || -> Result<usize, AppError> {
         let list = driver.list_vms().await.map_err(describe)?;
         let count = list.len();
         app.inventory().apply_full(app.events(), host.id, list);
         app.inventory().mark_connected(app.events(), host.id);
+        refresh_addresses(app, host.id, &driver, &addressing);
         Ok(count)
     };
     match resync().await {
@@ -231,20 +240,22 @@ async fn session(
     );
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut soon: Option<Instant> = None;
+    // When to ask for the addresses of VMs that just started.
+    let mut addresses_at: Option<Instant> = None;
     loop {
-        let debounce = async {
-            match soon {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let debounce = until(soon);
+        let addresses_due = until(addresses_at);
         tokio::select! {
             event = events.next() => match event {
                 Some(Ok(event)) => {
                     let known = match state_after(event.kind) {
-                        Some(state) => app
-                            .inventory()
-                            .apply_state(app.events(), host.id, &event.vm, state),
+                        Some(state) => {
+                            if state == VmState::Running && addresses_at.is_none() {
+                                addresses_at = Some(Instant::now() + settings.addresses_after_start);
+                            }
+                            app.inventory()
+                                .apply_state(app.events(), host.id, &event.vm, state)
+                        }
                         None if event.kind == VmEventKind::Undefined => {
                             app.inventory().apply_removed(app.events(), host.id, &event.vm);
                             true
@@ -274,6 +285,10 @@ async fn session(
                     return error;
                 }
             }
+            _ = addresses_due => {
+                addresses_at = None;
+                refresh_addresses(app, host.id, &driver, &addressing);
+            }
             _ = debounce => {
                 soon = None;
                 if let Err(error) = resync().await {
@@ -287,6 +302,39 @@ async fn session(
             }
         }
     }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Re-reads the addresses of the host's active VMs in the background (one
+/// batch over the host's connection), unless a refresh is still under way:
+/// the event loop never waits for guests' agents.
+fn refresh_addresses(
+    app: &App,
+    host: HostId,
+    driver: &Arc<dyn Hypervisor>,
+    busy: &Arc<AtomicBool>,
+) {
+    if busy.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let (app, driver, busy) = (app.clone(), driver.clone(), busy.clone());
+    tokio::spawn(async move {
+        let vms = app.inventory().active_vms(host);
+        if !vms.is_empty() {
+            match driver.vm_addresses(&vms).await {
+                Ok(found) => app.inventory().apply_addresses(app.events(), host, found),
+                Err(err) => tracing::debug!(%host, error = %err, "cannot read VM addresses"),
+            }
+        }
+        busy.store(false, Ordering::Release);
+    });
 }
 
 /// When a host's first periodic resync is due: somewhere between half and

@@ -96,7 +96,7 @@ pub struct VmPage {
 
 /// A change the published snapshot can take without a rebuild.
 pub(super) enum Patch {
-    /// The VM's state changed (nothing else).
+    /// The VM's state or addresses changed (nothing else).
     State(Arc<VmRecord>),
     /// A VM new to the inventory.
     Added(Arc<VmRecord>),

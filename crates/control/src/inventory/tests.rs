@@ -588,3 +588,48 @@ fn new_vms_and_resynced_states_are_in_the_list_at_once_even_when_rebuilds_are_sl
     let s = await_rebuild(&inv, &before, |s| !s.by_uuid.contains_key(&gone.uuid));
     assert_eq!(s.len(), before.len() - 1);
 }
+
+#[test]
+fn addresses_are_kept_while_a_vm_runs_and_dropped_when_it_stops() {
+    let inv = Inventory::default();
+    let bus = EventBus::new(64);
+    let mut rx = bus.receiver();
+    let h = host(UserId::new(), "h1", &[]);
+    inv.host_upsert(&h);
+    let (a, off) = (
+        vm("a", VmState::Running, 64),
+        vm("off", VmState::ShutOff, 64),
+    );
+    inv.apply_full(&bus, h.id, vec![a.clone(), off.clone()]);
+    while rx.try_recv().is_ok() {}
+    assert_eq!(inv.active_vms(h.id), [a.uuid]);
+    let ips = vec!["192.0.2.7".to_owned()];
+    // A stopped VM's addresses are not taken; an unknown VM is ignored.
+    inv.apply_addresses(
+        &bus,
+        h.id,
+        vec![
+            (a.uuid, ips.clone()),
+            (off.uuid, ips.clone()),
+            (Uuid::new_v4(), ips.clone()),
+        ],
+    );
+    let ips_of = |uuid: Uuid| {
+        let snapshot = inv.snapshot();
+        snapshot.vms[snapshot.by_uuid[&uuid] as usize].ips.clone()
+    };
+    assert_eq!(ips_of(a.uuid), ips, "patched into the published list");
+    assert!(ips_of(off.uuid).is_empty());
+    assert_eq!(rx.try_recv().unwrap().event.type_name(), "vm.changed");
+    assert!(rx.try_recv().is_err(), "one change, one event");
+    // The same addresses again: nothing to publish.
+    inv.apply_addresses(&bus, h.id, vec![(a.uuid, ips.clone())]);
+    assert!(rx.try_recv().is_err());
+    // A resync that changes something else keeps them; a stop drops them.
+    let mut bigger = a.clone();
+    bigger.memory_mib = Some(128);
+    inv.apply_full(&bus, h.id, vec![bigger, off.clone()]);
+    assert_eq!(ips_of(a.uuid), ips);
+    assert!(inv.apply_state(&bus, h.id, "a", VmState::ShutOff));
+    assert!(ips_of(a.uuid).is_empty());
+}

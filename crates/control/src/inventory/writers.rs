@@ -193,7 +193,14 @@ impl Inventory {
                 let record = match old {
                     Some(old) if old.same_facts(&vm) => old,
                     old => {
-                        let record = Arc::new(new_record(&slot.status, &slot.tags, vm, now));
+                        let mut record = new_record(&slot.status, &slot.tags, vm, now);
+                        // Addresses come separately; a VM that still runs keeps its own.
+                        if record.state.is_active()
+                            && let Some(old) = &old
+                        {
+                            record.ips = old.ips.clone();
+                        }
+                        let record = Arc::new(record);
                         let (event, patch) = match old {
                             Some(old) => (
                                 Event::VmChanged {
@@ -258,6 +265,9 @@ impl Inventory {
             }
             let mut record = (**vm).clone();
             record.state = state;
+            if !state.is_active() {
+                record.ips.clear();
+            }
             record.updated_at = Utc::now();
             *vm = Arc::new(record);
             let published = (vm.owner, vm.brief());
@@ -272,6 +282,57 @@ impl Inventory {
             },
         );
         true
+    }
+
+    /// The UUIDs of a host's active VMs (whose addresses to ask for).
+    pub fn active_vms(&self, id: HostId) -> Vec<uuid::Uuid> {
+        read(&self.hosts).get(&id).map_or_else(Vec::new, |slot| {
+            slot.vms
+                .values()
+                .filter(|vm| vm.state.is_active())
+                .map(|vm| vm.uuid)
+                .collect()
+        })
+    }
+
+    /// Records the addresses the host gave for its VMs (VMs it no longer
+    /// has, or that stopped meanwhile, are left alone), publishing a change
+    /// for each VM whose addresses changed.
+    pub fn apply_addresses(&self, bus: &EventBus, id: HostId, found: overvisor_hv::VmAddresses) {
+        let (owner, changed) = {
+            let mut hosts = write(&self.hosts);
+            let Some(slot) = hosts.get_mut(&id) else {
+                return;
+            };
+            let mut changed = Vec::new();
+            for (uuid, ips) in found {
+                let Some(vm) = slot.vms.get_mut(&uuid) else {
+                    continue;
+                };
+                if vm.ips == ips || !vm.state.is_active() {
+                    continue;
+                }
+                let mut record = (**vm).clone();
+                record.ips = ips;
+                *vm = Arc::new(record);
+                changed.push(vm.clone());
+            }
+            if changed.is_empty() {
+                return;
+            }
+            let patches: Vec<Patch> = changed.iter().cloned().map(Patch::State).collect();
+            self.changed_with(&patches);
+            (slot.status.owner, changed)
+        };
+        for vm in changed {
+            bus.publish(
+                owner,
+                Event::VmChanged {
+                    host_id: id,
+                    vm: vm.brief(),
+                },
+            );
+        }
     }
 
     /// Removes the VM called `name` (the host said it was undefined).
@@ -369,6 +430,7 @@ fn new_record(
         state: vm.state,
         vcpus: vm.vcpus,
         memory_mib: vm.memory_mib,
+        ips: Vec::new(),
         host_id: status.host_id,
         host_name: status.host_name.clone(),
         host_kind: status.host_kind,

@@ -18,8 +18,9 @@ use overvisor_model::metrics::{CpuReading, HostReading, VmReading};
 use overvisor_model::vm::{VmAction, VmEvent, VmInfo, VmName, VmState, VmSummary};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use uuid::Uuid;
 
-use crate::driver::{HvError, HvResult, Hypervisor};
+use crate::driver::{HvError, HvResult, Hypervisor, VmAddresses};
 use crate::ssh::{PtyChannel, SshSession};
 use parse::{EventLine, RawDisk, RawNic, RawVm, ScriptError};
 use script::Script;
@@ -108,6 +109,23 @@ impl HypervDriver {
                 })
             })
             .collect()
+    }
+
+    /// Every VM's adapters in one script; the addresses of those asked for.
+    async fn addresses_of(&self, vms: &[Uuid]) -> HvResult<VmAddresses> {
+        let data = self.run(script::VM_ADDRESSES, json!({}), None).await?;
+        let mut found: Vec<(Uuid, Vec<String>)> = vms.iter().map(|u| (*u, Vec::new())).collect();
+        for item in parse::many(data) {
+            let nic: parse::RawAddresses = parse::data(script::VM_ADDRESSES.op, item)?;
+            if let Some((_, ips)) = found.iter_mut().find(|(u, _)| *u == nic.id) {
+                for ip in parse::addresses(nic.ips) {
+                    if !ips.contains(&ip) {
+                        ips.push(ip);
+                    }
+                }
+            }
+        }
+        Ok(found)
     }
 
     async fn info(&self, vm: &VmName) -> HvResult<VmInfo> {
@@ -565,6 +583,10 @@ impl Hypervisor for HypervDriver {
 
     fn vm_info<'a>(&'a self, vm: &'a VmName) -> BoxFuture<'a, HvResult<VmInfo>> {
         Box::pin(self.info(vm))
+    }
+
+    fn vm_addresses<'a>(&'a self, vms: &'a [Uuid]) -> BoxFuture<'a, HvResult<VmAddresses>> {
+        Box::pin(self.addresses_of(vms))
     }
 
     fn vm_state<'a>(&'a self, vm: &'a VmName) -> BoxFuture<'a, HvResult<VmState>> {

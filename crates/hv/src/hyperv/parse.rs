@@ -248,10 +248,7 @@ pub struct RawNic {
 impl RawNic {
     /// The NIC, and the addresses the guest reported for it.
     pub fn into_nic(self) -> (VmNic, Vec<String>) {
-        let ips = many(self.ips)
-            .into_iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect();
+        let ips = addresses(self.ips);
         let nic = VmNic {
             // Hyper-V prints MACs as 00155D010203.
             mac: self.mac.map(|m| colon_mac(&m)),
@@ -262,6 +259,24 @@ impl RawNic {
         };
         (nic, ips)
     }
+}
+
+/// An adapter's `IPAddresses` (one or a list), without those that say
+/// nothing about where the guest can be reached.
+pub fn addresses(ips: Value) -> Vec<String> {
+    many(ips)
+        .into_iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .filter(|ip| crate::driver::reachable_address(ip))
+        .collect()
+}
+
+/// One adapter's addresses as `vm.addresses` lists them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawAddresses {
+    pub id: uuid::Uuid,
+    #[serde(default)]
+    pub ips: Value,
 }
 
 fn colon_mac(m: &str) -> String {

@@ -49,10 +49,20 @@ script!(VM_DELETE, "vm.delete", 1, "vm_delete.ps1");
 script!(VM_EVENTS, "vm.events", 1, "vm_events.ps1");
 script!(VM_KVP, "vm.kvp", 1, "kvp.ps1");
 script!(HOST_USAGE, "host.usage", 1, "host_usage.ps1");
+script!(VM_ADDRESSES, "vm.addresses", 1, "vm_addresses.ps1");
 
 /// Every script, for the tests that check their tags and rules.
-pub const ALL: [Script; 9] = [
-    HOST_FACTS, VM_LIST, VM_INFO, VM_STATE, VM_ACTION, VM_DELETE, VM_EVENTS, VM_KVP, HOST_USAGE,
+pub const ALL: [Script; 10] = [
+    HOST_FACTS,
+    VM_LIST,
+    VM_INFO,
+    VM_STATE,
+    VM_ACTION,
+    VM_DELETE,
+    VM_EVENTS,
+    VM_KVP,
+    HOST_USAGE,
+    VM_ADDRESSES,
 ];
 
 impl Script {

@@ -18,8 +18,9 @@ use futures::stream::{self, BoxStream, StreamExt};
 use overvisor_model::host::HostFacts;
 use overvisor_model::metrics::HostReading;
 use overvisor_model::vm::{VmAction, VmEvent, VmInfo, VmName, VmState, VmSummary};
+use uuid::Uuid;
 
-use crate::driver::{HvError, HvResult, Hypervisor};
+use crate::driver::{HvError, HvResult, Hypervisor, VmAddresses};
 use crate::quote::CommandLine;
 use crate::ssh::{ExecOutput, PtyChannel, PtyOutput, SshSession, TcpTunnel};
 use shell::{FixedCommand, VirshShell};
@@ -326,7 +327,13 @@ impl LibvirtDriver {
             disks: dom.disks,
             nics: dom.nics,
             ips: if state.trim() == "running" {
-                self.addresses(vm).await
+                // A detail page shows what it can: no addresses is no error.
+                self.addresses_of(&[uuid])
+                    .await
+                    .ok()
+                    .and_then(|found| found.into_iter().next())
+                    .map(|(_, ips)| ips)
+                    .unwrap_or_default()
             } else {
                 Vec::new()
             },
@@ -335,20 +342,41 @@ impl LibvirtDriver {
         })
     }
 
-    /// The guest's addresses: from its agent (which knows best), else from
-    /// libvirt's DHCP leases, else from the host's ARP table. A source that
-    /// fails or knows nothing passes on to the next; none is not an error.
-    async fn addresses(&self, vm: &VmName) -> Vec<String> {
-        for source in ["agent", "lease", "arp"] {
-            let args = ["domifaddr", "--domain", vm.as_str(), "--source", source];
-            if let Ok(out) = self.run(&args, Some((vm, None))).await {
-                let ips = parse::domifaddr(&out);
+    /// The addresses of each of `vms`: from the guest's agent (which knows
+    /// best), else from libvirt's DHCP leases, else from the host's ARP
+    /// table; a source that fails or knows nothing passes on to the next,
+    /// and none is not an error. All on the kept virsh: one to three
+    /// `domifaddr` per VM on one channel, each for the cost of its RPC (no
+    /// virsh started, no SSH channel opened per command).
+    async fn addresses_of(&self, vms: &[Uuid]) -> HvResult<VmAddresses> {
+        let mut slot = self.shell.lock().await;
+        let mut found = Vec::with_capacity(vms.len());
+        for uuid in vms {
+            let shell = match &mut *slot {
+                Some(shell) => shell,
+                empty => empty
+                    .insert(VirshShell::open(&self.ssh, self.virsh(Vec::<String>::new())).await?),
+            };
+            let mut ips = Vec::new();
+            for source in ADDRESS_SOURCE_ARGS {
+                match shell.run_on("domifaddr --domain", *uuid, source).await {
+                    Ok(Ok(out)) => ips = parse::domifaddr(&out),
+                    // This source knows nothing (no agent, not a libvirt
+                    // network, the VM just stopped): try the next.
+                    Ok(Err(_)) => continue,
+                    Err(e) => {
+                        // Framing or time ran out: the session is unusable.
+                        *slot = None;
+                        return Err(e);
+                    }
+                }
                 if !ips.is_empty() {
-                    return ips;
+                    break;
                 }
             }
+            found.push((*uuid, ips));
         }
-        Vec::new()
+        Ok(found)
     }
 
     async fn action(&self, vm: &VmName, action: VmAction) -> HvResult<()> {
@@ -522,7 +550,14 @@ fn after_console_banner(said: &[u8]) -> Option<&[u8]> {
     Some(&said[at + end + 1..])
 }
 
+/// Where `domifaddr` looks for a guest's addresses, best first.
+const ADDRESS_SOURCE_ARGS: [FixedCommand; 3] = ["--source agent", "--source lease", "--source arp"];
+
 impl Hypervisor for LibvirtDriver {
+    fn vm_addresses<'a>(&'a self, vms: &'a [Uuid]) -> BoxFuture<'a, HvResult<VmAddresses>> {
+        Box::pin(self.addresses_of(vms))
+    }
+
     fn serial_console<'a>(
         &'a self,
         vm: &'a VmName,

@@ -417,12 +417,7 @@ pub fn domifaddr(out: &str) -> Vec<String> {
             continue;
         }
         let ip = addr.split('/').next().unwrap_or_default();
-        let Ok(parsed) = ip.parse::<std::net::IpAddr>() else {
-            continue;
-        };
-        let useless = parsed.is_loopback()
-            || matches!(parsed, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local());
-        if !useless && !ips.iter().any(|i| i == ip) {
+        if crate::driver::reachable_address(ip) && !ips.iter().any(|i| i == ip) {
             ips.push(ip.to_owned());
         }
     }

@@ -14,12 +14,14 @@
 //! virsh per call instead. stderr is merged into stdout (one stream keeps
 //! an `error:` line next to the command that caused it).
 //!
-//! Only fixed command texts are sent (no names, no user input), so nothing
-//! here needs quoting.
+//! Only fixed command texts are sent (no names, no user input), at most
+//! with a domain's UUID, whose text is hex digits and dashes: nothing here
+//! needs quoting.
 
 use std::time::Duration;
 
 use tokio::time::timeout;
+use uuid::Uuid;
 
 use crate::driver::{HvError, HvResult};
 use crate::quote::CommandLine;
@@ -94,6 +96,32 @@ impl VirshShell {
     /// Runs `command` and returns what it printed; `Err` if it printed an
     /// `error:` line, the framing was not as expected, or time ran out.
     pub(crate) async fn run(&mut self, command: FixedCommand) -> HvResult<String> {
+        let output = self.exchange(command).await?;
+        match error_lines(&output) {
+            Some(error) => Err(HvError::Host(error)),
+            None => Ok(output),
+        }
+    }
+
+    /// Runs `command` on one domain: `{command} {uuid} {tail}`, e.g.
+    /// `domifaddr --domain <uuid> --source arp`. `Ok(Err(message))` when
+    /// virsh refused it (the session goes on); `Err` when the session
+    /// failed and must be dropped.
+    pub(crate) async fn run_on(
+        &mut self,
+        command: FixedCommand,
+        uuid: Uuid,
+        tail: FixedCommand,
+    ) -> HvResult<Result<String, String>> {
+        let output = self.exchange(&format!("{command} {uuid} {tail}")).await?;
+        Ok(match error_lines(&output) {
+            Some(error) => Err(error),
+            None => Ok(output),
+        })
+    }
+
+    /// Sends `command` between two markers and returns what it printed.
+    async fn exchange(&mut self, command: &str) -> HvResult<String> {
         let n = self.next;
         self.next += 1;
         let (begin_send, begin) = marker(n, 'b');
@@ -107,11 +135,7 @@ impl VirshShell {
         })
         .await?;
         let framed = String::from_utf8_lossy(&framed);
-        let output = unframe(&framed, &self.prompt, self.echoes, command, &end_send)?;
-        match error_lines(output) {
-            Some(error) => Err(HvError::Host(error)),
-            None => Ok(output.to_owned()),
-        }
+        unframe(&framed, &self.prompt, self.echoes, command, &end_send).map(str::to_owned)
     }
 
     /// Reads until `printed` has arrived; returns what came before it and

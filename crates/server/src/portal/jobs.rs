@@ -10,6 +10,7 @@ use axum::routing::get;
 use overvisor_control::jobs::JobDetail;
 use overvisor_model::job::JobQuery;
 use overvisor_model::job::{Job, JobId, JobStatus};
+use overvisor_model::operation::JobStep;
 use serde::Deserialize;
 
 use super::{Chrome, PortalSession, error_response, invalid, render};
@@ -125,8 +126,20 @@ struct JobPage {
 
 #[derive(Template)]
 #[template(path = "job_panel.html")]
-struct JobPanel {
-    detail: JobDetail,
+pub(super) struct JobPanel {
+    pub(super) detail: JobDetail,
+}
+
+impl JobPanel {
+    /// What a step moved, for people: an image step's download.
+    fn step_bytes(&self, step: &JobStep) -> Option<String> {
+        let out = step.output.as_ref()?;
+        if out.get("cached").and_then(serde_json::Value::as_bool) == Some(true) {
+            return Some("image was cached".into());
+        }
+        let bytes = out.get("bytes")?.as_u64()?;
+        Some(format!("{} downloaded", super::bytes(bytes)))
+    }
 }
 
 async fn job_page(

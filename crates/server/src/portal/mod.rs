@@ -9,6 +9,7 @@ mod account;
 mod admin;
 pub mod assets;
 mod dashboard;
+mod deploy;
 mod hosts;
 mod jobs;
 mod login;
@@ -20,6 +21,8 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
+use overvisor_model::host::HostId;
+
 use crate::AppState;
 use crate::error::ApiError;
 pub use session::{CsrfOnly, CsrfRejected, PortalSession, VerifiedForm};
@@ -28,6 +31,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .merge(login::routes())
         .merge(dashboard::routes())
+        .merge(deploy::routes())
         .merge(account::routes())
         .merge(admin::routes())
         .merge(hosts::routes())
@@ -127,6 +131,17 @@ pub(crate) fn invalid(err: overvisor_model::InvalidInput) -> ApiError {
     ApiError::from(overvisor_control::AppError::from(err))
 }
 
+/// A host id from a form or query field named `host`; `None` when blank.
+pub(crate) fn host_field(text: &str, refusal: &str) -> Result<Option<HostId>, ApiError> {
+    match text.trim() {
+        "" => Ok(None),
+        h => h
+            .parse::<uuid::Uuid>()
+            .map(|u| Some(HostId(u)))
+            .map_err(|_| ApiError::invalid("host", refusal)),
+    }
+}
+
 /// Memory for people: MiB below 1 GiB, else GiB with one decimal.
 pub(crate) fn mib(mib: impl Mib) -> String {
     let mib = mib.mib();
@@ -136,6 +151,15 @@ pub(crate) fn mib(mib: impl Mib) -> String {
         format!("{} GiB", mib / 1024)
     } else {
         format!("{:.1} GiB", mib as f64 / 1024.0)
+    }
+}
+
+/// A size in bytes for people: KiB below 1 MiB, else as [`mib`].
+pub(crate) fn bytes(bytes: u64) -> String {
+    if bytes < 1 << 20 {
+        format!("{} KiB", bytes.div_ceil(1024))
+    } else {
+        mib(bytes >> 20)
     }
 }
 

@@ -126,14 +126,7 @@ impl ListQuery {
                     .ok_or_else(|| ApiError::invalid("state", "Unknown VM state"))?,
             ),
         };
-        let host = match self.host.as_str() {
-            "" => None,
-            h => Some(
-                h.parse::<Uuid>()
-                    .map(HostId)
-                    .map_err(|_| ApiError::invalid("host", "Unknown host"))?,
-            ),
-        };
+        let host = super::host_field(&self.host, "Unknown host")?;
         let kind = match self.kind.as_str() {
             "" => None,
             k => Some(
