@@ -98,6 +98,11 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Remote(cmd) => {
             return match remote::run(cmd).await {
                 Ok(()) => ExitCode::SUCCESS,
+                // Ctrl-C while waiting is no error: it says how to go on.
+                Err(err @ remote::Error::Interrupted(_)) => {
+                    eprintln!("{err}");
+                    ExitCode::from(err.exit_code())
+                }
                 Err(err) => {
                     eprintln!("error: {err}");
                     ExitCode::from(err.exit_code())

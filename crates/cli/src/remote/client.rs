@@ -76,10 +76,15 @@ pub struct Client {
     auth: HeaderValue,
 }
 
-/// The reasons behind a reqwest error, outermost first, without the URL.
+/// The reasons behind a reqwest error, outermost first; reqwest's own
+/// outermost words ("error sending request for url (…)") only when there
+/// is nothing under them.
 fn reasons(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![err.to_string()];
+    let mut parts = Vec::new();
     let mut source = err.source();
+    if source.is_none() {
+        parts.push(err.to_string());
+    }
     while let Some(s) = source {
         let text = s.to_string();
         if !parts.iter().any(|p| p.contains(&text)) {
@@ -150,7 +155,6 @@ impl Client {
         self.http
             .request(method, url)
             .header(AUTHORIZATION, self.auth.clone())
-            .header(ACCEPT, "application/json")
     }
 
     /// Sends and maps failures: no answer → unreachable; a non-2xx answer
@@ -177,7 +181,7 @@ impl Client {
 
     /// A JSON call; a 2xx answer's body (`null` when empty).
     pub async fn call(&self, method: Method, url: Url, body: Option<&Value>) -> Result<Value> {
-        let mut req = self.request(method, url);
+        let mut req = self.request(method, url).header(ACCEPT, "application/json");
         if let Some(body) = body {
             req = req.json(body);
         }

@@ -1,0 +1,770 @@
+//! The `overvisor` CLI's remote commands, run as the real binary against
+//! the real service (and, for hosts, VMs and consoles, lab host ovh1 with a
+//! throwaway guest): remotes and their private file, tables and the API's
+//! JSON, every exit code, waiting (progress bar in a pseudo-terminal, log
+//! lines, Ctrl-C, --no-wait), a failed job, events, the serial console,
+//! completions and man pages.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use overvisor_testkit::{Lab, unique_name};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{Api, TestApp};
+
+/// A guard against a hang, not a measurement.
+const PATIENCE: Duration = Duration::from_secs(60);
+const BOOT: Duration = Duration::from_secs(120);
+
+/// What one run of the CLI left behind.
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
+    }
+
+    #[track_caller]
+    fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    fn code(self, want: i32) -> Self {
+        assert_eq!(
+            self.code, want,
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// The CLI of one user: its own config directory, and the service's URL
+/// and key in the environment unless a test uses its remotes file.
+struct Cli {
+    home: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Cli {
+    fn new(url: &str, key: &str) -> Self {
+        Self {
+            home: tempfile::tempdir().unwrap(),
+            env: vec![
+                ("OVERVISOR_URL".into(), url.into()),
+                ("OVERVISOR_API_KEY".into(), key.into()),
+            ],
+        }
+    }
+
+    /// No URL or key in the environment: only the remotes file.
+    fn with_file_only() -> Self {
+        Self {
+            home: tempfile::tempdir().unwrap(),
+            env: Vec::new(),
+        }
+    }
+
+    fn config_dir(&self) -> std::path::PathBuf {
+        self.home.path().join("config")
+    }
+
+    /// A clean environment: this user's config directory, URL and key.
+    fn apply_env(&self, cmd: &mut Command) {
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.home.path())
+            .env("XDG_CONFIG_HOME", self.config_dir());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(TestApp::binary());
+        cmd.args(args);
+        self.apply_env(&mut cmd);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        self.run_input(args, "")
+    }
+
+    fn run_input(&self, args: &[&str], input: &str) -> Out {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs the CLI on a pseudo-terminal (`script`), stdout and stderr
+    /// both the terminal's; returns everything the terminal received.
+    fn run_on_terminal(&self, args: &[&str]) -> Out {
+        let line = std::iter::once(TestApp::binary())
+            .chain(args.iter().copied())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut script = Command::new("script");
+        self.apply_env(&mut script);
+        let out = script
+            .env("TERM", "xterm")
+            .args(["-qfec", &line, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+fn has_escapes(text: &str) -> bool {
+    text.contains('\x1b')
+}
+
+async fn service() -> TestApp {
+    TestApp::builder()
+        .env("OVERVISOR_TEST_JOBS", "true")
+        .start()
+        .await
+}
+
+/// A job of `steps` test steps, the `fail_at`-th failing; returns its id.
+async fn steps_job(api: &Api, steps: u8, step_millis: u32, fail_at: Option<u8>) -> String {
+    let (status, job) = api
+        .post(
+            "/api/v1/jobs/test-steps",
+            json!({"steps": steps, "step_millis": step_millis, "fail_at": fail_at}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    job["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn remotes_live_in_a_private_file_and_keys_are_never_shown() {
+    let app = service().await;
+    let key = app.admin_token.clone();
+    let secret = key.rsplit('_').next().unwrap().to_owned();
+    let cli = Cli::with_file_only();
+
+    // Nothing configured: a usage error saying what to do.
+    let out = cli.run(&["host", "list"]).code(2);
+    assert!(
+        out.stderr.contains("overvisor remote add"),
+        "{}",
+        out.stderr
+    );
+
+    // The key comes from stdin; the URL and key are checked by signing in.
+    let out = cli
+        .run_input(&["remote", "add", "lab", &app.api], &format!("{key}\n"))
+        .ok();
+    assert!(out.stdout.contains("as admin (admin)"), "{}", out.stdout);
+    let file = cli.config_dir().join("overvisor").join("remotes.toml");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "remotes.toml mode {mode:o}");
+    let dir_mode = std::fs::metadata(file.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(dir_mode & 0o077, 0, "config directory mode {dir_mode:o}");
+    assert!(std::fs::read_to_string(&file).unwrap().contains(&key));
+
+    // A wrong key is refused (4) and not saved; the key is not echoed.
+    let wrong = "ovk_0123456789ab_WRONGWRONGWRONGWRONGWRONGWRONGWRONGWRONGWRO";
+    let out = cli
+        .run_input(&["remote", "add", "bad", &app.api], wrong)
+        .code(4);
+    assert!(!out.stderr.contains("WRONGWRONG"), "{}", out.stderr);
+    assert!(!std::fs::read_to_string(&file).unwrap().contains("bad"));
+
+    // An unreachable one can be added unchecked, then used: 5.
+    cli.run_input(
+        &["remote", "add", "dead", "http://127.0.0.1:9", "--no-check"],
+        &key,
+    )
+    .ok();
+
+    // The list shows names, URLs and key prefixes only.
+    let out = cli.run(&["remote", "list"]).ok();
+    assert!(out.stdout.contains("lab"), "{}", out.stdout);
+    assert!(out.stdout.contains(&app.api), "{}", out.stdout);
+    assert!(out.stdout.contains(&key[..16]), "{}", out.stdout);
+    assert!(!out.stdout.contains(&secret), "{}", out.stdout);
+    let list = cli.run(&["remote", "list", "-o", "json"]).ok().json();
+    let lab = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "lab")
+        .unwrap();
+    assert_eq!(lab["current"], true, "{list}");
+    assert!(!list.to_string().contains(&secret));
+
+    // The current remote is used; --remote and `remote use` choose another.
+    let hosts = cli.run(&["host", "list", "-o", "json"]).ok().json();
+    assert_eq!(hosts, json!([]));
+    let out = cli.run(&["host", "list", "--remote", "dead"]).code(5);
+    assert!(
+        out.stderr.contains("cannot reach http://127.0.0.1:9"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(&secret), "{}", out.stderr);
+    cli.run(&["remote", "use", "dead"]).ok();
+    cli.run(&["job", "list"]).code(5);
+    cli.run(&["remote", "use", "nope"]).code(3);
+    cli.run(&["remote", "use", "lab"]).ok();
+    cli.run(&["job", "list"]).ok();
+
+    // The environment wins over the file, for scripts.
+    let mut scripted = Cli::with_file_only();
+    scripted.home = cli.home;
+    scripted.env = vec![
+        ("OVERVISOR_URL".into(), "http://127.0.0.1:9".into()),
+        ("OVERVISOR_API_KEY".into(), key.clone()),
+    ];
+    scripted.run(&["job", "list"]).code(5);
+    scripted.env[1].1 = wrong.into();
+    scripted.env[0].1 = app.api.clone();
+    let out = scripted.run(&["job", "list"]).code(4);
+    assert!(out.stderr.contains("unauthenticated"), "{}", out.stderr);
+    assert!(!app.logs().contains(&secret), "the key reached a log line");
+}
+
+#[tokio::test]
+async fn exit_codes_name_what_went_wrong() {
+    let app = service().await;
+    let admin = Cli::new(&app.api, &app.admin_token);
+    let (_, reader_key, _) = app.create_user("rita", "reader").await;
+    let reader = Cli::new(&app.api, &reader_key);
+
+    // Usage: clap's and ours.
+    admin.run(&["vm", "bogus"]).code(2);
+    admin.run(&["vm", "list", "--sort"]).code(2);
+    admin.run(&["job", "list", "-o", "xml"]).code(2);
+    Cli::new("not a url", "k").run(&["job", "list"]).code(2);
+    // Not found.
+    admin.run(&["vm", "show", "no-such-vm"]).code(3);
+    admin.run(&["host", "show", "no-such-host"]).code(3);
+    let missing = uuid::Uuid::new_v4().to_string();
+    let out = admin.run(&["job", "show", &missing]).code(3);
+    assert!(out.stderr.contains("not_found"), "{}", out.stderr);
+    // Denied: a reader may not change infrastructure or read everyone's audit.
+    let out = reader.run(&["host", "resync"]).code(4);
+    assert!(out.stderr.contains("forbidden"), "{}", out.stderr);
+    reader.run(&["audit", "--all"]).code(4);
+    // Another API error (bad input) is a plain failure.
+    let out = admin.run(&["job", "list", "--limit", "5000"]).code(1);
+    assert!(out.stderr.contains("limit"), "{}", out.stderr);
+    // Unreachable.
+    Cli::new("http://127.0.0.1:9", &app.admin_token)
+        .run(&["profile", "list"])
+        .code(5);
+    // None of it printed anything on stdout.
+    let out = admin
+        .run(&["vm", "show", "no-such-vm", "-o", "json"])
+        .code(3);
+    assert_eq!(out.stdout, "");
+}
+
+#[tokio::test]
+async fn waiting_shows_progress_and_logs_and_a_failed_job_exits_1() {
+    let app = service().await;
+    let api = app.admin();
+    let cli = Cli::new(&app.api, &app.admin_token);
+
+    // A job that fails: exit 1, its error and log lines on stderr; JSON
+    // on stdout is the API's job.
+    let failing = steps_job(&api, 2, 100, Some(2)).await;
+    let out = cli.run(&["job", "watch", &failing]).code(1);
+    assert!(out.stderr.contains("failed on purpose"), "{}", out.stderr);
+    assert!(out.stderr.contains("step 1 ran"), "{}", out.stderr);
+    assert!(
+        !has_escapes(&out.stdout) && !has_escapes(&out.stderr),
+        "{out:?}",
+        out = out.stderr
+    );
+    let out = cli.run(&["job", "watch", &failing, "-o", "json"]).code(1);
+    let job = out.json();
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["steps"][1]["status"], "failed", "{job}");
+
+    // A job that succeeds: exit 0, said on stdout.
+    let fine = steps_job(&api, 2, 100, None).await;
+    let out = cli.run(&["job", "watch", &fine]).ok();
+    assert!(
+        out.stdout
+            .contains(&format!("job {fine} (test.steps) succeeded")),
+        "{}",
+        out.stdout
+    );
+    assert!(!has_escapes(&out.stdout) && !has_escapes(&out.stderr));
+
+    // On a terminal: the progress bar with the job's step.
+    let slow = steps_job(&api, 3, 1500, None).await;
+    let out = cli.run_on_terminal(&["job", "watch", &slow]).ok();
+    assert!(out.stdout.contains("test.steps step"), "{:?}", out.stdout);
+    assert!(out.stdout.contains("%"), "{:?}", out.stdout);
+    assert!(out.stdout.contains("[="), "no bar drawn: {:?}", out.stdout);
+
+    // Listing and showing: tables and the API's JSON.
+    let out = cli.run(&["job", "list"]).ok();
+    assert!(out.stdout.starts_with("ID "), "{}", out.stdout);
+    assert!(out.stdout.contains(&failing) && out.stdout.contains("failed"));
+    let jobs = cli
+        .run(&["job", "list", "-o", "json", "--status", "failed"])
+        .ok()
+        .json();
+    let ids: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![failing.as_str()]);
+    let out = cli.run(&["job", "show", &failing]).ok();
+    assert!(
+        out.stdout.contains("step 2 failed on purpose"),
+        "{}",
+        out.stdout
+    );
+    let (_, direct) = api.get(&format!("/api/v1/jobs/{fine}")).await;
+    assert_eq!(
+        cli.run(&["job", "show", &fine, "-o", "json"]).ok().json(),
+        direct
+    );
+}
+
+#[tokio::test]
+async fn ctrl_c_leaves_the_job_running_and_cancel_stops_it() {
+    let app = service().await;
+    let api = app.admin();
+    let cli = Cli::new(&app.api, &app.admin_token);
+    let (status, job) = api
+        .post("/api/v1/jobs/test-sleep", json!({"seconds": 600}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+
+    let mut child = cli
+        .command(&["job", "watch", &id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once it is waiting: its first log line says so.
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let pump = read_in_background(child.stderr.take().unwrap(), stderr.clone());
+    wait_for_text(&stderr, "slept", &mut child);
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    pump.join().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let said = stderr.lock().unwrap().clone();
+    assert!(
+        said.contains(&format!(
+            "job {id} keeps running; follow it with `overvisor job watch {id}`"
+        )),
+        "{said}"
+    );
+    let (_, still) = api.get(&format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(still["status"], "running", "{still}");
+
+    let out = cli.run(&["job", "cancel", &id, "-o", "json"]).ok();
+    assert!(matches!(
+        out.json()["status"].as_str(),
+        Some("cancelled" | "running")
+    ));
+    let out = cli.run(&["job", "watch", &id]).code(1);
+    assert!(out.stderr.contains("cancelled"), "{}", out.stderr);
+    // Cancelling it again: the API's conflict, a plain failure.
+    cli.run(&["job", "cancel", &id]).code(1);
+}
+
+#[tokio::test]
+async fn events_are_tailed_filtered_as_asked() {
+    let app = service().await;
+    let api = app.admin();
+    let cli = Cli::new(&app.api, &app.admin_token);
+    let mut child = cli
+        .command(&[
+            "events",
+            "--types",
+            "job.created",
+            "--count",
+            "1",
+            "-o",
+            "json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The stream may open after a first job: keep making them until the
+    // CLI has seen one and stopped.
+    let deadline = Instant::now() + PATIENCE;
+    let mut made = Vec::new();
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no event arrived");
+        made.push(steps_job(&api, 1, 0, None).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    let event: Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(event["type"], "job.created", "{event}");
+    assert!(
+        made.iter().any(|id| event["job"]["id"] == id.as_str()),
+        "{event}"
+    );
+
+    // A wrong key is refused before any event.
+    Cli::new(&app.api, "ovk_0123456789ab_nope")
+        .run(&["events"])
+        .code(4);
+}
+
+#[tokio::test]
+async fn hosts_and_vms_on_a_lab_host() {
+    let lab = Lab::load();
+    let ovh1 = lab.host("ovh1");
+    let app = service().await;
+    let (_, key, _) = app.create_user("olga", "operator").await;
+    let cli = Cli::new(&app.api, &key);
+    let key_file = cli.home.path().join("lab-key");
+    std::fs::write(&key_file, lab.client_key_pem()).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let port = ovh1.port.to_string();
+    let add = |extra: &[&str]| {
+        let mut args = vec![
+            "host",
+            "add",
+            &ovh1.address,
+            "--name",
+            "lab-one",
+            "--port",
+            &port,
+            "--user",
+            &ovh1.user,
+            "--libvirt-uri",
+            &ovh1.uri,
+            "--tag",
+            "lab",
+            "--private-key",
+        ];
+        let key_path = key_file.to_str().unwrap();
+        args.push(key_path);
+        args.extend_from_slice(extra);
+        cli.run(&args)
+    };
+
+    // Nobody at a terminal to confirm: the fingerprint must be given.
+    let out = add(&[]).code(2);
+    assert!(
+        out.stderr.contains(&ovh1.host_key_fingerprint),
+        "{}",
+        out.stderr
+    );
+    let other = lab.host("ovh2");
+    let out = add(&["--fingerprint", &other.host_key_fingerprint]).code(1);
+    assert!(out.stderr.contains("not added"), "{}", out.stderr);
+    let out = add(&["--fingerprint", &ovh1.host_key_fingerprint, "-o", "json"]).ok();
+    let host = out.json();
+    assert_eq!(
+        host["host_key_fingerprint"],
+        ovh1.host_key_fingerprint.as_str()
+    );
+    assert_eq!(host["has_credential"], true);
+    assert!(!out.stdout.contains("PRIVATE KEY"));
+    let host_id = host["id"].as_str().unwrap().to_owned();
+
+    let out = cli.run(&["host", "list"]).ok();
+    assert!(out.stdout.starts_with("NAME "), "{}", out.stdout);
+    assert!(out.stdout.contains("lab-one") && out.stdout.contains(&host_id));
+    let shown = cli
+        .run(&["host", "show", "lab-one", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(shown["id"], host_id.as_str());
+    let out = cli.run(&["host", "facts", "lab-one"]).ok();
+    assert!(out.stdout.contains("hypervisor:"), "{}", out.stdout);
+
+    // Jobs: waited for by default, or just named with --no-wait.
+    let out = cli.run(&["host", "resync", "lab-one"]).ok();
+    assert!(
+        out.stdout.contains("(inventory.resync) succeeded"),
+        "{}",
+        out.stdout
+    );
+    let out = cli.run(&["host", "resync", "lab-one", "--no-wait"]).ok();
+    let job_id = out.stdout.trim().to_owned();
+    assert!(uuid::Uuid::parse_str(&job_id).is_ok(), "{}", out.stdout);
+    cli.run(&["job", "watch", &job_id]).ok();
+    let out = cli
+        .run(&["host", "edit", "lab-one", "--tag", "lab", "--tag", "cli"])
+        .ok();
+    assert!(
+        out.stdout.contains("(host.update) succeeded"),
+        "{}",
+        out.stdout
+    );
+    let shown = cli
+        .run(&["host", "show", &host_id, "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(shown["tags"], json!(["lab", "cli"]));
+    cli.run(&["host", "edit", "lab-one"]).code(2);
+
+    // A throwaway guest through its lifecycle.
+    let guest = lab.define_guest(ovh1, &unique_name("cli"));
+    let vm = guest.name.clone();
+    cli.run(&["host", "resync", "lab-one"]).ok();
+    let listed = cli
+        .run(&["vm", "list", "--host", "lab-one", "-o", "json"])
+        .ok()
+        .json();
+    let record = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == vm.as_str())
+        .unwrap_or_else(|| panic!("{vm} not in {listed}"))
+        .clone();
+    assert_eq!(record["state"], "shut_off");
+    let out = cli
+        .run(&["vm", "list", "--name", &vm, "--sort", "-name"])
+        .ok();
+    assert!(out.stdout.starts_with("NAME "), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&vm) && out.stdout.contains("shut_off"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
+
+    let out = cli.run(&["vm", "start", &vm]).ok();
+    assert!(
+        out.stdout.contains("(vm.start) succeeded"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(ovh1.domstate(&vm), "running");
+    let info = cli.run(&["vm", "show", &vm, "-o", "json"]).ok().json();
+    assert_eq!(info["state"], "running");
+    assert_eq!(info["uuid"], record["uuid"]);
+    let uuid = record["uuid"].as_str().unwrap();
+    cli.run(&["vm", "show", uuid]).ok();
+    cli.run(&["vm", "start", "no-such-vm", "--host", "lab-one"])
+        .code(3);
+    // Starting it again is an invalid transition: refused, no job.
+    cli.run(&["vm", "start", &vm]).code(1);
+
+    // The serial console, both ways; Ctrl-] detaches.
+    guest.wait_ready(1, BOOT);
+    console_round_trip(&cli, &vm);
+
+    let out = cli
+        .run(&["vm", "stop", &vm, "--no-wait", "-o", "json"])
+        .ok();
+    let job = out.json();
+    assert_eq!(job["kind"], "vm.force_stop", "{job}");
+    let done = cli
+        .run(&["job", "watch", job["id"].as_str().unwrap(), "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(ovh1.domstate(&vm), "shut off");
+    let out = cli.run(&["vm", "rm", &vm, "--host", &host_id]).ok();
+    assert!(
+        out.stdout.contains("(vm.delete) succeeded"),
+        "{}",
+        out.stdout
+    );
+    assert!(ovh1.try_virsh(&["domstate", "--domain", &vm]).is_err());
+    guest.disarm();
+
+    // A deployment the service refuses is refused before any job (the
+    // lab's image-backed deployments belong to their own host).
+    cli.run(&[
+        "vm",
+        "deploy",
+        "lab-one",
+        "x",
+        "--profile",
+        "nope",
+        "--username",
+        "u",
+        "--network",
+        "default",
+    ])
+    .code(3);
+
+    let out = cli.run(&["host", "rm", "lab-one"]).ok();
+    assert!(
+        out.stdout.contains("(host.delete) succeeded"),
+        "{}",
+        out.stdout
+    );
+    cli.run(&["host", "show", &host_id]).code(3);
+    let out = cli.run(&["audit", "--action", "host."]).ok();
+    assert!(out.stdout.contains("host.delete"), "{}", out.stdout);
+}
+
+fn read_in_background(
+    mut stream: impl Read + Send + 'static,
+    sink: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sink
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    })
+}
+
+fn wait_for_text(sink: &Arc<Mutex<String>>, want: &str, child: &mut Child) {
+    let deadline = Instant::now() + PATIENCE;
+    while !sink.lock().unwrap().contains(want) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "exited with {status} before {want:?}: {}",
+                sink.lock().unwrap()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {want:?} in: {}",
+            sink.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn console_round_trip(cli: &Cli, vm: &str) {
+    let mut child = cli
+        .command(&["vm", "console", vm])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = Arc::new(Mutex::new(String::new()));
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let pumps = [
+        read_in_background(child.stdout.take().unwrap(), stdout.clone()),
+        read_in_background(child.stderr.take().unwrap(), stderr.clone()),
+    ];
+    wait_for_text(&stderr, "Ctrl-] detaches", &mut child);
+    let marker = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+    let mut stdin = child.stdin.take().unwrap();
+    // The shell echoes the line as typed (`MARK-""…`); only echo's output
+    // has the marker whole.
+    stdin
+        .write_all(format!("\recho MARK-\"\"{marker}\r").as_bytes())
+        .unwrap();
+    stdin.flush().unwrap();
+    wait_for_text(&stdout, &format!("MARK-{marker}"), &mut child);
+    stdin.write_all(&[0x1d]).unwrap();
+    stdin.flush().unwrap();
+    let status = child.wait().unwrap();
+    for pump in pumps {
+        pump.join().unwrap();
+    }
+    assert!(status.success(), "{}", stderr.lock().unwrap());
+    assert!(stderr.lock().unwrap().contains("detached"));
+}
+
+#[tokio::test]
+async fn completions_man_pages_and_help_come_from_the_same_definitions() {
+    let cli = Cli::with_file_only();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = cli.run(&["completions", shell]).ok();
+        for word in ["host", "vm", "job", "events", "remote", "console", "deploy"] {
+            assert!(out.stdout.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    cli.run(&["completions", "tcsh"]).code(2);
+    let out = cli.run(&["man"]).ok();
+    assert!(
+        out.stdout.contains(".TH overvisor"),
+        "{}",
+        &out.stdout[..200.min(out.stdout.len())]
+    );
+    let dir = cli.home.path().join("man");
+    cli.run(&["man", dir.to_str().unwrap()]).ok();
+    for page in [
+        "overvisor.1",
+        "overvisor-vm-start.1",
+        "overvisor-remote-add.1",
+        "overvisor-job-watch.1",
+    ] {
+        let text =
+            std::fs::read_to_string(dir.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(!text.is_empty());
+    }
+    let out = cli.run(&["--help"]).ok();
+    let path = cli.config_dir().join("overvisor").join("remotes.toml");
+    assert!(
+        out.stdout.contains(path.to_str().unwrap()),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("5 unreachable"), "{}", out.stdout);
+    assert!(Path::new(&dir).join("overvisor-host-add.1").exists());
+}
