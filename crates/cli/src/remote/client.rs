@@ -3,6 +3,7 @@
 //! the exit code they mean.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
@@ -13,6 +14,7 @@ use url::Url;
 use super::Opts;
 use super::config::{self, Remotes};
 use super::error::{Error, Result};
+use super::tls;
 
 /// Where to send requests and with which key.
 pub struct Target {
@@ -72,6 +74,7 @@ impl Target {
 
 pub struct Client {
     http: reqwest::Client,
+    tls: Arc<rustls::ClientConfig>,
     base: Url,
     auth: HeaderValue,
 }
@@ -99,24 +102,11 @@ impl Client {
     pub fn new(target: &Target) -> Result<Self> {
         // TLS is always verified; a CA file adds a root, it never turns
         // verification off.
-        let mut builder = reqwest::Client::builder()
+        let tls = tls::client_config(target.ca_file.as_deref())?;
+        let http = reqwest::Client::builder()
             .user_agent(concat!("overvisor-cli/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10));
-        if let Some(path) = &target.ca_file {
-            let pem = std::fs::read(path).map_err(|e| Error::io(path.display(), e))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| Error::Usage(format!("{}: not a PEM CA file: {e}", path.display())))?;
-            if certs.is_empty() {
-                return Err(Error::Usage(format!(
-                    "{}: no certificate in it",
-                    path.display()
-                )));
-            }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let http = builder
+            .connect_timeout(Duration::from_secs(10))
+            .use_preconfigured_tls(rustls::ClientConfig::clone(&tls))
             .build()
             .map_err(|e| Error::Failed(format!("cannot set up HTTP: {}", reasons(&e))))?;
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", target.api_key))
@@ -124,6 +114,7 @@ impl Client {
         auth.set_sensitive(true);
         Ok(Self {
             http,
+            tls,
             base: target.url.clone(),
             auth,
         })
@@ -144,6 +135,11 @@ impl Client {
             url.query_pairs_mut().extend_pairs(query);
         }
         url
+    }
+
+    /// The TLS configuration, for connections reqwest does not make.
+    pub fn tls(&self) -> Arc<rustls::ClientConfig> {
+        self.tls.clone()
     }
 
     /// The `Authorization` header value (marked sensitive).

@@ -76,18 +76,20 @@ pub async fn attach(client: &Client, host: &str, vm: &str) -> Result<()> {
     request
         .headers_mut()
         .insert("authorization", client.authorization());
-    let (ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .map_err(|e| match e {
-            tokio_tungstenite::tungstenite::Error::Http(resp) => Error::Api {
-                status: resp.status().as_u16(),
-                message: format!("console refused: {}", resp.status()),
-            },
-            other => Error::Unreachable {
-                url: url.to_string(),
-                reason: other.to_string(),
-            },
-        })?;
+    let connector = tokio_tungstenite::Connector::Rustls(client.tls());
+    let (ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector))
+            .await
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(resp) => Error::Api {
+                    status: resp.status().as_u16(),
+                    message: format!("console refused: {}", resp.status()),
+                },
+                other => Error::Unreachable {
+                    url: url.to_string(),
+                    reason: other.to_string(),
+                },
+            })?;
     eprintln!("attached to {vm}'s serial console; Ctrl-] detaches");
     let raw = RawMode::enter();
     let outcome = pump(ws).await;

@@ -14,6 +14,7 @@ mod jobs;
 mod output;
 mod profiles;
 mod remotes;
+mod tls;
 mod vms;
 mod wait;
 
