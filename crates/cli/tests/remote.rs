@@ -777,6 +777,143 @@ async fn hosts_and_vms_on_a_lab_host() {
     assert!(out.stdout.contains("host.delete"), "{}", out.stdout);
 }
 
+/// A profile whose image cannot be fetched (nothing listens where it
+/// points), so a deployment fails in its first step and leaves nothing.
+fn unreachable_image_profile(lab: &Lab) -> String {
+    let first = &lab.hosts[0].address;
+    let bridge = format!("{}.1", first.rsplit_once('.').unwrap().0);
+    format!(
+        r#"
+title = "Lab image nobody serves"
+os = "linux"
+firmware = "bios"
+disk_bus = "virtio"
+nic_model = "virtio"
+seed = "nocloud"
+
+[image]
+format = "raw"
+url = "http://{bridge}:9/img.raw"
+sha256 = "{zeros}"
+
+[defaults]
+vcpus = 1
+memory_mib = 128
+disk_gib = 1
+
+[minimum]
+vcpus = 1
+memory_mib = 64
+disk_gib = 1
+"#,
+        zeros = "0".repeat(64)
+    )
+}
+
+#[tokio::test]
+async fn deploy_shows_the_credentials_once_then_waits_for_its_job() {
+    let lab = Lab::load();
+    let ovh1 = lab.host("ovh1");
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(
+        profiles.path().join("lab-none.toml"),
+        unreachable_image_profile(&lab),
+    )
+    .unwrap();
+    let app = TestApp::builder()
+        .env(
+            "OVERVISOR_PROFILES_DIR",
+            profiles.path().display().to_string(),
+        )
+        .env("OVERVISOR_DEPLOY_EMULATED", "1")
+        .start()
+        .await;
+    let (_, key, _) = app.create_user("olga", "operator").await;
+    let cli = Cli::new(&app.api, &key);
+    let key_file = cli.home.path().join("lab-key");
+    std::fs::write(&key_file, lab.client_key_pem()).unwrap();
+    let port = ovh1.port.to_string();
+    cli.run(&[
+        "host",
+        "add",
+        &ovh1.address,
+        "--name",
+        "lab-one",
+        "--port",
+        &port,
+        "--user",
+        &ovh1.user,
+        "--libvirt-uri",
+        &ovh1.uri,
+        "--private-key",
+        key_file.to_str().unwrap(),
+        "--fingerprint",
+        &ovh1.host_key_fingerprint,
+    ])
+    .ok();
+    let out = cli.run(&["profile", "list"]).ok();
+    assert!(
+        out.stdout.contains("lab-none") && out.stdout.contains("operator"),
+        "{}",
+        out.stdout
+    );
+
+    let name = unique_name("cli-dep");
+    let deploy = |extra: &[&str]| {
+        let mut args = vec![
+            "vm",
+            "deploy",
+            "lab-one",
+            &name,
+            "--profile",
+            "lab-none",
+            "--username",
+            "ops",
+            "--bridge",
+            "br0",
+        ];
+        args.extend_from_slice(extra);
+        cli.run(&args)
+    };
+    // Table: the credentials first, then the job's failure (exit 1).
+    let out = deploy(&[]).code(1);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("guest credentials (shown only now): ops / "))
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    let password = line.rsplit(' ').next().unwrap();
+    assert!(password.len() >= 12, "{line}");
+    assert!(out.stderr.contains("failed"), "{}", out.stderr);
+    // The job keeps no copy of them.
+    let jobs = cli
+        .run(&["job", "list", "--kind", "vm.deploy", "-o", "json"])
+        .ok()
+        .json();
+    let job_id = jobs[0]["id"].as_str().unwrap();
+    let job = cli.run(&["job", "show", job_id, "-o", "json"]).ok();
+    assert!(!job.stdout.contains(password), "{}", job.stdout);
+    // JSON: one document, the deployment answer with the job as it ended.
+    let out = deploy(&["-o", "json"]).code(1);
+    let answer = out.json();
+    assert_eq!(answer["credentials"]["username"], "ops", "{answer}");
+    assert_eq!(answer["job"]["kind"], "vm.deploy", "{answer}");
+    assert_eq!(answer["job"]["status"], "failed", "{answer}");
+    assert!(answer["job"]["steps"].is_array(), "{answer}");
+    // --no-wait: the answer at once.
+    let out = deploy(&["-o", "json", "--no-wait"]).ok();
+    let answer = out.json();
+    assert!(answer["credentials"]["password"].is_string(), "{answer}");
+    let id = answer["job"]["id"].as_str().unwrap();
+    cli.run(&["job", "watch", id]).code(1);
+    // Nothing of the VM is left on the host.
+    assert!(ovh1.try_virsh(&["domstate", "--domain", &name]).is_err());
+    assert!(
+        !app.logs().contains(password),
+        "a guest password was logged"
+    );
+}
+
 fn read_in_background(
     mut stream: impl Read + Send + 'static,
     sink: Arc<Mutex<String>>,
