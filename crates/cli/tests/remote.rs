@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use overvisor_testkit::{Lab, unique_name};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Api, TestApp};
+use support::{Api, TestApp, lab_profile};
 
 /// A guard against a hang, not a measurement.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -111,20 +111,7 @@ impl Cli {
     }
 
     fn run_input(&self, args: &[&str], input: &str) -> Out {
-        let mut child = self
-            .command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = support::run_with_input(self.command(args), input);
         Out {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -582,6 +569,35 @@ async fn tls_is_always_verified_and_a_ca_file_adds_a_root() {
     kept.run(&["host", "list"]).code(2);
 }
 
+/// `host add` of a lab host as `lab-one`, with the lab's client key as
+/// its credential, plus `extra` arguments.
+fn add_lab_host(cli: &Cli, lab: &Lab, host: &overvisor_testkit::LabHost, extra: &[&str]) -> Out {
+    let key_file = cli.home.path().join("lab-key");
+    std::fs::write(&key_file, lab.client_key_pem()).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let port = host.port.to_string();
+    let mut args = vec![
+        "host",
+        "add",
+        &host.address,
+        "--name",
+        "lab-one",
+        "--port",
+        &port,
+        "--user",
+        &host.user,
+        "--libvirt-uri",
+        &host.uri,
+        "--tag",
+        "lab",
+        "--private-key",
+    ];
+    let key_path = key_file.to_str().unwrap();
+    args.push(key_path);
+    args.extend_from_slice(extra);
+    cli.run(&args)
+}
+
 #[tokio::test]
 async fn hosts_and_vms_on_a_lab_host() {
     let lab = Lab::load();
@@ -589,32 +605,7 @@ async fn hosts_and_vms_on_a_lab_host() {
     let app = service().await;
     let (_, key, _) = app.create_user("olga", "operator").await;
     let cli = Cli::new(&app.api, &key);
-    let key_file = cli.home.path().join("lab-key");
-    std::fs::write(&key_file, lab.client_key_pem()).unwrap();
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let port = ovh1.port.to_string();
-    let add = |extra: &[&str]| {
-        let mut args = vec![
-            "host",
-            "add",
-            &ovh1.address,
-            "--name",
-            "lab-one",
-            "--port",
-            &port,
-            "--user",
-            &ovh1.user,
-            "--libvirt-uri",
-            &ovh1.uri,
-            "--tag",
-            "lab",
-            "--private-key",
-        ];
-        let key_path = key_file.to_str().unwrap();
-        args.push(key_path);
-        args.extend_from_slice(extra);
-        cli.run(&args)
-    };
+    let add = |extra: &[&str]| add_lab_host(&cli, &lab, ovh1, extra);
 
     // Nobody at a terminal to confirm: the fingerprint must be given.
     let out = add(&[]).code(2);
@@ -777,79 +768,30 @@ async fn hosts_and_vms_on_a_lab_host() {
     assert!(out.stdout.contains("host.delete"), "{}", out.stdout);
 }
 
-/// A profile whose image cannot be fetched (nothing listens where it
-/// points), so a deployment fails in its first step and leaves nothing.
-fn unreachable_image_profile(lab: &Lab) -> String {
-    let first = &lab.hosts[0].address;
-    let bridge = format!("{}.1", first.rsplit_once('.').unwrap().0);
-    format!(
-        r#"
-title = "Lab image nobody serves"
-os = "linux"
-firmware = "bios"
-disk_bus = "virtio"
-nic_model = "virtio"
-seed = "nocloud"
-
-[image]
-format = "raw"
-url = "http://{bridge}:9/img.raw"
-sha256 = "{zeros}"
-
-[defaults]
-vcpus = 1
-memory_mib = 128
-disk_gib = 1
-
-[minimum]
-vcpus = 1
-memory_mib = 64
-disk_gib = 1
-"#,
-        zeros = "0".repeat(64)
-    )
-}
-
 #[tokio::test]
 async fn deploy_shows_the_credentials_once_then_waits_for_its_job() {
     let lab = Lab::load();
     let ovh1 = lab.host("ovh1");
+    // An image nobody serves (nothing listens there on the host): the
+    // deployment fails in its first step and leaves nothing.
     let profiles = tempfile::tempdir().unwrap();
     std::fs::write(
         profiles.path().join("lab-none.toml"),
-        unreachable_image_profile(&lab),
+        lab_profile("http://127.0.0.1:9/none.raw", &"0".repeat(64)),
     )
     .unwrap();
     let app = TestApp::builder()
-        .env(
-            "OVERVISOR_PROFILES_DIR",
-            profiles.path().display().to_string(),
-        )
-        .env("OVERVISOR_DEPLOY_EMULATED", "1")
+        .deploy_profiles(profiles.path())
         .start()
         .await;
     let (_, key, _) = app.create_user("olga", "operator").await;
     let cli = Cli::new(&app.api, &key);
-    let key_file = cli.home.path().join("lab-key");
-    std::fs::write(&key_file, lab.client_key_pem()).unwrap();
-    let port = ovh1.port.to_string();
-    cli.run(&[
-        "host",
-        "add",
-        &ovh1.address,
-        "--name",
-        "lab-one",
-        "--port",
-        &port,
-        "--user",
-        &ovh1.user,
-        "--libvirt-uri",
-        &ovh1.uri,
-        "--private-key",
-        key_file.to_str().unwrap(),
-        "--fingerprint",
-        &ovh1.host_key_fingerprint,
-    ])
+    add_lab_host(
+        &cli,
+        &lab,
+        ovh1,
+        &["--fingerprint", &ovh1.host_key_fingerprint],
+    )
     .ok();
     let out = cli.run(&["profile", "list"]).ok();
     assert!(

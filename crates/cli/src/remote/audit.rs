@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::client::Client;
+use super::client::{self, Client};
 use super::error::Result;
 use super::output::{self, Format};
 
@@ -32,32 +32,22 @@ pub struct AuditArgs {
 }
 
 pub async fn run(client: &Client, format: Format, args: AuditArgs) -> Result<()> {
-    let mut query = vec![("limit", args.limit.to_string())];
-    for (key, value) in [
+    let query = client::query([
+        ("limit", Some(args.limit.to_string())),
         ("actor", args.actor),
         ("action", args.action),
         ("outcome", args.outcome),
         ("since", args.since),
         ("until", args.until),
-    ] {
-        if let Some(v) = value {
-            query.push((key, v));
-        }
-    }
-    if args.all {
-        query.push(("all", "true".into()));
-    }
+        ("all", args.all.then(|| "true".into())),
+    ]);
     let events = client.get(&["audit"], &query).await?;
-    if format == Format::Json {
-        output::print_json(&events);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = events
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|e| {
+    output::list(
+        format,
+        &events,
+        &["WHEN", "ACTOR", "ACTION", "OUTCOME", "TARGET", "DETAIL"],
+        Some(3),
+        |e| {
             vec![
                 output::relative(&e["at"]),
                 output::text(&e["actor_name"]),
@@ -66,12 +56,7 @@ pub async fn run(client: &Client, format: Format, args: AuditArgs) -> Result<()>
                 output::text(&e["target"]),
                 output::text(&e["detail"]),
             ]
-        })
-        .collect();
-    output::table(
-        &["WHEN", "ACTOR", "ACTION", "OUTCOME", "TARGET", "DETAIL"],
-        &rows,
-        Some(3),
+        },
     );
     Ok(())
 }

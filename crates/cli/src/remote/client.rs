@@ -204,6 +204,16 @@ impl Client {
     }
 }
 
+/// Query parameters: the ones given, in order.
+pub fn query<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, Option<String>)>,
+) -> Vec<(&'a str, String)> {
+    pairs
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect()
+}
+
 /// The API's error envelope as a message: `not_found: no such host (field: id)`.
 fn api_error(status: StatusCode, text: &str) -> Error {
     let body: Value = serde_json::from_str(text).unwrap_or(Value::Null);

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::client::Client;
+use super::client::{self, Client};
 use super::error::{Error, Result};
 use super::output::{self, Format};
 use super::wait::{self, WaitOpts};
@@ -128,12 +128,7 @@ pub async fn resolve(client: &Client, host: &str) -> Result<Value> {
         return client.get(&["hosts", host], &[]).await;
     }
     let hosts = client.get(&["hosts"], &[]).await?;
-    let mut found = hosts
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .filter(|h| h["name"] == host);
+    let mut found = output::items(&hosts).iter().filter(|h| h["name"] == host);
     match (found.next(), found.next()) {
         (Some(h), None) => Ok(h.clone()),
         (Some(_), Some(_)) => Err(Error::Usage(format!(
@@ -150,21 +145,22 @@ pub async fn resolve_id(client: &Client, host: &str) -> Result<String> {
     Ok(output::text(&resolve(client, host).await?["id"]))
 }
 
+/// `address:port`.
+fn address(host: &Value) -> String {
+    format!(
+        "{}:{}",
+        output::text(&host["address"]),
+        output::text(&host["port"])
+    )
+}
+
 fn show(format: Format, host: &Value) {
-    match format {
-        Format::Json => output::print_json(host),
-        Format::Table => output::fields(&[
+    output::object(format, host, |host| {
+        vec![
             ("name", output::text(&host["name"])),
             ("id", output::text(&host["id"])),
             ("kind", output::text(&host["kind"])),
-            (
-                "address",
-                format!(
-                    "{}:{}",
-                    output::text(&host["address"]),
-                    output::text(&host["port"])
-                ),
-            ),
+            ("address", address(host)),
             ("ssh user", output::text(&host["ssh_user"])),
             ("libvirt uri", output::text(&host["libvirt_uri"])),
             ("tags", output::text(&host["tags"])),
@@ -172,8 +168,8 @@ fn show(format: Format, host: &Value) {
             ("own credential", output::text(&host["has_credential"])),
             ("created", output::relative(&host["created_at"])),
             ("updated", output::relative(&host["updated_at"])),
-        ]),
-    }
+        ]
+    });
 }
 
 /// Asks whoever is at the terminal to confirm the key, or checks the one
@@ -217,34 +213,21 @@ pub async fn run(client: &Client, format: Format, cmd: HostCommand) -> Result<()
     match cmd {
         HostCommand::List => {
             let hosts = client.get(&["hosts"], &[]).await?;
-            if format == Format::Json {
-                output::print_json(&hosts);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = hosts
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-                .iter()
-                .map(|h| {
+            output::list(
+                format,
+                &hosts,
+                &["NAME", "KIND", "ADDRESS", "TAGS", "CREATED", "ID"],
+                None,
+                |h| {
                     vec![
                         output::text(&h["name"]),
                         output::text(&h["kind"]),
-                        format!(
-                            "{}:{}",
-                            output::text(&h["address"]),
-                            output::text(&h["port"])
-                        ),
+                        address(h),
                         output::text(&h["tags"]),
                         output::relative(&h["created_at"]),
                         output::text(&h["id"]),
                     ]
-                })
-                .collect();
-            output::table(
-                &["NAME", "KIND", "ADDRESS", "TAGS", "CREATED", "ID"],
-                &rows,
-                None,
+                },
             );
             Ok(())
         }
@@ -255,20 +238,16 @@ pub async fn run(client: &Client, format: Format, cmd: HostCommand) -> Result<()
         HostCommand::Facts { host } => {
             let id = resolve_id(client, &host).await?;
             let facts = client.get(&["hosts", &id, "facts"], &[]).await?;
-            match format {
-                Format::Json => output::print_json(&facts),
-                Format::Table => {
-                    let pairs: Vec<(&str, String)> = facts
-                        .as_object()
-                        .map(|o| {
-                            o.iter()
-                                .map(|(k, v)| (k.as_str(), output::text(v)))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    output::fields(&pairs);
-                }
-            }
+            output::object(format, &facts, |facts| {
+                facts
+                    .as_object()
+                    .map(|o| {
+                        o.iter()
+                            .map(|(k, v)| (k.as_str(), output::text(v)))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            });
             Ok(())
         }
         HostCommand::Add(args) => {
@@ -301,14 +280,12 @@ pub async fn run(client: &Client, format: Format, cmd: HostCommand) -> Result<()
         } => {
             let id = resolve_id(client, &host).await?;
             let mut body = Map::new();
-            for (key, value) in [
+            for (key, value) in client::query([
                 ("name", name),
                 ("address", address),
                 ("host_key_fingerprint", fingerprint),
-            ] {
-                if let Some(v) = value {
-                    body.insert(key.into(), json!(v));
-                }
+            ]) {
+                body.insert(key.into(), json!(value));
             }
             if remove_credential {
                 body.insert("remove_credential".into(), json!(true));

@@ -3,7 +3,7 @@
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::client::Client;
+use super::client::{self, Client};
 use super::error::Result;
 use super::output::{self, Format};
 use super::wait;
@@ -39,10 +39,6 @@ pub struct ListArgs {
     limit: u32,
 }
 
-fn items(value: &Value) -> &[Value] {
-    value.as_array().map(Vec::as_slice).unwrap_or_default()
-}
-
 fn show(job: &Value) {
     output::fields(&[
         ("id", output::text(&job["id"])),
@@ -55,7 +51,7 @@ fn show(job: &Value) {
         ("error", output::text(&job["error"])),
         ("result", output::text(&job["result"])),
     ]);
-    let steps: Vec<Vec<String>> = items(&job["steps"])
+    let steps: Vec<Vec<String>> = output::items(&job["steps"])
         .iter()
         .map(|s| {
             vec![
@@ -75,7 +71,7 @@ fn show(job: &Value) {
             Some(2),
         );
     }
-    let log = items(&job["log"]);
+    let log = output::items(&job["log"]);
     if !log.is_empty() {
         println!();
         for line in log {
@@ -92,27 +88,20 @@ fn show(job: &Value) {
 pub async fn run(client: &Client, format: Format, cmd: JobCommand) -> Result<()> {
     match cmd {
         JobCommand::List(args) => {
-            let mut query = vec![("limit", args.limit.to_string())];
-            for (key, value) in [
+            let query = client::query([
+                ("limit", Some(args.limit.to_string())),
                 ("status", args.status),
                 ("kind", args.kind),
                 ("target", args.target),
-            ] {
-                if let Some(v) = value {
-                    query.push((key, v));
-                }
-            }
-            if args.all {
-                query.push(("all", "true".into()));
-            }
+                ("all", args.all.then(|| "true".into())),
+            ]);
             let jobs = client.get(&["jobs"], &query).await?;
-            if format == Format::Json {
-                output::print_json(&jobs);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = items(&jobs)
-                .iter()
-                .map(|j| {
+            output::list(
+                format,
+                &jobs,
+                &["ID", "KIND", "STATUS", "PROGRESS", "TARGET", "CREATED"],
+                Some(2),
+                |j| {
                     vec![
                         output::text(&j["id"]),
                         output::text(&j["kind"]),
@@ -121,12 +110,7 @@ pub async fn run(client: &Client, format: Format, cmd: JobCommand) -> Result<()>
                         output::text(&j["target"]),
                         output::relative(&j["created_at"]),
                     ]
-                })
-                .collect();
-            output::table(
-                &["ID", "KIND", "STATUS", "PROGRESS", "TARGET", "CREATED"],
-                &rows,
-                Some(2),
+                },
             );
             Ok(())
         }

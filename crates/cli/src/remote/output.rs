@@ -129,6 +129,40 @@ fn render(
     out
 }
 
+/// The items of a JSON array (none for anything else).
+pub fn items(value: &Value) -> &[Value] {
+    value.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+/// A list answer: the API's JSON as it is, or a table of one row per item.
+pub fn list(
+    format: Format,
+    value: &Value,
+    headers: &[&str],
+    status_col: Option<usize>,
+    row: impl Fn(&Value) -> Vec<String>,
+) {
+    match format {
+        Format::Json => print_json(value),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = items(value).iter().map(row).collect();
+            table(headers, &rows, status_col);
+        }
+    }
+}
+
+/// One object: the API's JSON as it is, or `label: value` lines.
+pub fn object<'a>(
+    format: Format,
+    value: &'a Value,
+    pairs: impl FnOnce(&'a Value) -> Vec<(&'a str, String)>,
+) {
+    match format {
+        Format::Json => print_json(value),
+        Format::Table => fields(&pairs(value)),
+    }
+}
+
 /// `label: value` lines, labels aligned.
 pub fn fields(pairs: &[(&str, String)]) {
     let width = pairs.iter().map(|(l, _)| l.len()).max().unwrap_or(0) + 1;

@@ -16,16 +16,12 @@ pub async fn run(client: &Client, format: Format, cmd: ProfileCommand) -> Result
     match cmd {
         ProfileCommand::List => {
             let profiles = client.get(&["profiles"], &[]).await?;
-            if format == Format::Json {
-                output::print_json(&profiles);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = profiles
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-                .iter()
-                .map(|p| {
+            output::list(
+                format,
+                &profiles,
+                &["NAME", "TITLE", "OS", "DEFAULTS", "SOURCE"],
+                None,
+                |p| {
                     let d = &p["defaults"];
                     vec![
                         output::text(&p["name"]),
@@ -44,9 +40,8 @@ pub async fn run(client: &Client, format: Format, cmd: ProfileCommand) -> Result
                         }
                         .into(),
                     ]
-                })
-                .collect();
-            output::table(&["NAME", "TITLE", "OS", "DEFAULTS", "SOURCE"], &rows, None);
+                },
+            );
             Ok(())
         }
     }

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::client::Client;
+use super::client::{self, Client};
 use super::error::{Error, Result};
 use super::output::{self, Format};
 use super::wait::{self, WaitOpts};
@@ -129,10 +129,6 @@ pub struct DeployArgs {
     wait: WaitOpts,
 }
 
-fn items(value: &Value) -> &[Value] {
-    value.as_array().map(Vec::as_slice).unwrap_or_default()
-}
-
 /// The host id and the VM's path name (its name or UUID).
 pub async fn locate(client: &Client, vm: &VmRef) -> Result<(String, String)> {
     if let Some(host) = &vm.host {
@@ -148,7 +144,7 @@ pub async fn locate(client: &Client, vm: &VmRef) -> Result<(String, String)> {
             &[("name", vm.vm.clone()), ("limit", "1000".into())],
         )
         .await?;
-    let found: Vec<&Value> = items(&page["items"])
+    let found: Vec<&Value> = output::items(&page["items"])
         .iter()
         .filter(|v| v["name"] == vm.vm.as_str())
         .collect();
@@ -163,23 +159,20 @@ pub async fn locate(client: &Client, vm: &VmRef) -> Result<(String, String)> {
 }
 
 async fn list(client: &Client, format: Format, args: ListArgs) -> Result<()> {
-    let mut query: Vec<(&str, String)> = vec![("limit", "1000".into())];
-    if let Some(host) = &args.host {
-        query.push(("host", hosts::resolve_id(client, host).await?));
-    }
-    for (key, value) in [
+    let host = match &args.host {
+        Some(host) => Some(hosts::resolve_id(client, host).await?),
+        None => None,
+    };
+    let tags = (!args.tags.is_empty()).then(|| args.tags.join(","));
+    let query = client::query([
+        ("limit", Some("1000".to_owned())),
+        ("host", host),
         ("kind", args.kind),
         ("state", args.state),
         ("name", args.name),
         ("sort", args.sort),
-    ] {
-        if let Some(v) = value {
-            query.push((key, v));
-        }
-    }
-    if !args.tags.is_empty() {
-        query.push(("tags", args.tags.join(",")));
-    }
+        ("tags", tags),
+    ]);
     // Offset paging over the live inventory: a VM added meanwhile may
     // shift one across a page boundary, which a CLI listing can live with.
     let mut all = Vec::new();
@@ -187,32 +180,16 @@ async fn list(client: &Client, format: Format, args: ListArgs) -> Result<()> {
         let mut q = query.clone();
         q.push(("offset", all.len().to_string()));
         let page = client.get(&["vms"], &q).await?;
-        let got = items(&page["items"]);
+        let got = output::items(&page["items"]);
         all.extend(got.iter().cloned());
         let total = page["total"].as_u64().unwrap_or(0);
         if got.is_empty() || all.len() as u64 >= total {
             break;
         }
     }
-    if format == Format::Json {
-        output::print_json(&Value::Array(all));
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = all
-        .iter()
-        .map(|v| {
-            vec![
-                output::text(&v["name"]),
-                output::text(&v["state"]),
-                output::text(&v["host_name"]),
-                output::text(&v["vcpus"]),
-                output::text(&v["memory_mib"]),
-                output::relative(&v["updated_at"]),
-                output::text(&v["uuid"]),
-            ]
-        })
-        .collect();
-    output::table(
+    output::list(
+        format,
+        &Value::Array(all),
         &[
             "NAME",
             "STATE",
@@ -222,8 +199,18 @@ async fn list(client: &Client, format: Format, args: ListArgs) -> Result<()> {
             "SEEN",
             "UUID",
         ],
-        &rows,
         Some(1),
+        |v| {
+            vec![
+                output::text(&v["name"]),
+                output::text(&v["state"]),
+                output::text(&v["host_name"]),
+                output::text(&v["vcpus"]),
+                output::text(&v["memory_mib"]),
+                output::relative(&v["updated_at"]),
+                output::text(&v["uuid"]),
+            ]
+        },
     );
     Ok(())
 }
@@ -239,7 +226,7 @@ async fn act(client: &Client, format: Format, act: Act, verb: &str) -> Result<()
 async fn deploy(client: &Client, format: Format, args: DeployArgs) -> Result<()> {
     let host = hosts::resolve_id(client, &args.host).await?;
     let profiles = client.get(&["profiles"], &[]).await?;
-    let profile = items(&profiles)
+    let profile = output::items(&profiles)
         .iter()
         .find(|p| p["name"] == args.profile.as_str())
         .ok_or_else(|| Error::NotFound(format!("no profile named {:?}", args.profile)))?;
@@ -330,37 +317,34 @@ pub async fn run(client: &Client, format: Format, cmd: VmCommand) -> Result<()> 
         VmCommand::Show(vm) => {
             let (host, name) = locate(client, &vm).await?;
             let info = client.get(&["hosts", &host, "vms", &name], &[]).await?;
-            match format {
-                Format::Json => output::print_json(&info),
-                Format::Table => {
-                    let disks: Vec<String> = items(&info["disks"])
-                        .iter()
-                        .map(|d| {
-                            format!(
-                                "{} {}",
-                                output::text(&d["target"]),
-                                output::text(&d["source"])
-                            )
-                        })
-                        .collect();
-                    let nics: Vec<String> = items(&info["nics"])
-                        .iter()
-                        .map(|n| output::text(&n["mac"]))
-                        .collect();
-                    output::fields(&[
-                        ("name", output::text(&info["name"])),
-                        ("uuid", output::text(&info["uuid"])),
-                        ("state", output::text(&info["state"])),
-                        ("host", host),
-                        ("vcpus", output::text(&info["vcpus"])),
-                        ("memory mib", output::text(&info["memory_mib"])),
-                        ("disks", disks.join(", ")),
-                        ("nics", nics.join(", ")),
-                        ("ips", output::text(&info["ips"])),
-                        ("os", output::text(&info["os"])),
-                    ]);
-                }
-            }
+            output::object(format, &info, |info| {
+                let disks: Vec<String> = output::items(&info["disks"])
+                    .iter()
+                    .map(|d| {
+                        format!(
+                            "{} {}",
+                            output::text(&d["target"]),
+                            output::text(&d["source"])
+                        )
+                    })
+                    .collect();
+                let nics: Vec<String> = output::items(&info["nics"])
+                    .iter()
+                    .map(|n| output::text(&n["mac"]))
+                    .collect();
+                vec![
+                    ("name", output::text(&info["name"])),
+                    ("uuid", output::text(&info["uuid"])),
+                    ("state", output::text(&info["state"])),
+                    ("host", host),
+                    ("vcpus", output::text(&info["vcpus"])),
+                    ("memory mib", output::text(&info["memory_mib"])),
+                    ("disks", disks.join(", ")),
+                    ("nics", nics.join(", ")),
+                    ("ips", output::text(&info["ips"])),
+                    ("os", output::text(&info["os"])),
+                ]
+            });
             Ok(())
         }
         VmCommand::Start(a) => act(client, format, a, "start").await,
