@@ -111,34 +111,31 @@ impl Cli {
     }
 
     fn run_input(&self, args: &[&str], input: &str) -> Out {
-        let out = support::run_with_input(self.command(args), input);
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        output(support::run_with_input(self.command(args), input))
     }
 
     /// Runs the CLI on a pseudo-terminal (`script`), stdout and stderr
-    /// both the terminal's; returns everything the terminal received.
-    fn run_on_terminal(&self, args: &[&str]) -> Out {
+    /// both the terminal's, typing `input`; returns everything the
+    /// terminal showed.
+    fn run_on_terminal(&self, args: &[&str], input: &str) -> Out {
         let line = std::iter::once(TestApp::binary())
             .chain(args.iter().copied())
             .collect::<Vec<_>>()
             .join(" ");
         let mut script = Command::new("script");
         self.apply_env(&mut script);
-        let out = script
+        script
             .env("TERM", "xterm")
-            .args(["-qfec", &line, "/dev/null"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+            .args(["-qfec", &line, "/dev/null"]);
+        output(support::run_with_input(script, input))
+    }
+}
+
+fn output(out: std::process::Output) -> Out {
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
@@ -328,10 +325,19 @@ async fn waiting_shows_progress_and_logs_and_a_failed_job_exits_1() {
 
     // On a terminal: the progress bar with the job's step.
     let slow = steps_job(&api, 3, 1500, None).await;
-    let out = cli.run_on_terminal(&["job", "watch", &slow]).ok();
+    let out = cli.run_on_terminal(&["job", "watch", &slow], "").ok();
     assert!(out.stdout.contains("test.steps step"), "{:?}", out.stdout);
     assert!(out.stdout.contains("%"), "{:?}", out.stdout);
     assert!(out.stdout.contains("[="), "no bar drawn: {:?}", out.stdout);
+
+    // Colour on a terminal only, and never with NO_COLOR.
+    let out = cli.run_on_terminal(&["job", "list"], "").ok();
+    assert!(out.stdout.contains("\x1b[32msucceeded"), "{:?}", out.stdout);
+    let mut plain = Cli::new(&app.api, &app.admin_token);
+    plain.env.push(("NO_COLOR".into(), "1".into()));
+    let out = plain.run_on_terminal(&["job", "list"], "").ok();
+    assert!(!has_escapes(&out.stdout), "{:?}", out.stdout);
+    assert!(out.stdout.contains("succeeded"), "{:?}", out.stdout);
 
     // Listing and showing: tables and the API's JSON.
     let out = cli.run(&["job", "list"]).ok();
@@ -570,8 +576,15 @@ async fn tls_is_always_verified_and_a_ca_file_adds_a_root() {
 }
 
 /// `host add` of a lab host as `lab-one`, with the lab's client key as
-/// its credential, plus `extra` arguments.
-fn add_lab_host(cli: &Cli, lab: &Lab, host: &overvisor_testkit::LabHost, extra: &[&str]) -> Out {
+/// its credential, plus `extra` arguments; on a terminal typing `typed`
+/// when given.
+fn add_lab_host(
+    cli: &Cli,
+    lab: &Lab,
+    host: &overvisor_testkit::LabHost,
+    extra: &[&str],
+    typed: Option<&str>,
+) -> Out {
     let key_file = cli.home.path().join("lab-key");
     std::fs::write(&key_file, lab.client_key_pem()).unwrap();
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -595,7 +608,10 @@ fn add_lab_host(cli: &Cli, lab: &Lab, host: &overvisor_testkit::LabHost, extra: 
     let key_path = key_file.to_str().unwrap();
     args.push(key_path);
     args.extend_from_slice(extra);
-    cli.run(&args)
+    match typed {
+        Some(input) => cli.run_on_terminal(&args, input),
+        None => cli.run(&args),
+    }
 }
 
 #[tokio::test]
@@ -605,7 +621,7 @@ async fn hosts_and_vms_on_a_lab_host() {
     let app = service().await;
     let (_, key, _) = app.create_user("olga", "operator").await;
     let cli = Cli::new(&app.api, &key);
-    let add = |extra: &[&str]| add_lab_host(&cli, &lab, ovh1, extra);
+    let add = |extra: &[&str]| add_lab_host(&cli, &lab, ovh1, extra, None);
 
     // Nobody at a terminal to confirm: the fingerprint must be given.
     let out = add(&[]).code(2);
@@ -786,13 +802,24 @@ async fn deploy_shows_the_credentials_once_then_waits_for_its_job() {
         .await;
     let (_, key, _) = app.create_user("olga", "operator").await;
     let cli = Cli::new(&app.api, &key);
-    add_lab_host(
-        &cli,
-        &lab,
-        ovh1,
-        &["--fingerprint", &ovh1.host_key_fingerprint],
-    )
-    .ok();
+    // At a terminal the fingerprint is shown and confirmed by typing.
+    let out = add_lab_host(&cli, &lab, ovh1, &[], Some("n\n")).code(1);
+    assert!(
+        out.stdout.contains(&ovh1.host_key_fingerprint),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("not confirmed"), "{}", out.stdout);
+    assert_eq!(
+        cli.run(&["host", "list", "-o", "json"]).ok().json(),
+        json!([])
+    );
+    let out = add_lab_host(&cli, &lab, ovh1, &[], Some("y\n")).ok();
+    assert!(
+        out.stdout.contains("host key:       SHA256:"),
+        "{}",
+        out.stdout
+    );
     let out = cli.run(&["profile", "list"]).ok();
     assert!(
         out.stdout.contains("lab-none") && out.stdout.contains("operator"),
