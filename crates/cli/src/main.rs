@@ -68,7 +68,14 @@ fn after_help() -> String {
 }
 
 pub fn command() -> clap::Command {
-    Cli::command().after_help(after_help())
+    Cli::command()
+        .after_help(after_help())
+        .mut_subcommand("remote", |remote| {
+            remote.after_help(format!(
+                "Remotes are kept in {} (mode 0600).",
+                remote::config_path_help()
+            ))
+        })
 }
 
 fn main() -> ExitCode {

@@ -191,6 +191,18 @@ async fn remotes_live_in_a_private_file_and_keys_are_never_shown() {
         .mode();
     assert_eq!(dir_mode & 0o077, 0, "config directory mode {dir_mode:o}");
     assert!(std::fs::read_to_string(&file).unwrap().contains(&key));
+    // Made readable behind its back: every use warns, and the next save
+    // makes it private again.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = cli.run(&["remote", "list"]).ok();
+    assert!(
+        out.stderr.contains("may be read by others"),
+        "{}",
+        out.stderr
+    );
+    cli.run(&["remote", "use", "lab"]).ok();
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "remotes.toml mode {mode:o}");
 
     // A wrong key is refused (4) and not saved; the key is not echoed.
     let wrong = "ovk_0123456789ab_WRONGWRONGWRONGWRONGWRONGWRONGWRONGWRONGWRO";
@@ -680,10 +692,32 @@ async fn hosts_and_vms_on_a_lab_host() {
     assert_eq!(shown["tags"], json!(["lab", "cli"]));
     cli.run(&["host", "edit", "lab-one"]).code(2);
 
-    // A throwaway guest through its lifecycle.
-    let guest = lab.define_guest(ovh1, &unique_name("cli"));
+    // A throwaway guest through its lifecycle (and a sibling, to page).
+    let base = unique_name("cli");
+    let guest = lab.define_guest(ovh1, &format!("{base}-a"));
+    let _sibling = lab.define_guest(ovh1, &format!("{base}-b"));
     let vm = guest.name.clone();
     cli.run(&["host", "resync", "lab-one"]).ok();
+    let paged = cli
+        .run(&[
+            "vm",
+            "list",
+            "--name",
+            &base,
+            "--page-size",
+            "1",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .json();
+    let names: Vec<&str> = paged
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec![vm.clone(), format!("{base}-b")], "{paged}");
     let listed = cli
         .run(&["vm", "list", "--host", "lab-one", "-o", "json"])
         .ok()
@@ -697,15 +731,21 @@ async fn hosts_and_vms_on_a_lab_host() {
         .clone();
     assert_eq!(record["state"], "shut_off");
     let out = cli
-        .run(&["vm", "list", "--name", &vm, "--sort", "-name"])
+        .run(&["vm", "list", "--name", &base, "--sort", "-name"])
         .ok();
     assert!(out.stdout.starts_with("NAME "), "{}", out.stdout);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", out.stdout);
     assert!(
-        out.stdout.contains(&vm) && out.stdout.contains("shut_off"),
+        lines[1].starts_with(&format!("{base}-b ")),
         "{}",
         out.stdout
     );
-    assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
+    assert!(
+        lines[2].starts_with(&format!("{vm} ")) && lines[2].contains("shut_off"),
+        "{}",
+        out.stdout
+    );
 
     let out = cli.run(&["vm", "start", &vm]).ok();
     assert!(
@@ -989,5 +1029,11 @@ async fn completions_man_pages_and_help_come_from_the_same_definitions() {
         out.stdout
     );
     assert!(out.stdout.contains("5 unreachable"), "{}", out.stdout);
+    let out = cli.run(&["remote", "--help"]).ok();
+    assert!(
+        out.stdout.contains(path.to_str().unwrap()),
+        "{}",
+        out.stdout
+    );
     assert!(Path::new(&dir).join("overvisor-host-add.1").exists());
 }

@@ -50,7 +50,10 @@ impl Remotes {
     /// The file's remotes; none when it does not exist yet.
     pub fn load(path: &Path) -> Result<Self> {
         let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
+            Ok(t) => {
+                warn_if_readable(path);
+                t
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(Error::io(path.display(), e)),
         };
@@ -89,6 +92,21 @@ impl Remotes {
             .and_then(|()| file.sync_all())
             .map_err(|e| Error::io(tmp.display(), e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path.display(), e))
+    }
+}
+
+/// Keys in a file others may read are not secret any more: say so (the
+/// next save writes the file 0600 again).
+fn warn_if_readable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        eprintln!(
+            "warning: {} may be read by others (mode {:o}): its API keys may have leaked; chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        );
     }
 }
 

@@ -86,7 +86,7 @@ pub struct AddArgs {
     #[arg(long)]
     name: Option<String>,
     /// `libvirt` or `hyperv`.
-    #[arg(long, default_value = "libvirt")]
+    #[arg(long, default_value = "libvirt", value_parser = ["libvirt", "hyperv"])]
     kind: String,
     /// The host key fingerprint you compared out of band; required when
     /// stdin is not a terminal (there is nobody to ask).

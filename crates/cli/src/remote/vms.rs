@@ -73,7 +73,7 @@ pub struct ListArgs {
     #[arg(long)]
     host: Option<String>,
     /// `libvirt` or `hyperv`.
-    #[arg(long)]
+    #[arg(long, value_parser = ["libvirt", "hyperv"])]
     kind: Option<String>,
     /// e.g. `running`, `shut_off`, `paused`.
     #[arg(long)]
@@ -87,6 +87,9 @@ pub struct ListArgs {
     /// `name`, `state`, `host`, `memory` or `vcpus`; `-` prefix for descending.
     #[arg(long, allow_hyphen_values = true)]
     sort: Option<String>,
+    /// VMs asked for per request (all pages are read).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    page_size: u16,
 }
 
 #[derive(Args)]
@@ -165,7 +168,7 @@ async fn list(client: &Client, format: Format, args: ListArgs) -> Result<()> {
     };
     let tags = (!args.tags.is_empty()).then(|| args.tags.join(","));
     let query = client::query([
-        ("limit", Some("1000".to_owned())),
+        ("limit", Some(args.page_size.to_string())),
         ("host", host),
         ("kind", args.kind),
         ("state", args.state),
