@@ -76,20 +76,37 @@ pub async fn attach(client: &Client, host: &str, vm: &str) -> Result<()> {
     request
         .headers_mut()
         .insert("authorization", client.authorization());
-    let connector = tokio_tungstenite::Connector::Rustls(client.tls());
-    let (ws, _) =
-        tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector))
+    let unreachable = |reason: String| Error::Unreachable {
+        url: url.to_string(),
+        reason,
+    };
+    let host = url.host_str().unwrap_or_default().to_owned();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    // TLS by the same configuration as every other call (and its CA file).
+    let stream: Box<dyn Stream> = if url.scheme() == "wss" {
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| Error::Usage(format!("{host}: {e}")))?;
+        let tls = tokio_rustls::TlsConnector::from(client.tls())
+            .connect(name, tcp)
             .await
-            .map_err(|e| match e {
-                tokio_tungstenite::tungstenite::Error::Http(resp) => Error::Api {
-                    status: resp.status().as_u16(),
-                    message: format!("console refused: {}", resp.status()),
-                },
-                other => Error::Unreachable {
-                    url: url.to_string(),
-                    reason: other.to_string(),
-                },
-            })?;
+            .map_err(|e| unreachable(e.to_string()))?;
+        Box::new(tls)
+    } else {
+        Box::new(tcp)
+    };
+    let (ws, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => Error::Api {
+                status: resp.status().as_u16(),
+                message: format!("console refused: {}", resp.status()),
+            },
+            other => unreachable(other.to_string()),
+        })?;
     eprintln!("attached to {vm}'s serial console; Ctrl-] detaches");
     let raw = RawMode::enter();
     let outcome = pump(ws).await;
@@ -102,8 +119,11 @@ pub async fn attach(client: &Client, host: &str, vm: &str) -> Result<()> {
     outcome.map(|_| ())
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// A connection to the service, plain or TLS.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Stream>>;
 
 /// Copies keys to the console and its output to stdout until the user
 /// detaches (`None`) or the service ends the console (`Some(reason)`).

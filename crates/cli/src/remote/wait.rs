@@ -93,6 +93,14 @@ pub async fn watch(client: &Client, id: &str) -> Result<Value> {
         done = follow(client, id, &bar) => done,
         _ = tokio::signal::ctrl_c() => Err(Error::Interrupted(id.to_owned())),
     };
+    // The job runs on without us: say how to find it again.
+    let outcome = outcome.map_err(|e| match e {
+        Error::Unreachable { url, reason } => Error::Unreachable {
+            url,
+            reason: format!("{reason} (job {id} may still be running: `overvisor job watch {id}`)"),
+        },
+        other => other,
+    });
     match &outcome {
         Ok(_) => bar.finish_and_clear(),
         Err(_) => bar.abandon(),
