@@ -430,6 +430,37 @@ async fn ctrl_c_leaves_the_job_running_and_cancel_stops_it() {
     cli.run(&["job", "cancel", &id]).code(1);
 }
 
+#[tokio::test]
+async fn losing_the_service_while_waiting_is_unreachable_and_names_the_job() {
+    let mut app = service().await;
+    let cli = Cli::new(&app.api, &app.admin_token);
+    let (status, job) = app
+        .admin()
+        .post("/api/v1/jobs/test-sleep", json!({"seconds": 600}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let mut child = cli
+        .command(&["job", "watch", &id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let pump = read_in_background(child.stderr.take().unwrap(), stderr.clone());
+    wait_for_text(&stderr, "slept", &mut child);
+    app.kill();
+    let status = child.wait().unwrap();
+    pump.join().unwrap();
+    assert_eq!(status.code(), Some(5), "{}", stderr.lock().unwrap());
+    let said = stderr.lock().unwrap().clone();
+    assert!(
+        said.contains(&format!("`overvisor job watch {id}`")),
+        "{said}"
+    );
+}
+
 /// Runs `overvisor events` for the first `job.created` it sees while jobs
 /// are made (the stream may open after the first one); returns the event
 /// after checking it is one of those jobs.
