@@ -377,6 +377,9 @@ async fn waiting_shows_progress_and_logs_and_a_failed_job_exits_1() {
         cli.run(&["job", "show", &fine, "-o", "json"]).ok().json(),
         direct
     );
+    let yaml = cli.run(&["job", "show", &fine, "-o", "yaml"]).ok();
+    let parsed: Value = serde_norway::from_str(&yaml.stdout).unwrap();
+    assert_eq!(parsed, direct, "{}", yaml.stdout);
 }
 
 #[tokio::test]

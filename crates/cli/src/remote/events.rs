@@ -141,6 +141,10 @@ pub async fn run(client: &Client, format: Format, args: EventsArgs) -> Result<()
             }
             match format {
                 Format::Json => println!("{event}"),
+                Format::Yaml => {
+                    println!("---");
+                    output::print_data(format, &event);
+                }
                 Format::Table => println!("{}", describe(&event)),
             }
             seen += 1;

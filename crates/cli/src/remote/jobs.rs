@@ -117,7 +117,7 @@ pub async fn run(client: &Client, format: Format, cmd: JobCommand) -> Result<()>
         JobCommand::Show { id } => {
             let job = client.get(&["jobs", &id], &[]).await?;
             match format {
-                Format::Json => output::print_json(&job),
+                Format::Json | Format::Yaml => output::print_data(format, &job),
                 Format::Table => show(&job),
             }
             Ok(())
@@ -129,7 +129,7 @@ pub async fn run(client: &Client, format: Format, cmd: JobCommand) -> Result<()>
         JobCommand::Cancel { id } => {
             let job = client.post(&["jobs", &id, "cancel"], &json!({})).await?;
             match format {
-                Format::Json => output::print_json(&job),
+                Format::Json | Format::Yaml => output::print_data(format, &job),
                 Format::Table => println!("job {id}: {}", output::text(&job["status"])),
             }
             Ok(())

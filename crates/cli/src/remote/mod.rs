@@ -31,7 +31,7 @@ pub struct Opts {
     /// The remote to use (default: the current one; see `overvisor remote`).
     #[arg(long, global = true, env = "OVERVISOR_REMOTE")]
     pub remote: Option<String>,
-    /// Output format: `table` for people, `json` (the API's own shapes) for scripts.
+    /// Output format: `table` for people, `json` (the API's own shapes) or `yaml` for scripts.
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
     /// A PEM file of CA certificates to trust besides the built-in roots

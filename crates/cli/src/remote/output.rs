@@ -13,6 +13,8 @@ pub enum Format {
     Table,
     /// The API's JSON, unchanged (lists as arrays).
     Json,
+    /// The same data as YAML.
+    Yaml,
 }
 
 /// Colour when stdout is a terminal and `NO_COLOR` is unset.
@@ -20,9 +22,18 @@ pub fn colour() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-pub fn print_json(value: &Value) {
-    let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
-    println!("{text}");
+/// The API's data as JSON (pretty) or YAML; a table format prints JSON.
+pub fn print_data(format: Format, value: &Value) {
+    match format {
+        Format::Yaml => match serde_norway::to_string(value) {
+            Ok(text) => print!("{text}"),
+            Err(_) => println!("{value}"),
+        },
+        Format::Json | Format::Table => {
+            let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
+            println!("{text}");
+        }
+    }
 }
 
 /// A field as text: strings bare, null and missing as `-`.
@@ -143,7 +154,7 @@ pub fn list(
     row: impl Fn(&Value) -> Vec<String>,
 ) {
     match format {
-        Format::Json => print_json(value),
+        Format::Json | Format::Yaml => print_data(format, value),
         Format::Table => {
             let rows: Vec<Vec<String>> = items(value).iter().map(row).collect();
             table(headers, &rows, status_col);
@@ -158,7 +169,7 @@ pub fn object<'a>(
     pairs: impl FnOnce(&'a Value) -> Vec<(&'a str, String)>,
 ) {
     match format {
-        Format::Json => print_json(value),
+        Format::Json | Format::Yaml => print_data(format, value),
         Format::Table => fields(&pairs(value)),
     }
 }

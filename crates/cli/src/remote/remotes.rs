@@ -88,10 +88,13 @@ pub async fn run(opts: &Opts, cmd: RemoteCommand) -> Result<()> {
             }
             remotes.save(&path)?;
             match opts.output {
-                Format::Json => output::print_json(&json!({
-                    "name": name, "url": url.as_str(), "user": me,
-                    "current": remotes.current.as_deref() == Some(name.as_str()),
-                })),
+                Format::Json | Format::Yaml => output::print_data(
+                    opts.output,
+                    &json!({
+                        "name": name, "url": url.as_str(), "user": me,
+                        "current": remotes.current.as_deref() == Some(name.as_str()),
+                    }),
+                ),
                 Format::Table => {
                     let who = match (me["name"].as_str(), me["role"].as_str()) {
                         (Some(user), Some(role)) => format!(" as {user} ({role})"),
@@ -131,7 +134,7 @@ pub async fn run(opts: &Opts, cmd: RemoteCommand) -> Result<()> {
         RemoteCommand::List => {
             let current = remotes.current.as_deref();
             match opts.output {
-                Format::Json => {
+                Format::Json | Format::Yaml => {
                     let list: Vec<Value> = remotes
                         .remotes
                         .iter()
@@ -140,7 +143,7 @@ pub async fn run(opts: &Opts, cmd: RemoteCommand) -> Result<()> {
                                    "ca_file": r.ca_file, "current": Some(name.as_str()) == current})
                         })
                         .collect();
-                    output::print_json(&Value::Array(list));
+                    output::print_data(opts.output, &Value::Array(list));
                 }
                 Format::Table => {
                     let rows: Vec<Vec<String>> = remotes

@@ -282,11 +282,11 @@ async fn deploy(client: &Client, format: Format, args: DeployArgs) -> Result<()>
     // The credentials exist only in this answer: show them before anything
     // else can go wrong.
     match format {
-        Format::Json if args.wait.no_wait => {
-            output::print_json(&accepted);
+        Format::Json | Format::Yaml if args.wait.no_wait => {
+            output::print_data(format, &accepted);
             return Ok(());
         }
-        Format::Json => {}
+        Format::Json | Format::Yaml => {}
         Format::Table => {
             println!(
                 "guest credentials (shown only now): {} / {}",
@@ -301,15 +301,15 @@ async fn deploy(client: &Client, format: Format, args: DeployArgs) -> Result<()>
     }
     let id = wait::job_id(job)?;
     let outcome = wait::watch(client, &id).await;
-    if format == Format::Json {
+    if format != Format::Table {
         // One document: the deployment answer with the job as it ended
         // (or as accepted, when the wait was interrupted).
         let last = outcome.as_ref().map_or(job, |done| done);
-        output::print_json(&json!({"job": last, "credentials": credentials}));
+        output::print_data(format, &json!({"job": last, "credentials": credentials}));
     }
     let done = outcome?;
     match format {
-        Format::Json => wait::succeeded(&done),
+        Format::Json | Format::Yaml => wait::succeeded(&done),
         Format::Table => wait::report(format, &done),
     }
 }

@@ -26,7 +26,7 @@ pub async fn started(client: &Client, format: Format, job: &Value, wait: WaitOpt
     let id = job_id(job)?;
     if wait.no_wait {
         match format {
-            Format::Json => output::print_json(job),
+            Format::Json | Format::Yaml => output::print_data(format, job),
             Format::Table => println!("{id}"),
         }
         return Ok(());
@@ -52,7 +52,7 @@ pub fn finished(job: &Value) -> bool {
 /// Prints the finished job; a job that did not succeed is exit code 1.
 pub fn report(format: Format, job: &Value) -> Result<()> {
     match format {
-        Format::Json => output::print_json(job),
+        Format::Json | Format::Yaml => output::print_data(format, job),
         Format::Table if job["status"] == "succeeded" => {
             let result = match &job["result"] {
                 Value::Null => String::new(),
