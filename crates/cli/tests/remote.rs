@@ -382,37 +382,62 @@ async fn waiting_shows_progress_and_logs_and_a_failed_job_exits_1() {
     assert_eq!(parsed, direct, "{}", yaml.stdout);
 }
 
+/// `overvisor job watch` of a long test-sleep job, once it is waiting
+/// (the job's first log line reached its stderr).
+struct Watching {
+    id: String,
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    pump: std::thread::JoinHandle<()>,
+}
+
+impl Watching {
+    async fn start(cli: &Cli, api: &Api) -> Self {
+        let (status, job) = api
+            .post("/api/v1/jobs/test-sleep", json!({"seconds": 600}))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+        let mut child = cli
+            .command(&["job", "watch", job["id"].as_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pump = read_in_background(child.stderr.take().unwrap(), stderr.clone());
+        wait_for_text(&stderr, "slept", &mut child);
+        Self {
+            id: job["id"].as_str().unwrap().to_owned(),
+            child,
+            stderr,
+            pump,
+        }
+    }
+
+    /// Waits for the CLI to exit: its exit code and stderr.
+    fn finish(mut self) -> (Option<i32>, String) {
+        let status = self.child.wait().unwrap();
+        self.pump.join().unwrap();
+        let said = self.stderr.lock().unwrap().clone();
+        (status.code(), said)
+    }
+}
+
 #[tokio::test]
 async fn ctrl_c_leaves_the_job_running_and_cancel_stops_it() {
     let app = service().await;
     let api = app.admin();
     let cli = Cli::new(&app.api, &app.admin_token);
-    let (status, job) = api
-        .post("/api/v1/jobs/test-sleep", json!({"seconds": 600}))
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
-    let id = job["id"].as_str().unwrap().to_owned();
-
-    let mut child = cli
-        .command(&["job", "watch", &id])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Interrupt once it is waiting: its first log line says so.
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let pump = read_in_background(child.stderr.take().unwrap(), stderr.clone());
-    wait_for_text(&stderr, "slept", &mut child);
+    let watching = Watching::start(&cli, &api).await;
+    let id = watching.id.clone();
     let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-INT", &watching.child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
-    let status = child.wait().unwrap();
-    pump.join().unwrap();
-    assert_eq!(status.code(), Some(130));
-    let said = stderr.lock().unwrap().clone();
+    let (code, said) = watching.finish();
+    assert_eq!(code, Some(130), "{said}");
     assert!(
         said.contains(&format!(
             "job {id} keeps running; follow it with `overvisor job watch {id}`"
@@ -437,27 +462,11 @@ async fn ctrl_c_leaves_the_job_running_and_cancel_stops_it() {
 async fn losing_the_service_while_waiting_is_unreachable_and_names_the_job() {
     let mut app = service().await;
     let cli = Cli::new(&app.api, &app.admin_token);
-    let (status, job) = app
-        .admin()
-        .post("/api/v1/jobs/test-sleep", json!({"seconds": 600}))
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
-    let id = job["id"].as_str().unwrap().to_owned();
-    let mut child = cli
-        .command(&["job", "watch", &id])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let pump = read_in_background(child.stderr.take().unwrap(), stderr.clone());
-    wait_for_text(&stderr, "slept", &mut child);
+    let watching = Watching::start(&cli, &app.admin()).await;
+    let id = watching.id.clone();
     app.kill();
-    let status = child.wait().unwrap();
-    pump.join().unwrap();
-    assert_eq!(status.code(), Some(5), "{}", stderr.lock().unwrap());
-    let said = stderr.lock().unwrap().clone();
+    let (code, said) = watching.finish();
+    assert_eq!(code, Some(5), "{said}");
     assert!(
         said.contains(&format!("`overvisor job watch {id}`")),
         "{said}"
