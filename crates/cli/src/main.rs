@@ -55,27 +55,37 @@ enum Command {
     Man { dir: Option<PathBuf> },
 }
 
-/// `--help`'s closing words: where remotes live and what exit codes mean.
-fn after_help() -> String {
+/// `--help`'s closing words: where remotes live (`remotes`) and what
+/// exit codes mean.
+fn after_help(remotes: &str) -> String {
     format!(
-        "Remote commands (remote, host, vm, job, events, profile, audit) use the remotes in\n  {}\n\
+        "Remote commands (remote, host, vm, job, events, profile, audit) use the remotes in\n  {remotes}\n\
          (mode 0600); OVERVISOR_URL and OVERVISOR_API_KEY override them for scripts.\n\n\
          Exit codes: 0 ok, 1 failed (an API error, or a job that failed, was cancelled or\n\
          interrupted), 2 usage, 3 not found, 4 denied (401/403), 5 unreachable,\n\
          130 interrupted while waiting (the job keeps running).",
-        remote::config_path_help()
     )
 }
 
-pub fn command() -> clap::Command {
+/// The command line, its help naming `remotes` as the remotes file.
+fn command_with(remotes: &str) -> clap::Command {
     Cli::command()
-        .after_help(after_help())
-        .mut_subcommand("remote", |remote| {
-            remote.after_help(format!(
-                "Remotes are kept in {} (mode 0600).",
-                remote::config_path_help()
-            ))
+        .after_help(after_help(remotes))
+        .mut_subcommand("remote", |cmd| {
+            cmd.after_help(format!("Remotes are kept in {remotes} (mode 0600)."))
         })
+}
+
+/// The command line as this user sees it (their remotes file's path).
+fn command() -> clap::Command {
+    command_with(&remote::config_path_help())
+}
+
+/// The command line for pages written once for everyone.
+fn generic_command() -> clap::Command {
+    command_with(
+        "$XDG_CONFIG_HOME/overvisor/remotes.toml (default ~/.config/overvisor/remotes.toml)",
+    )
 }
 
 fn main() -> ExitCode {
@@ -116,8 +126,10 @@ async fn run(cli: Cli) -> ExitCode {
                 }
             };
         }
-        Command::Completions { shell } => return generate::completions(shell, &mut command()),
-        Command::Man { dir } => return generate::man(command(), dir.as_deref()),
+        Command::Completions { shell } => {
+            return generate::completions(shell, &mut generic_command());
+        }
+        Command::Man { dir } => return generate::man(generic_command(), dir.as_deref()),
         local => local,
     };
     let config = match overvisor_server::Config::load(cli.config.as_deref()) {

@@ -1047,6 +1047,10 @@ async fn completions_man_pages_and_help_come_from_the_same_definitions() {
     }
     cli.run(&["completions", "tcsh"]).code(2);
     let out = cli.run(&["man"]).ok();
+    // Written once for everyone: the remotes file by its rule, not this
+    // user's path.
+    assert!(out.stdout.contains("XDG_CONFIG_HOME"), "{}", out.stdout);
+    assert!(!out.stdout.contains(cli.home.path().to_str().unwrap()));
     assert!(
         out.stdout.contains(".TH overvisor"),
         "{}",
