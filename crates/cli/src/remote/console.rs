@@ -80,7 +80,13 @@ pub async fn attach(client: &Client, host: &str, vm: &str) -> Result<()> {
         url: url.to_string(),
         reason,
     };
-    let host = url.host_str().unwrap_or_default().to_owned();
+    // `[::1]` in a URL, `::1` to connect and to name the TLS server.
+    let host = url
+        .host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let port = url.port_or_known_default().unwrap_or(80);
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
