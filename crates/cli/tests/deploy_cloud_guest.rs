@@ -86,11 +86,7 @@ disk_gib = 2
     )
     .unwrap();
     let app = TestApp::builder()
-        .env(
-            "OVERVISOR_PROFILES_DIR",
-            profiles.path().display().to_string(),
-        )
-        .env("OVERVISOR_DEPLOY_EMULATED", "1")
+        .deploy_profiles(profiles.path())
         .start()
         .await;
     let (_, token, _) = app.create_user("olga", "operator").await;

@@ -24,7 +24,7 @@ use lab_hosts::{id, job_finished, register};
 use overvisor_testkit::{Lab, LabHost, unique_name};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Api, TestApp};
+use support::{Api, TestApp, lab_profile};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Where deployments keep files on a host (`hv::libvirt::deploy`).
@@ -176,34 +176,6 @@ fn make_image(dir: &Path, name: &str, mib: usize) -> (PathBuf, String) {
     (path, sha)
 }
 
-fn profile(url: &str, sha256: &str) -> String {
-    format!(
-        r#"
-title = "Lab blank disk"
-os = "linux"
-firmware = "bios"
-disk_bus = "virtio"
-nic_model = "virtio"
-seed = "nocloud"
-
-[image]
-format = "raw"
-url = "{url}"
-sha256 = "{sha256}"
-
-[defaults]
-vcpus = 1
-memory_mib = 128
-disk_gib = 1
-
-[minimum]
-vcpus = 1
-memory_mib = 64
-disk_gib = 1
-"#
-    )
-}
-
 /// The service with `profiles` (name → TOML) and an operator who owns the
 /// given lab hosts; returns the app, the operator's client and host ids.
 async fn service(
@@ -215,12 +187,7 @@ async fn service(
     for (name, toml) in profiles {
         std::fs::write(dir.path().join(format!("{name}.toml")), toml).unwrap();
     }
-    let app = TestApp::builder()
-        .env("OVERVISOR_PROFILES_DIR", dir.path().display().to_string())
-        // Lab hosts offer /dev/kvm but run guests under TCG only.
-        .env("OVERVISOR_DEPLOY_EMULATED", "1")
-        .start()
-        .await;
+    let app = TestApp::builder().deploy_profiles(dir.path()).start().await;
     let (_, token, _) = app.create_user("olga", "operator").await;
     let api = app.client(&token);
     let mut ids = Vec::new();
@@ -255,7 +222,7 @@ async fn setup(
     let server = FileServer::start(lab, vec![("img.raw".into(), file)], rate).await;
     let (app, api, ids, profiles) = service(
         lab,
-        &[("lab-img", profile(&server.url("img.raw"), &sha))],
+        &[("lab-img", lab_profile(&server.url("img.raw"), &sha))],
         &[host],
     )
     .await;
@@ -471,7 +438,10 @@ async fn hostile_input_is_refused_before_any_job() {
     let sha = "cd".repeat(32);
     let (app, api, ids, _p) = service(
         &lab,
-        &[("lab-never", profile("http://127.0.0.1:9/never.raw", &sha))],
+        &[(
+            "lab-never",
+            lab_profile("http://127.0.0.1:9/never.raw", &sha),
+        )],
         &[host],
     )
     .await;

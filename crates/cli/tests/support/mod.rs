@@ -44,6 +44,13 @@ impl TestAppBuilder {
         self
     }
 
+    /// Deployment profiles from `dir`; guests deployed emulated (lab hosts
+    /// offer /dev/kvm but run guests under TCG only).
+    pub fn deploy_profiles(self, dir: &Path) -> Self {
+        self.env("OVERVISOR_PROFILES_DIR", dir.display().to_string())
+            .env("OVERVISOR_DEPLOY_EMULATED", "1")
+    }
+
     /// Reuses an existing data directory (to restart on the same state).
     pub fn data_dir(mut self, path: &Path) -> Self {
         self.data_dir = Some(path.to_owned());
@@ -250,29 +257,63 @@ impl TestApp {
 
     /// Runs the `overvisor` CLI against this service's data directory.
     pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-        use std::io::Write;
         let mut cmd = Command::new(Self::binary());
         cmd.args(args)
             .env("OVERVISOR_DATA_DIR", &self.data_path)
-            .env("OVERVISOR_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .env("OVERVISOR_LOG", "warn");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn overvisor cli");
-        if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-        }
-        drop(child.stdin.take());
-        child.wait_with_output().expect("cli output")
+        run_with_input(cmd, stdin.unwrap_or_default())
     }
+}
+
+/// Runs `cmd` (its stdio piped) with `input` on its stdin, then closed.
+pub fn run_with_input(mut cmd: Command, input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn overvisor");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().expect("output")
+}
+
+/// A deployment profile of a raw 1 GiB-disk Linux image at `url`, pinned
+/// to `sha256`, small enough for lab hosts.
+pub fn lab_profile(url: &str, sha256: &str) -> String {
+    format!(
+        r#"
+title = "Lab blank disk"
+os = "linux"
+firmware = "bios"
+disk_bus = "virtio"
+nic_model = "virtio"
+seed = "nocloud"
+
+[image]
+format = "raw"
+url = "{url}"
+sha256 = "{sha256}"
+
+[defaults]
+vcpus = 1
+memory_mib = 128
+disk_gib = 1
+
+[minimum]
+vcpus = 1
+memory_mib = 64
+disk_gib = 1
+"#
+    )
 }
 
 impl Drop for TestApp {
