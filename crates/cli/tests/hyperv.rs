@@ -20,7 +20,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use event_stream::{events, wait_event};
-use lab_hosts::{get_until_ok, id, job_finished, register};
+use lab_hosts::{act, get_until_ok, id, job_finished, register};
 use overvisor_testkit::{HypervLabHost, Lab, unique_name};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -52,20 +52,6 @@ async fn listed(api: &Api, query: &str, want: usize) -> Vec<Value> {
         assert!(Instant::now() < deadline, "{query}: {page}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// Runs a VM action as a job and waits for it to succeed.
-async fn act(api: &Api, host: &str, vm: &str, action: &str) -> Value {
-    let (status, job) = api
-        .post(
-            &format!("/api/v1/hosts/{host}/vms/{}/{action}", segment(vm)),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
-    let done = job_finished(api, job["id"].as_str().unwrap()).await;
-    assert_eq!(done["status"], "succeeded", "{done}");
-    done
 }
 
 #[tokio::test(flavor = "multi_thread")]

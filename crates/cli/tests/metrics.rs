@@ -16,25 +16,13 @@ mod support;
 use std::time::{Duration, Instant};
 
 use event_stream::{events, wait_event};
-use lab_hosts::{id, job_finished, register};
+use lab_hosts::{act, id, register};
 use overvisor_testkit::{Lab, unique_name};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Api, TestApp, assert_error, path_segment as segment};
+use support::{Api, TestApp, assert_error};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn act(api: &Api, host: &str, vm: &str, action: &str) {
-    let (status, job) = api
-        .post(
-            &format!("/api/v1/hosts/{host}/vms/{}/{action}", segment(vm)),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
-    let done = job_finished(api, job["id"].as_str().unwrap()).await;
-    assert_eq!(done["status"], "succeeded", "{done}");
-}
 
 /// The VM named `name` as the inventory lists it.
 async fn vm_record(api: &Api, name: &str) -> Value {
@@ -241,12 +229,7 @@ async fn a_running_guest_its_host_and_the_fleet_have_graphs() {
     );
 
     // Prometheus: per-host aggregates, and (as configured here) per VM.
-    let text = reqwest::get(format!("{}/metrics", app.api))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(
         text.contains(&format!(
             "overvisor_host_cpu_percent{{host_id=\"{kvm}\",host=\"ovh1\"}}"

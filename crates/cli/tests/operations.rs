@@ -18,12 +18,7 @@ async fn health_readiness_metrics_and_openapi() {
     let (s, b) = anon.get("/readyz").await;
     assert_eq!((s, b["status"].as_str()), (StatusCode::OK, Some("ready")));
     app.admin().get("/api/v1/users/me").await;
-    let metrics = reqwest::get(format!("{}/metrics", app.api))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("overvisor_http_requests_total"),
         "{metrics}"

@@ -17,7 +17,7 @@
 //! true to the hosts).
 
 mod columns;
-mod queries;
+pub(crate) mod queries;
 pub mod reconcile;
 pub mod resync;
 mod snapshot;

@@ -227,7 +227,7 @@ impl Metrics {
     /// CPUs, the rest summed.
     fn fleet_window(
         &self,
-        visible: impl Fn(UserId) -> bool,
+        mut visible: impl FnMut(UserId) -> bool,
         range: Range,
         now: u64,
     ) -> MetricsWindow {
@@ -515,12 +515,7 @@ impl App {
         host: HostId,
         range: Range,
     ) -> Result<MetricsWindow, AppError> {
-        let status = self
-            .inventory()
-            .host_status(host)
-            .ok_or(AppError::NotFound("host"))?;
-        authorize(subject, Action::Read, Resource::OwnedBy(status.owner))
-            .map_err(|_| AppError::NotFound("host"))?;
+        self.inventory_host_visible(subject, host)?;
         let now = unix_now();
         Ok(self
             .metrics()
@@ -562,16 +557,8 @@ impl App {
         range: Range,
     ) -> Result<MetricsWindow, AppError> {
         authorize(subject, Action::Read, Resource::OwnedBy(subject.id()))?;
-        let mut seen: HashMap<UserId, bool> = HashMap::new();
-        let visible = |owner: UserId| {
-            *seen.entry(owner).or_insert_with(|| {
-                authorize(subject, Action::Read, Resource::OwnedBy(owner)).is_ok()
-            })
-        };
-        let visible = std::cell::RefCell::new(visible);
-        Ok(self
-            .metrics()
-            .fleet_window(|o| (visible.borrow_mut())(o), range, unix_now()))
+        let visible = crate::inventory::queries::visibility(subject);
+        Ok(self.metrics().fleet_window(visible, range, unix_now()))
     }
 
     /// The Prometheus text of the graphs' latest figures.

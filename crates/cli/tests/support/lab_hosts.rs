@@ -99,6 +99,23 @@ pub async fn job_finished(api: &Api, id: &str) -> Value {
     done
 }
 
+/// Runs a VM action as a job and waits for it to succeed.
+pub async fn act(api: &Api, host: &str, vm: &str, action: &str) -> Value {
+    let (status, job) = api
+        .post(
+            &format!(
+                "/api/v1/hosts/{host}/vms/{}/{action}",
+                crate::support::path_segment(vm)
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let done = job_finished(api, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    done
+}
+
 /// `POST /api/v1/hosts/{host}/resync`: accepted as an `inventory.resync`
 /// job; returns the finished job (succeeded or failed).
 pub async fn resync(api: &Api, host_id: &str) -> Value {

@@ -225,6 +225,16 @@ impl TestApp {
     }
 
     /// A client of the API port authenticated with `token`.
+    /// What `/metrics` shows (no credentials needed).
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.api))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("/metrics body")
+    }
+
     pub fn client(&self, token: &str) -> Api {
         Api::new(&self.api, Some(token.to_owned()))
     }

@@ -86,7 +86,7 @@ impl Inventory {
 }
 
 /// Memoises `authorize` per owner: a page walk asks once per distinct owner.
-fn visibility(subject: &Subject) -> impl FnMut(UserId) -> bool + '_ {
+pub(crate) fn visibility(subject: &Subject) -> impl FnMut(UserId) -> bool + '_ {
     let mut seen: HashMap<UserId, bool> = HashMap::new();
     move |owner| {
         *seen
@@ -156,7 +156,11 @@ impl App {
         Ok(HostVmPage { host: status, page })
     }
 
-    fn inventory_host_visible(&self, subject: &Subject, host: HostId) -> Result<(), AppError> {
+    pub(crate) fn inventory_host_visible(
+        &self,
+        subject: &Subject,
+        host: HostId,
+    ) -> Result<(), AppError> {
         let status = self
             .inventory()
             .host_status(host)
