@@ -33,6 +33,9 @@ use crate::{App, AppError};
 use rates::VmCounters;
 use ring::{Series, Shape};
 
+/// The least age at which `/metrics` leaves a figure out as stale.
+const STALE_AFTER_SECS: u64 = 10;
+
 /// How the sampler runs.
 #[derive(Debug, Clone)]
 pub struct MetricsSettings {
@@ -291,7 +294,10 @@ impl Metrics {
         now: u64,
         vm_name: impl Fn(Uuid) -> Option<String>,
     ) -> String {
-        let current = self.shape.slot(now).saturating_sub(2);
+        // Older than two steps (and than a few seconds, for short steps
+        // on a busy service) is stale: the host stopped answering.
+        let stale = (2 * self.shape.step_secs).max(STALE_AFTER_SECS);
+        let current = self.shape.slot(now.saturating_sub(stale));
         let histories: Vec<_> = read(&self.hosts)
             .iter()
             .map(|(id, h)| (*id, h.clone()))
