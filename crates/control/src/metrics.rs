@@ -143,6 +143,12 @@ impl Metrics {
         let mut vm_points = Vec::with_capacity(reading.vms.len());
         let mut seen = HashMap::with_capacity(reading.vms.len());
         for vm in &reading.vms {
+            seen.insert(vm.uuid, ());
+            // A VM gets a history once it runs: a fleet's VMs that stay off
+            // (templates, spares) cost nothing.
+            if !vm.running && !h.vms.contains_key(&vm.uuid) {
+                continue;
+            }
             let entry = h.vms.entry(vm.uuid).or_insert_with(|| VmHistory {
                 series: Series::new(&shape),
                 last: None,
@@ -156,7 +162,6 @@ impl Metrics {
             entry.vcpus = vm.vcpus.or(entry.vcpus);
             entry.series.put(&shape, slot, &point);
             entry.latest = Some((slot, point));
-            seen.insert(vm.uuid, ());
             vm_points.push((vm.uuid, point));
         }
         // VMs the host no longer has: their history goes with them.
@@ -783,16 +788,32 @@ mod tests {
         // Stale figures (the host stopped answering) are not exported.
         assert!(metrics.prometheus(true, base + 300, |_| None).is_empty());
 
+        // A VM that has never run has no history; one that stops keeps its.
+        let off = Uuid::new_v4();
+        let mut r = reading(0, 0, 0, 0, &[vm, off]);
+        r.vms[0].running = false;
+        r.vms[1].running = false;
+        metrics.record(&h, base + 60, t0 + Duration::from_secs(60), r);
+        assert!(
+            metrics
+                .vm_window(h.id, off, Range::Hour, base + 75)
+                .is_none()
+        );
+        let w = metrics
+            .vm_window(h.id, vm, Range::Hour, base + 75)
+            .expect("kept");
+        assert_eq!(w.cpu_percent.last(), Some(&None));
+
         // The VM is gone from the host: its history goes too.
         metrics.record(
             &h,
-            base + 60,
-            t0 + Duration::from_secs(60),
+            base + 90,
+            t0 + Duration::from_secs(90),
             reading(0, 0, 0, 0, &[]),
         );
         assert!(
             metrics
-                .vm_window(h.id, vm, Range::Hour, base + 75)
+                .vm_window(h.id, vm, Range::Hour, base + 105)
                 .is_none()
         );
         metrics.forget(h.id);
