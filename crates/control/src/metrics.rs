@@ -600,10 +600,7 @@ impl App {
         // Hosts spread over the first half of each step, so a fleet is
         // not asked all at once.
         let offset = spread(host.id, step / 2);
-        // The CPU count is the weight of this host in the fleet's CPU.
-        if let Ok(facts) = driver.host_facts().await {
-            self.metrics().note_host_cpus(&host, facts.cpus);
-        }
+        let mut counted = false;
         loop {
             let wall = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -617,6 +614,13 @@ impl App {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
+            }
+            // The CPU count is the weight of this host in the fleet's CPU.
+            // Asked at the first sample, not on connecting: after a restart
+            // every host connects at once, and this would add to that.
+            if !counted && let Ok(facts) = driver.host_facts().await {
+                self.metrics().note_host_cpus(&host, facts.cpus);
+                counted = true;
             }
             let at = Instant::now();
             let unix = unix_now();
