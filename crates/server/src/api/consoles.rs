@@ -346,8 +346,9 @@ async fn serial_bridge(app: App, socket: WebSocket, mut console: SerialConsole) 
         }
     }
     let end = end.unwrap_or(ConsoleEnd::ClientClosed);
-    socket.close(end, true).await;
+    // Audited as it ends, not once the farewell has had its seconds.
     app.console_closed(console.leave(), end, traffic).await;
+    socket.close(end, true).await;
     open.decrement(1.0);
 }
 
@@ -406,8 +407,8 @@ async fn vnc_bridge(app: App, socket: WebSocket, mut console: VncConsole) {
     }
     let end = end.unwrap_or(ConsoleEnd::ClientClosed);
     let _ = console.tunnel.shutdown().await;
-    socket.close(end, false).await;
     app.console_closed(console.session, end, traffic).await;
+    socket.close(end, false).await;
     open.decrement(1.0);
 }
 
