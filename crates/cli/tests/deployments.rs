@@ -364,7 +364,26 @@ async fn a_cancelled_deployment_is_undone() {
     } = &setup(&lab, host, 8, Some(1 << 20), None).await;
     let before = vm_dirs(host);
     let name = unique_name("dep-cancel");
-    let accepted = deploy(api, host_id, request("lab-img", &name, &lab)).await;
+    // Requests for one name at the same moment (a form sent twice, two
+    // operators): one job, the others 409.
+    let path = format!("/api/v1/hosts/{host_id}/deployments");
+    let body = request("lab-img", &name, &lab);
+    let answers = futures::future::join_all((0..4).map(|_| api.post(&path, body.clone()))).await;
+    let (mut accepted, refused): (Vec<_>, Vec<_>) = answers
+        .into_iter()
+        .partition(|(status, _)| *status == StatusCode::ACCEPTED);
+    assert_eq!(accepted.len(), 1, "{accepted:?} {refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|(status, body)| *status == StatusCode::CONFLICT
+                && body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("already being deployed")),
+        "{refused:?}"
+    );
+    let (_, accepted) = accepted.remove(0);
     let job_id = accepted["job"]["id"].as_str().unwrap();
     // Cancel once the host is fetching.
     while server.gets("img.raw").is_empty() {

@@ -158,9 +158,21 @@ impl App {
             }),
         };
         let grant = authorized.grant(subject, Action::Operate);
-        let job = self
+        let job = match self
             .job_submit(grant, op, Some(seed.user_data.into_bytes()), &[])
-            .await?;
+            .await
+        {
+            // The store's one-deployment-per-name index: another request
+            // for this name queued its job after our checks.
+            Err(AppError::Conflict(_)) => {
+                self.deploy_not_under_way(host, &deployment.name).await?;
+                return Err(AppError::Conflict(format!(
+                    "{} is already being deployed on this host",
+                    deployment.name
+                )));
+            }
+            submitted => submitted?,
+        };
         Ok((
             job,
             DeployCredentials {

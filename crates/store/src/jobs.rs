@@ -588,6 +588,15 @@ mod tests {
     };
 
     async fn insert(store: &Store, sealer: &Sealer, j: &Job, secret: Option<&[u8]>) {
+        try_insert(store, sealer, j, secret).await.expect("insert");
+    }
+
+    async fn try_insert(
+        store: &Store,
+        sealer: &Sealer,
+        j: &Job,
+        secret: Option<&[u8]>,
+    ) -> Result<()> {
         let g = grant(j.owner);
         store
             .job_insert(
@@ -614,7 +623,43 @@ mod tests {
                 },
             )
             .await
-            .expect("insert");
+    }
+
+    #[tokio::test]
+    async fn one_deployment_of_a_name_per_host_at_a_time() {
+        let store = test_store().await;
+        let sealer = Sealer::new(&MasterKey::generate());
+        let owner = UserId::new();
+        let job =
+            |kind: &str, target: &str| Job::queued(kind.into(), owner, owner, Some(target.into()));
+        let first = job("vm.deploy", "vm:h1/web");
+        insert(&store, &sealer, &first, None).await;
+        // Another name, another host, another kind of job on the name: fine.
+        insert(&store, &sealer, &job("vm.deploy", "vm:h1/db"), None).await;
+        insert(&store, &sealer, &job("vm.deploy", "vm:h2/web"), None).await;
+        insert(&store, &sealer, &job("vm.start", "vm:h1/web"), None).await;
+        let second = job("vm.deploy", "vm:h1/web");
+        let refused = try_insert(&store, &sealer, &second, None).await;
+        assert!(
+            matches!(refused, Err(StoreError::Conflict(_))),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            store.job_get(second.id).await,
+            Err(StoreError::NotFound(_))
+        ));
+        // Still running: still taken. Once it ended, the name is free again.
+        let now = Utc::now();
+        store
+            .job_transition(first.id, JobStatus::Running, now, None, None)
+            .await
+            .expect("run");
+        assert!(try_insert(&store, &sealer, &second, None).await.is_err());
+        store
+            .job_transition(first.id, JobStatus::Failed, now, Some("x"), None)
+            .await
+            .expect("fail");
+        insert(&store, &sealer, &second, None).await;
     }
 
     #[tokio::test]
