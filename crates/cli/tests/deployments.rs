@@ -1,11 +1,15 @@
 //! Deployments through the real service onto real lab hosts: a VM reaches
-//! `running`; two deployments of one image download it once; a wrong
+//! `running`; two deployments of one image download it once; an image
+//! verified by a published checksum list, fetched over HTTPS from a mirror
+//! with a private CA, is cached under the listed digest; a wrong
 //! checksum, a cancel and a host that dies mid-download leave nothing of
 //! the VM behind (and a retry resumes the download); hostile input is a
 //! 4xx before any job exists.
 //!
-//! Hosts: ovh1-ovh3 are shared (only VMs of our own are touched); ovh9
-//! belongs to the lost-mid-download test, whose sshd it stops.
+//! Hosts: ovh1-ovh3 are shared (only VMs of our own are touched; a test
+//! that compares a host's VM directories before and after has that host
+//! to itself among these tests); ovh9 belongs to the lost-mid-download
+//! test, whose sshd it stops.
 //!
 //! Images are made here (random raw disks: a domain with no OS still
 //! runs) and served by the test itself on the lab bridge, where the hosts'
@@ -24,8 +28,9 @@ use lab_hosts::{id, job_finished, register};
 use overvisor_testkit::{Lab, LabHost, unique_name};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Api, TestApp, lab_profile};
+use support::{Api, TestApp, lab_profile, lab_profile_verified};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::TlsAcceptor;
 
 /// Where deployments keep files on a host (`hv::libvirt::deploy`).
 const DEPLOY_DIR: &str = "/var/lib/libvirt/overvisor";
@@ -43,15 +48,34 @@ struct FileServer {
     log: Arc<Mutex<Vec<(String, Served)>>>,
 }
 
+/// The lab bridge's address, where the hosts reach the test's servers:
+/// the hosts are .2, .3, ... of the lab subnet, the bridge is .1.
+fn bridge_ip(lab: &Lab) -> String {
+    let first = &lab.hosts[0].address;
+    format!("{}.1", first.rsplit_once('.').unwrap().0)
+}
+
 impl FileServer {
     async fn start(lab: &Lab, files: Vec<(String, PathBuf)>, bytes_per_sec: Option<u64>) -> Self {
-        // The hosts are .2, .3, ... of the lab subnet; the bridge is .1.
-        let first = &lab.hosts[0].address;
-        let bridge = format!("{}.1", first.rsplit_once('.').unwrap().0);
-        let listener = tokio::net::TcpListener::bind((bridge.as_str(), 0))
+        Self::serve(lab, files, bytes_per_sec, None).await
+    }
+
+    /// Over HTTPS, with a certificate `tls` issued for the bridge address.
+    async fn start_tls(lab: &Lab, files: Vec<(String, PathBuf)>, tls: TlsAcceptor) -> Self {
+        Self::serve(lab, files, None, Some(tls)).await
+    }
+
+    async fn serve(
+        lab: &Lab,
+        files: Vec<(String, PathBuf)>,
+        bytes_per_sec: Option<u64>,
+        tls: Option<TlsAcceptor>,
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind((bridge_ip(lab).as_str(), 0))
             .await
             .unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let base = format!("{scheme}://{}", listener.local_addr().unwrap());
         let log = Arc::new(Mutex::new(Vec::new()));
         let files = Arc::new(files);
         let seen = log.clone();
@@ -60,9 +84,16 @@ impl FileServer {
                 let Ok((sock, _)) = listener.accept().await else {
                     return;
                 };
-                let (files, seen) = (files.clone(), seen.clone());
+                let (files, seen, tls) = (files.clone(), seen.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let _ = serve_one(sock, &files, &seen, bytes_per_sec).await;
+                    let _ = match tls {
+                        None => serve_one(sock, &files, &seen, bytes_per_sec).await,
+                        // A client that refuses the certificate ends here.
+                        Some(tls) => match tls.accept(sock).await {
+                            Ok(sock) => serve_one(sock, &files, &seen, bytes_per_sec).await,
+                            Err(e) => Err(e),
+                        },
+                    };
                 });
             }
         });
@@ -85,7 +116,7 @@ impl FileServer {
 }
 
 async fn serve_one(
-    mut sock: tokio::net::TcpStream,
+    mut sock: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     files: &[(String, PathBuf)],
     log: &Mutex<Vec<(String, Served)>>,
     bytes_per_sec: Option<u64>,
@@ -327,6 +358,96 @@ async fn two_deployments_of_one_image_reach_running_and_download_it_once() {
     for ((name, _), uuid) in [(&a, 0), (&b, 1)].iter().zip(&uuids) {
         remove_vm(host, name, uuid);
     }
+}
+
+#[tokio::test]
+async fn a_published_checksum_list_over_https_with_a_private_ca_verifies_the_image() {
+    let lab = Lab::load();
+    let host = lab.host("ovh1");
+    let dir = tempfile::tempdir().unwrap();
+    let (image, sha) = make_image(dir.path(), "lab-disk.raw", 2);
+    // A list as distributions publish it (binary-mode line among others),
+    // and a stale one without this image.
+    let other = "0".repeat(64);
+    let lists = [
+        (
+            "SHA256SUMS",
+            format!("{other}  other.raw\n{sha} *lab-disk.raw\n"),
+        ),
+        ("STALE256SUMS", format!("{other}  other.raw\n")),
+    ];
+    let mut files = vec![("lab-disk.raw".to_owned(), image)];
+    for (name, text) in &lists {
+        std::fs::write(dir.path().join(name), text).unwrap();
+        files.push(((*name).to_owned(), dir.path().join(name)));
+    }
+    // The mirror's CA, in a file the hosts' curl can read.
+    let tls = support::test_tls(&[&bridge_ip(&lab)]);
+    let ca = dir.path().join("mirror-ca.pem");
+    std::fs::write(&ca, &tls.ca_pem).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(host.path_exists(&ca), "the host sees the CA file");
+    let ca = ca.to_str().unwrap();
+    let server = FileServer::start_tls(&lab, files, tls.acceptor).await;
+    let url = server.url("lab-disk.raw");
+    let listed = |list: &str, ca: Option<&str>| {
+        let ca = ca
+            .map(|c| format!("\nca_file = \"{c}\""))
+            .unwrap_or_default();
+        let verify = format!("checksums_url = \"{}\"{ca}", server.url(list));
+        lab_profile_verified(&url, &verify)
+    };
+    let (_app, api, ids, _profiles) = service(
+        &lab,
+        &[
+            ("lab-listed", listed("SHA256SUMS", Some(ca))),
+            ("lab-stale", listed("STALE256SUMS", Some(ca))),
+            ("lab-untrusted", listed("SHA256SUMS", None)),
+        ],
+        &[host],
+    )
+    .await;
+    let host_id = &ids[0];
+
+    // The list names the image: its digest is the one downloaded, verified
+    // and cached under.
+    let name = unique_name("dep-listed");
+    let accepted = deploy(&api, host_id, request("lab-listed", &name, &lab)).await;
+    let job = job_finished(&api, accepted["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let image = &step(&job, "image")["output"];
+    assert_eq!(image["digest"]["algorithm"], "sha256", "{image}");
+    assert_eq!(image["digest"]["hex"], sha.as_str(), "{image}");
+    assert!(cached(host, &sha));
+    assert_eq!(host.domstate(&name), "running");
+    assert_eq!(server.gets("lab-disk.raw").len(), 1);
+    assert_eq!(server.gets("SHA256SUMS").len(), 1);
+    remove_vm(host, &name, job["result"]["uuid"].as_str().unwrap());
+
+    // A list without the image, and a host that does not trust the
+    // mirror: each fails clearly before any download, leaving nothing.
+    for (profile, why) in [
+        (
+            "lab-stale",
+            "the checksum list has no line for lab-disk.raw",
+        ),
+        ("lab-untrusted", "cannot fetch"),
+    ] {
+        let name = unique_name("dep-unlisted");
+        let accepted = deploy(&api, host_id, request(profile, &name, &lab)).await;
+        let job = job_finished(&api, accepted["job"]["id"].as_str().unwrap()).await;
+        assert_eq!(job["status"], "failed", "{job}");
+        assert!(
+            job["error"].as_str().unwrap().contains(why),
+            "{profile}: {job}"
+        );
+        assert!(host.try_virsh(&["domstate", "--domain", &name]).is_err());
+        let uuid = job["operation"]["spec"]["uuid"].as_str().unwrap();
+        assert!(!vm_dirs(host).iter().any(|d| d == uuid), "{uuid} left");
+    }
+    assert_eq!(server.gets("lab-disk.raw").len(), 1, "no second download");
 }
 
 #[tokio::test]

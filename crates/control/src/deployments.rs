@@ -17,7 +17,7 @@ use overvisor_hv::libvirt::deploy::VmFiles;
 use overvisor_model::InvalidInput;
 use overvisor_model::host::{Host, HostFacts, HostId, HostKind};
 use overvisor_model::job::{Job, JobQuery};
-use overvisor_model::operation::{DeployImage, DeploySpec, Operation, vm_target};
+use overvisor_model::operation::{ChecksumList, DeployImage, DeploySpec, Operation, vm_target};
 use overvisor_model::vm::VmName;
 
 use futures::StreamExt;
@@ -396,8 +396,9 @@ fn deployable<'c>(
     Ok((profile, image_of(profile)?))
 }
 
-/// The image a deployment downloads, if the profile pins one this job can
-/// fetch (a SHA-256 and a disk image; BIOS firmware).
+/// The image a deployment downloads, if the profile names one this job
+/// can fetch (a disk image verified by a pinned SHA-256 or a published
+/// checksum list; BIOS firmware).
 fn image_of(profile: &Profile) -> Result<DeployImage, AppError> {
     let refuse = |why: &str| InvalidInput::new("profile", why.to_owned());
     if profile.firmware != Firmware::Bios {
@@ -408,21 +409,29 @@ fn image_of(profile: &Profile) -> Result<DeployImage, AppError> {
         ImageFormat::Raw => "raw",
         ImageFormat::Iso => return Err(refuse("installer profiles cannot be deployed yet").into()),
     };
-    match &profile.image.source {
-        ImageSource::Download {
-            url,
-            checksum: ImageChecksum::Sha256 { hex },
-        } => Ok(DeployImage {
-            url: url.clone(),
-            sha256: hex.clone(),
-            format: format.to_owned(),
-        }),
-        ImageSource::Download { .. } => Err(refuse(
-            "profiles verified by a published checksum list cannot be deployed yet; pin a sha256",
-        )
-        .into()),
-        ImageSource::HostFile { .. } => {
-            Err(refuse("profiles with an image on the host cannot be deployed yet").into())
-        }
-    }
+    let ImageSource::Download {
+        url,
+        checksum,
+        ca_file,
+    } = &profile.image.source
+    else {
+        return Err(refuse("profiles with an image on the host cannot be deployed yet").into());
+    };
+    let (sha256, checksums) = match checksum {
+        ImageChecksum::Sha256 { hex } => (Some(hex.clone()), None),
+        ImageChecksum::List { url, algorithm } => (
+            None,
+            Some(ChecksumList {
+                url: url.clone(),
+                algorithm: *algorithm,
+            }),
+        ),
+    };
+    Ok(DeployImage {
+        url: url.clone(),
+        sha256,
+        checksums,
+        ca_file: ca_file.as_ref().map(|p| p.as_str().to_owned()),
+        format: format.to_owned(),
+    })
 }

@@ -217,7 +217,9 @@ pub fn audit_detail(op: &Operation, outputs: &[Option<serde_json::Value>]) -> Op
         Operation::VmDelete { with_storage, .. } => Some(format!("with_storage={with_storage}")),
         Operation::VmDeploy { spec, .. } => Some(format!(
             "profile={} uuid={} image={}",
-            spec.profile, spec.uuid, spec.image.sha256
+            spec.profile,
+            spec.uuid,
+            deploy::image_digest(spec, outputs).map_or_else(|| "-".to_owned(), |d| d.hex)
         )),
         Operation::HostCreate {
             host,

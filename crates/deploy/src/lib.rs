@@ -14,6 +14,7 @@
 
 pub mod autounattend;
 pub mod catalog;
+pub mod checksum_list;
 pub mod cloud_init;
 pub mod domain;
 pub mod iso;

@@ -10,6 +10,7 @@
 use std::fmt;
 
 use overvisor_model::InvalidInput;
+pub use overvisor_model::operation::DigestAlgorithm;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -136,14 +137,6 @@ impl ImageFormat {
             Self::Iso => "iso",
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ChecksumAlgorithm {
-    #[default]
-    Sha256,
-    Sha512,
 }
 
 /// vCPUs, memory and system disk size: a profile's defaults and minimum,
@@ -301,7 +294,10 @@ pub struct ImageFile {
     pub url: Option<String>,
     pub sha256: Option<String>,
     pub checksums_url: Option<String>,
-    pub checksums_algorithm: Option<ChecksumAlgorithm>,
+    pub checksums_algorithm: Option<DigestAlgorithm>,
+    /// A CA certificate on the hosts that downloads trust (a mirror with
+    /// a private CA).
+    pub ca_file: Option<String>,
     pub host_path: Option<String>,
 }
 
@@ -354,6 +350,9 @@ pub enum ImageSource {
     Download {
         url: String,
         checksum: ImageChecksum,
+        /// The CA the host's download trusts, if not its own store's.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ca_file: Option<HostPath>,
     },
     /// Already on the host, put there by the operator (installer ISOs).
     HostFile { path: HostPath },
@@ -371,7 +370,7 @@ pub enum ImageChecksum {
     /// build disappears from the mirrors after a while.
     List {
         url: String,
-        algorithm: ChecksumAlgorithm,
+        algorithm: DigestAlgorithm,
     },
 }
 
@@ -522,13 +521,21 @@ impl ImageFile {
                         "must end in the image's file name, without a query",
                     ));
                 }
-                ImageSource::Download { url, checksum }
+                let ca_file = self
+                    .ca_file
+                    .map(|p| HostPath::parse("image.ca_file", &p))
+                    .transpose()?;
+                ImageSource::Download {
+                    url,
+                    checksum,
+                    ca_file,
+                }
             }
             (None, Some(path)) => {
-                if self.sha256.is_some() || self.checksums_url.is_some() {
+                if self.sha256.is_some() || self.checksums_url.is_some() || self.ca_file.is_some() {
                     return Err(InvalidInput::new(
                         "image.host_path",
-                        "is not downloaded, so it takes no sha256 or checksums_url",
+                        "is not downloaded, so it takes no sha256, checksums_url or ca_file",
                     ));
                 }
                 ImageSource::HostFile {

@@ -96,15 +96,66 @@ pub struct DeploySpec {
     pub meta_data: String,
 }
 
-/// The base image of a deployment, cached on the host by its SHA-256.
+/// The base image of a deployment, cached on the host by its digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployImage {
     pub url: String,
-    /// Lower-case hex.
-    pub sha256: String,
+    /// The SHA-256 the profile pins (lower-case hex); `None` when
+    /// `checksums` names the published list the job reads the digest from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksums: Option<ChecksumList>,
+    /// A CA certificate on the host that the downloads trust (a mirror
+    /// with a private CA), instead of the host's own trust store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
     /// `qcow2` or `raw`: the overlay's backing format.
     pub format: String,
+}
+
+/// A distribution's published checksum list (`SHA256SUMS`, `SHA512SUMS`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChecksumList {
+    pub url: String,
+    pub algorithm: DigestAlgorithm,
+}
+
+/// The hash an image is verified with, and its host cache is keyed by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DigestAlgorithm {
+    #[default]
+    Sha256,
+    Sha512,
+}
+
+impl DigestAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sha256 => "sha256",
+            Self::Sha512 => "sha512",
+        }
+    }
+
+    /// Length of a digest in hex digits.
+    pub fn hex_len(self) -> usize {
+        match self {
+            Self::Sha256 => 64,
+            Self::Sha512 => 128,
+        }
+    }
+}
+
+/// An image's digest: what the host's cache file is named after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageDigest {
+    pub algorithm: DigestAlgorithm,
+    /// Lower-case hex.
+    pub hex: String,
 }
 
 /// What a host update does to the host's own credential.

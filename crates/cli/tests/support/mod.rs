@@ -299,6 +299,12 @@ pub fn run_with_input(mut cmd: Command, input: &str) -> std::process::Output {
 /// A deployment profile of a raw 1 GiB-disk Linux image at `url`, pinned
 /// to `sha256`, small enough for lab hosts.
 pub fn lab_profile(url: &str, sha256: &str) -> String {
+    lab_profile_verified(url, &format!("sha256 = \"{sha256}\""))
+}
+
+/// [`lab_profile`] with the image's `[image]` lines that verify it (a
+/// pinned `sha256`, or `checksums_url` and the rest) given whole.
+pub fn lab_profile_verified(url: &str, verify: &str) -> String {
     format!(
         r#"
 title = "Lab blank disk"
@@ -311,7 +317,7 @@ seed = "nocloud"
 [image]
 format = "raw"
 url = "{url}"
-sha256 = "{sha256}"
+{verify}
 
 [defaults]
 vcpus = 1
@@ -440,4 +446,43 @@ pub fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, w
             .is_some_and(|m| !m.is_empty()),
         "error without message: {body}"
     );
+}
+
+/// A CA of a test's own and a server certificate it issued for `names`
+/// (host names or IP addresses): the acceptor serving it, and the CA's
+/// PEM for the client to trust.
+pub struct TestTls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub ca_pem: String,
+}
+
+pub fn test_tls(names: &[&str]) -> TestTls {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "overvisor test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let leaf = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key)
+    .unwrap();
+    TestTls {
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        ca_pem: ca_cert.pem(),
+    }
 }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use overvisor_hv::libvirt::deploy::{FetchProgress, Fetched, VmFiles};
 use overvisor_hv::{HvError, LibvirtDriver};
 use overvisor_model::host::HostId;
-use overvisor_model::operation::DeploySpec;
+use overvisor_model::operation::{DeploySpec, DigestAlgorithm, ImageDigest};
 use overvisor_model::vm::{VmName, VmState};
 
 use super::{StepCx, StepDef, StepResult};
@@ -85,16 +85,13 @@ pub async fn run(
     let fail = |e: HvError| cx.host_failure(&r.host, e);
     let lv = r.lv();
     match index {
-        0 => image(cx, lv, spec).await.map_err(fail),
+        0 => image(cx, lv, spec).await.map_err(|e| e.into_job(cx, &r)),
         1 => {
-            lv.overlay_create(
-                &files,
-                &spec.image.sha256,
-                &spec.image.format,
-                spec.disk_gib,
-            )
-            .await
-            .map_err(fail)?;
+            let digest = image_digest(spec, cx.outputs)
+                .ok_or_else(|| JobError::new("the image step did not say which image it cached"))?;
+            lv.overlay_create(&files, &digest, &spec.image.format, spec.disk_gib)
+                .await
+                .map_err(fail)?;
             cx.info(format!("overlay {} ({} GiB)", files.disk, spec.disk_gib))
                 .await;
             Ok(None)
@@ -141,18 +138,95 @@ pub async fn run(
     }
 }
 
+/// Why the image step failed: the host, or the checksum list it read.
+enum ImageError {
+    Host(HvError),
+    List(String),
+}
+
+impl From<HvError> for ImageError {
+    fn from(e: HvError) -> Self {
+        Self::Host(e)
+    }
+}
+
+impl ImageError {
+    fn into_job(self, cx: &StepCx<'_>, r: &Runner) -> JobError {
+        match self {
+            Self::Host(e) => cx.host_failure(&r.host, e),
+            Self::List(why) => JobError::new(why),
+        }
+    }
+}
+
+/// The digest the image is verified with and cached under: the profile's
+/// pinned SHA-256, or what the `image` step read from the published
+/// checksum list (its output, so a resumed job reads the same one).
+pub fn image_digest(
+    spec: &DeploySpec,
+    outputs: &[Option<serde_json::Value>],
+) -> Option<ImageDigest> {
+    if let Some(hex) = &spec.image.sha256 {
+        return Some(ImageDigest {
+            algorithm: DigestAlgorithm::Sha256,
+            hex: hex.clone(),
+        });
+    }
+    let out = outputs.first()?.as_ref()?;
+    serde_json::from_value(out.get("digest")?.clone()).ok()
+}
+
+/// Reads the image's digest from the profile's published list, fetched
+/// by the host (the image comes from the same place, the same way).
+async fn digest_from_list(
+    cx: &StepCx<'_>,
+    lv: &LibvirtDriver,
+    spec: &DeploySpec,
+) -> Result<ImageDigest, ImageError> {
+    let image = &spec.image;
+    let Some(list) = &image.checksums else {
+        return Err(ImageError::List(
+            "the image has neither a pinned sha256 nor a checksum list".into(),
+        ));
+    };
+    let text = lv.fetch_text(&list.url, image.ca_file.as_deref()).await?;
+    // The profile's check made sure the URL ends in the file's name.
+    let file = image.url.rsplit('/').next().unwrap_or_default();
+    let hex = overvisor_deploy::checksum_list::digest_of(&text, file, list.algorithm)
+        .map_err(|e| ImageError::List(format!("{e} ({})", list.url)))?;
+    cx.info(format!(
+        "{} gives {file} the {} {hex}",
+        list.url,
+        list.algorithm.as_str()
+    ))
+    .await;
+    Ok(ImageDigest {
+        algorithm: list.algorithm,
+        hex,
+    })
+}
+
 /// Fetches the image, writing progress (bytes) to the step as it goes.
 async fn image(
     cx: &StepCx<'_>,
     lv: &LibvirtDriver,
     spec: &DeploySpec,
-) -> Result<Option<serde_json::Value>, HvError> {
+) -> Result<Option<serde_json::Value>, ImageError> {
+    let digest = match image_digest(spec, &[]) {
+        Some(pinned) => pinned,
+        None => digest_from_list(cx, lv, spec).await?,
+    };
     let total = AtomicU64::new(0);
     let have = AtomicU64::new(0);
-    let fetch = lv.image_fetch(&spec.image.url, &spec.image.sha256, |p| match p {
-        FetchProgress::Total(n) => total.store(n, Ordering::Relaxed),
-        FetchProgress::Have(n) => have.store(n, Ordering::Relaxed),
-    });
+    let fetch = lv.image_fetch(
+        &spec.image.url,
+        &digest,
+        spec.image.ca_file.as_deref(),
+        |p| match p {
+            FetchProgress::Total(n) => total.store(n, Ordering::Relaxed),
+            FetchProgress::Have(n) => have.store(n, Ordering::Relaxed),
+        },
+    );
     tokio::pin!(fetch);
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -172,18 +246,17 @@ async fn image(
     let bytes = have.load(Ordering::Relaxed);
     let cached = outcome == Fetched::Cached;
     if cached {
-        cx.info(format!("image {} is cached", spec.image.sha256))
-            .await;
+        cx.info(format!("image {} is cached", digest.hex)).await;
     } else {
         cx.info(format!(
             "image {} downloaded and verified ({bytes} bytes)",
-            spec.image.sha256
+            digest.hex
         ))
         .await;
     }
     cx.progress(100).await;
     Ok(Some(serde_json::json!({
-        "sha256": spec.image.sha256,
+        "digest": digest,
         "cached": cached,
         "bytes": bytes,
         "total": total.load(Ordering::Relaxed),

@@ -41,9 +41,15 @@ fn a_valid_profile_is_typed() {
     let p = check(LINUX).expect("valid");
     assert_eq!(p.os, OsFamily::Linux);
     assert_eq!(p.disk_bus, DiskBus::Virtio);
-    let ImageSource::Download { url, checksum } = &p.image.source else {
+    let ImageSource::Download {
+        url,
+        checksum,
+        ca_file,
+    } = &p.image.source
+    else {
         panic!("download expected");
     };
+    assert_eq!(ca_file, &None);
     assert_eq!(url, "https://images.example.org/linux/disk.qcow2");
     assert_eq!(
         checksum,
@@ -100,8 +106,25 @@ fn every_bad_field_is_named() {
             "packages[1]",
         ),
         (format!("{LINUX}[windows]\nimage_name = \"x\"\n"), "windows"),
+        (
+            LINUX.replace("sha256 =", "ca_file = \"relative.pem\"\nsha256 ="),
+            "image.ca_file",
+        ),
     ];
     assert_refused(cases);
+}
+
+#[test]
+fn a_download_may_trust_a_ca_file_on_the_host() {
+    let p = check(&LINUX.replace("sha256 =", "ca_file = \"/etc/ssl/mirror.pem\"\nsha256 ="))
+        .expect("valid");
+    let ImageSource::Download { ca_file, .. } = &p.image.source else {
+        panic!("download expected");
+    };
+    assert_eq!(
+        ca_file.as_ref().map(HostPath::as_str),
+        Some("/etc/ssl/mirror.pem")
+    );
 }
 
 #[test]

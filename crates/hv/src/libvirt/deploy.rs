@@ -3,7 +3,8 @@
 //! start it, and take each of those back.
 //!
 //! The host-side layout (documented in docs/deployments.md) lives under
-//! [`DEPLOY_DIR`]: `images/<sha256>.img` is the cache, shared by every VM
+//! [`DEPLOY_DIR`]: `images/<digest>.img` is the cache (named by the SHA-256
+//! or SHA-512 it was verified with), shared by every VM
 //! of the host and never removed by a deployment; `vms/<uuid>/` holds one
 //! VM's overlay and seed, and goes with the VM's undo. The automation user
 //! must be able to write there.
@@ -14,6 +15,7 @@
 
 use std::time::Duration;
 
+use overvisor_model::operation::ImageDigest;
 use overvisor_model::vm::VmName;
 
 use super::LibvirtDriver;
@@ -28,37 +30,53 @@ pub const DEPLOY_DIR: &str = "/var/lib/libvirt/overvisor";
 const SILENCE: Duration = Duration::from_secs(60);
 
 /// Downloads `$3` (URL) into `$1/<$2>.img` unless there, verifying the
-/// SHA-256 `$2`. A lock per checksum makes a second deployment of the same
-/// image wait for the first one's download and then find it cached; the
-/// partial file stays, so a retry resumes it (`curl -C -`). Prints
-/// `total N`, `have N` (every second), then `cached`/`fetched`, or
-/// `failed <why>`; the exit status is lost on a PTY, so these lines say it.
+/// digest `$2` with `$4sum` (`sha256`/`sha512`); `$5`, if not empty, is
+/// the CA file curl trusts instead of the host's store. A lock per digest
+/// makes a second deployment of the same image wait for the first one's
+/// download and then find it cached; the partial file stays, so a retry
+/// resumes it (`curl -C -`). Prints `total N`, `have N` (every second),
+/// then `cached`/`fetched`, or `failed <why>`; the exit status is lost on
+/// a PTY, so these lines say it.
 const FETCH_SCRIPT: &str = r#"set -u
-dir=$1/images; sha=$2; url=$3
+dir=$1/images; sum=$2; url=$3; algo=$4; ca=$5
+set --
+[ -n "$ca" ] && set -- --cacert "$ca"
 mkdir -p "$dir" || { echo "failed cannot create $dir"; exit 1; }
 cd "$dir" || exit 1
-exec 9>>"$sha.lock"
+exec 9>>"$sum.lock"
 flock 9
-if [ -f "$sha.img" ]; then echo cached; exit 0; fi
-total=$(curl -fsIL --max-time 30 "$url" 2>/dev/null | tr -d '\r' | awk 'tolower($1)=="content-length:"{n=$2} END{print n+0}')
+if [ -f "$sum.img" ]; then echo cached; exit 0; fi
+total=$(curl -fsIL --max-time 30 "$@" "$url" 2>/dev/null | tr -d '\r' | awk 'tolower($1)=="content-length:"{n=$2} END{print n+0}')
 echo "total $total"
-curl -fsSL --connect-timeout 20 --speed-time 60 --speed-limit 1 -C - -o "$sha.part" "$url" 2>"$sha.err" &
+curl -fsSL --connect-timeout 20 --speed-time 60 --speed-limit 1 "$@" -C - -o "$sum.part" "$url" 2>"$sum.err" &
 pid=$!
 while kill -0 "$pid" 2>/dev/null; do
-  echo "have $(stat -c %s "$sha.part" 2>/dev/null || echo 0)"
+  echo "have $(stat -c %s "$sum.part" 2>/dev/null || echo 0)"
   sleep 1
 done
-if ! wait "$pid"; then echo "failed download: $(tr '\n' ' ' < "$sha.err" | cut -c1-300)"; exit 1; fi
-echo "have $(stat -c %s "$sha.part")"
-got=$(sha256sum "$sha.part" | cut -d' ' -f1)
-if [ "$got" != "$sha" ]; then
-  rm -f "$sha.part"
-  echo "failed checksum mismatch: the image's SHA-256 is $got, the profile says $sha"
+if ! wait "$pid"; then echo "failed download: $(tr '\n' ' ' < "$sum.err" | cut -c1-300)"; exit 1; fi
+echo "have $(stat -c %s "$sum.part")"
+got=$("${algo}sum" "$sum.part" | cut -d' ' -f1)
+if [ "$got" != "$sum" ]; then
+  rm -f "$sum.part"
+  echo "failed checksum mismatch: the image's $algo is $got, the profile says $sum"
   exit 1
 fi
-chmod 0644 "$sha.part" && mv "$sha.part" "$sha.img" && rm -f "$sha.err"
+chmod 0644 "$sum.part" && mv "$sum.part" "$sum.img" && rm -f "$sum.err"
 echo fetched
 "#;
+
+/// `$1` URL, `$2` CA file or empty: prints the document (curl stops past
+/// [`LIST_MAX`] bytes; a checksum list is a few KiB).
+const FETCH_TEXT_SCRIPT: &str = r#"set -eu
+url=$1; ca=$2
+set --
+[ -n "$ca" ] && set -- --cacert "$ca"
+curl -fsSL --max-time 60 --max-filesize 1048576 "$@" "$url"
+"#;
+
+/// The largest checksum list fetched (as in the script above).
+const LIST_MAX: usize = 1 << 20;
 
 /// `$1` VM dir, `$2` cached image, `$3` its format, `$4` size in GiB:
 /// makes the overlay afresh (nothing uses it before the domain is defined).
@@ -121,8 +139,8 @@ impl VmFiles {
 }
 
 /// Where the image with this SHA-256 is cached on a host.
-pub fn cached_image(sha256: &str) -> String {
-    format!("{DEPLOY_DIR}/images/{sha256}.img")
+pub fn cached_image(digest_hex: &str) -> String {
+    format!("{DEPLOY_DIR}/images/{digest_hex}.img")
 }
 
 fn sh(script: &str, args: &[&str]) -> CommandLine {
@@ -156,15 +174,20 @@ impl LibvirtDriver {
     pub async fn image_fetch(
         &self,
         url: &str,
-        sha256: &str,
+        digest: &ImageDigest,
+        ca_file: Option<&str>,
         mut progress: impl FnMut(FetchProgress),
     ) -> HvResult<Fetched> {
+        let args = [
+            DEPLOY_DIR,
+            &digest.hex,
+            url,
+            digest.algorithm.as_str(),
+            ca_file.unwrap_or(""),
+        ];
         // On a PTY, so the remote download dies with the channel (a
         // cancelled job leaves no curl behind; its partial file stays).
-        let mut lines = self
-            .ssh()
-            .stream_lines(&sh(FETCH_SCRIPT, &[DEPLOY_DIR, sha256, url]))
-            .await?;
+        let mut lines = self.ssh().stream_lines(&sh(FETCH_SCRIPT, &args)).await?;
         loop {
             let line = match tokio::time::timeout(SILENCE, lines.next_line()).await {
                 Err(_) => return Err(HvError::Timeout(SILENCE)),
@@ -190,15 +213,34 @@ impl LibvirtDriver {
         }
     }
 
+    /// Fetches a small text document (a checksum list) on the host, so it
+    /// comes the way the image will: the host's route and trust.
+    pub async fn fetch_text(&self, url: &str, ca_file: Option<&str>) -> HvResult<String> {
+        let out = self
+            .ssh()
+            .exec(&sh(FETCH_TEXT_SCRIPT, &[url, ca_file.unwrap_or("")]))
+            .await?;
+        if !out.success() {
+            let why = out.stderr_text();
+            return Err(HvError::Host(format!("cannot fetch {url}: {}", why.trim())));
+        }
+        if out.stdout.len() > LIST_MAX {
+            return Err(HvError::Host(format!(
+                "{url} is larger than {LIST_MAX} bytes"
+            )));
+        }
+        String::from_utf8(out.stdout).map_err(|_| HvError::Host(format!("{url} is not text")))
+    }
+
     /// Makes `files.disk`, a qcow2 overlay of the cached image, `gib` large.
     pub async fn overlay_create(
         &self,
         files: &VmFiles,
-        sha256: &str,
+        digest: &ImageDigest,
         format: &str,
         gib: u64,
     ) -> HvResult<()> {
-        let base = cached_image(sha256);
+        let base = cached_image(&digest.hex);
         let size = gib.to_string();
         self.script(OVERLAY_SCRIPT, &[&files.dir, &base, format, &size], None)
             .await
@@ -273,9 +315,12 @@ mod tests {
 
     #[test]
     fn inputs_stay_positional() {
-        let line = sh(FETCH_SCRIPT, &[DEPLOY_DIR, "ab", "http://x/$(reboot)'"]).render();
+        let args = [DEPLOY_DIR, "ab", "http://x/$(reboot)'", "sha256", ""];
+        let line = sh(FETCH_SCRIPT, &args).render();
         assert!(
-            line.ends_with(r#"sh /var/lib/libvirt/overvisor ab 'http://x/$(reboot)'\'''"#),
+            line.ends_with(
+                r#"sh /var/lib/libvirt/overvisor ab 'http://x/$(reboot)'\''' sha256 ''"#
+            ),
             "{line}"
         );
         let files = VmFiles::of(&uuid::Uuid::nil());
