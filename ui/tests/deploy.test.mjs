@@ -176,13 +176,21 @@ describe('deploy wizard', () => {
     const name = uniqueName('wiz');
     deployed = { name };
     await page.getByLabel(/^VM name/).fill(name);
+    // The guest's time zone and locale: a bad zone is refused the same way.
+    await page.getByLabel(/^Time zone/).fill('Mars/../Olympus');
+    await page.getByRole('button', { name: 'Next: confirm' }).click();
+    const zoneError = page.locator('#err-timezone');
+    await zoneError.waitFor();
+    assert.match(await zoneError.innerText(), /IANA time zone/);
+    await page.getByLabel(/^Time zone/).fill('Europe/Berlin');
+    await page.getByLabel(/^Locale/).fill('de-DE');
     await page.getByRole('button', { name: 'Next: confirm' }).click();
 
     // 5. Confirm.
     const summary = page.locator('#deploy-summary');
     await summary.waitFor();
     const text = await summary.innerText();
-    for (const part of ['Lab blank disk', 'olga-ovh2', '1 vCPU, 128 MiB memory, 1 GiB disk', 'Bridge br0', name, 'olga']) {
+    for (const part of ['Lab blank disk', 'olga-ovh2', '1 vCPU, 128 MiB memory, 1 GiB disk', 'Bridge br0', name, 'olga', 'de-DE, Europe/Berlin']) {
       assert.ok(text.includes(part), `the summary says ${part}: ${text}`);
     }
     await screenshot(page, 'deploy-5-confirm');
@@ -237,10 +245,10 @@ describe('deploy wizard', () => {
     // On the VM list too.
     await page.goto(`${server.ui}/vms?q=${name}`);
     await page.locator(`tr[data-vm="${name}"] [data-state="running"]`).waitFor({ timeout: PATIENCE });
-    // The two refused steps answered 400, as the API does; nothing else went wrong.
+    // The three refused steps answered 400, as the API does; nothing else went wrong.
     const refusals = /status of 400 \(Bad Request\) \S+\/deploy$/;
     assert.deepEqual(page.problems.filter((p) => !refusals.test(p)), []);
-    assert.equal(page.problems.length, 2, page.problems.join('\n'));
+    assert.equal(page.problems.length, 3, page.problems.join('\n'));
 
     // Clean up through the API (the after hook catches what this misses).
     const vmPath = `/api/v1/hosts/${hostId}/vms/${name}`;

@@ -106,7 +106,7 @@ impl Step {
             Step::Profile => &["profile"],
             Step::Host => &["host"],
             Step::Size => &["vcpus", "memory_mib", "disk_gib", "network"],
-            Step::Name => &["name", "username", "ssh_keys"],
+            Step::Name => &["name", "username", "ssh_keys", "locale", "timezone"],
             Step::Confirm => &[],
         }
     }
@@ -147,6 +147,12 @@ pub struct DeployForm {
     /// One OpenSSH public key per line.
     #[serde(default)]
     pub ssh_keys: String,
+    /// Blank: the default (`en-US`).
+    #[serde(default)]
+    pub locale: String,
+    /// Blank: the default (`UTC`, or the Windows id for it).
+    #[serde(default)]
+    pub timezone: String,
     /// The step to show next.
     #[serde(default)]
     go: String,
@@ -188,8 +194,8 @@ impl DeployForm {
                 .map(str::to_owned)
                 .collect(),
             username: self.username.trim().to_owned(),
-            locale: None,
-            timezone: None,
+            locale: optional(&self.locale),
+            timezone: optional(&self.timezone),
         };
         Ok((host, request))
     }
@@ -206,6 +212,13 @@ impl DeployForm {
         fill(&mut self.disk_gib, profile.defaults.disk_gib);
         self
     }
+}
+
+/// A blank field means the request leaves it out (its default applies).
+fn optional(text: &str) -> Option<String> {
+    Some(text.trim())
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
 }
 
 /// A refusal as the wizard shows it.
@@ -316,6 +329,13 @@ impl DeployPage {
             Some(("network", n)) => format!("libvirt network {n}"),
             _ => self.form.network.clone(),
         }
+    }
+
+    /// The chosen profile installs Windows (its time zones are Windows ids).
+    fn windows(&self) -> bool {
+        self.profile
+            .as_ref()
+            .is_some_and(|p| p.os == overvisor_deploy::profile::OsFamily::Windows)
     }
 
     fn key_count(&self) -> usize {
