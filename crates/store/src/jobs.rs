@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use overvisor_model::job::{Job, JobId, JobLogLine, JobQuery, JobStatus};
 use overvisor_model::operation::{Grant, JobStep, Operation, StepStatus};
 
-use crate::{DbRow, Result, Sealer, Store, StoreError, builder, parse_col, with_pool};
+use crate::{Backend, DbRow, Result, Sealer, Store, StoreError, builder, parse_col, with_pool};
 
 const COLUMNS: &str = "id, kind, requester_id, owner_id, target, status, progress, created_at, \
                        started_at, finished_at, error, result, parent_id";
@@ -306,12 +306,21 @@ impl Store {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Option<Claimed>> {
+        // On PostgreSQL the row is taken with `FOR UPDATE SKIP LOCKED`: a
+        // runner racing another for the same job gives up at once instead of
+        // waiting on the winner's row lock (SQLite has one writer anyway).
+        let which = match self.backend() {
+            Backend::Sqlite => format!("id = $4 AND {}", claimable(5)),
+            Backend::Postgres => format!(
+                "id = (SELECT id FROM jobs WHERE id = $4 AND {} FOR UPDATE SKIP LOCKED)",
+                claimable(5)
+            ),
+        };
         let row = with_pool!(self, |pool| sqlx::query(&format!(
             "UPDATE jobs SET status = 'running', started_at = coalesce(started_at, $1),
                     lease_owner = $2, lease_expires = $3, attempt = attempt + 1
-             WHERE id = $4 AND {}
-             RETURNING {COLUMNS}, operation, grant_info, slot, timeout_secs, attempt",
-            claimable(5)
+             WHERE {which}
+             RETURNING {COLUMNS}, operation, grant_info, slot, timeout_secs, attempt"
         ))
         .bind(now)
         .bind(runner)
@@ -868,6 +877,42 @@ mod tests {
             .await
             .expect("list");
         assert_eq!(running.len(), 1);
+    }
+
+    /// On PostgreSQL a claim skips a job whose row another transaction
+    /// holds (another replica claiming it) instead of waiting for it.
+    #[tokio::test]
+    async fn a_locked_job_is_skipped_not_waited_for() {
+        let store = crate::testdb::postgres().await;
+        let sealer = Sealer::new(&MasterKey::generate());
+        let j = job(UserId::new(), "test.sleep");
+        insert(&store, &sealer, &j, None).await;
+        let crate::Db::Postgres(pool) = store.db() else {
+            panic!("a PostgreSQL store");
+        };
+        let mut other = pool.begin().await.expect("begin");
+        sqlx::query("SELECT id FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(j.id.to_string())
+            .execute(&mut *other)
+            .await
+            .expect("lock the row");
+        let now = Utc::now();
+        let lease = now + chrono::Duration::seconds(10);
+        assert!(
+            store
+                .job_claim(j.id, "runner-a", now, lease)
+                .await
+                .expect("claim")
+                .is_none(),
+            "the locked job is skipped"
+        );
+        other.rollback().await.expect("rollback");
+        let claimed = store
+            .job_claim(j.id, "runner-a", now, lease)
+            .await
+            .expect("claim")
+            .expect("claimable once the lock is gone");
+        assert_eq!(claimed.attempt, 1);
     }
 
     crate::testdb::on_both_backends!(

@@ -535,6 +535,23 @@ mod tests {
     crate::testdb::on_both_backends!(a_closed_pool_counts_as_exhausted);
 
     #[test]
+    fn a_lost_connection_is_unavailable_and_a_full_disk_full() {
+        let io = |kind| StoreError::from(sqlx::Error::Io(std::io::Error::from(kind)));
+        assert!(matches!(
+            io(std::io::ErrorKind::ConnectionReset),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            io(std::io::ErrorKind::StorageFull),
+            StoreError::Full
+        ));
+        assert!(matches!(
+            StoreError::from(sqlx::Error::RowNotFound),
+            StoreError::Database(_)
+        ));
+    }
+
+    #[test]
     fn urls_name_their_backend() {
         assert_eq!(
             Backend::of_url("postgres://db/overvisor"),
