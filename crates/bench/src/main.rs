@@ -6,6 +6,8 @@
 //! lab instance of its own (200 hosts × 100 domains; see `fleet`).
 //! `--soak` runs the service under mixed load for half an hour on the
 //! default lab and reports whether anything accumulates (see `soak`).
+//! `--store-paths` times the API paths that are mostly database work, on
+//! SQLite or (`--database-url`) PostgreSQL (see `store_paths`).
 
 mod actions;
 mod coldstart;
@@ -21,6 +23,7 @@ mod sampling;
 mod service;
 mod soak;
 mod stats;
+mod store_paths;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -105,6 +108,15 @@ struct Args {
     /// many rounds of every host.
     #[arg(long)]
     sampling: Option<u64>,
+    /// Only the store paths (no lab): an authenticated read, job and audit
+    /// list pages (--requests each) and job round trips (--runs) through
+    /// the service on SQLite, or on --database-url.
+    #[arg(long)]
+    store_paths: bool,
+    /// Store paths mode: run the service on this (empty) PostgreSQL
+    /// database instead of SQLite.
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
 }
 
 #[tokio::main]
@@ -125,6 +137,16 @@ async fn main() -> anyhow::Result<()> {
         let lab = lab::load_fleet()?;
         print_machine(", --hyperv-fleet");
         return fleet::hyperv::run(&binary, &lab, &fleet_args(&args)).await;
+    }
+    if args.store_paths {
+        print_machine(", --store-paths");
+        return store_paths::run(
+            &binary,
+            args.database_url.as_deref(),
+            args.requests,
+            args.runs,
+        )
+        .await;
     }
     if args.deploy {
         let lab = lab::load()?;

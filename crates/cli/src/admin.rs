@@ -1,4 +1,5 @@
-//! Administration from the server's own shell: users, migrations, backups.
+//! Administration from the server's own shell: users, migrations (and the
+//! move from SQLite to PostgreSQL), backups.
 //! These act as the console operator (who owns the data directory).
 
 use std::io::{BufRead, IsTerminal};
@@ -10,6 +11,7 @@ use overvisor_control::accounts::NewUser;
 use overvisor_control::authz::Subject;
 use overvisor_model::account::{Email, Role, UserChanges, UserName};
 use overvisor_server::Config;
+use overvisor_store::{Backend, Store};
 
 use crate::serve::open_app;
 
@@ -230,9 +232,56 @@ pub async fn migrate(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Copies the configured SQLite database into the empty PostgreSQL
+/// database at `url`, both migrated first, and checks every table's row
+/// count. The service must be stopped (nothing may write meanwhile).
+pub async fn migrate_to(config: Config, url: &str) -> anyhow::Result<()> {
+    if Backend::of_url(url) != Backend::Postgres {
+        bail!("--to takes the URL of a PostgreSQL database (postgres://…)");
+    }
+    let source_url = config.database_url();
+    if Backend::of_url(&source_url) != Backend::Sqlite {
+        bail!("the configured database is already PostgreSQL: --to copies a SQLite install");
+    }
+    let source = Store::open_url(&source_url)
+        .await
+        .context("opening the SQLite database")?;
+    let target = Store::open_url(url)
+        .await
+        .context("connecting to the PostgreSQL database")?;
+    let counts = overvisor_store::copy::sqlite_to_postgres(&source, &target)
+        .await
+        .context("copying to PostgreSQL")?;
+    source.close().await;
+    target.close().await;
+    println!("{:<20} ROWS", "TABLE");
+    for count in &counts {
+        println!("{:<20} {}", count.table, count.rows);
+    }
+    println!(
+        "copied {} tables; the row counts match. Now set database_url to the PostgreSQL URL \
+         (OVERVISOR_DATABASE_URL) and start the service with the same master key; \
+         the SQLite file is left as it was",
+        counts.len()
+    );
+    Ok(())
+}
+
+/// The backup commands copy SQLite files; PostgreSQL has its own tools.
+fn refuse_postgres(config: &Config, command: &str) -> anyhow::Result<()> {
+    if Backend::of_url(&config.database_url()) == Backend::Postgres {
+        bail!(
+            "{command} handles the SQLite database only: back up and restore PostgreSQL \
+             with pg_dump and pg_restore (docs/postgresql.md)"
+        );
+    }
+    Ok(())
+}
+
 /// Replaces the database with a backup. The service must be stopped; the
 /// current database is kept beside it as `overvisor.db.before-restore-<time>`.
 pub async fn restore(config: Config, file: &Path) -> anyhow::Result<()> {
+    refuse_postgres(&config, "restore")?;
     if config.database_url.is_some() {
         bail!("restore handles the default SQLite database in the data directory only");
     }
@@ -264,6 +313,7 @@ pub async fn restore(config: Config, file: &Path) -> anyhow::Result<()> {
 }
 
 pub async fn backup(config: Config, file: &Path) -> anyhow::Result<()> {
+    refuse_postgres(&config, "backup")?;
     if file.exists() {
         bail!("{} already exists", file.display());
     }

@@ -38,8 +38,17 @@ enum Command {
     /// Manage any user's API keys on this server.
     #[command(subcommand)]
     Key(admin::KeyCommand),
-    /// Apply database migrations and exit.
-    Migrate,
+    /// Apply database migrations and exit; with --to, copy this SQLite install into an empty PostgreSQL database.
+    Migrate {
+        /// URL (postgres://…) of an empty PostgreSQL database to copy every table into, checking the row counts; the URL may come from OVERVISOR_MIGRATE_TO instead, keeping a password off the command line.
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "OVERVISOR_MIGRATE_TO",
+            hide_env_values = true
+        )]
+        to: Option<String>,
+    },
     /// Write a consistent copy of the database to FILE (the master key is not included: back it up separately).
     Backup { file: PathBuf },
     /// Replace the database with a backup made by `backup` (stop the service first).
@@ -142,7 +151,8 @@ async fn run(cli: Cli) -> ExitCode {
     let result = match local {
         Command::Serve => serve::run(config).await,
         Command::User(cmd) => admin::user(config, cmd).await,
-        Command::Migrate => admin::migrate(config).await,
+        Command::Migrate { to: None } => admin::migrate(config).await,
+        Command::Migrate { to: Some(url) } => admin::migrate_to(config, &url).await,
         Command::Backup { file } => admin::backup(config, &file).await,
         Command::Restore { file } => admin::restore(config, &file).await,
         Command::Key(cmd) => admin::key(config, cmd).await,

@@ -14,7 +14,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub ui_bind: SocketAddr,
     pub api_bind: SocketAddr,
-    /// Defaults to `sqlite://<data_dir>/overvisor.db`.
+    /// Defaults to `sqlite://<data_dir>/overvisor.db`; `postgres://…` selects
+    /// PostgreSQL.
     pub database_url: Option<String>,
     /// Base64 master key for sealed secrets; wins over `master_key_file`.
     pub master_key: Option<String>,

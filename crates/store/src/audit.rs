@@ -3,10 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use overvisor_model::account::{AuditEvent, Outcome, UserId};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite};
 
-use crate::{Result, Store, parse_col};
+use crate::{DbRow, Result, Store, builder, parse_col, with_pool};
 
 /// A new audit record (the id and time are assigned on insert).
 #[derive(Debug, Clone)]
@@ -36,30 +34,31 @@ pub struct AuditQuery {
     pub limit: u32,
 }
 
-fn event_from_row(row: &SqliteRow) -> Result<AuditEvent> {
-    let actor_id: Option<String> = row.try_get("actor_id")?;
-    let owner: Option<String> = row.try_get("target_owner")?;
-    let outcome: String = row.try_get("outcome")?;
+fn event_from_row(row: &impl DbRow) -> Result<AuditEvent> {
+    let actor_id: Option<String> = row.col("actor_id")?;
+    let owner: Option<String> = row.col("target_owner")?;
+    let outcome: String = row.col("outcome")?;
     Ok(AuditEvent {
-        id: row.try_get("id")?,
-        at: row.try_get("at")?,
+        id: row.col("id")?,
+        at: row.col("at")?,
         actor_id: actor_id.map(|a| parse_col(&a, "actor id")).transpose()?,
-        actor_name: row.try_get("actor_name")?,
-        via: row.try_get("via")?,
-        source_ip: row.try_get("source_ip")?,
-        action: row.try_get("action")?,
-        target: row.try_get("target")?,
+        actor_name: row.col("actor_name")?,
+        via: row.col("via")?,
+        source_ip: row.col("source_ip")?,
+        action: row.col("action")?,
+        target: row.col("target")?,
         target_owner: owner.map(|o| parse_col(&o, "owner id")).transpose()?,
         outcome: parse_col(&outcome, "outcome")?,
-        detail: row.try_get("detail")?,
+        detail: row.col("detail")?,
     })
 }
 
 impl Store {
     pub async fn audit_append(&self, event: &NewAuditEvent, at: DateTime<Utc>) -> Result<i64> {
-        let id = sqlx::query_scalar(
+        let id = with_pool!(self, |pool| {
+            sqlx::query_scalar::<_, i64>(
             "INSERT INTO audit_log (at, actor_id, actor_name, via, source_ip, action, target, target_owner, outcome, detail)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
         )
         .bind(at)
         .bind(event.actor_id.map(|a| a.to_string()))
@@ -71,52 +70,56 @@ impl Store {
         .bind(event.target_owner.map(|o| o.to_string()))
         .bind(event.outcome.as_str())
         .bind(&event.detail)
-        .fetch_one(self.pool())
-        .await?;
+        .fetch_one(pool)
+        .await
+        })?;
         Ok(id)
     }
 
     /// Newest first.
     pub async fn audit_list(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>> {
-        let mut sql: QueryBuilder<Sqlite> = QueryBuilder::new(
+        let rows = with_pool!(self, |pool| {
+            let mut sql = builder(
+            pool,
             "SELECT id, at, actor_id, actor_name, via, source_ip, action, target, target_owner, outcome, detail
              FROM audit_log WHERE 1 = 1",
         );
-        if let Some(user) = query.visible_to {
-            sql.push(" AND (actor_id = ")
-                .push_bind(user.to_string())
-                .push(" OR target_owner = ")
-                .push_bind(user.to_string())
-                .push(")");
-        }
-        if let Some(actor) = query.actor {
-            sql.push(" AND actor_id = ").push_bind(actor.to_string());
-        }
-        if let Some(prefix) = &query.action_prefix {
-            // Escape LIKE wildcards so the filter is a literal prefix.
-            let escaped = prefix
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            sql.push(" AND action LIKE ")
-                .push_bind(format!("{escaped}%"))
-                .push(" ESCAPE '\\'");
-        }
-        if let Some(outcome) = query.outcome {
-            sql.push(" AND outcome = ").push_bind(outcome.as_str());
-        }
-        if let Some(since) = query.since {
-            sql.push(" AND at >= ").push_bind(since);
-        }
-        if let Some(until) = query.until {
-            sql.push(" AND at < ").push_bind(until);
-        }
-        if let Some(before) = query.before_id {
-            sql.push(" AND id < ").push_bind(before);
-        }
-        sql.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(query.limit.clamp(1, 1000)));
-        let rows = sql.build().fetch_all(self.pool()).await?;
+            if let Some(user) = query.visible_to {
+                sql.push(" AND (actor_id = ")
+                    .push_bind(user.to_string())
+                    .push(" OR target_owner = ")
+                    .push_bind(user.to_string())
+                    .push(")");
+            }
+            if let Some(actor) = query.actor {
+                sql.push(" AND actor_id = ").push_bind(actor.to_string());
+            }
+            if let Some(prefix) = &query.action_prefix {
+                // Escape LIKE wildcards so the filter is a literal prefix.
+                let escaped = prefix
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
+                sql.push(" AND action LIKE ")
+                    .push_bind(format!("{escaped}%"))
+                    .push(" ESCAPE '\\'");
+            }
+            if let Some(outcome) = query.outcome {
+                sql.push(" AND outcome = ").push_bind(outcome.as_str());
+            }
+            if let Some(since) = query.since {
+                sql.push(" AND at >= ").push_bind(since);
+            }
+            if let Some(until) = query.until {
+                sql.push(" AND at < ").push_bind(until);
+            }
+            if let Some(before) = query.before_id {
+                sql.push(" AND id < ").push_bind(before);
+            }
+            sql.push(" ORDER BY id DESC LIMIT ")
+                .push_bind(i64::from(query.limit.clamp(1, 1000)));
+            sql.build().fetch_all(pool).await
+        })?;
         rows.iter().map(event_from_row).collect()
     }
 }
@@ -124,7 +127,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_store;
 
     fn event(actor: Option<UserId>, owner: Option<UserId>, action: &str) -> NewAuditEvent {
         NewAuditEvent {
@@ -140,9 +142,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn visibility_and_filters() {
-        let store = test_store().await;
+    async fn visibility_and_filters(store: Store) {
         let (a, b) = (UserId::new(), UserId::new());
         let now = Utc::now();
         store
@@ -192,4 +192,6 @@ mod tests {
             .expect("next");
         assert_eq!(next.len(), 2);
     }
+
+    crate::testdb::on_both_backends!(visibility_and_filters);
 }

@@ -5,10 +5,8 @@
 
 use overvisor_model::account::UserId;
 use overvisor_model::host::{CredentialChange, Host, HostId, HostKeyFingerprint, HostSecret};
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 
-use crate::{Result, Sealer, Store, StoreError, parse_col};
+use crate::{DbRow, Result, Sealer, Store, StoreError, parse_col, with_pool};
 
 /// The associated data binding a sealed credential to its host and kind.
 fn binding(host: HostId, kind: &str) -> String {
@@ -18,22 +16,22 @@ fn binding(host: HostId, kind: &str) -> String {
 const COLUMNS: &str = "id, owner_id, name, kind, address, port, ssh_user, libvirt_uri, tags, \
      host_key_fingerprint, credential_kind IS NOT NULL AS has_credential, created_at, updated_at";
 
-fn host_from_row(row: &SqliteRow) -> Result<Host> {
-    let id: String = row.try_get("id")?;
-    let owner: String = row.try_get("owner_id")?;
-    let kind: String = row.try_get("kind")?;
-    let port: i64 = row.try_get("port")?;
-    let tags: String = row.try_get("tags")?;
-    let fingerprint: Option<String> = row.try_get("host_key_fingerprint")?;
+fn host_from_row(row: &impl DbRow) -> Result<Host> {
+    let id: String = row.col("id")?;
+    let owner: String = row.col("owner_id")?;
+    let kind: String = row.col("kind")?;
+    let port: i32 = row.col("port")?;
+    let tags: String = row.col("tags")?;
+    let fingerprint: Option<String> = row.col("host_key_fingerprint")?;
     Ok(Host {
         id: parse_col(&id, "host id")?,
         owner: parse_col(&owner, "user id")?,
-        name: row.try_get("name")?,
+        name: row.col("name")?,
         kind: parse_col(&kind, "host kind")?,
-        address: row.try_get("address")?,
+        address: row.col("address")?,
         port: u16::try_from(port).map_err(|_| StoreError::Corrupt("bad host port".into()))?,
-        ssh_user: row.try_get("ssh_user")?,
-        libvirt_uri: row.try_get("libvirt_uri")?,
+        ssh_user: row.col("ssh_user")?,
+        libvirt_uri: row.col("libvirt_uri")?,
         tags: tags
             .split('\n')
             .filter(|t| !t.is_empty())
@@ -42,16 +40,19 @@ fn host_from_row(row: &SqliteRow) -> Result<Host> {
         host_key_fingerprint: fingerprint
             .map(|f| parse_col::<HostKeyFingerprint>(&f, "host key fingerprint"))
             .transpose()?,
-        has_credential: row.try_get("has_credential")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
+        has_credential: row.col("has_credential")?,
+        created_at: row.col("created_at")?,
+        updated_at: row.col("updated_at")?,
     })
 }
 
 fn on_unique(err: sqlx::Error) -> StoreError {
     match &err {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
-            let what = if db.message().contains("hosts.name") {
+            // SQLite names the columns, PostgreSQL the constraint.
+            let what = if db.message().contains("hosts.name")
+                || db.constraint() == Some("hosts_owner_id_name_key")
+            {
                 "a host with this name"
             } else {
                 "a host with this address"
@@ -72,10 +73,10 @@ impl Store {
     ) -> Result<Host> {
         let kind = secret.map(HostSecret::kind);
         let sealed = secret.map(|s| sealer.seal(&binding(host.id, s.kind()), s.bytes()));
-        sqlx::query(
+        with_pool!(self, |pool| sqlx::query(
             "INSERT INTO hosts (id, owner_id, name, kind, address, port, ssh_user, libvirt_uri,
                 tags, host_key_fingerprint, credential_kind, credential_sealed, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(host.id.to_string())
         .bind(host.owner.to_string())
@@ -91,42 +92,46 @@ impl Store {
         .bind(sealed)
         .bind(host.created_at)
         .bind(host.updated_at)
-        .execute(self.pool())
-        .await
+        .execute(pool)
+        .await)
         .map_err(on_unique)?;
         self.host_get(host.id).await
     }
 
     /// One host, whoever owns it: the caller authorizes against its owner.
     pub async fn host_get(&self, id: HostId) -> Result<Host> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM hosts WHERE id = ?"))
-            .bind(id.to_string())
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or(StoreError::NotFound("host"))?;
+        let row = with_pool!(self, |pool| sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM hosts WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(pool)
+        .await)?
+        .ok_or(StoreError::NotFound("host"))?;
         host_from_row(&row)
     }
 
     /// The hosts of `owner`, or of everyone with `None`, by name.
     pub async fn hosts_list(&self, owner: Option<UserId>) -> Result<Vec<Host>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM hosts WHERE ?1 IS NULL OR owner_id = ?1 ORDER BY name, id"
+        let rows = with_pool!(self, |pool| {
+            sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM hosts WHERE $1::text IS NULL OR owner_id = $1 ORDER BY name, id"
         ))
         .bind(owner.map(|o| o.to_string()))
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(pool)
+        .await
+        })?;
         rows.iter().map(host_from_row).collect()
     }
 
     /// The host of `owner` at `address` (the enrolment match).
     pub async fn host_by_address(&self, owner: UserId, address: &str) -> Result<Option<Host>> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM hosts WHERE owner_id = ? AND address = ?"
+        let row = with_pool!(self, |pool| sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM hosts WHERE owner_id = $1 AND address = $2"
         ))
         .bind(owner.to_string())
         .bind(address)
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         row.as_ref().map(host_from_row).transpose()
     }
 
@@ -138,55 +143,62 @@ impl Store {
         host: &Host,
         credential: &CredentialChange,
     ) -> Result<Host> {
-        let mut tx = self.pool().begin().await?;
-        let done = sqlx::query(
-            "UPDATE hosts SET name = ?, kind = ?, address = ?, port = ?, ssh_user = ?,
-                libvirt_uri = ?, tags = ?, host_key_fingerprint = ?, updated_at = ?
-             WHERE id = ? AND owner_id = ?",
-        )
-        .bind(&host.name)
-        .bind(host.kind.to_string())
-        .bind(&host.address)
-        .bind(i64::from(host.port))
-        .bind(&host.ssh_user)
-        .bind(&host.libvirt_uri)
-        .bind(host.tags.join("\n"))
-        .bind(host.host_key_fingerprint.as_ref().map(|f| f.as_str()))
-        .bind(host.updated_at)
-        .bind(host.id.to_string())
-        .bind(host.owner.to_string())
-        .execute(&mut *tx)
-        .await
-        .map_err(on_unique)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound("host"));
-        }
         let (kind, sealed) = match credential {
-            CredentialChange::Keep => (None, None),
+            CredentialChange::Keep | CredentialChange::Remove => (None, None),
             CredentialChange::Set(s) => (
                 Some(s.kind()),
                 Some(sealer.seal(&binding(host.id, s.kind()), s.bytes())),
             ),
-            CredentialChange::Remove => (None, None),
         };
-        if !matches!(credential, CredentialChange::Keep) {
-            sqlx::query("UPDATE hosts SET credential_kind = ?, credential_sealed = ? WHERE id = ?")
+        with_pool!(self, |pool| async {
+            let mut tx = pool.begin().await?;
+            let done = sqlx::query(
+                "UPDATE hosts SET name = $1, kind = $2, address = $3, port = $4, ssh_user = $5,
+                libvirt_uri = $6, tags = $7, host_key_fingerprint = $8, updated_at = $9
+             WHERE id = $10 AND owner_id = $11",
+            )
+            .bind(&host.name)
+            .bind(host.kind.to_string())
+            .bind(&host.address)
+            .bind(i64::from(host.port))
+            .bind(&host.ssh_user)
+            .bind(&host.libvirt_uri)
+            .bind(host.tags.join("\n"))
+            .bind(host.host_key_fingerprint.as_ref().map(|f| f.as_str()))
+            .bind(host.updated_at)
+            .bind(host.id.to_string())
+            .bind(host.owner.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(on_unique)?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound("host"));
+            }
+            if !matches!(credential, CredentialChange::Keep) {
+                sqlx::query(
+                    "UPDATE hosts SET credential_kind = $1, credential_sealed = $2 WHERE id = $3",
+                )
                 .bind(kind)
                 .bind(sealed)
                 .bind(host.id.to_string())
                 .execute(&mut *tx)
                 .await?;
+            }
+            tx.commit().await?;
+            Ok::<(), StoreError>(())
         }
-        tx.commit().await?;
+        .await)?;
         self.host_get(host.id).await
     }
 
     pub async fn host_delete(&self, owner: UserId, id: HostId) -> Result<()> {
-        let done = sqlx::query("DELETE FROM hosts WHERE id = ? AND owner_id = ?")
-            .bind(id.to_string())
-            .bind(owner.to_string())
-            .execute(self.pool())
-            .await?;
+        let done = with_pool!(self, |pool| sqlx::query(
+            "DELETE FROM hosts WHERE id = $1 AND owner_id = $2"
+        )
+        .bind(id.to_string())
+        .bind(owner.to_string())
+        .execute(pool)
+        .await)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("host"));
         }
@@ -195,13 +207,15 @@ impl Store {
 
     /// The host's own credential, opened, for the SSH transport only.
     pub async fn host_secret(&self, sealer: &Sealer, id: HostId) -> Result<Option<HostSecret>> {
-        let row = sqlx::query("SELECT credential_kind, credential_sealed FROM hosts WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or(StoreError::NotFound("host"))?;
-        let kind: Option<String> = row.try_get("credential_kind")?;
-        let sealed: Option<Vec<u8>> = row.try_get("credential_sealed")?;
+        let row = with_pool!(self, |pool| sqlx::query(
+            "SELECT credential_kind, credential_sealed FROM hosts WHERE id = $1"
+        )
+        .bind(id.to_string())
+        .fetch_optional(pool)
+        .await)?
+        .ok_or(StoreError::NotFound("host"))?;
+        let kind: Option<String> = row.col("credential_kind")?;
+        let sealed: Option<Vec<u8>> = row.col("credential_sealed")?;
         let (Some(kind), Some(sealed)) = (kind, sealed) else {
             return Ok(None);
         };
@@ -215,24 +229,12 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{MasterKey, test_store};
+    use crate::MasterKey;
     use chrono::Utc;
-    use overvisor_model::account::{Email, Role, User, UserName};
     use overvisor_model::host::HostKind;
 
     async fn user(store: &Store, name: &str) -> UserId {
-        let now = Utc::now();
-        let user = User {
-            id: UserId::new(),
-            name: UserName::parse(name).expect("name"),
-            email: Email::parse("x@example.com").expect("email"),
-            role: Role::Operator,
-            disabled: false,
-            created_at: now,
-            updated_at: now,
-        };
-        store.user_insert(&user, None).await.expect("user");
-        user.id
+        crate::testdb::user(store, name).await.id
     }
 
     fn host(owner: UserId, name: &str, address: &str) -> Host {
@@ -257,9 +259,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn crud_and_uniqueness() {
-        let store = test_store().await;
+    async fn crud_and_uniqueness(store: Store) {
         let sealer = Sealer::new(&MasterKey::generate());
         let (a, b) = (user(&store, "a").await, user(&store, "b").await);
         let h = store
@@ -311,9 +311,7 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn credential_is_sealed_and_bound() {
-        let store = test_store().await;
+    async fn credential_is_sealed_and_bound(store: Store) {
         let sealer = Sealer::new(&MasterKey::generate());
         let a = user(&store, "a").await;
         let secret = HostSecret::PrivateKey("PRIVATE-KEY-TEXT".into());
@@ -331,20 +329,22 @@ mod tests {
             Some(secret.clone())
         );
         assert_eq!(format!("{secret:?}"), "HostSecret::private_key(<redacted>)");
-        let raw: Vec<u8> = sqlx::query_scalar("SELECT credential_sealed FROM hosts WHERE id = ?")
-            .bind(h1.id.to_string())
-            .fetch_one(store.pool())
-            .await
-            .expect("raw");
+        let raw: Vec<u8> = with_pool!(store, |pool| sqlx::query_scalar::<_, Vec<u8>>(
+            "SELECT credential_sealed FROM hosts WHERE id = $1"
+        )
+        .bind(h1.id.to_string())
+        .fetch_one(pool)
+        .await)
+        .expect("raw");
         assert!(!raw.windows(7).any(|w| w == b"PRIVATE"));
         // Copied to another host's row, it no longer opens.
-        sqlx::query(
-            "UPDATE hosts SET credential_kind = 'private_key', credential_sealed = ? WHERE id = ?",
+        with_pool!(store, |pool| sqlx::query(
+            "UPDATE hosts SET credential_kind = 'private_key', credential_sealed = $1 WHERE id = $2",
         )
         .bind(&raw)
         .bind(h2.id.to_string())
-        .execute(store.pool())
-        .await
+        .execute(pool)
+        .await)
         .expect("copy");
         assert!(store.host_secret(&sealer, h2.id).await.is_err());
         let h1 = store
@@ -354,4 +354,6 @@ mod tests {
         assert!(!h1.has_credential);
         assert_eq!(store.host_secret(&sealer, h1.id).await.expect("none"), None);
     }
+
+    crate::testdb::on_both_backends!(crud_and_uniqueness, credential_is_sealed_and_bound);
 }

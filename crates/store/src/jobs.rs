@@ -8,10 +8,8 @@
 use chrono::{DateTime, Utc};
 use overvisor_model::job::{Job, JobId, JobLogLine, JobQuery, JobStatus};
 use overvisor_model::operation::{Grant, JobStep, Operation, StepStatus};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite};
 
-use crate::{Result, Sealer, Store, StoreError, parse_col};
+use crate::{Backend, DbRow, Result, Sealer, Store, StoreError, builder, parse_col, with_pool};
 
 const COLUMNS: &str = "id, kind, requester_id, owner_id, target, status, progress, created_at, \
                        started_at, finished_at, error, result, parent_id";
@@ -67,32 +65,32 @@ pub struct Lease {
     pub cancel_requested: bool,
 }
 
-fn job_id_col(row: &SqliteRow) -> Result<JobId> {
-    let id: String = row.try_get("id")?;
+fn job_id_col(row: &impl DbRow) -> Result<JobId> {
+    let id: String = row.col("id")?;
     parse_col(&id, "job id")
 }
 
-fn job_from_row(row: &SqliteRow) -> Result<Job> {
-    let id: String = row.try_get("id")?;
-    let requester: String = row.try_get("requester_id")?;
-    let owner: String = row.try_get("owner_id")?;
-    let status: String = row.try_get("status")?;
-    let progress: i64 = row.try_get("progress")?;
-    let result: Option<String> = row.try_get("result")?;
-    let parent: Option<String> = row.try_get("parent_id")?;
+fn job_from_row(row: &impl DbRow) -> Result<Job> {
+    let id: String = row.col("id")?;
+    let requester: String = row.col("requester_id")?;
+    let owner: String = row.col("owner_id")?;
+    let status: String = row.col("status")?;
+    let progress: i32 = row.col("progress")?;
+    let result: Option<String> = row.col("result")?;
+    let parent: Option<String> = row.col("parent_id")?;
     Ok(Job {
         id: parse_col(&id, "job id")?,
-        kind: row.try_get("kind")?,
+        kind: row.col("kind")?,
         requester: parse_col(&requester, "user id")?,
         owner: parse_col(&owner, "user id")?,
-        target: row.try_get("target")?,
+        target: row.col("target")?,
         status: parse_col(&status, "job status")?,
         progress: u8::try_from(progress.clamp(0, 100))
             .map_err(|_| StoreError::Corrupt("bad job progress".into()))?,
-        created_at: row.try_get("created_at")?,
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
-        error: row.try_get("error")?,
+        created_at: row.col("created_at")?,
+        started_at: row.col("started_at")?,
+        finished_at: row.col("finished_at")?,
+        error: row.col("error")?,
         result: json_col(result, "job result")?,
         parent: parent.map(|p| parse_col(&p, "job id")).transpose()?,
     })
@@ -108,20 +106,20 @@ fn json_col<T: serde::de::DeserializeOwned>(
         .map_err(|_| StoreError::Corrupt(format!("bad {what}")))
 }
 
-fn step_from_row(row: &SqliteRow) -> Result<JobStep> {
-    let idx: i64 = row.try_get("idx")?;
-    let status: String = row.try_get("status")?;
-    let progress: i64 = row.try_get("progress")?;
-    let output: Option<String> = row.try_get("output")?;
+fn step_from_row(row: &impl DbRow) -> Result<JobStep> {
+    let idx: i32 = row.col("idx")?;
+    let status: String = row.col("status")?;
+    let progress: i32 = row.col("progress")?;
+    let output: Option<String> = row.col("output")?;
     Ok(JobStep {
         index: u16::try_from(idx).map_err(|_| StoreError::Corrupt("bad step index".into()))?,
-        name: row.try_get("name")?,
+        name: row.col("name")?,
         status: parse_col::<StepStatus>(&status, "step status")?,
-        has_undo: row.try_get("has_undo")?,
+        has_undo: row.col("has_undo")?,
         progress: u8::try_from(progress.clamp(0, 100)).unwrap_or(100),
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
-        error: row.try_get("error")?,
+        started_at: row.col("started_at")?,
+        finished_at: row.col("finished_at")?,
+        error: row.col("error")?,
         output: json_col(output, "step output")?,
     })
 }
@@ -131,10 +129,14 @@ fn input_binding(id: JobId) -> String {
     format!("jobs.sealed_input:{id}")
 }
 
-/// Queued, or running under a lease that lapsed: a runner may take it.
-/// A running job without a lease is from before leases existed.
-const CLAIMABLE: &str =
-    "(status = 'queued' OR (status = 'running' AND (lease_expires IS NULL OR lease_expires < ?)))";
+/// Queued, or running under a lease that lapsed (before the time in
+/// milliseconds bound as parameter `$now`): a runner may take it. A running
+/// job without a lease is from before leases existed.
+fn claimable(now: u8) -> String {
+    format!(
+        "(status = 'queued' OR (status = 'running' AND (lease_expires IS NULL OR lease_expires < ${now})))"
+    )
+}
 
 impl Store {
     /// Inserts a job, its operation and its steps (all pending) at once.
@@ -145,12 +147,14 @@ impl Store {
         let grant = serde_json::to_string(new.grant)
             .map_err(|e| StoreError::Corrupt(format!("grant: {e}")))?;
         let sealed = new.secret.map(|s| sealer.seal(&input_binding(job.id), s));
-        let mut tx = self.pool().begin().await?;
+        with_pool!(self, |pool| {
+            async {
+        let mut tx = pool.begin().await?;
         sqlx::query(
             "INSERT INTO jobs (id, kind, requester_id, owner_id, target, status, progress, created_at,
                                started_at, finished_at, error, result, parent_id, operation,
                                grant_info, sealed_input, slot, timeout_secs)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(job.id.to_string())
         .bind(&job.kind)
@@ -181,7 +185,7 @@ impl Store {
             sqlx::query(
                 "INSERT INTO job_steps (job_id, idx, name, status, has_undo, progress, started_at,
                                         finished_at, output)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(job.id.to_string())
             .bind(i64::try_from(idx).unwrap_or(i64::MAX))
@@ -195,36 +199,46 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
+            tx.commit().await?;
+            Ok::<(), StoreError>(())
+        }
+        .await
+        })?;
         Ok(())
     }
 
     pub async fn job_get(&self, id: JobId) -> Result<Job> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?"))
-            .bind(id.to_string())
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or(StoreError::NotFound("job"))?;
+        let row = with_pool!(self, |pool| sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM jobs WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(pool)
+        .await)?
+        .ok_or(StoreError::NotFound("job"))?;
         job_from_row(&row)
     }
 
     /// The operation a job runs (`None` for rows from before operations).
     pub async fn job_operation(&self, id: JobId) -> Result<Option<Operation>> {
         let op: Option<Option<String>> =
-            sqlx::query_scalar("SELECT operation FROM jobs WHERE id = ?")
-                .bind(id.to_string())
-                .fetch_optional(self.pool())
-                .await?;
+            with_pool!(self, |pool| sqlx::query_scalar::<_, Option<String>>(
+                "SELECT operation FROM jobs WHERE id = $1"
+            )
+            .bind(id.to_string())
+            .fetch_optional(pool)
+            .await)?;
         json_col(op.ok_or(StoreError::NotFound("job"))?, "job operation")
     }
 
     /// The secret sealed with a job, opened (only runners ask for it).
     pub async fn job_secret(&self, sealer: &Sealer, id: JobId) -> Result<Option<Vec<u8>>> {
         let sealed: Option<Option<Vec<u8>>> =
-            sqlx::query_scalar("SELECT sealed_input FROM jobs WHERE id = ?")
-                .bind(id.to_string())
-                .fetch_optional(self.pool())
-                .await?;
+            with_pool!(self, |pool| sqlx::query_scalar::<_, Option<Vec<u8>>>(
+                "SELECT sealed_input FROM jobs WHERE id = $1"
+            )
+            .bind(id.to_string())
+            .fetch_optional(pool)
+            .await)?;
         match sealed.ok_or(StoreError::NotFound("job"))? {
             Some(sealed) => Ok(Some(sealer.open(&input_binding(id), &sealed)?)),
             None => Ok(None),
@@ -232,49 +246,51 @@ impl Store {
     }
 
     pub async fn job_list(&self, query: &JobQuery) -> Result<Vec<Job>> {
-        let mut sql: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("SELECT {COLUMNS} FROM jobs WHERE 1 = 1"));
-        if let Some(owner) = query.owner {
-            sql.push(" AND owner_id = ").push_bind(owner.to_string());
-        }
-        if let Some(status) = query.status {
-            sql.push(" AND status = ").push_bind(status.as_str());
-        }
-        if let Some(kind) = &query.kind {
-            sql.push(" AND kind = ").push_bind(kind.clone());
-        }
-        if let Some(target) = &query.target {
-            sql.push(" AND target = ").push_bind(target.clone());
-        }
-        if let Some(parent) = query.parent {
-            sql.push(" AND parent_id = ").push_bind(parent.to_string());
-        }
-        if let Some(before) = query.before {
-            // An unknown cursor selects nothing rather than everything.
-            sql.push(" AND seq < coalesce((SELECT seq FROM jobs WHERE id = ")
-                .push_bind(before.to_string())
-                .push("), 0)");
-        }
-        sql.push(" ORDER BY seq DESC LIMIT ")
-            .push_bind(i64::from(query.limit.clamp(1, 1000)));
-        let rows = sql.build().fetch_all(self.pool()).await?;
+        let rows = with_pool!(self, |pool| {
+            let mut sql = builder(pool, format!("SELECT {COLUMNS} FROM jobs WHERE 1 = 1"));
+            if let Some(owner) = query.owner {
+                sql.push(" AND owner_id = ").push_bind(owner.to_string());
+            }
+            if let Some(status) = query.status {
+                sql.push(" AND status = ").push_bind(status.as_str());
+            }
+            if let Some(kind) = &query.kind {
+                sql.push(" AND kind = ").push_bind(kind.clone());
+            }
+            if let Some(target) = &query.target {
+                sql.push(" AND target = ").push_bind(target.clone());
+            }
+            if let Some(parent) = query.parent {
+                sql.push(" AND parent_id = ").push_bind(parent.to_string());
+            }
+            if let Some(before) = query.before {
+                // An unknown cursor selects nothing rather than everything.
+                sql.push(" AND seq < coalesce((SELECT seq FROM jobs WHERE id = ")
+                    .push_bind(before.to_string())
+                    .push("), 0)");
+            }
+            sql.push(" ORDER BY seq DESC LIMIT ")
+                .push_bind(i64::from(query.limit.clamp(1, 1000)));
+            sql.build().fetch_all(pool).await
+        })?;
         rows.iter().map(job_from_row).collect()
     }
 
     /// Jobs a runner could claim now, oldest first.
     pub async fn jobs_claimable(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<Claimable>> {
-        let rows = sqlx::query(&format!(
-            "SELECT id, slot FROM jobs WHERE {CLAIMABLE} ORDER BY seq LIMIT ?"
+        let rows = with_pool!(self, |pool| sqlx::query(&format!(
+            "SELECT id, slot FROM jobs WHERE {} ORDER BY seq LIMIT $2",
+            claimable(1)
         ))
         .bind(now.timestamp_millis())
         .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         rows.iter()
             .map(|row| {
                 Ok(Claimable {
                     id: job_id_col(row)?,
-                    slot: row.try_get("slot")?,
+                    slot: row.col("slot")?,
                 })
             })
             .collect()
@@ -290,10 +306,20 @@ impl Store {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Option<Claimed>> {
-        let row = sqlx::query(&format!(
-            "UPDATE jobs SET status = 'running', started_at = coalesce(started_at, ?),
-                    lease_owner = ?, lease_expires = ?, attempt = attempt + 1
-             WHERE id = ? AND {CLAIMABLE}
+        // On PostgreSQL the row is taken with `FOR UPDATE SKIP LOCKED`: a
+        // runner racing another for the same job gives up at once instead of
+        // waiting on the winner's row lock (SQLite has one writer anyway).
+        let which = match self.backend() {
+            Backend::Sqlite => format!("id = $4 AND {}", claimable(5)),
+            Backend::Postgres => format!(
+                "id = (SELECT id FROM jobs WHERE id = $4 AND {} FOR UPDATE SKIP LOCKED)",
+                claimable(5)
+            ),
+        };
+        let row = with_pool!(self, |pool| sqlx::query(&format!(
+            "UPDATE jobs SET status = 'running', started_at = coalesce(started_at, $1),
+                    lease_owner = $2, lease_expires = $3, attempt = attempt + 1
+             WHERE {which}
              RETURNING {COLUMNS}, operation, grant_info, slot, timeout_secs, attempt"
         ))
         .bind(now)
@@ -301,20 +327,20 @@ impl Store {
         .bind(lease_until.timestamp_millis())
         .bind(id.to_string())
         .bind(now.timestamp_millis())
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         let Some(row) = row else {
             return Ok(None);
         };
-        let timeout: i64 = row.try_get("timeout_secs")?;
-        let attempt: i64 = row.try_get("attempt")?;
+        let timeout: i64 = row.col("timeout_secs")?;
+        let attempt: i64 = row.col("attempt")?;
         Ok(Some(Claimed {
             job: job_from_row(&row)?,
             // An operation this build cannot read is run by nobody: the
             // runner marks the job interrupted.
-            operation: json_col(row.try_get("operation")?, "job operation").unwrap_or(None),
-            grant: json_col(row.try_get("grant_info")?, "job grant").unwrap_or(None),
-            slot: row.try_get("slot")?,
+            operation: json_col(row.col("operation")?, "job operation").unwrap_or(None),
+            grant: json_col(row.col("grant_info")?, "job grant").unwrap_or(None),
+            slot: row.col("slot")?,
             timeout_secs: u32::try_from(timeout).unwrap_or(u32::MAX),
             attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
         }))
@@ -328,19 +354,19 @@ impl Store {
         runner: &str,
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<Lease>> {
-        let rows = sqlx::query(
-            "UPDATE jobs SET lease_expires = ? WHERE lease_owner = ? AND status = 'running'
+        let rows = with_pool!(self, |pool| sqlx::query(
+            "UPDATE jobs SET lease_expires = $1 WHERE lease_owner = $2 AND status = 'running'
              RETURNING id, cancel_requested",
         )
         .bind(lease_until.timestamp_millis())
         .bind(runner)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         rows.iter()
             .map(|row| {
                 Ok(Lease {
                     id: job_id_col(row)?,
-                    cancel_requested: row.try_get("cancel_requested")?,
+                    cancel_requested: row.col("cancel_requested")?,
                 })
             })
             .collect()
@@ -354,24 +380,26 @@ impl Store {
         at: DateTime<Utc>,
         error: &str,
     ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE jobs SET status = 'cancelled', finished_at = ?, error = ?
-             WHERE id = ? AND status = 'queued'",
+        let done = with_pool!(self, |pool| sqlx::query(
+            "UPDATE jobs SET status = 'cancelled', finished_at = $1, error = $2
+             WHERE id = $3 AND status = 'queued'",
         )
         .bind(at)
         .bind(error)
         .bind(id.to_string())
-        .execute(self.pool())
-        .await?;
+        .execute(pool)
+        .await)?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Asks whichever runner holds a running job to cancel it.
     pub async fn job_request_cancel(&self, id: JobId) -> Result<()> {
-        sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'")
-            .bind(id.to_string())
-            .execute(self.pool())
-            .await?;
+        with_pool!(self, |pool| sqlx::query(
+            "UPDATE jobs SET cancel_requested = TRUE WHERE id = $1 AND status = 'running'"
+        )
+        .bind(id.to_string())
+        .execute(pool)
+        .await)?;
         Ok(())
     }
 
@@ -418,58 +446,64 @@ impl Store {
         if from.is_empty() {
             return Ok(false);
         }
-        let mut sql: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE jobs SET status = ");
-        sql.push_bind(to.as_str());
-        if to == JobStatus::Running {
-            sql.push(", started_at = ").push_bind(at);
-        }
-        if to.is_terminal() {
-            sql.push(", finished_at = ")
-                .push_bind(at)
-                .push(", lease_owner = NULL, lease_expires = NULL");
-        }
-        if to == JobStatus::Succeeded {
-            sql.push(", progress = 100");
-        }
-        if let Some(error) = error {
-            sql.push(", error = ").push_bind(error.to_owned());
-        }
-        if let Some(result) = result {
-            sql.push(", result = ").push_bind(result.to_string());
-        }
-        sql.push(" WHERE id = ").push_bind(id.to_string());
-        if let Some(runner) = holder {
-            sql.push(" AND lease_owner = ").push_bind(runner.to_owned());
-        }
-        sql.push(" AND status IN (");
-        let mut list = sql.separated(", ");
-        for status in from {
-            list.push_bind(status.as_str());
-        }
-        sql.push(")");
-        let done = sql.build().execute(self.pool()).await?;
+        let done = with_pool!(self, |pool| {
+            let mut sql = builder(pool, "UPDATE jobs SET status = ");
+            sql.push_bind(to.as_str());
+            if to == JobStatus::Running {
+                sql.push(", started_at = ").push_bind(at);
+            }
+            if to.is_terminal() {
+                sql.push(", finished_at = ")
+                    .push_bind(at)
+                    .push(", lease_owner = NULL, lease_expires = NULL");
+            }
+            if to == JobStatus::Succeeded {
+                sql.push(", progress = 100");
+            }
+            if let Some(error) = error {
+                sql.push(", error = ").push_bind(error.to_owned());
+            }
+            if let Some(result) = result {
+                sql.push(", result = ").push_bind(result.to_string());
+            }
+            sql.push(" WHERE id = ").push_bind(id.to_string());
+            if let Some(runner) = holder {
+                sql.push(" AND lease_owner = ").push_bind(runner.to_owned());
+            }
+            sql.push(" AND status IN (");
+            let mut list = sql.separated(", ");
+            for status in from {
+                list.push_bind(status.as_str());
+            }
+            sql.push(")");
+            sql.build().execute(pool).await
+        })?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Records progress of a running job (ignored once it has finished).
     pub async fn job_progress(&self, id: JobId, progress: u8) -> Result<()> {
-        sqlx::query("UPDATE jobs SET progress = ? WHERE id = ? AND status = 'running'")
-            .bind(i64::from(progress.min(100)))
-            .bind(id.to_string())
-            .execute(self.pool())
-            .await?;
+        with_pool!(self, |pool| sqlx::query(
+            "UPDATE jobs SET progress = $1 WHERE id = $2 AND status = 'running'"
+        )
+        .bind(i64::from(progress.min(100)))
+        .bind(id.to_string())
+        .execute(pool)
+        .await)?;
         Ok(())
     }
 
     /// A job's steps in order.
     pub async fn job_steps(&self, id: JobId) -> Result<Vec<JobStep>> {
-        let rows = sqlx::query(
+        let rows = with_pool!(self, |pool| {
+            sqlx::query(
             "SELECT idx, name, status, has_undo, progress, started_at, finished_at, error, output
-             FROM job_steps WHERE job_id = ? ORDER BY idx",
+             FROM job_steps WHERE job_id = $1 ORDER BY idx",
         )
         .bind(id.to_string())
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(pool)
+        .await
+        })?;
         rows.iter().map(step_from_row).collect()
     }
 
@@ -485,74 +519,80 @@ impl Store {
         error: Option<&str>,
         output: Option<&serde_json::Value>,
     ) -> Result<()> {
-        let mut sql: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE job_steps SET status = ");
-        sql.push_bind(status.as_str());
-        match status {
-            StepStatus::Running => {
-                sql.push(", started_at = ")
-                    .push_bind(at)
-                    .push(", finished_at = NULL, error = NULL, progress = 0");
+        let _done = with_pool!(self, |pool| {
+            let mut sql = builder(pool, "UPDATE job_steps SET status = ");
+            sql.push_bind(status.as_str());
+            match status {
+                StepStatus::Running => {
+                    sql.push(", started_at = ")
+                        .push_bind(at)
+                        .push(", finished_at = NULL, error = NULL, progress = 0");
+                }
+                StepStatus::Pending | StepStatus::Skipped | StepStatus::Undoing => {}
+                _ => {
+                    sql.push(", finished_at = ").push_bind(at);
+                }
             }
-            StepStatus::Pending | StepStatus::Skipped | StepStatus::Undoing => {}
-            _ => {
-                sql.push(", finished_at = ").push_bind(at);
+            if status == StepStatus::Done {
+                sql.push(", progress = 100");
             }
-        }
-        if status == StepStatus::Done {
-            sql.push(", progress = 100");
-        }
-        if let Some(error) = error {
-            sql.push(", error = ").push_bind(error.to_owned());
-        }
-        if let Some(output) = output {
-            sql.push(", output = ").push_bind(output.to_string());
-        }
-        sql.push(" WHERE job_id = ")
-            .push_bind(id.to_string())
-            .push(" AND idx = ")
-            .push_bind(i64::from(index));
-        sql.build().execute(self.pool()).await?;
+            if let Some(error) = error {
+                sql.push(", error = ").push_bind(error.to_owned());
+            }
+            if let Some(output) = output {
+                sql.push(", output = ").push_bind(output.to_string());
+            }
+            sql.push(" WHERE job_id = ")
+                .push_bind(id.to_string())
+                .push(" AND idx = ")
+                .push_bind(i64::from(index));
+            sql.build().execute(pool).await
+        })?;
         Ok(())
     }
 
     /// Records progress within a step.
     pub async fn job_step_progress(&self, id: JobId, index: u16, progress: u8) -> Result<()> {
-        sqlx::query("UPDATE job_steps SET progress = ? WHERE job_id = ? AND idx = ?")
-            .bind(i64::from(progress.min(100)))
-            .bind(id.to_string())
-            .bind(i64::from(index))
-            .execute(self.pool())
-            .await?;
+        with_pool!(self, |pool| sqlx::query(
+            "UPDATE job_steps SET progress = $1 WHERE job_id = $2 AND idx = $3"
+        )
+        .bind(i64::from(progress.min(100)))
+        .bind(id.to_string())
+        .bind(i64::from(index))
+        .execute(pool)
+        .await)?;
         Ok(())
     }
 
     pub async fn job_log_append(&self, id: JobId, line: &JobLogLine) -> Result<()> {
-        sqlx::query("INSERT INTO job_log (job_id, at, level, message) VALUES (?, ?, ?, ?)")
-            .bind(id.to_string())
-            .bind(line.at)
-            .bind(line.level.as_str())
-            .bind(&line.message)
-            .execute(self.pool())
-            .await?;
+        with_pool!(self, |pool| sqlx::query(
+            "INSERT INTO job_log (job_id, at, level, message) VALUES ($1, $2, $3, $4)"
+        )
+        .bind(id.to_string())
+        .bind(line.at)
+        .bind(line.level.as_str())
+        .bind(&line.message)
+        .execute(pool)
+        .await)?;
         Ok(())
     }
 
     /// The job's log, oldest first (at most `limit` lines, the first ones).
     pub async fn job_log(&self, id: JobId, limit: u32) -> Result<Vec<JobLogLine>> {
-        let rows = sqlx::query(
-            "SELECT at, level, message FROM job_log WHERE job_id = ? ORDER BY id LIMIT ?",
+        let rows = with_pool!(self, |pool| sqlx::query(
+            "SELECT at, level, message FROM job_log WHERE job_id = $1 ORDER BY id LIMIT $2",
         )
         .bind(id.to_string())
         .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         rows.iter()
             .map(|row| {
-                let level: String = row.try_get("level")?;
+                let level: String = row.col("level")?;
                 Ok(JobLogLine {
-                    at: row.try_get("at")?,
+                    at: row.col("at")?,
                     level: parse_col(&level, "log level")?,
-                    message: row.try_get("message")?,
+                    message: row.col("message")?,
                 })
             })
             .collect()
@@ -562,7 +602,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_store;
     use crate::{MasterKey, Sealer};
     use overvisor_model::account::{Role, UserId};
     use overvisor_model::job::LogLevel;
@@ -625,9 +664,7 @@ mod tests {
             .await
     }
 
-    #[tokio::test]
-    async fn one_deployment_of_a_name_per_host_at_a_time() {
-        let store = test_store().await;
+    async fn one_deployment_of_a_name_per_host_at_a_time(store: Store) {
         let sealer = Sealer::new(&MasterKey::generate());
         let owner = UserId::new();
         let job =
@@ -662,9 +699,7 @@ mod tests {
         insert(&store, &sealer, &second, None).await;
     }
 
-    #[tokio::test]
-    async fn guarded_transitions_and_steps() {
-        let store = test_store().await;
+    async fn guarded_transitions_and_steps(store: Store) {
         let sealer = Sealer::new(&MasterKey::generate());
         let j = job(UserId::new(), "test.sleep");
         insert(&store, &sealer, &j, Some(b"hunter2")).await;
@@ -735,17 +770,17 @@ mod tests {
             store.job_secret(&sealer, j.id).await.expect("secret"),
             Some(b"hunter2".to_vec())
         );
-        let raw: Vec<u8> = sqlx::query_scalar("SELECT sealed_input FROM jobs WHERE id = ?")
-            .bind(j.id.to_string())
-            .fetch_one(store.pool())
-            .await
-            .expect("raw");
+        let raw: Vec<u8> = with_pool!(store, |pool| sqlx::query_scalar::<_, Vec<u8>>(
+            "SELECT sealed_input FROM jobs WHERE id = $1"
+        )
+        .bind(j.id.to_string())
+        .fetch_one(pool)
+        .await)
+        .expect("raw");
         assert!(!raw.windows(7).any(|w| w == b"hunter2"));
     }
 
-    #[tokio::test]
-    async fn claims_are_exclusive_and_leases_lapse() {
-        let store = test_store().await;
+    async fn claims_are_exclusive_and_leases_lapse(store: Store) {
         let sealer = Sealer::new(&MasterKey::generate());
         let j = job(UserId::new(), "test.sleep");
         insert(&store, &sealer, &j, None).await;
@@ -829,9 +864,7 @@ mod tests {
         assert!(store.jobs_claimable(later, 10).await.expect("c").is_empty());
     }
 
-    #[tokio::test]
-    async fn list_and_log() {
-        let store = test_store().await;
+    async fn list_and_log(store: Store) {
         let sealer = Sealer::new(&MasterKey::generate());
         let (a, b) = (UserId::new(), UserId::new());
         let j1 = job(a, "vm.start");
@@ -845,7 +878,7 @@ mod tests {
             .await
             .expect("run");
         let line = JobLogLine {
-            at: Utc::now(),
+            at: crate::testdb::now(),
             level: LogLevel::Info,
             message: "hello".into(),
         };
@@ -888,4 +921,47 @@ mod tests {
             .expect("list");
         assert_eq!(running.len(), 1);
     }
+
+    /// On PostgreSQL a claim skips a job whose row another transaction
+    /// holds (another replica claiming it) instead of waiting for it.
+    #[tokio::test]
+    async fn a_locked_job_is_skipped_not_waited_for() {
+        let store = crate::testdb::postgres().await;
+        let sealer = Sealer::new(&MasterKey::generate());
+        let j = job(UserId::new(), "test.sleep");
+        insert(&store, &sealer, &j, None).await;
+        let crate::Db::Postgres(pool) = store.db() else {
+            panic!("a PostgreSQL store");
+        };
+        let mut other = pool.begin().await.expect("begin");
+        sqlx::query("SELECT id FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(j.id.to_string())
+            .execute(&mut *other)
+            .await
+            .expect("lock the row");
+        let now = Utc::now();
+        let lease = now + chrono::Duration::seconds(10);
+        assert!(
+            store
+                .job_claim(j.id, "runner-a", now, lease)
+                .await
+                .expect("claim")
+                .is_none(),
+            "the locked job is skipped"
+        );
+        other.rollback().await.expect("rollback");
+        let claimed = store
+            .job_claim(j.id, "runner-a", now, lease)
+            .await
+            .expect("claim")
+            .expect("claimable once the lock is gone");
+        assert_eq!(claimed.attempt, 1);
+    }
+
+    crate::testdb::on_both_backends!(
+        guarded_transitions_and_steps,
+        claims_are_exclusive_and_leases_lapse,
+        list_and_log,
+        one_deployment_of_a_name_per_host_at_a_time
+    );
 }

@@ -3,10 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use overvisor_model::account::{Email, Role, User, UserChanges, UserId, UserName};
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 
-use crate::{Result, Store, StoreError, parse_col};
+use crate::{DbRow, Result, Store, StoreError, parse_col, with_pool};
 
 /// A user together with the password hash, for sign-in only.
 #[derive(Debug, Clone)]
@@ -17,11 +15,11 @@ pub struct UserCredentials {
 
 const COLUMNS: &str = "id, name, email, role, disabled, created_at, updated_at, password_hash";
 
-fn user_from_row(row: &SqliteRow) -> Result<UserCredentials> {
-    let id: String = row.try_get("id")?;
-    let name: String = row.try_get("name")?;
-    let email: String = row.try_get("email")?;
-    let role: String = row.try_get("role")?;
+fn user_from_row(row: &impl DbRow) -> Result<UserCredentials> {
+    let id: String = row.col("id")?;
+    let name: String = row.col("name")?;
+    let email: String = row.col("email")?;
+    let role: String = row.col("role")?;
     Ok(UserCredentials {
         user: User {
             id: parse_col(&id, "user id")?,
@@ -30,19 +28,19 @@ fn user_from_row(row: &SqliteRow) -> Result<UserCredentials> {
             email: Email::parse(&email)
                 .map_err(|_| StoreError::Corrupt("bad e-mail in database".into()))?,
             role: parse_col(&role, "role")?,
-            disabled: row.try_get("disabled")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
+            disabled: row.col("disabled")?,
+            created_at: row.col("created_at")?,
+            updated_at: row.col("updated_at")?,
         },
-        password_hash: row.try_get("password_hash")?,
+        password_hash: row.col("password_hash")?,
     })
 }
 
 impl Store {
     pub async fn user_insert(&self, user: &User, password_hash: Option<&str>) -> Result<()> {
-        sqlx::query(
+        with_pool!(self, |pool| sqlx::query(
             "INSERT INTO users (id, name, email, role, disabled, created_at, updated_at, password_hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(user.id.to_string())
         .bind(user.name.as_str())
@@ -52,8 +50,8 @@ impl Store {
         .bind(user.created_at)
         .bind(user.updated_at)
         .bind(password_hash)
-        .execute(self.pool())
-        .await
+        .execute(pool)
+        .await)
         .map_err(|e| StoreError::on_unique(e, "a user with this name"))?;
         Ok(())
     }
@@ -63,36 +61,44 @@ impl Store {
     }
 
     pub async fn user_credentials(&self, id: UserId) -> Result<UserCredentials> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM users WHERE id = ?"))
-            .bind(id.to_string())
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or(StoreError::NotFound("user"))?;
+        let row = with_pool!(self, |pool| sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM users WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(pool)
+        .await)?
+        .ok_or(StoreError::NotFound("user"))?;
         user_from_row(&row)
     }
 
     pub async fn user_credentials_by_name(&self, name: &str) -> Result<UserCredentials> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM users WHERE name = ?"))
-            .bind(name)
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or(StoreError::NotFound("user"))?;
+        let row = with_pool!(self, |pool| sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM users WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(pool)
+        .await)?
+        .ok_or(StoreError::NotFound("user"))?;
         user_from_row(&row)
     }
 
     pub async fn users_list(&self) -> Result<Vec<User>> {
-        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM users ORDER BY name"))
-            .fetch_all(self.pool())
-            .await?;
+        let rows = with_pool!(self, |pool| sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM users ORDER BY name"
+        ))
+        .fetch_all(pool)
+        .await)?;
         rows.iter()
             .map(|r| user_from_row(r).map(|c| c.user))
             .collect()
     }
 
     pub async fn users_count(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
-            .fetch_one(self.pool())
-            .await?)
+        Ok(with_pool!(self, |pool| sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM users"
+        )
+        .fetch_one(pool)
+        .await)?)
     }
 
     pub async fn user_update(
@@ -101,17 +107,17 @@ impl Store {
         changes: &UserChanges,
         now: DateTime<Utc>,
     ) -> Result<User> {
-        let done = sqlx::query(
-            "UPDATE users SET email = COALESCE(?, email), role = COALESCE(?, role),
-                disabled = COALESCE(?, disabled), updated_at = ? WHERE id = ?",
+        let done = with_pool!(self, |pool| sqlx::query(
+            "UPDATE users SET email = COALESCE($1, email), role = COALESCE($2, role),
+                disabled = COALESCE($3, disabled), updated_at = $4 WHERE id = $5",
         )
         .bind(changes.email.as_ref().map(Email::as_str))
         .bind(changes.role.map(Role::as_str))
         .bind(changes.disabled)
         .bind(now)
         .bind(id.to_string())
-        .execute(self.pool())
-        .await?;
+        .execute(pool)
+        .await)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("user"));
         }
@@ -124,12 +130,14 @@ impl Store {
         hash: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let done = sqlx::query("UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?")
-            .bind(hash)
-            .bind(now)
-            .bind(id.to_string())
-            .execute(self.pool())
-            .await?;
+        let done = with_pool!(self, |pool| sqlx::query(
+            "UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3"
+        )
+        .bind(hash)
+        .bind(now)
+        .bind(id.to_string())
+        .execute(pool)
+        .await)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("user"));
         }
@@ -140,24 +148,10 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_store;
 
-    pub(crate) fn sample_user(name: &str) -> User {
-        let now = Utc::now();
-        User {
-            id: UserId::new(),
-            name: UserName::parse(name).expect("name"),
-            email: Email::parse("a@example.com").expect("email"),
-            role: Role::Operator,
-            disabled: false,
-            created_at: now,
-            updated_at: now,
-        }
-    }
+    use crate::testdb::new_user as sample_user;
 
-    #[tokio::test]
-    async fn insert_get_update() {
-        let store = test_store().await;
+    async fn insert_get_update(store: Store) {
         let user = sample_user("alice");
         store
             .user_insert(&user, Some("hash"))
@@ -189,4 +183,6 @@ mod tests {
             Err(StoreError::NotFound(_))
         ));
     }
+
+    crate::testdb::on_both_backends!(insert_get_update);
 }

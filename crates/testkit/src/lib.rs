@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 mod hyperv;
+pub mod postgres;
 pub use hyperv::{HostLock, HypervLabHost};
 
 /// Where the lab lives unless `OVERVISOR_LAB_DIR` says otherwise (the same

@@ -4,6 +4,12 @@
 //! `TestApp::start()` waits until the service is listening, and captures
 //! the one-time admin password and API key from its first-start banner and
 //! every log line (so tests can assert that no secret was ever logged).
+//!
+//! The service keeps its data in SQLite in its data directory, or, with
+//! `OVERVISOR_TEST_DATABASE=postgres` (or [`TestAppBuilder::postgres`]), in
+//! a fresh database of its own on the test PostgreSQL cluster
+//! (`scripts/with-postgres`): `scripts/test` runs a subset of these tests
+//! that way too.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -21,6 +27,10 @@ pub struct TestApp {
     data_dir: Option<tempfile::TempDir>,
     data_path: PathBuf,
     env: Vec<(String, String)>,
+    /// The PostgreSQL database's URL when the service runs on one.
+    postgres: Option<String>,
+    /// Whether the next start is the first on an empty PostgreSQL database.
+    fresh_database: bool,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
     /// `http://127.0.0.1:<port>` of the portal (which also serves the API).
@@ -34,6 +44,17 @@ pub struct TestApp {
 pub struct TestAppBuilder {
     env: Vec<(String, String)>,
     data_dir: Option<PathBuf>,
+    postgres: bool,
+}
+
+/// Beside a test's data directory: the URL of its PostgreSQL database, so
+/// a second service started on that directory uses the same database.
+const POSTGRES_URL_FILE: &str = "postgres-url";
+
+/// Whether tests run their services on PostgreSQL by default
+/// (`OVERVISOR_TEST_DATABASE=postgres`).
+pub fn postgres_by_default() -> bool {
+    std::env::var("OVERVISOR_TEST_DATABASE").is_ok_and(|v| v == "postgres")
 }
 
 impl TestAppBuilder {
@@ -51,6 +72,13 @@ impl TestAppBuilder {
             .env("OVERVISOR_DEPLOY_EMULATED", "1")
     }
 
+    /// Keeps the service's data in a new database on the test PostgreSQL
+    /// cluster instead of SQLite.
+    pub fn postgres(mut self) -> Self {
+        self.postgres = true;
+        self
+    }
+
     /// Reuses an existing data directory (to restart on the same state).
     pub fn data_dir(mut self, path: &Path) -> Self {
         self.data_dir = Some(path.to_owned());
@@ -66,11 +94,29 @@ impl TestAppBuilder {
                 (Some(dir), path)
             }
         };
+        let url_file = data_path.with_file_name(POSTGRES_URL_FILE);
+        let (postgres, fresh_database) = match std::fs::read_to_string(&url_file) {
+            Ok(url) => (Some(url), false),
+            Err(_) if self.postgres || postgres_by_default() => {
+                let url = overvisor_testkit::postgres::fresh_database().await;
+                std::fs::create_dir_all(data_path.parent().expect("data dir parent"))
+                    .expect("data dir parent");
+                std::fs::write(&url_file, &url).expect("write the database URL");
+                (Some(url), true)
+            }
+            Err(_) => (None, false),
+        };
+        let mut env = self.env;
+        if let Some(url) = &postgres {
+            env.push(("OVERVISOR_DATABASE_URL".into(), url.clone()));
+        }
         let mut app = TestApp {
             child: None,
             data_dir,
             data_path,
-            env: self.env,
+            env,
+            postgres,
+            fresh_database,
             stdout: Arc::default(),
             stderr: Arc::default(),
             ui: String::new(),
@@ -99,6 +145,7 @@ impl TestApp {
         TestAppBuilder {
             env: Vec::new(),
             data_dir: None,
+            postgres: false,
         }
     }
 
@@ -112,6 +159,12 @@ impl TestApp {
 
     pub fn data_path(&self) -> &Path {
         &self.data_path
+    }
+
+    /// The service's PostgreSQL database, when it runs on one (else SQLite
+    /// in its data directory).
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.postgres.as_deref()
     }
 
     async fn spawn(&mut self) {
@@ -132,7 +185,10 @@ impl TestApp {
         }
         // On a fresh data directory the service prints a first-start banner;
         // stdout and stderr are pumped by different threads, so wait for both.
-        let fresh = !self.data_path.join("overvisor.db").exists();
+        let fresh = match self.postgres {
+            Some(_) => std::mem::take(&mut self.fresh_database),
+            None => !self.data_path.join("overvisor.db").exists(),
+        };
         let mut child = cmd.spawn().expect("spawn overvisor serve");
         let stdout_start = self.stdout.lock().unwrap().len();
         let stderr_start = self.stderr.lock().unwrap().len();

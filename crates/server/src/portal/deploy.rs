@@ -610,10 +610,12 @@ mod tests {
             ("network.bridge", Step::Size),
             ("name", Step::Name),
             ("ssh_keys[3]", Step::Name),
+            ("locale", Step::Name),
+            ("timezone", Step::Name),
         ] {
             assert_eq!(Step::of_field(field), Some(step), "{field}");
         }
-        assert_eq!(Step::of_field("locale"), None);
+        assert_eq!(Step::of_field("windows"), None);
         assert_eq!(Step::Confirm.previous(), Some(Step::Name));
         assert_eq!(Step::Profile.previous(), None);
         assert_eq!(Step::parse("size"), Step::Size);
@@ -641,6 +643,8 @@ mod tests {
             name: "web-01".into(),
             username: "ops".into(),
             ssh_keys: "ssh-ed25519 AAAA a\r\n\r\n  ssh-ed25519 BBBB b  \r\n".into(),
+            locale: " ".into(),
+            timezone: " Europe/Berlin ".into(),
             go: "confirm".into(),
         };
         let (host, req) = form.request().unwrap();
@@ -649,6 +653,8 @@ mod tests {
         assert_eq!((req.vcpus, req.memory_mib, req.disk_gib), (2, 2048, 0));
         assert_eq!(req.network, NetworkAttachment::Network("default".into()));
         assert_eq!(req.ssh_keys, ["ssh-ed25519 AAAA a", "ssh-ed25519 BBBB b"]);
+        assert_eq!(req.locale, None, "blank: the default");
+        assert_eq!(req.timezone.as_deref(), Some("Europe/Berlin"));
         let bad = DeployForm {
             vcpus: "two".into(),
             ..form.clone()
