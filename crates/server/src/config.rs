@@ -92,6 +92,19 @@ pub struct Config {
     /// accepts to the replicas that run them.
     #[serde(deserialize_with = "flag")]
     pub run_jobs: bool,
+    /// OpenID Connect providers, one `[[oidc]]` table each (see
+    /// docs/oidc.md): "Sign in with …" on the portal, and bearer JWTs on
+    /// the API for those with an `api_audience`.
+    pub oidc: Vec<overvisor_oidc::ProviderSettings>,
+    /// Offer sign-in with a password. Off (`false`) hides the form and
+    /// refuses password sign-in everywhere; needs an `[[oidc]]` provider.
+    /// API keys keep working.
+    #[serde(deserialize_with = "flag")]
+    pub password_login: bool,
+    /// The portal's URL as browsers reach it, for identity providers to
+    /// send them back to (`<public_ui_url>/login/oidc/<id>/callback`);
+    /// defaults to `http://<ui_bind>`.
+    pub public_ui_url: Option<String>,
     /// Offers `POST /api/v1/jobs/test-sleep`, a job that only sleeps, for
     /// integration tests. `true`/`false` (or `1`/`0`); keep it off in production.
     #[serde(deserialize_with = "flag")]
@@ -133,6 +146,9 @@ impl Default for Config {
             metrics_per_vm: false,
             run_jobs: true,
             test_jobs: false,
+            oidc: Vec::new(),
+            password_login: true,
+            public_ui_url: None,
         }
     }
 }
@@ -270,7 +286,52 @@ impl Config {
                 "job_lease_secs must be between 2 and 3600".into(),
             ));
         }
+        self.validate_oidc()
+    }
+
+    fn validate_oidc(&self) -> Result<(), ConfigError> {
+        let mut ids = std::collections::BTreeSet::new();
+        let mut api_issuers = std::collections::BTreeSet::new();
+        for provider in &self.oidc {
+            provider.validate().map_err(ConfigError::Invalid)?;
+            if !ids.insert(provider.id.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "oidc provider {:?}: id is used twice",
+                    provider.id
+                )));
+            }
+            if provider.api_audience.is_some()
+                && !api_issuers.insert(provider.issuer.trim_end_matches('/'))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "oidc provider {:?}: another provider with api_audience has the same issuer",
+                    provider.id
+                )));
+            }
+        }
+        if !self.password_login && !self.oidc.iter().any(|p| p.sign_in) {
+            return Err(ConfigError::Invalid(
+                "password_login = false needs an [[oidc]] provider to sign in with".into(),
+            ));
+        }
+        if let Some(url) = &self.public_ui_url {
+            let ok = url::Url::parse(url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.query().is_none());
+            if !ok {
+                return Err(ConfigError::Invalid(
+                    "public_ui_url must be an http:// or https:// URL without a query".into(),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The portal's base URL as browsers reach it (no trailing slash).
+    pub fn public_ui_url(&self) -> String {
+        self.public_ui_url
+            .as_deref()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .unwrap_or_else(|| format!("http://{}", self.ui_bind))
     }
 
     pub fn database_url(&self) -> String {
@@ -345,6 +406,9 @@ const FIELDS: &[&str] = &[
     "metrics_per_vm",
     "run_jobs",
     "test_jobs",
+    "oidc",
+    "password_login",
+    "public_ui_url",
 ];
 
 /// The field whose value cannot be read (serde names the problem, not the

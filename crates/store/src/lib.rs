@@ -10,6 +10,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod hosts;
 pub mod jobs;
+pub mod oidc_identities;
 pub mod seal;
 pub mod sessions;
 pub mod ssh_identities;
