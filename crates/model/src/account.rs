@@ -357,7 +357,8 @@ pub struct AuditEvent {
     /// The acting user, when known (a failed sign-in for an unknown name has none).
     pub actor_id: Option<UserId>,
     pub actor_name: Option<String>,
-    /// `session:<id>`, `api_key:<id>`, `console` or `system`.
+    /// `session:<id>`, `api_key:<id>`, `oidc_token:<provider>` (a provider's bearer
+    /// JWT), `oidc:<provider>` (an identity provider sign-in), `console` or `system`.
     pub via: Option<String>,
     pub source_ip: Option<String>,
     /// Dotted action name, e.g. `auth.login`, `api_key.create`.

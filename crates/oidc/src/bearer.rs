@@ -201,7 +201,7 @@ impl Provider {
         let min = Duration::from_secs(self.settings.jwks_refresh_min_secs);
         let mut cache = self.jwks.lock().await;
         match cache.lookup(kid, Instant::now(), min, MAX_AGE) {
-            Lookup::Found(jwk) => return Ok(jwk),
+            Lookup::Found(jwk) => return Ok(*jwk),
             Lookup::Unknown => return Err(TokenError::UnknownKey(kid.unwrap_or("").to_owned())),
             Lookup::Fetch => {}
         }

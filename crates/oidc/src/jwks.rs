@@ -16,7 +16,7 @@ pub(crate) struct JwksCache {
 /// What to do about a key id.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Lookup {
-    Found(Jwk),
+    Found(Box<Jwk>),
     /// Not cached, and a fetch is allowed now.
     Fetch,
     /// Not cached, and the last fetch was too recent to fetch again.
@@ -36,7 +36,7 @@ impl JwksCache {
             return Lookup::Fetch;
         }
         if let Some(jwk) = find(&self.keys, kid) {
-            return Lookup::Found(jwk.clone());
+            return Lookup::Found(Box::new(jwk.clone()));
         }
         if age.is_some_and(|a| a >= min_interval) {
             Lookup::Fetch

@@ -34,6 +34,7 @@ const MAX_AGE: Duration = Duration::from_secs(3600);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every configured provider, shared by the sign-in pages and the API.
+#[derive(Default)]
 pub struct Oidc {
     providers: Vec<Arc<Provider>>,
 }
@@ -43,14 +44,6 @@ impl std::fmt::Debug for Oidc {
         f.debug_list()
             .entries(self.providers.iter().map(|p| &p.settings.id))
             .finish()
-    }
-}
-
-impl Default for Oidc {
-    fn default() -> Self {
-        Self {
-            providers: Vec::new(),
-        }
     }
 }
 

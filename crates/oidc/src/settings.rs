@@ -363,7 +363,8 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         assert_eq!(settings().validate(), Ok(()));
-        let cases: Vec<(&str, Box<dyn Fn(&mut ProviderSettings)>)> = vec![
+        type Change = Box<dyn Fn(&mut ProviderSettings)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("id", Box::new(|s| s.id = "Corp!".into())),
             (
                 "issuer",
