@@ -7,7 +7,7 @@
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -37,23 +37,9 @@ async function startProvider() {
   return { issuer, stop: () => child.kill('SIGTERM') };
 }
 
+/** The service's configuration trusting the provider (shared with the Rust tests). */
 function config(issuer, extra = '') {
-  return `${extra}
-[[oidc]]
-id = "test"
-display_name = "Test IdP"
-issuer = "${issuer}"
-client_id = "overvisor"
-client_secret = "overvisor-secret"
-scopes = ["profile", "email", "groups"]
-
-[oidc.roles]
-claims = ["groups"]
-
-[oidc.roles.map]
-"overvisor-admins" = "admin"
-"overvisor-operators" = "operator"
-`;
+  return `${extra}\n${readFileSync(join(here, 'oidc-overvisor.toml'), 'utf8').replaceAll('@ISSUER@', issuer)}`;
 }
 
 let provider;

@@ -24,20 +24,7 @@ impl Store {
     /// `Conflict` when the name is taken or the identity already linked.
     pub async fn oidc_user_insert(&self, user: &User, issuer: &str, subject: &str) -> Result<()> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO users (id, name, email, role, disabled, created_at, updated_at, password_hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
-        )
-        .bind(user.id.to_string())
-        .bind(user.name.as_str())
-        .bind(user.email.as_str())
-        .bind(user.role.as_str())
-        .bind(user.disabled)
-        .bind(user.created_at)
-        .bind(user.updated_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| StoreError::on_unique(e, "a user with this name"))?;
+        crate::users::insert_user(&mut *tx, user, None).await?;
         insert_link(&mut tx, user.id, issuer, subject, user.created_at).await?;
         tx.commit().await?;
         Ok(())

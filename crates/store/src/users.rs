@@ -38,24 +38,34 @@ fn user_from_row(row: &SqliteRow) -> Result<UserCredentials> {
     })
 }
 
+/// Inserts an account on `executor` (the pool, or a transaction that
+/// inserts more with it).
+pub(crate) async fn insert_user<'e>(
+    executor: impl sqlx::SqliteExecutor<'e>,
+    user: &User,
+    password_hash: Option<&str>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO users (id, name, email, role, disabled, created_at, updated_at, password_hash)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(user.id.to_string())
+    .bind(user.name.as_str())
+    .bind(user.email.as_str())
+    .bind(user.role.as_str())
+    .bind(user.disabled)
+    .bind(user.created_at)
+    .bind(user.updated_at)
+    .bind(password_hash)
+    .execute(executor)
+    .await
+    .map_err(|e| StoreError::on_unique(e, "a user with this name"))?;
+    Ok(())
+}
+
 impl Store {
     pub async fn user_insert(&self, user: &User, password_hash: Option<&str>) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO users (id, name, email, role, disabled, created_at, updated_at, password_hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(user.id.to_string())
-        .bind(user.name.as_str())
-        .bind(user.email.as_str())
-        .bind(user.role.as_str())
-        .bind(user.disabled)
-        .bind(user.created_at)
-        .bind(user.updated_at)
-        .bind(password_hash)
-        .execute(self.pool())
-        .await
-        .map_err(|e| StoreError::on_unique(e, "a user with this name"))?;
-        Ok(())
+        insert_user(self.pool(), user, password_hash).await
     }
 
     pub async fn user_get(&self, id: UserId) -> Result<User> {

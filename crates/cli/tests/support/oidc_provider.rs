@@ -52,33 +52,14 @@ impl OidcProvider {
         }
     }
 
-    /// The `[[oidc]]` table that makes the service trust this provider:
-    /// sign-in with client `overvisor`, bearer tokens for `urn:overvisor`.
+    /// The service's configuration trusting this provider (sign-in with
+    /// client `overvisor`, bearer tokens for `urn:overvisor`), shared with
+    /// the browser test.
     pub fn config(&self) -> String {
-        format!(
-            r#"
-[[oidc]]
-id = "test"
-display_name = "Test IdP"
-issuer = "{issuer}"
-client_id = "overvisor"
-client_secret = "overvisor-secret"
-scopes = ["profile", "email", "groups"]
-api_audience = "urn:overvisor"
-clock_skew_secs = 60
-jwks_refresh_min_secs = 0
-
-[oidc.roles]
-claims = ["groups", "roles"]
-
-[oidc.roles.map]
-"overvisor-admins" = "admin"
-"overvisor-operators" = "operator"
-"Overvisor.Operator" = "operator"
-"Overvisor.Reader" = "reader"
-"#,
-            issuer = self.issuer
-        )
+        let path = script().with_file_name("oidc-overvisor.toml");
+        std::fs::read_to_string(&path)
+            .expect("ui/tests/oidc-overvisor.toml")
+            .replace("@ISSUER@", &self.issuer)
     }
 
     /// A client-credentials access token of service principal `client`
@@ -108,33 +89,31 @@ claims = ["groups", "roles"]
     /// A token with exactly these claims, signed with the provider's
     /// current key.
     pub async fn mint(&self, claims: Value) -> String {
-        let body: Value = self
-            .http
-            .post(format!("{}/test/mint", self.issuer))
-            .json(&claims)
-            .send()
-            .await
-            .expect("mint")
-            .json()
-            .await
-            .expect("mint response");
+        let body = self.test_endpoint("mint", claims).await;
         body["token"].as_str().expect("token").to_owned()
     }
 
     /// Makes a new signing key current (the old one stays published);
     /// returns its key id.
     pub async fn rotate(&self) -> String {
-        let body: Value = self
+        let body = self.test_endpoint("rotate", json!({})).await;
+        body["kid"].as_str().expect("kid").to_owned()
+    }
+
+    async fn test_endpoint(&self, name: &str, body: Value) -> Value {
+        let response = self
             .http
-            .post(format!("{}/test/rotate", self.issuer))
-            .json(&json!({}))
+            .post(format!("{}/test/{name}", self.issuer))
+            .json(&body)
             .send()
             .await
-            .expect("rotate")
-            .json()
-            .await
-            .expect("rotate response");
-        body["kid"].as_str().expect("kid").to_owned()
+            .expect(name);
+        assert!(
+            response.status().is_success(),
+            "{name}: {}",
+            response.status()
+        );
+        response.json().await.expect(name)
     }
 }
 
