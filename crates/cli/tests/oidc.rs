@@ -108,6 +108,17 @@ async fn service_principals_get_their_mapped_roles_and_bad_tokens_are_refused() 
     let (_, first) = me(&app, &automation).await;
     assert_eq!(body2["id"], first["id"]);
 
+    // An event stream opened with a JWT (re-checked by the token's expiry).
+    let stream = reqwest::Client::new()
+        .get(format!("{}/api/v1/events", app.api))
+        .bearer_auth(&automation)
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(stream.status(), StatusCode::OK);
+    drop(stream);
+
     // A principal whose roles map to nothing: 403, and no account.
     let stranger = provider.client_credentials("stranger", None).await;
     let (status, body) = me(&app, &stranger).await;
@@ -210,6 +221,20 @@ async fn a_rotated_signing_key_is_fetched_on_first_sight() {
         .matches("fetched the identity provider's signing keys")
         .count();
     assert_eq!(fetches, 2, "one fetch at first use, one for the new kid");
+}
+
+#[tokio::test]
+async fn a_provider_that_cannot_be_reached_is_a_503_not_a_401() {
+    let Setup { provider, app, .. } = setup().await;
+    let token = provider.client_credentials("automation", None).await;
+    drop(provider);
+    let (status, body) = me(&app, &token).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
 }
 
 fn serve_with_config(text: &str) -> std::process::Output {

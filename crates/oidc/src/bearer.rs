@@ -203,12 +203,21 @@ impl Provider {
         match cache.lookup(kid, Instant::now(), min, MAX_AGE) {
             Lookup::Found(jwk) => return Ok(*jwk),
             Lookup::Unknown => return Err(TokenError::UnknownKey(kid.unwrap_or("").to_owned())),
+            Lookup::Unavailable => {
+                return Err(TokenError::ProviderUnavailable(
+                    "the last attempt failed moments ago".into(),
+                ));
+            }
             Lookup::Fetch => {}
         }
-        let keys = self
-            .fetch_jwks()
-            .await
-            .map_err(TokenError::ProviderUnavailable)?;
+        let keys = match self.fetch_jwks().await {
+            Ok(keys) => keys,
+            Err(err) => {
+                cache.fetch_failed(Instant::now());
+                tracing::warn!(provider = %self.settings.id, error = %err, "could not fetch the identity provider's signing keys");
+                return Err(TokenError::ProviderUnavailable(err));
+            }
+        };
         tracing::info!(
             provider = %self.settings.id,
             keys = keys.len(),

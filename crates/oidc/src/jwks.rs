@@ -11,6 +11,9 @@ use jsonwebtoken::jwk::Jwk;
 pub(crate) struct JwksCache {
     keys: Vec<Jwk>,
     fetched_at: Option<Instant>,
+    /// The last fetch that failed: a provider that is down is asked again
+    /// no more often than a rotation would be.
+    failed_at: Option<Instant>,
 }
 
 /// What to do about a key id.
@@ -21,6 +24,8 @@ pub(crate) enum Lookup {
     Fetch,
     /// Not cached, and the last fetch was too recent to fetch again.
     Unknown,
+    /// No usable key set, and the last attempt failed too recently to try again.
+    Unavailable,
 }
 
 impl JwksCache {
@@ -32,13 +37,20 @@ impl JwksCache {
         max_age: Duration,
     ) -> Lookup {
         let age = self.fetched_at.map(|t| now.saturating_duration_since(t));
+        let failed_recently = self
+            .failed_at
+            .is_some_and(|t| now.saturating_duration_since(t) < min_interval);
         if age.is_none_or(|a| a > max_age) {
-            return Lookup::Fetch;
+            return if failed_recently {
+                Lookup::Unavailable
+            } else {
+                Lookup::Fetch
+            };
         }
         if let Some(jwk) = find(&self.keys, kid) {
             return Lookup::Found(Box::new(jwk.clone()));
         }
-        if age.is_some_and(|a| a >= min_interval) {
+        if age.is_some_and(|a| a >= min_interval) && !failed_recently {
             Lookup::Fetch
         } else {
             Lookup::Unknown
@@ -48,6 +60,11 @@ impl JwksCache {
     pub(crate) fn replace(&mut self, keys: Vec<Jwk>, now: Instant) {
         self.keys = keys;
         self.fetched_at = Some(now);
+        self.failed_at = None;
+    }
+
+    pub(crate) fn fetch_failed(&mut self, now: Instant) {
+        self.failed_at = Some(now);
     }
 
     pub(crate) fn find(&self, kid: Option<&str>) -> Option<Jwk> {
@@ -130,6 +147,27 @@ mod tests {
             Lookup::Fetch,
             "stale set"
         );
+    }
+
+    #[test]
+    fn a_failed_fetch_is_not_retried_before_the_interval() {
+        let min = Duration::from_secs(30);
+        let max = Duration::from_secs(3600);
+        let t0 = Instant::now();
+        let mut cache = JwksCache::default();
+        cache.fetch_failed(t0);
+        let soon = t0 + Duration::from_secs(5);
+        assert_eq!(cache.lookup(Some("a"), soon, min, max), Lookup::Unavailable);
+        let later = t0 + Duration::from_secs(30);
+        assert_eq!(cache.lookup(Some("a"), later, min, max), Lookup::Fetch);
+        cache.replace(vec![key("a")], later);
+        cache.fetch_failed(later + Duration::from_secs(40));
+        let after = later + Duration::from_secs(45);
+        assert!(matches!(
+            cache.lookup(Some("a"), after, min, max),
+            Lookup::Found(_)
+        ));
+        assert_eq!(cache.lookup(Some("b"), after, min, max), Lookup::Unknown);
     }
 
     #[test]
