@@ -99,7 +99,11 @@ describe('sign-in with an OpenID Connect provider', () => {
     await screenshot(page, 'dashboard-oidc');
     await page.context().close();
 
-    // Another user, another group: operator, and no administration.
+    // Another user, another group: operator, and no administration — after
+    // the provider rotated its signing key, so her ID token names a key the
+    // service has not seen and it fetches the provider's keys again.
+    const rotated = await fetch(`${provider.issuer}/test/rotate`, { method: 'POST' });
+    assert.equal(rotated.status, 200);
     const olga = await loopbackPage();
     await signInWithProvider(olga, server, 'olga');
     await olga.waitForURL(`${server.ui}/`);

@@ -224,6 +224,70 @@ async fn a_rotated_signing_key_is_fetched_on_first_sight() {
 }
 
 #[tokio::test]
+async fn the_sign_in_redirect_carries_pkce_and_a_callback_must_match_it() {
+    let Setup { provider, app, .. } = setup().await;
+    let browser = Api::new(&app.ui, None);
+    let get = |path: &str| browser.http.get(format!("{}{path}", app.ui)).send();
+
+    let start = get("/login/oidc/test?next=/hosts").await.expect("start");
+    assert_eq!(start.status(), StatusCode::SEE_OTHER);
+    let cookie = start.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.starts_with("ov_oidc=") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    let location = url::Url::parse(start.headers()["location"].to_str().unwrap()).unwrap();
+    assert!(
+        location
+            .as_str()
+            .starts_with(&format!("{}/auth?", provider.issuer))
+    );
+    let query: std::collections::HashMap<_, _> = location.query_pairs().into_owned().collect();
+    assert_eq!(query["code_challenge_method"], "S256");
+    assert_eq!(query["client_id"], "overvisor");
+    assert_eq!(
+        query["redirect_uri"],
+        format!("{}/login/oidc/test/callback", app.ui)
+    );
+    assert!(query["scope"].split(' ').any(|s| s == "openid"));
+    for field in ["state", "nonce", "code_challenge"] {
+        assert!(query[field].len() >= 22, "{field}");
+    }
+    // Nothing of the attempt is readable in the cookie.
+    assert!(!cookie.contains(query["state"].as_str()));
+
+    // Back with another state than the one this browser was given.
+    let forged = get("/login/oidc/test/callback?code=abc&state=not-the-state")
+        .await
+        .expect("callback");
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+    let page = forged.text().await.unwrap();
+    assert!(page.contains("not the one this browser started"), "{page}");
+    // A callback with no attempt at all (another browser's link).
+    let (status, _) = Api::new(&app.ui, None)
+        .get(&format!(
+            "/login/oidc/test/callback?code=abc&state={}",
+            query["state"]
+        ))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The provider refused.
+    let refused = get("/login/oidc/test/callback?error=access_denied")
+        .await
+        .expect("callback");
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        refused
+            .text()
+            .await
+            .unwrap()
+            .contains("refused the sign-in: access_denied")
+    );
+    let unknown = get("/login/oidc/nope").await.expect("unknown");
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn a_provider_that_cannot_be_reached_is_a_503_not_a_401() {
     let Setup { provider, app, .. } = setup().await;
     let token = provider.client_credentials("automation", None).await;
