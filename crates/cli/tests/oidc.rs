@@ -108,6 +108,24 @@ async fn service_principals_get_their_mapped_roles_and_bad_tokens_are_refused() 
     let (_, first) = me(&app, &automation).await;
     assert_eq!(body2["id"], first["id"]);
 
+    // Roles follow the claims on every token: the same principal with a
+    // reader's claims is a reader, then an operator again.
+    let demoted = provider
+        .mint(with(
+            claims(&provider),
+            json!({"roles": ["Overvisor.Reader"]}),
+        ))
+        .await;
+    let (status, body) = me(&app, &demoted).await;
+    assert_eq!(
+        (status, body["role"].as_str()),
+        (StatusCode::OK, Some("reader")),
+        "{body}"
+    );
+    assert_eq!(body["id"], first["id"]);
+    let (_, body) = me(&app, &automation).await;
+    assert_eq!(body["role"], "operator");
+
     // An event stream opened with a JWT (re-checked by the token's expiry).
     let stream = reqwest::Client::new()
         .get(format!("{}/api/v1/events", app.api))
@@ -183,6 +201,7 @@ async fn service_principals_get_their_mapped_roles_and_bad_tokens_are_refused() 
     let text = audit.to_string();
     assert!(text.contains("via oidc provider=test"), "{text}");
     assert!(text.contains("no role mapped"), "{text}");
+    assert!(text.contains("role operator -> reader"), "{text}");
 
     // Nothing secret reached the log.
     let logs = app.logs();

@@ -454,6 +454,8 @@ mod tests {
 
     #[test]
     fn env_values_are_typed() {
+        // `OVERVISOR_OIDC` may hold the provider list as inline tables.
+        assert!(env_value("[{id = \"corp\"}]").is_array());
         assert_eq!(env_value("8000"), toml::Value::Integer(8000));
         assert_eq!(env_value("true"), toml::Value::Boolean(true));
         assert_eq!(
@@ -495,6 +497,45 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, text).expect("write");
         Config::load(Some(&path))
+    }
+
+    #[test]
+    fn oidc_providers_and_password_login() {
+        let provider = |id: &str, issuer: &str| {
+            format!(
+                "[[oidc]]\nid = \"{id}\"\ndisplay_name = \"Corp\"\nissuer = \"{issuer}\"\n\
+                 client_id = \"c\"\nclient_secret = \"s\"\napi_audience = \"api\"\n\
+                 [oidc.roles]\ndefault = \"reader\"\n"
+            )
+        };
+        let one = provider("corp", "https://idp.example.com");
+        let config = from_toml(&format!("password_login = false\n{one}")).expect("load");
+        assert_eq!(config.oidc.len(), 1);
+        assert!(!config.password_login);
+        assert_eq!(config.public_ui_url(), "http://127.0.0.1:8000");
+        let url = from_toml("public_ui_url = \"https://ov.example.com/\"\n").expect("load");
+        assert_eq!(url.public_ui_url(), "https://ov.example.com");
+        for (bad, words) in [
+            (
+                "password_login = false\n".to_owned(),
+                "needs an [[oidc]] provider",
+            ),
+            (
+                format!("{one}{}", provider("corp", "https://other.example.com")),
+                "used twice",
+            ),
+            (
+                format!("{one}{}", provider("two", "https://idp.example.com/")),
+                "same issuer",
+            ),
+            ("public_ui_url = \"ftp://x\"\n".to_owned(), "public_ui_url"),
+            (provider("corp", "http://idp.example.com"), "issuer"),
+        ] {
+            let err = from_toml(&bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} was accepted"));
+            assert!(err.to_string().contains(words), "{bad}: {err}");
+        }
     }
 
     #[test]
