@@ -153,6 +153,7 @@ pub async fn run(hosts: usize, per_host: usize, requests: usize) -> anyhow::Resu
             secure_cookies: false,
             trust_forwarded_for: false,
             public_api_url: "http://127.0.0.1".into(),
+            public_ui_url: "http://127.0.0.1".into(),
             started: Instant::now(),
         }),
     };

@@ -55,6 +55,8 @@ pub async fn open_app(config: &Config) -> anyhow::Result<App> {
         },
         profiles: Arc::new(profiles),
         deploy_emulated: config.deploy_emulated,
+        oidc: std::sync::Arc::new(overvisor_oidc::Oidc::new(config.oidc.clone())?),
+        password_login: config.password_login,
         metrics: MetricsSettings {
             step: (config.metrics_step_secs > 0)
                 .then(|| std::time::Duration::from_secs(config.metrics_step_secs)),
@@ -158,6 +160,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .public_api_url
             .clone()
             .unwrap_or_else(|| format!("http://{api}")),
+        public_ui_url: config
+            .public_ui_url
+            .as_ref()
+            .map(|_| config.public_ui_url())
+            .unwrap_or_else(|| format!("http://{ui}")),
         started,
     };
     let state = AppState {
@@ -166,6 +173,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
+    // Identity providers are discovered in the background: one that is
+    // down must not keep the service from starting (it is tried again on
+    // first use).
+    let oidc_app = app.clone();
+    tokio::spawn(async move { oidc_app.oidc_warm_up().await });
     app.inventory_start(
         InventorySettings {
             resync_every: std::time::Duration::from_secs(config.inventory_resync_secs),

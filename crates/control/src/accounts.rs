@@ -99,12 +99,8 @@ impl App {
             created_at: now,
             updated_at: now,
         };
-        let (public, private) = generate_ed25519_identity(&format!("overvisor:{}", user.name))
-            .map_err(|e| AppError::Internal(format!("generating an SSH identity: {e}")))?;
         self.store().user_insert(&user, Some(&hash)).await?;
-        self.store()
-            .ssh_identity_put(self.sealer(), user.id, &public, &private, now)
-            .await?;
+        self.ssh_identity_create(&user).await?;
         let (api_key, api_token) = self.api_key_insert(user.id, "default", None).await?;
         self.audit(
             subject,
@@ -120,6 +116,17 @@ impl App {
             api_key,
             api_token,
         })
+    }
+
+    /// Gives a new account its SSH automation identity (the key its hosts
+    /// are reached with).
+    pub(crate) async fn ssh_identity_create(&self, user: &User) -> Result<(), AppError> {
+        let (public, private) = generate_ed25519_identity(&format!("overvisor:{}", user.name))
+            .map_err(|e| AppError::Internal(format!("generating an SSH identity: {e}")))?;
+        self.store()
+            .ssh_identity_put(self.sealer(), user.id, &public, &private, Utc::now())
+            .await?;
+        Ok(())
     }
 
     pub async fn users_list(&self, subject: &Subject) -> Result<Vec<User>, AppError> {

@@ -72,6 +72,21 @@ pub enum AppError {
     /// 429 `too_many_tickets`).
     #[error(transparent)]
     ConsoleTicket(#[from] crate::consoles::TicketRefused),
+    /// A bearer JWT was refused (→ 401 `invalid_token`); the message names
+    /// the problem (expired, wrong audience, unsigned, …).
+    #[error("{0}")]
+    InvalidToken(#[from] overvisor_oidc::TokenError),
+    /// An identity provider vouched for someone whose claims map to no
+    /// role (→ 403 `no_role`); the message names the provider.
+    #[error(
+        "your account at {0} has no role in Overvisor: ask an administrator to add you to a group \
+         that is mapped to an Overvisor role"
+    )]
+    NoRole(String),
+    /// Signing in through an identity provider failed (→ 401
+    /// `sign_in_failed`, or 502 when the provider is at fault).
+    #[error(transparent)]
+    SignIn(#[from] overvisor_oidc::OidcError),
     #[error("internal error")]
     Internal(String),
 }

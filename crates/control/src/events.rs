@@ -352,8 +352,20 @@ impl StreamEnd {
 /// through the same lookups as a request without holding the secret.
 #[derive(Clone)]
 pub enum PresentedCredential {
-    ApiKey { prefix: String, digest: Vec<u8> },
-    Session { digest: Vec<u8> },
+    ApiKey {
+        prefix: String,
+        digest: Vec<u8>,
+    },
+    Session {
+        digest: Vec<u8>,
+    },
+    /// A provider's bearer JWT, verified when the stream opened: re-checked
+    /// by its expiry and the account's standing, not kept.
+    OidcToken {
+        user: overvisor_model::account::UserId,
+        provider: String,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 impl std::fmt::Debug for PresentedCredential {
@@ -362,6 +374,7 @@ impl std::fmt::Debug for PresentedCredential {
         f.write_str(match self {
             Self::ApiKey { .. } => "PresentedCredential::ApiKey",
             Self::Session { .. } => "PresentedCredential::Session",
+            Self::OidcToken { .. } => "PresentedCredential::OidcToken",
         })
     }
 }
@@ -389,6 +402,7 @@ impl PresentedCredential {
             (self, credential),
             (Self::ApiKey { .. }, Credential::ApiKey { .. })
                 | (Self::Session { .. }, Credential::Session { .. })
+                | (Self::OidcToken { .. }, Credential::OidcToken { .. })
         )
     }
 }
@@ -634,6 +648,14 @@ impl App {
                 .session_authenticate_digest(digest, source_ip)
                 .await?
                 .subject),
+            PresentedCredential::OidcToken {
+                user,
+                provider,
+                expires_at,
+            } => {
+                self.oidc_token_recheck(*user, provider, *expires_at, source_ip)
+                    .await
+            }
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod login_limit;
 pub mod metrics;
+pub mod oidc;
 pub mod operations;
 pub mod profiles;
 pub mod sessions;
@@ -54,6 +55,11 @@ pub struct AppConfig {
     pub deploy_emulated: bool,
     /// Usage sampling for the graphs.
     pub metrics: metrics::MetricsSettings,
+    /// The OpenID Connect providers (none by default).
+    pub oidc: Arc<overvisor_oidc::Oidc>,
+    /// Whether accounts may sign in with a password (off when only the
+    /// identity provider should be used).
+    pub password_login: bool,
 }
 
 impl Default for AppConfig {
@@ -69,6 +75,8 @@ impl Default for AppConfig {
             profiles: std::sync::Arc::new(overvisor_deploy::Catalog::default()),
             deploy_emulated: false,
             metrics: metrics::MetricsSettings::default(),
+            oidc: Arc::new(overvisor_oidc::Oidc::default()),
+            password_login: true,
         }
     }
 }

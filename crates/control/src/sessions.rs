@@ -47,6 +47,11 @@ impl App {
         password: String,
         client: ClientInfo,
     ) -> Result<SignedIn, AppError> {
+        if !self.config().password_login {
+            return Err(AppError::Forbidden(
+                "sign in with a password here: use your identity provider",
+            ));
+        }
         let ip = client.ip.as_deref();
         if let Err(retry_after_secs) = self.login_limiter().check(name, ip, Instant::now()) {
             metrics::counter!("overvisor_logins_total", "outcome" => "throttled").increment(1);
@@ -75,7 +80,17 @@ impl App {
         };
         self.login_limiter().record_success(name);
         metrics::counter!("overvisor_logins_total", "outcome" => "success").increment(1);
+        self.session_start(user, client, None).await
+    }
 
+    /// Opens a session for a user who proved who they are (password or
+    /// identity provider), and records the sign-in with `detail`.
+    pub(crate) async fn session_start(
+        &self,
+        user: overvisor_model::account::User,
+        client: ClientInfo,
+        detail: Option<String>,
+    ) -> Result<SignedIn, AppError> {
         let now = Utc::now();
         let ttl = Duration::from_std(self.config().session_ttl).unwrap_or(Duration::hours(12));
         let cookie_value = random_token(32);
@@ -109,7 +124,7 @@ impl App {
             "auth.login",
             Target::user(subject.id()),
             Outcome::Success,
-            None,
+            detail,
         )
         .await;
         Ok(SignedIn {

@@ -292,6 +292,12 @@ pub enum Credential {
     ApiKey {
         id: ApiKeyId,
     },
+    /// A bearer JWT from an OpenID Connect provider (a service principal's
+    /// access token), valid until `expires_at`.
+    OidcToken {
+        provider: String,
+        expires_at: DateTime<Utc>,
+    },
     /// The command line on the server itself (`overvisor user …`).
     Console,
     /// The service acting on its own (bootstrap, background work).
@@ -303,6 +309,7 @@ impl fmt::Display for Credential {
         match self {
             Credential::Session { id } => write!(f, "session:{id}"),
             Credential::ApiKey { id } => write!(f, "api_key:{id}"),
+            Credential::OidcToken { provider, .. } => write!(f, "oidc_token:{provider}"),
             Credential::Console => f.write_str("console"),
             Credential::System => f.write_str("system"),
         }
@@ -350,7 +357,8 @@ pub struct AuditEvent {
     /// The acting user, when known (a failed sign-in for an unknown name has none).
     pub actor_id: Option<UserId>,
     pub actor_name: Option<String>,
-    /// `session:<id>`, `api_key:<id>`, `console` or `system`.
+    /// `session:<id>`, `api_key:<id>`, `oidc_token:<provider>` (a provider's bearer
+    /// JWT), `oidc:<provider>` (an identity provider sign-in), `console` or `system`.
     pub via: Option<String>,
     pub source_ip: Option<String>,
     /// Dotted action name, e.g. `auth.login`, `api_key.create`.

@@ -1,4 +1,5 @@
-//! Authentication of HTTP requests: `Authorization: Bearer <API key>`, or a
+//! Authentication of HTTP requests: `Authorization: Bearer <API key>` or
+//! `Bearer <JWT>` from an OpenID Connect provider, or a
 //! session cookie — with the session's CSRF token required in the
 //! `X-CSRF-Token` header on every state-changing request.
 
@@ -175,7 +176,12 @@ impl FromRequestParts<AppState> for Caller {
     ) -> Result<Self, Self::Rejection> {
         let client = client_info(parts, &state.settings);
         if let Some(token) = bearer_token(&parts.headers)? {
-            let subject = state.app.api_key_authenticate(token, client.ip).await?;
+            // Our API keys have no dots; a JWT has exactly two.
+            let subject = if overvisor_oidc::looks_like_jwt(token) {
+                state.app.oidc_token_authenticate(token, client.ip).await?
+            } else {
+                state.app.api_key_authenticate(token, client.ip).await?
+            };
             return Ok(Caller(subject));
         }
         let Some(cookie) = cookie_value(&parts.headers, session_cookie_name(&state.settings))

@@ -93,6 +93,19 @@ pub struct Config {
     /// accepts to the replicas that run them.
     #[serde(deserialize_with = "flag")]
     pub run_jobs: bool,
+    /// OpenID Connect providers, one `[[oidc]]` table each (see
+    /// docs/oidc.md): "Sign in with …" on the portal, and bearer JWTs on
+    /// the API for those with an `api_audience`.
+    pub oidc: Vec<overvisor_oidc::ProviderSettings>,
+    /// Offer sign-in with a password. Off (`false`) hides the form and
+    /// refuses password sign-in everywhere; needs an `[[oidc]]` provider.
+    /// API keys keep working.
+    #[serde(deserialize_with = "flag")]
+    pub password_login: bool,
+    /// The portal's URL as browsers reach it, for identity providers to
+    /// send them back to (`<public_ui_url>/login/oidc/<id>/callback`);
+    /// defaults to `http://<ui_bind>`.
+    pub public_ui_url: Option<String>,
     /// Offers `POST /api/v1/jobs/test-sleep`, a job that only sleeps, for
     /// integration tests. `true`/`false` (or `1`/`0`); keep it off in production.
     #[serde(deserialize_with = "flag")]
@@ -134,6 +147,9 @@ impl Default for Config {
             metrics_per_vm: false,
             run_jobs: true,
             test_jobs: false,
+            oidc: Vec::new(),
+            password_login: true,
+            public_ui_url: None,
         }
     }
 }
@@ -271,7 +287,52 @@ impl Config {
                 "job_lease_secs must be between 2 and 3600".into(),
             ));
         }
+        self.validate_oidc()
+    }
+
+    fn validate_oidc(&self) -> Result<(), ConfigError> {
+        let mut ids = std::collections::BTreeSet::new();
+        let mut api_issuers = std::collections::BTreeSet::new();
+        for provider in &self.oidc {
+            provider.validate().map_err(ConfigError::Invalid)?;
+            if !ids.insert(provider.id.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "oidc provider {:?}: id is used twice",
+                    provider.id
+                )));
+            }
+            if provider.api_audience.is_some()
+                && !api_issuers.insert(provider.issuer.trim_end_matches('/'))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "oidc provider {:?}: another provider with api_audience has the same issuer",
+                    provider.id
+                )));
+            }
+        }
+        if !self.password_login && !self.oidc.iter().any(|p| p.sign_in) {
+            return Err(ConfigError::Invalid(
+                "password_login = false needs an [[oidc]] provider to sign in with".into(),
+            ));
+        }
+        if let Some(url) = &self.public_ui_url {
+            let ok = url::Url::parse(url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.query().is_none());
+            if !ok {
+                return Err(ConfigError::Invalid(
+                    "public_ui_url must be an http:// or https:// URL without a query".into(),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The portal's base URL as browsers reach it (no trailing slash).
+    pub fn public_ui_url(&self) -> String {
+        self.public_ui_url
+            .as_deref()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .unwrap_or_else(|| format!("http://{}", self.ui_bind))
     }
 
     pub fn database_url(&self) -> String {
@@ -346,6 +407,9 @@ const FIELDS: &[&str] = &[
     "metrics_per_vm",
     "run_jobs",
     "test_jobs",
+    "oidc",
+    "password_login",
+    "public_ui_url",
 ];
 
 /// The field whose value cannot be read (serde names the problem, not the
@@ -391,6 +455,8 @@ mod tests {
 
     #[test]
     fn env_values_are_typed() {
+        // `OVERVISOR_OIDC` may hold the provider list as inline tables.
+        assert!(env_value("[{id = \"corp\"}]").is_array());
         assert_eq!(env_value("8000"), toml::Value::Integer(8000));
         assert_eq!(env_value("true"), toml::Value::Boolean(true));
         assert_eq!(
@@ -432,6 +498,45 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, text).expect("write");
         Config::load(Some(&path))
+    }
+
+    #[test]
+    fn oidc_providers_and_password_login() {
+        let provider = |id: &str, issuer: &str| {
+            format!(
+                "[[oidc]]\nid = \"{id}\"\ndisplay_name = \"Corp\"\nissuer = \"{issuer}\"\n\
+                 client_id = \"c\"\nclient_secret = \"s\"\napi_audience = \"api\"\n\
+                 [oidc.roles]\ndefault = \"reader\"\n"
+            )
+        };
+        let one = provider("corp", "https://idp.example.com");
+        let config = from_toml(&format!("password_login = false\n{one}")).expect("load");
+        assert_eq!(config.oidc.len(), 1);
+        assert!(!config.password_login);
+        assert_eq!(config.public_ui_url(), "http://127.0.0.1:8000");
+        let url = from_toml("public_ui_url = \"https://ov.example.com/\"\n").expect("load");
+        assert_eq!(url.public_ui_url(), "https://ov.example.com");
+        for (bad, words) in [
+            (
+                "password_login = false\n".to_owned(),
+                "needs an [[oidc]] provider",
+            ),
+            (
+                format!("{one}{}", provider("corp", "https://other.example.com")),
+                "used twice",
+            ),
+            (
+                format!("{one}{}", provider("two", "https://idp.example.com/")),
+                "same issuer",
+            ),
+            ("public_ui_url = \"ftp://x\"\n".to_owned(), "public_ui_url"),
+            (provider("corp", "http://idp.example.com"), "issuer"),
+        ] {
+            let err = from_toml(&bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} was accepted"));
+            assert!(err.to_string().contains(words), "{bad}: {err}");
+        }
     }
 
     #[test]

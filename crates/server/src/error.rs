@@ -10,6 +10,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use overvisor_control::AppError;
 use overvisor_control::consoles::TicketRefused;
+use overvisor_oidc::OidcError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -145,6 +146,22 @@ impl From<AppError> for ApiError {
                     "service temporarily unavailable",
                 )
             }
+            AppError::InvalidToken(_) => {
+                Self::new(StatusCode::UNAUTHORIZED, "invalid_token", message)
+            }
+            AppError::NoRole(_) => Self::new(StatusCode::FORBIDDEN, "no_role", message),
+            AppError::SignIn(err) => match err {
+                OidcError::StateMismatch | OidcError::Refused(_) => {
+                    Self::new(StatusCode::UNAUTHORIZED, "sign_in_failed", message)
+                }
+                OidcError::Http(_)
+                | OidcError::Discovery(_)
+                | OidcError::Exchange(_)
+                | OidcError::IdToken(_) => {
+                    tracing::warn!(error = %err, "signing in through the identity provider failed");
+                    Self::new(StatusCode::BAD_GATEWAY, "identity_provider", message)
+                }
+            },
             AppError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 Self::new(

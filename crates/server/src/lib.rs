@@ -41,6 +41,9 @@ pub struct Settings {
     pub trust_forwarded_for: bool,
     /// The API base URL shown to users (dashboard, agent snippet).
     pub public_api_url: String,
+    /// The portal's base URL as browsers reach it (identity providers send
+    /// them back there).
+    pub public_ui_url: String,
     pub started: Instant,
 }
 

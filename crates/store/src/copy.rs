@@ -321,6 +321,10 @@ mod tests {
             .ssh_identity_put(sealer, user.id, "ssh-ed25519 AAAA", b"PRIVATE", now)
             .await
             .expect("identity");
+        store
+            .oidc_identity_link(user.id, "https://idp.example", "sub-1", now)
+            .await
+            .expect("oidc link");
         for action in ["auth.login", "host.create", "vm.start"] {
             let event = NewAuditEvent {
                 actor_id: Some(user.id),
@@ -418,11 +422,12 @@ mod tests {
                 .map(|c| c.rows)
                 .unwrap_or_else(|| panic!("{table} not copied"))
         };
-        assert_eq!(counts.len(), 9, "{counts:?}");
+        assert_eq!(counts.len(), 10, "{counts:?}");
         assert_eq!(
             (rows("users"), rows("ssh_identities"), rows("hosts")),
             (1, 1, 1)
         );
+        assert_eq!(rows("oidc_identities"), 1);
         assert_eq!(
             (rows("audit_log"), rows("jobs"), rows("job_steps")),
             (3, 2, 4)
@@ -431,6 +436,7 @@ mod tests {
         // Parents come before the tables that reference them.
         let at = |table: &str| counts.iter().position(|c| c.table == table);
         assert!(at("users") < at("hosts") && at("jobs") < at("job_steps"));
+        assert!(at("users") < at("oidc_identities"));
 
         // The copy reads back the same through the store, sealed secrets included.
         let creds = postgres

@@ -16,6 +16,7 @@ pub mod audit;
 pub mod copy;
 pub mod hosts;
 pub mod jobs;
+pub mod oidc_identities;
 pub mod seal;
 pub mod sessions;
 pub mod ssh_identities;

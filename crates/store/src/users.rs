@@ -36,23 +36,38 @@ fn user_from_row(row: &impl DbRow) -> Result<UserCredentials> {
     })
 }
 
-impl Store {
-    pub async fn user_insert(&self, user: &User, password_hash: Option<&str>) -> Result<()> {
-        with_pool!(self, |pool| sqlx::query(
+/// The INSERT of an account, bound: a macro so that it type-checks on
+/// either backend's pool or transaction (an OIDC account is inserted
+/// together with its link).
+macro_rules! insert_user_query {
+    ($user:expr, $password_hash:expr) => {
+        sqlx::query(
             "INSERT INTO users (id, name, email, role, disabled, created_at, updated_at, password_hash)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
-        .bind(user.id.to_string())
-        .bind(user.name.as_str())
-        .bind(user.email.as_str())
-        .bind(user.role.as_str())
-        .bind(user.disabled)
-        .bind(user.created_at)
-        .bind(user.updated_at)
-        .bind(password_hash)
-        .execute(pool)
-        .await)
-        .map_err(|e| StoreError::on_unique(e, "a user with this name"))?;
+        .bind($user.id.to_string())
+        .bind($user.name.as_str())
+        .bind($user.email.as_str())
+        .bind($user.role.as_str())
+        .bind($user.disabled)
+        .bind($user.created_at)
+        .bind($user.updated_at)
+        .bind($password_hash)
+    };
+}
+pub(crate) use insert_user_query;
+
+/// What a failed account INSERT means.
+pub(crate) fn insert_user_error(e: sqlx::Error) -> StoreError {
+    StoreError::on_unique(e, "a user with this name")
+}
+
+impl Store {
+    pub async fn user_insert(&self, user: &User, password_hash: Option<&str>) -> Result<()> {
+        with_pool!(self, |pool| insert_user_query!(user, password_hash)
+            .execute(pool)
+            .await)
+        .map_err(insert_user_error)?;
         Ok(())
     }
 

@@ -105,11 +105,19 @@ pub(crate) fn presented_credential(
     settings: &Settings,
     subject: &Subject,
 ) -> ApiResult<PresentedCredential> {
-    let presented = match subject.credential {
+    let presented = match &subject.credential {
         Credential::ApiKey { .. } => bearer_token(headers)?.and_then(PresentedCredential::api_key),
         Credential::Session { .. } => {
             cookie_value(headers, session_cookie_name(settings)).map(PresentedCredential::session)
         }
+        Credential::OidcToken {
+            provider,
+            expires_at,
+        } => Some(PresentedCredential::OidcToken {
+            user: subject.id(),
+            provider: provider.clone(),
+            expires_at: *expires_at,
+        }),
         Credential::Console | Credential::System => None,
     };
     presented.ok_or_else(|| AppError::Unauthenticated.into())

@@ -1,6 +1,7 @@
 //! Signing in and out. The sign-in form has no session to bind a CSRF token
-//! to, so it uses a double-submit cookie scoped to `/login`. Room is left for
-//! single sign-on providers (OIDC) next to the password form.
+//! to, so it uses a double-submit cookie scoped to `/login`. Identity
+//! providers (OIDC, see [`super::sso`]) are offered beside the password
+//! form, or instead of it.
 
 use askama::Template;
 use axum::Router;
@@ -8,7 +9,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use overvisor_control::App;
 use overvisor_control::credentials::random_token;
+use overvisor_control::oidc::SignInOption;
 use serde::Deserialize;
 
 use super::session::safe_next;
@@ -38,9 +41,13 @@ struct LoginPage {
     notice: Option<String>,
     name: String,
     next: String,
+    password_login: bool,
+    providers: Vec<SignInOption>,
 }
 
-fn login_form(
+/// The sign-in page, with `error` or `notice` above the form.
+pub(super) fn login_form(
+    app: &App,
     error: Option<String>,
     notice: Option<String>,
     name: String,
@@ -57,6 +64,8 @@ fn login_form(
         notice,
         name,
         next,
+        password_login: app.password_login_enabled(),
+        providers: app.oidc_sign_in_options(),
     });
     (status, [(header::SET_COOKIE, cookie)], page).into_response()
 }
@@ -68,7 +77,7 @@ struct LoginQuery {
     signed_out: Option<String>,
 }
 
-async fn login_page(Query(q): Query<LoginQuery>) -> Response {
+async fn login_page(State(state): State<AppState>, Query(q): Query<LoginQuery>) -> Response {
     let notice = if q.expired.is_some() {
         Some("Your session has ended. Please sign in again.".to_owned())
     } else if q.signed_out.is_some() {
@@ -81,7 +90,14 @@ async fn login_page(Query(q): Query<LoginQuery>) -> Response {
         .as_deref()
         .and_then(safe_next)
         .unwrap_or_else(|| "/".to_owned());
-    login_form(None, notice, String::new(), next, StatusCode::OK)
+    login_form(
+        &state.app,
+        None,
+        notice,
+        String::new(),
+        next,
+        StatusCode::OK,
+    )
 }
 
 #[derive(Deserialize)]
@@ -106,6 +122,7 @@ async fn login_submit(
     let expected = cookie_value(&parts.headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
     if expected.is_empty() || !csrf_matches(form.csrf_token.as_bytes(), expected) {
         return login_form(
+            &state.app,
             Some("The sign-in form expired. Please try again.".into()),
             None,
             form.name,
@@ -124,7 +141,14 @@ async fn login_submit(
         }
         Err(err) => {
             let api = ApiError::from(err);
-            let mut page = login_form(Some(api.message), None, form.name, next, api.status);
+            let mut page = login_form(
+                &state.app,
+                Some(api.message),
+                None,
+                form.name,
+                next,
+                api.status,
+            );
             set_retry_after(&mut page, api.retry_after);
             page
         }

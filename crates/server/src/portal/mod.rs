@@ -14,6 +14,7 @@ mod hosts;
 mod jobs;
 mod login;
 pub mod session;
+mod sso;
 mod vms;
 
 use askama::Template;
@@ -30,6 +31,7 @@ pub use session::{CsrfOnly, CsrfRejected, PortalSession, VerifiedForm};
 pub fn routes() -> Router<AppState> {
     Router::new()
         .merge(login::routes())
+        .merge(sso::routes())
         .merge(dashboard::routes())
         .merge(deploy::routes())
         .merge(account::routes())
