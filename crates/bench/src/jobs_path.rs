@@ -15,8 +15,18 @@ use crate::stats::{Samples, versus};
 
 /// Runs one action as a job and waits for it; its wall time.
 async fn act(api: &Api, path: &str) -> anyhow::Result<Duration> {
+    job_round_trip(api, path, None).await
+}
+
+/// POSTs `body` to `path`, which must answer 202 with a job, and waits
+/// until the job has succeeded; the wall time of both.
+pub(crate) async fn job_round_trip(
+    api: &Api,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let reply = api.post(path, None).await?;
+    let reply = api.post(path, body).await?;
     if reply.status.as_u16() != 202 {
         bail!("POST {path}: {}", reply.describe());
     }

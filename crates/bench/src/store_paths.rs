@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use serde_json::json;
 
-use crate::fleet::api::Api;
+use crate::jobs_path::job_round_trip;
 use crate::service::Launch;
 use crate::stats::Samples;
 
@@ -51,12 +51,13 @@ pub async fn run(
     .await
     .context("starting the service (is the PostgreSQL database empty?)")?;
 
+    // A `test.steps` job with three empty steps.
+    let steps = json!({"steps": 3, "step_millis": 0});
     let mut round_trips = Samples::default();
     for i in 0..JOBS.max(runs) {
-        let started = Instant::now();
-        job_round_trip(&api).await?;
+        let took = job_round_trip(&api, "/api/v1/jobs/test-steps", Some(&steps)).await?;
         if i < runs {
-            round_trips.push(started.elapsed());
+            round_trips.push(took);
         }
     }
     let reads = [
@@ -84,20 +85,5 @@ pub async fn run(
         "job round trip (3 steps)",
         round_trips.line()
     );
-    Ok(())
-}
-
-/// Submits a `test.steps` job with three empty steps and waits for it.
-async fn job_round_trip(api: &Api) -> anyhow::Result<()> {
-    let body = json!({"steps": 3, "step_millis": 0});
-    let reply = api.post("/api/v1/jobs/test-steps", Some(&body)).await?;
-    if reply.status.as_u16() != 202 {
-        bail!("POST /api/v1/jobs/test-steps: {}", reply.describe());
-    }
-    let id = reply.body["id"].as_str().context("the job has no id")?;
-    let job = api.get(&format!("/api/v1/jobs/{id}?wait=30")).await?;
-    if job["status"] != "succeeded" {
-        bail!("job {id} ended {}: {}", job["status"], job["error"]);
-    }
     Ok(())
 }
