@@ -6,163 +6,18 @@
 //! Runs as root (useradd --root needs it), as the test suite does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use overvisor_provision::payload::{File, User};
+use common::{Guest, assert_root, exited};
 use overvisor_provision::{
-    DeploymentNonce, GuestIdentity, GuestKey, GuestMessage, GuestPublicKey, HostMessage,
-    MAX_PAYLOAD_BYTES, Outcome, Payload, ProvisioningKey, SealedPayload, kvp, seal,
+    GuestKey, GuestMessage, GuestPublicKey, HostMessage, MAX_PAYLOAD_BYTES, Outcome,
+    ProvisioningKey, SealedPayload, kvp,
 };
 use uuid::Uuid;
-
-const HASH: &str = "$6$Yx3d9Fv0$abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ./abcdefghijklmnopqrstu";
-const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOv3lYxk0Ff2oA test@overvisor";
-
-struct Guest {
-    dir: tempfile::TempDir,
-    cp: ProvisioningKey,
-    identity: GuestIdentity,
-}
-
-impl Guest {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("root");
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::fs::create_dir_all(root.join("home")).unwrap();
-        for (file, text) in [
-            ("passwd", "root:x:0:0:root:/root:/bin/sh\n"),
-            ("group", "root:x:0:\nusers:x:100:\n"),
-            ("shadow", "root:*:19000:0:99999:7:::\n"),
-            ("gshadow", "root:*::\n"),
-            ("hosts", "127.0.0.1\tlocalhost\n127.0.1.1\told-name\n"),
-        ] {
-            std::fs::write(root.join("etc").join(file), text).unwrap();
-        }
-        let cp = ProvisioningKey::from_seed(&[42; 32]);
-        let identity = GuestIdentity::new(Uuid::new_v4(), DeploymentNonce::generate(), cp.public());
-        std::fs::write(dir.path().join("identity.json"), identity.to_json()).unwrap();
-        Self { dir, cp, identity }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("root")
-    }
-
-    fn agent(&self, channel: &[&str]) -> Child {
-        let d = self.dir.path();
-        Command::new(env!("CARGO_BIN_EXE_overvisor-guest"))
-            .args(channel)
-            .arg("--identity")
-            .arg(d.join("identity.json"))
-            .arg("--trusted-key")
-            .arg(d.join("no-baked-key"))
-            .arg("--state-dir")
-            .arg(d.join("state"))
-            .arg("--root")
-            .arg(self.root())
-            .args(["--hello-every", "1", "--give-up", "120"])
-            .spawn()
-            .unwrap()
-    }
-
-    fn payload() -> Payload {
-        Payload {
-            hostname: "web-01".into(),
-            users: vec![User {
-                name: "olga".into(),
-                password_hash: Some(HASH.into()),
-                authorized_keys: vec![KEY.into()],
-                sudo: true,
-            }],
-            files: vec![
-                File {
-                    path: "/etc/app/token".into(),
-                    mode: 0o600,
-                    content: b"t0ken".to_vec(),
-                },
-                // Large enough to need several KVP items.
-                File {
-                    path: "/etc/app/blob".into(),
-                    mode: 0o644,
-                    content: vec![b'z'; 2500],
-                },
-            ],
-            network: None,
-        }
-    }
-
-    fn seal_for(&self, cp: &ProvisioningKey, uuid: Uuid, to: &GuestPublicKey) -> SealedPayload {
-        seal::seal(cp, uuid, self.identity.nonce, to, &Self::payload()).unwrap()
-    }
-
-    /// Every message a refused payload could have left: none.
-    fn assert_nothing_applied(&self) {
-        let root = self.root();
-        let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
-        assert!(!passwd.contains("olga"), "{passwd}");
-        assert!(!root.join("etc/app/token").exists());
-        assert!(!root.join("etc/hostname").exists());
-    }
-
-    fn assert_applied(&self) {
-        let root = self.root();
-        let shadow = std::fs::read_to_string(root.join("etc/shadow")).unwrap();
-        assert!(shadow.contains(&format!("olga:{HASH}:")), "{shadow}");
-        let keys = root.join("home/olga/.ssh/authorized_keys");
-        assert_eq!(std::fs::read_to_string(&keys).unwrap(), format!("{KEY}\n"));
-        assert_eq!(mode(&keys), 0o600);
-        assert_eq!(mode(&root.join("home/olga/.ssh")), 0o700);
-        let token = root.join("etc/app/token");
-        assert_eq!(std::fs::read(&token).unwrap(), b"t0ken");
-        assert_eq!(mode(&token), 0o600);
-        assert_eq!(
-            std::fs::read_to_string(root.join("etc/hostname")).unwrap(),
-            "web-01\n"
-        );
-        let hosts = std::fs::read_to_string(root.join("etc/hosts")).unwrap();
-        assert!(
-            hosts.contains("127.0.1.1\tweb-01") && !hosts.contains("old-name"),
-            "{hosts}"
-        );
-        let sudo = root.join("etc/sudoers.d/90-overvisor-olga");
-        assert_eq!(mode(&sudo), 0o440);
-    }
-}
-
-fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
-}
-
-fn assert_root() {
-    assert!(
-        is_root(),
-        "the agent tests need root (useradd --root), as the suite runs"
-    );
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
-}
-
-fn exited(child: &mut Child) -> i32 {
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code().unwrap_or(-1);
-        }
-        assert!(Instant::now() < until, "the agent did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// The host side of the socket: lines in, lines out.
 struct Host {

@@ -27,6 +27,8 @@ pub const POOL_GUEST_TO_HOST: &str = "/var/lib/hyperv/.kvp_pool_1";
 pub const HELLO: &str = "overvisor.hello";
 pub const SEALED: &str = "overvisor.sealed";
 pub const STATUS: &str = "overvisor.status";
+/// The guest's identity, where no seed media carries it (Hyper-V).
+pub const IDENTITY: &str = "overvisor.identity";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvpError {

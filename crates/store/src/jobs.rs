@@ -355,7 +355,7 @@ impl Store {
         error: &str,
     ) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE jobs SET status = 'cancelled', finished_at = ?, error = ?
+            "UPDATE jobs SET status = 'cancelled', finished_at = ?, error = ?, sealed_input = NULL
              WHERE id = ? AND status = 'queued'",
         )
         .bind(at)
@@ -377,8 +377,9 @@ impl Store {
 
     /// Moves a job to `to` if its current status allows it; returns whether
     /// it did. Entering `running` stamps `started_at`; a terminal status
-    /// stamps `finished_at`, releases the lease and, on success, sets
-    /// progress to 100.
+    /// stamps `finished_at`, releases the lease, erases the job's sealed
+    /// input (a deployment's guest secrets live no longer than their job)
+    /// and, on success, sets progress to 100.
     pub async fn job_transition(
         &self,
         id: JobId,
@@ -426,7 +427,7 @@ impl Store {
         if to.is_terminal() {
             sql.push(", finished_at = ")
                 .push_bind(at)
-                .push(", lease_owner = NULL, lease_expires = NULL");
+                .push(", lease_owner = NULL, lease_expires = NULL, sealed_input = NULL");
         }
         if to == JobStatus::Succeeded {
             sql.push(", progress = 100");
@@ -664,6 +665,19 @@ mod tests {
         assert!(steps[0].started_at.is_some() && steps[0].finished_at.is_some());
         assert_eq!(steps[0].progress, 100);
 
+        // The secret is sealed to the job's row: readable with the key, and
+        // not stored as it was given.
+        assert_eq!(
+            store.job_secret(&sealer, j.id).await.expect("secret"),
+            Some(b"hunter2".to_vec())
+        );
+        let raw: Vec<u8> = sqlx::query_scalar("SELECT sealed_input FROM jobs WHERE id = ?")
+            .bind(j.id.to_string())
+            .fetch_one(store.pool())
+            .await
+            .expect("raw");
+        assert!(!raw.windows(7).any(|w| w == b"hunter2"));
+
         let result = serde_json::json!({"ok": true});
         assert!(
             store
@@ -684,18 +698,8 @@ mod tests {
         assert_eq!(got.result, Some(result));
         assert!(got.error.is_none() && got.started_at.is_some() && got.finished_at.is_some());
         assert_eq!(store.job_operation(j.id).await.expect("op"), Some(OP));
-        // The secret is sealed to the job's row: readable with the key, and
-        // not stored as it was given.
-        assert_eq!(
-            store.job_secret(&sealer, j.id).await.expect("secret"),
-            Some(b"hunter2".to_vec())
-        );
-        let raw: Vec<u8> = sqlx::query_scalar("SELECT sealed_input FROM jobs WHERE id = ?")
-            .bind(j.id.to_string())
-            .fetch_one(store.pool())
-            .await
-            .expect("raw");
-        assert!(!raw.windows(7).any(|w| w == b"hunter2"));
+        // The secret lives no longer than its job.
+        assert_eq!(store.job_secret(&sealer, j.id).await.expect("secret"), None);
     }
 
     #[tokio::test]
