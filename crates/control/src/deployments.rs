@@ -8,7 +8,9 @@
 
 use overvisor_deploy::cloud_init::NoCloudSeed;
 use overvisor_deploy::domain::{DomainFiles, VirtType, domain_xml};
-use overvisor_deploy::profile::{Firmware, HostPath, ImageChecksum, ImageFormat, ImageSource};
+use overvisor_deploy::profile::{
+    Firmware, HostPath, ImageChecksum, ImageFormat, ImageSource, Provisioning,
+};
 use overvisor_deploy::request::NetworkAttachment;
 use overvisor_deploy::secret::GeneratedPassword;
 use overvisor_deploy::{DeploymentRequest, Profile};
@@ -17,7 +19,9 @@ use overvisor_hv::libvirt::deploy::VmFiles;
 use overvisor_model::InvalidInput;
 use overvisor_model::host::{Host, HostFacts, HostId, HostKind};
 use overvisor_model::job::{Job, JobQuery};
-use overvisor_model::operation::{ChecksumList, DeployImage, DeploySpec, Operation, vm_target};
+use overvisor_model::operation::{
+    AgentSeed, ChecksumList, DeployImage, DeploySpec, Operation, vm_target,
+};
 use overvisor_model::vm::VmName;
 
 use futures::StreamExt;
@@ -129,7 +133,26 @@ impl App {
         let uuid = uuid::Uuid::new_v4();
         let password = GeneratedPassword::generate();
         let internal = |e: overvisor_deploy::GenerateError| AppError::Internal(e.to_string());
-        let seed = NoCloudSeed::new(&deployment, &password, uuid).map_err(internal)?;
+        let agent = deployment.profile.provisioning == Provisioning::Agent;
+        // The job's sealed input: cloud-init's user-data (with the hash),
+        // or the agent's payload (the seed then holds no secret).
+        let (secret, seed, agent_seed) = if agent {
+            let seed = NoCloudSeed::without_secrets(&deployment, uuid).map_err(internal)?;
+            let identity = overvisor_provision::GuestIdentity::new(
+                uuid,
+                overvisor_provision::DeploymentNonce::generate(),
+                self.provisioning_key().public(),
+            );
+            let payload = agent_payload(&deployment, &password).map_err(internal)?;
+            let agent_seed = AgentSeed {
+                user_data: seed.user_data.clone(),
+                identity: identity.to_json(),
+            };
+            (payload, seed, Some(agent_seed))
+        } else {
+            let seed = NoCloudSeed::new(&deployment, &password, uuid).map_err(internal)?;
+            (seed.user_data.clone().into_bytes(), seed, None)
+        };
         let files = VmFiles::of(&uuid);
         let path =
             |p: &str| HostPath::parse("path", p).map_err(|e| AppError::Internal(e.to_string()));
@@ -142,6 +165,7 @@ impl App {
                 seed: path(&files.seed)?,
                 installer: None,
                 uefi: None,
+                guest_agent_socket: agent.then(|| path(&files.guest_socket)).transpose()?,
             },
         )
         .map_err(internal)?;
@@ -155,13 +179,11 @@ impl App {
                 disk_gib: deployment.sizing.disk_gib,
                 domain_xml: xml,
                 meta_data: seed.meta_data.clone(),
+                agent: agent_seed,
             }),
         };
         let grant = authorized.grant(subject, Action::Operate);
-        let job = match self
-            .job_submit(grant, op, Some(seed.user_data.into_bytes()), &[])
-            .await
-        {
+        let job = match self.job_submit(grant, op, Some(secret), &[]).await {
             // The store's one-deployment-per-name index: another request
             // for this name queued its job after our checks.
             Err(AppError::Conflict(_)) => {
@@ -349,6 +371,26 @@ impl App {
         };
         Ok((capacity, kvm, taken))
     }
+}
+
+/// What the guest agent applies: the account with the password's hash
+/// and the keys, as cloud-init would have.
+fn agent_payload(
+    deployment: &overvisor_deploy::Deployment,
+    password: &GeneratedPassword,
+) -> Result<Vec<u8>, overvisor_deploy::GenerateError> {
+    let payload = overvisor_provision::Payload {
+        hostname: deployment.hostname.clone(),
+        users: vec![overvisor_provision::payload::User {
+            name: deployment.username.clone(),
+            password_hash: Some(password.sha512_crypt()?),
+            authorized_keys: deployment.ssh_keys.clone(),
+            sudo: true,
+        }],
+        files: Vec::new(),
+        network: None,
+    };
+    Ok(serde_json::to_vec(&payload)?)
 }
 
 /// What the host must offer: enough CPUs and memory in all (a VM may be

@@ -144,6 +144,14 @@ impl App {
         &self.inner.sealer
     }
 
+    /// The key that signs guests' sealed provisioning payloads, derived
+    /// from the master key (the same on every replica, stored nowhere).
+    pub fn provisioning_key(&self) -> overvisor_provision::ProvisioningKey {
+        overvisor_provision::ProvisioningKey::from_seed(
+            &self.sealer().derive_key("provisioning ed25519"),
+        )
+    }
+
     pub(crate) fn config(&self) -> &AppConfig {
         &self.inner.config
     }

@@ -12,6 +12,7 @@
 
 mod deploy;
 mod host;
+mod provision;
 mod test;
 pub(crate) mod vm;
 
@@ -47,7 +48,7 @@ pub fn plan(op: &Operation) -> Vec<StepDef> {
     match op {
         Operation::VmAction { .. } => vec![step(vm::CHECK), step(vm::ACT), step(vm::CONFIRM)],
         Operation::VmDelete { .. } => vec![step(vm::CHECK), step(vm::UNDEFINE)],
-        Operation::VmDeploy { .. } => deploy::STEPS.to_vec(),
+        Operation::VmDeploy { spec, .. } => deploy::steps(spec),
         Operation::HostCreate { .. } | Operation::HostUpdate { .. } => vec![step(host::RECORD)],
         Operation::HostDelete { .. } => vec![step(host::REMOVE)],
         Operation::InventoryResync { .. } => vec![step("resync")],

@@ -32,7 +32,9 @@ struct CloudConfig<'a> {
     hostname: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     fqdn: Option<&'a str>,
-    users: [User<'a>; 1],
+    /// Empty when the guest agent makes the accounts: the seed then holds
+    /// no hash and no key.
+    users: Vec<User<'a>>,
     /// Password log-in over SSH only when there is no key to log in with.
     ssh_pwauth: bool,
     disable_root: bool,
@@ -71,17 +73,35 @@ impl NoCloudSeed {
         password: &GeneratedPassword,
         instance_id: Uuid,
     ) -> Result<Self, GenerateError> {
+        let user = User {
+            name: &deployment.username,
+            shell: "/bin/bash",
+            sudo: "ALL=(ALL) NOPASSWD:ALL",
+            lock_passwd: false,
+            hashed_passwd: password.sha512_crypt()?,
+            ssh_authorized_keys: &deployment.ssh_keys,
+        };
+        Self::with_users(deployment, vec![user], instance_id)
+    }
+
+    /// The seed of an agent-provisioned VM: host name, locale, time zone
+    /// and packages, but no account, hash or key (the agent makes those).
+    pub fn without_secrets(
+        deployment: &Deployment,
+        instance_id: Uuid,
+    ) -> Result<Self, GenerateError> {
+        Self::with_users(deployment, Vec::new(), instance_id)
+    }
+
+    fn with_users(
+        deployment: &Deployment,
+        users: Vec<User<'_>>,
+        instance_id: Uuid,
+    ) -> Result<Self, GenerateError> {
         let config = CloudConfig {
             hostname: &deployment.hostname,
             fqdn: deployment.fqdn.as_deref(),
-            users: [User {
-                name: &deployment.username,
-                shell: "/bin/bash",
-                sudo: "ALL=(ALL) NOPASSWD:ALL",
-                lock_passwd: false,
-                hashed_passwd: password.sha512_crypt()?,
-                ssh_authorized_keys: &deployment.ssh_keys,
-            }],
+            users,
             ssh_pwauth: deployment.ssh_keys.is_empty(),
             disable_root: true,
             locale: deployment.locale.posix(),

@@ -24,6 +24,9 @@ pub enum VirtType {
     Qemu,
 }
 
+/// The virtio-serial port of Overvisor's guest agent (sealed provisioning).
+pub const GUEST_AGENT_PORT: &str = "org.overvisor.guest.0";
+
 /// The files of a VM on its host, chosen by the deployment job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainFiles {
@@ -36,6 +39,10 @@ pub struct DomainFiles {
     pub installer: Option<HostPath>,
     /// UEFI firmware paths, for UEFI profiles.
     pub uefi: Option<UefiFiles>,
+    /// The host end of the guest agent's virtio-serial port
+    /// (`org.overvisor.guest.0`), for agent provisioning: a UNIX socket
+    /// QEMU listens on.
+    pub guest_agent_socket: Option<HostPath>,
 }
 
 /// OVMF on the host (paths differ between distributions, so the job finds
@@ -140,7 +147,7 @@ struct Devices<'a> {
     interface: Interface<'a>,
     serial: Serial,
     console: Console,
-    channel: Channel,
+    channel: Vec<Channel<'a>>,
     input: Input,
     graphics: Graphics,
     video: Video,
@@ -252,10 +259,20 @@ struct ConsoleTarget {
 }
 
 #[derive(Serialize)]
-struct Channel {
+struct Channel<'a> {
     #[serde(rename = "@type")]
     channel_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<ChannelSource<'a>>,
     target: ChannelTarget,
+}
+
+#[derive(Serialize)]
+struct ChannelSource<'a> {
+    #[serde(rename = "@mode")]
+    mode: &'static str,
+    #[serde(rename = "@path")]
+    path: &'a str,
 }
 
 #[derive(Serialize)]
@@ -514,13 +531,26 @@ pub fn domain_xml(
                     port: 0,
                 },
             },
-            channel: Channel {
+            channel: std::iter::once(Channel {
                 channel_type: "unix",
+                source: None,
                 target: ChannelTarget {
                     target_type: "virtio",
                     name: "org.qemu.guest_agent.0",
                 },
-            },
+            })
+            .chain(files.guest_agent_socket.as_ref().map(|path| Channel {
+                channel_type: "unix",
+                source: Some(ChannelSource {
+                    mode: "bind",
+                    path: path.as_str(),
+                }),
+                target: ChannelTarget {
+                    target_type: "virtio",
+                    name: GUEST_AGENT_PORT,
+                },
+            }))
+            .collect(),
             input: Input {
                 input_type: "tablet",
                 bus: "usb",

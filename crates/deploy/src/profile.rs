@@ -120,6 +120,18 @@ pub enum SeedKind {
     Autounattend,
 }
 
+/// Who puts the guest's secrets (password hash, SSH keys) into it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Provisioning {
+    /// cloud-init reads them from the seed (which then holds the hash).
+    #[default]
+    CloudInit,
+    /// The guest agent (`overvisor-guest`, in the image) receives them
+    /// sealed to its own key; the seed holds no secret.
+    Agent,
+}
+
 /// What the image file is: a disk to clone (cloud images) or an installer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -277,6 +289,8 @@ pub struct ProfileFile {
     #[serde(default)]
     pub nic_model: NicModel,
     pub seed: SeedKind,
+    #[serde(default)]
+    pub provisioning: Provisioning,
     pub defaults: Sizing,
     pub minimum: Sizing,
     pub image: ImageFile,
@@ -328,6 +342,7 @@ pub struct Profile {
     pub disk_bus: DiskBus,
     pub nic_model: NicModel,
     pub seed: SeedKind,
+    pub provisioning: Provisioning,
     pub defaults: Sizing,
     pub minimum: Sizing,
     pub image: Image,
@@ -410,6 +425,12 @@ impl ProfileFile {
                 format!("must be {want_seed:?} for {:?} (lower case)", self.os),
             ));
         }
+        if self.provisioning == Provisioning::Agent && self.os != OsFamily::Linux {
+            return Err(InvalidInput::new(
+                "provisioning",
+                "agent provisioning is for Linux profiles (the Windows agent is not built yet)",
+            ));
+        }
         if (image.format == ImageFormat::Iso) != (self.os == OsFamily::Windows) {
             return Err(InvalidInput::new(
                 "image.format",
@@ -467,6 +488,7 @@ impl ProfileFile {
             disk_bus: self.disk_bus,
             nic_model: self.nic_model,
             seed: self.seed,
+            provisioning: self.provisioning,
             defaults: self.defaults,
             minimum: self.minimum,
             image,

@@ -94,6 +94,21 @@ pub struct DeploySpec {
     pub domain_xml: String,
     /// The NoCloud `meta-data` (no secrets in it).
     pub meta_data: String,
+    /// Agent provisioning: the seed carries no secret, and the guest's
+    /// agent receives the sealed payload once the VM runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentSeed>,
+}
+
+/// What the seed of an agent-provisioned VM carries: public values only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSeed {
+    /// `#cloud-config` without accounts, hashes or keys.
+    pub user_data: String,
+    /// The guest's identity file: its UUID, the deployment's one-time
+    /// nonce and the control plane's provisioning public key.
+    pub identity: String,
 }
 
 /// The base image of a deployment, cached on the host by its digest.

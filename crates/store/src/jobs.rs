@@ -380,15 +380,17 @@ impl Store {
         at: DateTime<Utc>,
         error: &str,
     ) -> Result<bool> {
-        let done = with_pool!(self, |pool| sqlx::query(
-            "UPDATE jobs SET status = 'cancelled', finished_at = $1, error = $2
+        let done = with_pool!(self, |pool| {
+            sqlx::query(
+            "UPDATE jobs SET status = 'cancelled', finished_at = $1, error = $2, sealed_input = NULL
              WHERE id = $3 AND status = 'queued'",
         )
         .bind(at)
         .bind(error)
         .bind(id.to_string())
         .execute(pool)
-        .await)?;
+        .await
+        })?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -405,8 +407,9 @@ impl Store {
 
     /// Moves a job to `to` if its current status allows it; returns whether
     /// it did. Entering `running` stamps `started_at`; a terminal status
-    /// stamps `finished_at`, releases the lease and, on success, sets
-    /// progress to 100.
+    /// stamps `finished_at`, releases the lease, erases the job's sealed
+    /// input (a deployment's guest secrets live no longer than their job)
+    /// and, on success, sets progress to 100.
     pub async fn job_transition(
         &self,
         id: JobId,
@@ -455,7 +458,7 @@ impl Store {
             if to.is_terminal() {
                 sql.push(", finished_at = ")
                     .push_bind(at)
-                    .push(", lease_owner = NULL, lease_expires = NULL");
+                    .push(", lease_owner = NULL, lease_expires = NULL, sealed_input = NULL");
             }
             if to == JobStatus::Succeeded {
                 sql.push(", progress = 100");
@@ -744,6 +747,21 @@ mod tests {
         assert!(steps[0].started_at.is_some() && steps[0].finished_at.is_some());
         assert_eq!(steps[0].progress, 100);
 
+        // The secret is sealed to the job's row: readable with the key, and
+        // not stored as it was given.
+        assert_eq!(
+            store.job_secret(&sealer, j.id).await.expect("secret"),
+            Some(b"hunter2".to_vec())
+        );
+        let raw: Vec<u8> = with_pool!(store, |pool| sqlx::query_scalar::<_, Vec<u8>>(
+            "SELECT sealed_input FROM jobs WHERE id = $1"
+        )
+        .bind(j.id.to_string())
+        .fetch_one(pool)
+        .await)
+        .expect("raw");
+        assert!(!raw.windows(7).any(|w| w == b"hunter2"));
+
         let result = serde_json::json!({"ok": true});
         assert!(
             store
@@ -764,20 +782,8 @@ mod tests {
         assert_eq!(got.result, Some(result));
         assert!(got.error.is_none() && got.started_at.is_some() && got.finished_at.is_some());
         assert_eq!(store.job_operation(j.id).await.expect("op"), Some(OP));
-        // The secret is sealed to the job's row: readable with the key, and
-        // not stored as it was given.
-        assert_eq!(
-            store.job_secret(&sealer, j.id).await.expect("secret"),
-            Some(b"hunter2".to_vec())
-        );
-        let raw: Vec<u8> = with_pool!(store, |pool| sqlx::query_scalar::<_, Vec<u8>>(
-            "SELECT sealed_input FROM jobs WHERE id = $1"
-        )
-        .bind(j.id.to_string())
-        .fetch_one(pool)
-        .await)
-        .expect("raw");
-        assert!(!raw.windows(7).any(|w| w == b"hunter2"));
+        // The secret lives no longer than its job.
+        assert_eq!(store.job_secret(&sealer, j.id).await.expect("secret"), None);
     }
 
     async fn claims_are_exclusive_and_leases_lapse(store: Store) {

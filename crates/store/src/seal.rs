@@ -85,10 +85,13 @@ fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Seals and opens values under the master key.
+/// Seals and opens values under the master key, and derives keys of
+/// their own for other purposes from it.
 #[derive(Clone)]
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
+    /// The master key, for [`Sealer::derive_key`] only.
+    master: std::sync::Arc<zeroize::Zeroizing<[u8; 32]>>,
 }
 
 impl fmt::Debug for Sealer {
@@ -101,7 +104,21 @@ impl Sealer {
     pub fn new(key: &MasterKey) -> Self {
         Self {
             cipher: XChaCha20Poly1305::new((&key.0).into()),
+            master: std::sync::Arc::new(zeroize::Zeroizing::new(key.0)),
         }
+    }
+
+    /// A key for `purpose` (e.g. the provisioning signing key), the same
+    /// for every replica with this master key, and nothing to store:
+    /// SHA-256 over a fixed label, the purpose and the master key.
+    pub fn derive_key(&self, purpose: &str) -> zeroize::Zeroizing<[u8; 32]> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"overvisor derived key v1\0");
+        h.update(purpose.as_bytes());
+        h.update(b"\0");
+        h.update(self.master.as_slice());
+        zeroize::Zeroizing::new(h.finalize().into())
     }
 
     /// Returns `nonce || ciphertext`; `binding` names the row and column

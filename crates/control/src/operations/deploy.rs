@@ -8,6 +8,10 @@
 //!   domain is defined);
 //! - `define` redefines the same UUID; `start` first checks the state.
 //!
+//! An agent-provisioned deployment has a sixth step, `provision`
+//! (`operations/provision.rs`): the guest agent's key, the sealed payload
+//! delivered, applied. It has no undo of its own: `start`'s stops the VM.
+//!
 //! Undo, in reverse: `start` → destroy, `define` → undefine, `overlay` →
 //! remove the VM's directory (overlay, seed, XML). The cache stays. `image`
 //! and `seed` have no undo of their own: the cache is meant to stay, and the
@@ -25,7 +29,7 @@ use overvisor_model::vm::{VmName, VmState};
 use super::{StepCx, StepDef, StepResult};
 use crate::jobs::JobError;
 
-pub const STEPS: [StepDef; 5] = [
+const STEPS: [StepDef; 5] = [
     StepDef {
         name: "image",
         has_undo: false,
@@ -47,6 +51,19 @@ pub const STEPS: [StepDef; 5] = [
         has_undo: true,
     },
 ];
+
+/// The steps of a deployment: [`STEPS`], and `provision` when the guest
+/// agent receives the secrets.
+pub fn steps(spec: &DeploySpec) -> Vec<StepDef> {
+    let mut steps = STEPS.to_vec();
+    if spec.agent.is_some() {
+        steps.push(StepDef {
+            name: super::provision::STEP,
+            has_undo: false,
+        });
+    }
+    steps
+}
 
 /// How often download progress is written to the job.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -78,7 +95,7 @@ pub async fn run(
     vm: &VmName,
     spec: &DeploySpec,
     index: u16,
-    user_data: Option<&[u8]>,
+    secret: Option<&[u8]>,
 ) -> StepResult {
     let r = libvirt(cx, host).await?;
     let files = VmFiles::of(&spec.uuid);
@@ -97,14 +114,29 @@ pub async fn run(
             Ok(None)
         }
         2 => {
-            let user_data =
-                user_data.ok_or_else(|| JobError::new("the job's sealed user-data is missing"))?;
+            // Agent provisioning: the seed holds public values only, and
+            // the job's secret is the payload the `provision` step seals.
+            let files_on_seed = match &spec.agent {
+                Some(agent) => vec![
+                    ("meta-data", spec.meta_data.as_bytes()),
+                    ("user-data", agent.user_data.as_bytes()),
+                    (
+                        overvisor_provision::wire::IDENTITY_FILE,
+                        agent.identity.as_bytes(),
+                    ),
+                ],
+                None => {
+                    let user_data = secret
+                        .ok_or_else(|| JobError::new("the job's sealed user-data is missing"))?;
+                    vec![
+                        ("meta-data", spec.meta_data.as_bytes()),
+                        ("user-data", user_data),
+                    ]
+                }
+            };
             let iso = overvisor_deploy::iso::build(
                 overvisor_deploy::cloud_init::VOLUME_ID,
-                &[
-                    ("meta-data", spec.meta_data.as_bytes()),
-                    ("user-data", user_data),
-                ],
+                &files_on_seed,
             )
             .map_err(|e| JobError::new(format!("cannot build the seed: {e}")))?;
             lv.upload(&files.seed, &iso).await.map_err(fail)?;
@@ -121,6 +153,12 @@ pub async fn run(
             cx.info(format!("defined {vm}")).await;
             Ok(None)
         }
+        5 => super::provision::deliver(cx, lv, &files, spec, secret)
+            .await
+            .map_err(|e| match e {
+                super::provision::Failure::Host(e) => fail(e),
+                super::provision::Failure::Job(e) => e,
+            }),
         _ => {
             // A resumed start may find the VM running already; a fresh one
             // was defined just now, shut off.

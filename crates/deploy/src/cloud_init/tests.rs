@@ -108,3 +108,25 @@ fn the_seed_iso_holds_both_files() {
     assert_eq!(isoinfo(&image, &["-R", "-x", "/user-data"]), seed.user_data);
     assert_eq!(isoinfo(&image, &["-R", "-x", "/meta-data"]), seed.meta_data);
 }
+
+#[test]
+fn the_agents_seed_holds_no_account_hash_or_key() {
+    let catalog = Catalog::builtin().expect("built-ins");
+    let deployment = request("debian-12").check(&catalog).expect("valid");
+    let id = Uuid::parse_str("6f1c2a5e-0b7d-4c1e-9a53-2f0e8d4b7c61").expect("uuid");
+    let seed = NoCloudSeed::without_secrets(&deployment, id).expect("seed");
+    let body = seed
+        .user_data
+        .strip_prefix("#cloud-config\n")
+        .expect("header");
+    let config: serde_json::Value = serde_json::from_str(body).expect("json");
+    assert_eq!(config["users"], serde_json::json!([]));
+    assert_eq!(config["hostname"], deployment.hostname.as_str());
+    for secret in ["$6$", deployment.username.as_str(), ED25519.trim()] {
+        assert!(
+            !seed.user_data.contains(secret),
+            "{secret} in {}",
+            seed.user_data
+        );
+    }
+}

@@ -25,6 +25,7 @@ fn linux_files() -> DomainFiles {
         seed: path("/var/lib/overvisor/vms/web-01/seed.iso"),
         installer: None,
         uefi: None,
+        guest_agent_socket: None,
     }
 }
 
@@ -38,6 +39,7 @@ fn windows_files() -> DomainFiles {
             vars_template: path("/usr/share/OVMF/OVMF_VARS_4M.fd"),
             nvram: path("/var/lib/overvisor/vms/web-01/VARS.fd"),
         }),
+        guest_agent_socket: None,
     }
 }
 
@@ -68,6 +70,25 @@ fn ubuntu_on_a_bridge() {
     let xml = xml(&deployment("ubuntu-24.04"), VirtType::Kvm, &linux_files());
     well_formed(&xml);
     golden("domain-ubuntu.xml", &xml);
+    libvirt_accepts(&xml);
+}
+
+#[test]
+fn agent_provisioning_adds_the_agents_port() {
+    let files = DomainFiles {
+        guest_agent_socket: Some(path("/var/lib/overvisor/vms/web-01/guest.sock")),
+        ..linux_files()
+    };
+    let xml = xml(&deployment("ubuntu-24.04"), VirtType::Kvm, &files);
+    well_formed(&xml);
+    assert!(
+        xml.contains(
+            "<channel type=\"unix\">\n      <source mode=\"bind\" path=\"/var/lib/overvisor/vms/web-01/guest.sock\"/>\n      <target type=\"virtio\" name=\"org.overvisor.guest.0\"/>\n    </channel>"
+        ),
+        "{xml}"
+    );
+    // The QEMU guest agent's channel stays.
+    assert!(xml.contains("name=\"org.qemu.guest_agent.0\""), "{xml}");
     libvirt_accepts(&xml);
 }
 

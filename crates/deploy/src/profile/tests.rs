@@ -210,3 +210,31 @@ fn windows_rules() {
         Some("2k22".to_owned())
     );
 }
+
+#[test]
+fn provisioning_is_cloud_init_unless_a_linux_profile_asks_for_the_agent() {
+    assert_eq!(
+        check(LINUX).expect("valid").provisioning,
+        Provisioning::CloudInit
+    );
+    let agent = LINUX.replace(
+        "seed = \"nocloud\"",
+        "seed = \"nocloud\"\nprovisioning = \"agent\"",
+    );
+    assert_eq!(
+        check(&agent).expect("valid").provisioning,
+        Provisioning::Agent
+    );
+    let windows = WINDOWS.replace(
+        "seed = \"autounattend\"",
+        "seed = \"autounattend\"\nprovisioning = \"agent\"",
+    );
+    assert_eq!(field_of(&windows), "provisioning");
+    assert!(
+        toml::from_str::<ProfileFile>(&LINUX.replace(
+            "seed = \"nocloud\"",
+            "seed = \"nocloud\"\nprovisioning = \"magic\""
+        ))
+        .is_err()
+    );
+}

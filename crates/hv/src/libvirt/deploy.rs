@@ -124,6 +124,8 @@ pub struct VmFiles {
     pub dir: String,
     pub disk: String,
     pub seed: String,
+    /// The host end of the guest agent's virtio-serial port (QEMU listens).
+    pub guest_socket: String,
 }
 
 impl VmFiles {
@@ -133,6 +135,7 @@ impl VmFiles {
         Self {
             disk: format!("{dir}/disk.qcow2"),
             seed: format!("{dir}/seed.iso"),
+            guest_socket: format!("{dir}/guest.sock"),
             dir,
         }
     }
@@ -281,6 +284,12 @@ impl LibvirtDriver {
             Ok(()) | Err(HvError::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// A connection to the guest agent's port of the VM with `files`,
+    /// through the host's SSH connection (no process on the host).
+    pub async fn guest_channel(&self, files: &VmFiles) -> HvResult<crate::ssh::TcpTunnel> {
+        Ok(self.ssh().direct_streamlocal(&files.guest_socket).await?)
     }
 
     /// `kvm` when the host can accelerate, else plain `qemu` (TCG).

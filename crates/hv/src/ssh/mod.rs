@@ -63,6 +63,9 @@ pub struct SshConfig {
     /// beyond like consoles. They are not session channels, so `MaxSessions`
     /// does not count them.
     pub max_tunnels: usize,
+    /// `direct-streamlocal` channels to guest agents' sockets (a
+    /// deployment's provisioning) open at once; refused beyond.
+    pub max_guest_channels: usize,
     /// Per stream (stdout, stderr) of one exec; the rest is dropped and
     /// [`ExecOutput::truncated`] set.
     pub max_output_bytes: usize,
@@ -127,6 +130,7 @@ impl SshConfig {
             max_channels: 6,
             max_consoles: 4,
             max_tunnels: 16,
+            max_guest_channels: 16,
             max_output_bytes: 16 << 20,
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
@@ -270,6 +274,7 @@ struct Inner {
     channels: Arc<Semaphore>,
     consoles: Arc<Semaphore>,
     tunnels: Arc<Semaphore>,
+    guests: Arc<Semaphore>,
 }
 
 /// Which share of the connection's channels a channel takes.
@@ -280,6 +285,8 @@ enum Share {
     /// Long-lived channels for viewers are refused when none is free.
     Consoles,
     Tunnels,
+    /// Guest agents' sockets, refused like consoles.
+    Guests,
 }
 
 /// A cloneable handle on the one connection to a host. Connects lazily (or
@@ -321,6 +328,7 @@ impl SshSession {
                 channels: share(cfg.max_channels),
                 consoles: share(cfg.max_consoles),
                 tunnels: share(cfg.max_tunnels),
+                guests: share(cfg.max_guest_channels),
                 cfg,
             }),
         }
@@ -386,6 +394,7 @@ impl SshSession {
             Share::Commands => (&inner.channels, cfg.max_channels),
             Share::Consoles => (&inner.consoles, cfg.max_consoles),
             Share::Tunnels => (&inner.tunnels, cfg.max_tunnels),
+            Share::Guests => (&inner.guests, cfg.max_guest_channels),
         }
     }
 
@@ -549,6 +558,7 @@ impl SshSession {
             }
             Share::Consoles => "serial consoles",
             Share::Tunnels => "console tunnels",
+            Share::Guests => "guest agent channels",
         };
         semaphore
             .clone()
@@ -782,14 +792,41 @@ impl SshSession {
     /// A TCP connection from the host to `host:port` as seen from the host
     /// (e.g. a VNC server on its loopback), tunnelled over this session.
     pub async fn direct_tcpip(&self, host: &str, port: u16) -> Result<TcpTunnel, SshError> {
+        let what = format!("direct-tcpip to {host}:{port}");
+        self.tunnel(Share::Tunnels, what, |h| async move {
+            h.channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0)
+                .await
+        })
+        .await
+    }
+
+    /// A connection to the UNIX socket at `path` on the host (e.g. a guest
+    /// agent's virtio-serial port), tunnelled over this session: nothing
+    /// runs on the host for it.
+    pub async fn direct_streamlocal(&self, path: &str) -> Result<TcpTunnel, SshError> {
+        let what = format!("direct-streamlocal to {path}");
+        self.tunnel(Share::Guests, what, |h| async move {
+            h.channel_open_direct_streamlocal(path).await
+        })
+        .await
+    }
+
+    /// Opens a forwarding channel in `share`, within the command timeout.
+    async fn tunnel<F, Fut>(
+        &self,
+        share: Share,
+        what: String,
+        open_channel: F,
+    ) -> Result<TcpTunnel, SshError>
+    where
+        F: FnOnce(Arc<SshHandle>) -> Fut,
+        Fut: std::future::Future<Output = Result<russh::Channel<russh::client::Msg>, russh::Error>>,
+    {
         let deadline = self.inner.cfg.command_timeout;
         let open = async {
-            let permit = self.permit(Share::Tunnels).await?;
+            let permit = self.permit(share).await?;
             let h = self.handle().await?;
-            match h
-                .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0)
-                .await
-            {
+            match open_channel(h.clone()).await {
                 Ok(ch) => Ok(TcpTunnel {
                     stream: ch.into_stream(),
                     _permit: permit,
@@ -801,7 +838,7 @@ impl SshSession {
             Ok(r) => r,
             Err(_) => Err(SshError::Timeout {
                 addr: self.inner.addr.clone(),
-                what: format!("direct-tcpip to {host}:{port}"),
+                what,
                 after: deadline,
             }),
         }
