@@ -227,7 +227,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::MasterKey;
     use chrono::Utc;
@@ -237,7 +237,7 @@ mod tests {
         crate::testdb::user(store, name).await.id
     }
 
-    fn host(owner: UserId, name: &str, address: &str) -> Host {
+    pub(crate) fn host(owner: UserId, name: &str, address: &str) -> Host {
         let now = Utc::now();
         Host {
             id: HostId::new(),
