@@ -9,6 +9,7 @@ use overvisor_control::connections::ConnectionSettings;
 use overvisor_control::inventory::reconcile::InventorySettings;
 use overvisor_control::jobs::JobSettings;
 use overvisor_control::metrics::MetricsSettings;
+use overvisor_control::replicas::ReplicaSettings;
 use overvisor_control::{App, AppConfig, login_limit::Limits};
 use overvisor_server::{AppState, Config, Listeners, Settings};
 use overvisor_store::{MasterKey, Sealer, Store};
@@ -178,6 +179,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // first use).
     let oidc_app = app.clone();
     tokio::spawn(async move { oidc_app.oidc_warm_up().await });
+    // Replicas on one PostgreSQL database share the hosts: this one takes
+    // its share before the reconcilers start.
+    let mut replicas = None;
+    if app.store().backend() == overvisor_store::Backend::Postgres {
+        let leases = app
+            .replicas_start(
+                ReplicaSettings {
+                    lease: std::time::Duration::from_secs(config.host_lease_secs),
+                    ..ReplicaSettings::default()
+                },
+                shutdown.clone(),
+            )
+            .await;
+        replicas = Some(leases);
+        tracing::info!(
+            replica = app.replicas().id(),
+            owned = app.replicas().owned_count(),
+            "sharing hosts with other replicas"
+        );
+    }
     app.inventory_start(
         InventorySettings {
             resync_every: std::time::Duration::from_secs(config.inventory_resync_secs),
@@ -194,6 +215,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(%ui, %api, ready_ms = started.elapsed().as_millis() as u64, "overvisor listening");
     overvisor_server::serve(state, &config, listeners, shutdown).await?;
+    // This replica's hosts are released for the others to take at once.
+    if let Some(leases) = replicas {
+        let _ = leases.await;
+    }
     app.store().close().await;
     tracing::info!("overvisor stopped");
     Ok(())

@@ -578,9 +578,14 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_viewer_that_does_not_read_is_dropped_and_memory_stays_bounded() {
-    /// Output the guest prints at once: more than the kernel's socket
-    /// buffers (a few MiB on loopback) and every queue hold.
-    const BURST: usize = 5 << 20;
+    /// Output the guest prints at most: far more than the kernel's socket
+    /// buffers (the sender's grows to 4 MiB on loopback) and every queue
+    /// hold. The test stops reading once it has measured what it needs,
+    /// so how much of it is printed depends on those buffers, not on luck.
+    const BURST: usize = 64 << 20;
+    /// Output that must pass to the viewer that reads after the other was
+    /// dropped, while the service's memory is watched.
+    const AFTER_DROP: usize = 2 << 20;
     let lab = Lab::load();
     let app = TestApp::start().await;
     let pid = app.pid().unwrap();
@@ -639,6 +644,9 @@ async fn a_viewer_that_does_not_read_is_dropped_and_memory_stays_bounded() {
             if dropped_at.is_some() {
                 peak = peak.max(rss_kib(pid));
             }
+            if dropped_at.is_some_and(|at| seen - at >= AFTER_DROP) {
+                return;
+            }
             tail.push_str(&String::from_utf8_lossy(&data));
             if tail.contains("BURST-DONE") {
                 return;
@@ -648,16 +656,17 @@ async fn a_viewer_that_does_not_read_is_dropped_and_memory_stays_bounded() {
         }
     })
     .await;
-    assert!(done.is_ok(), "the burst never ended ({seen} bytes seen)");
-    let dropped_at = dropped_at.expect("the viewer that did not read was never dropped");
+    assert!(done.is_ok(), "the burst stalled ({seen} bytes seen)");
+    let dropped_at = dropped_at
+        .unwrap_or_else(|| panic!("the viewer that did not read was never dropped ({seen} bytes)"));
     let after_drop = seen - dropped_at;
     let grown_kib = peak.saturating_sub(before);
     eprintln!(
         "dropped after {dropped_at} bytes; RSS grew by {grown_kib} KiB while {after_drop} more passed"
     );
     assert!(
-        after_drop >= 1 << 20,
-        "dropped late: after {dropped_at} bytes"
+        after_drop >= AFTER_DROP,
+        "dropped late: after {dropped_at} of {seen} bytes"
     );
     assert!(
         grown_kib < 1 << 10,

@@ -17,6 +17,7 @@
 //! true to the hosts).
 
 mod columns;
+pub(crate) mod mirror;
 pub(crate) mod queries;
 pub mod reconcile;
 pub mod resync;
@@ -107,7 +108,7 @@ impl VmRecord {
 }
 
 /// Whether the inventory can currently talk to a host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Connectivity {
     /// Not synced yet since it was registered or the service started.
@@ -150,9 +151,12 @@ pub struct Inventory {
     /// How long the last rebuild took (µs): decides inline vs. background.
     last_build_micros: Arc<AtomicU64>,
     /// Wakes the supervisor (host added, changed or removed).
-    wake: Notify,
+    pub(crate) wake: Notify,
     /// Each host reconciler's queue of resync requests.
     resyncers: resync::Resyncers,
+    /// Hosts changed since their owner last wrote them out for the other
+    /// replicas (see [`mirror`]).
+    touched: mirror::Touched,
 }
 
 impl Default for Inventory {
@@ -166,6 +170,7 @@ impl Default for Inventory {
             last_build_micros: Arc::default(),
             wake: Notify::new(),
             resyncers: resync::Resyncers::default(),
+            touched: mirror::Touched::default(),
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod oidc;
 pub mod operations;
 pub mod profiles;
+pub mod replicas;
 pub mod sessions;
 pub mod vms;
 
@@ -99,6 +100,7 @@ struct AppInner {
     console_tickets: consoles::ConsoleTickets,
     serial_consoles: consoles::SerialHub,
     metrics: metrics::Metrics,
+    replicas: replicas::Replicas,
 }
 
 impl App {
@@ -132,6 +134,7 @@ impl App {
                 console_tickets: consoles::ConsoleTickets::default(),
                 serial_consoles: consoles::SerialHub::default(),
                 metrics,
+                replicas: replicas::Replicas::default(),
             }),
         }
     }

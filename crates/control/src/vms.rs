@@ -110,6 +110,10 @@ impl App {
             {
                 return Ok(Some(state));
             }
+            // Another replica owns the host's connection: its runner checks.
+            if !self.replicas().owns(*host) {
+                return Ok(None);
+            }
             let driver = self.host_driver(&authorized).await?;
             match tokio::time::timeout(PRECHECK_TIMEOUT, driver.vm_state(vm)).await {
                 Ok(Ok(state)) if !allowed(state, action) => Err(AppError::InvalidTransition(

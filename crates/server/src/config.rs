@@ -44,6 +44,10 @@ pub struct Config {
     pub login_max_failures_per_address: usize,
     /// Full resync of every connected host's inventory this often (at least 1).
     pub inventory_resync_secs: u64,
+    /// Several replicas on PostgreSQL: how long a replica's hold on a host
+    /// lasts without renewal (renewed every third of it). A replica that
+    /// dies loses its hosts to the others after this.
+    pub host_lease_secs: u64,
     /// An open event stream re-validates its credential this often (at
     /// least 1), to end streams whose key or session expired or was revoked
     /// by another process (such as `overvisor key revoke`). Revocations
@@ -134,6 +138,7 @@ impl Default for Config {
             login_max_failures_per_account: 5,
             login_max_failures_per_address: 20,
             inventory_resync_secs: 60,
+            host_lease_secs: 15,
             stream_recheck_secs: 30,
             event_streams_per_credential: 16,
             ssh_connects_in_flight: 16,
@@ -230,6 +235,7 @@ impl Config {
         for (name, secs) in [
             ("inventory_resync_secs", self.inventory_resync_secs),
             ("stream_recheck_secs", self.stream_recheck_secs),
+            ("host_lease_secs", self.host_lease_secs),
         ] {
             if !(1..=MAX_PERIOD_SECS).contains(&secs) {
                 return Err(ConfigError::Invalid(format!(
@@ -394,6 +400,7 @@ const FIELDS: &[&str] = &[
     "login_max_failures_per_account",
     "login_max_failures_per_address",
     "inventory_resync_secs",
+    "host_lease_secs",
     "stream_recheck_secs",
     "event_streams_per_credential",
     "ssh_connects_in_flight",

@@ -422,7 +422,7 @@ mod tests {
                 .map(|c| c.rows)
                 .unwrap_or_else(|| panic!("{table} not copied"))
         };
-        assert_eq!(counts.len(), 11, "{counts:?}");
+        assert_eq!(counts.len(), 13, "{counts:?}");
         assert_eq!(
             (rows("users"), rows("ssh_identities"), rows("hosts")),
             (1, 1, 1)

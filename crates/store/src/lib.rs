@@ -18,6 +18,7 @@ pub mod host_leases;
 pub mod hosts;
 pub mod jobs;
 pub mod oidc_identities;
+pub mod replicas;
 pub mod seal;
 pub mod sessions;
 pub mod ssh_identities;

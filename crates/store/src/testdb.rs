@@ -69,3 +69,21 @@ pub(crate) async fn user(store: &Store, name: &str) -> overvisor_model::account:
     store.user_insert(&user, None).await.expect("insert user");
     user
 }
+
+/// `n` hosts (`h0`, `h1`, …) registered by a new account; their ids.
+pub(crate) async fn registered_hosts(store: &Store, n: u8) -> Vec<overvisor_model::host::HostId> {
+    let owner = user(store, "alice").await.id;
+    let sealer = crate::Sealer::new(&crate::MasterKey::generate());
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let host = crate::hosts::tests::host(owner, &format!("h{i}"), &format!("10.0.0.{i}"));
+        ids.push(
+            store
+                .host_insert(&sealer, &host, None)
+                .await
+                .expect("host")
+                .id,
+        );
+    }
+    ids
+}

@@ -65,13 +65,15 @@ impl App {
     /// a host was added, changed or removed).
     pub fn inventory_wake(&self) {
         self.inventory().wake.notify_one();
+        // Where replicas share hosts, a new host is taken on at once.
+        self.replicas().tick_now.notify_one();
     }
 }
 
 /// Follows the host registry: one reconciler per host, restarted when the
 /// host row changes, stopped when it is removed.
 async fn supervise(app: App, settings: InventorySettings, shutdown: CancellationToken) {
-    let mut running: HashMap<HostId, (DateTime<Utc>, CancellationToken)> = HashMap::new();
+    let mut running: HashMap<HostId, Watched> = HashMap::new();
     let mut tick = tokio::time::interval(settings.registry_every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
@@ -90,16 +92,40 @@ async fn supervise(app: App, settings: InventorySettings, shutdown: Cancellation
         let mut present = HashMap::with_capacity(hosts.len());
         for host in hosts {
             present.insert(host.id, ());
-            let current = running.get(&host.id).map(|(version, _)| *version);
-            if current == Some(host.updated_at) {
+            // Another replica's host is mirrored here, not connected to.
+            let lease = app.replicas().owned_generation(host.id);
+            let current = running.get(&host.id);
+            if current.is_some_and(|w| w.version == host.updated_at && w.lease == lease) {
                 continue;
             }
-            if let Some((_, stop)) = running.remove(&host.id) {
+            if let Some(Watched {
+                stop: Some(stop), ..
+            }) = running.remove(&host.id)
+            {
                 stop.cancel();
             }
             app.inventory().host_upsert(&host);
+            let Some(_) = lease else {
+                app.inventory().resyncers.close(host.id);
+                running.insert(
+                    host.id,
+                    Watched {
+                        version: host.updated_at,
+                        lease,
+                        stop: None,
+                    },
+                );
+                continue;
+            };
             let stop = shutdown.child_token();
-            running.insert(host.id, (host.updated_at, stop.clone()));
+            running.insert(
+                host.id,
+                Watched {
+                    version: host.updated_at,
+                    lease,
+                    stop: Some(stop.clone()),
+                },
+            );
             let requests = app.inventory().resyncers.open(&host);
             tokio::spawn(reconcile_host(
                 app.clone(),
@@ -109,10 +135,12 @@ async fn supervise(app: App, settings: InventorySettings, shutdown: Cancellation
                 stop,
             ));
         }
-        running.retain(|id, (_, stop)| {
+        running.retain(|id, watched| {
             let keep = present.contains_key(id);
             if !keep {
-                stop.cancel();
+                if let Some(stop) = &watched.stop {
+                    stop.cancel();
+                }
                 app.inventory().resyncers.close(*id);
                 app.inventory().host_remove(app.events(), *id);
                 app.metrics().forget(*id);
@@ -120,9 +148,22 @@ async fn supervise(app: App, settings: InventorySettings, shutdown: Cancellation
             keep
         });
     }
-    for (_, (_, stop)) in running {
-        stop.cancel();
+    for watched in running.into_values() {
+        if let Some(stop) = watched.stop {
+            stop.cancel();
+        }
     }
+}
+
+/// A registered host as the supervisor last saw it.
+struct Watched {
+    /// The host row's `updated_at`.
+    version: DateTime<Utc>,
+    /// This replica's lease generation on it; `None`: another replica
+    /// owns it.
+    lease: Option<i64>,
+    /// Stops its reconciler (only where this replica owns it).
+    stop: Option<CancellationToken>,
 }
 
 /// Keeps one host's VMs current until `stop`, answering resync requests.

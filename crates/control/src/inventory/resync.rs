@@ -221,6 +221,12 @@ impl App {
     /// registered or edited a moment ago may not have one yet, so the
     /// reconcilers are woken and given a little time to pick it up.
     async fn resync_request(&self, host: &Host) -> Result<Answer, String> {
+        if !self.replicas().owns(host.id) {
+            return Err(
+                "another replica owns this host: resync it there (its inventory is mirrored here)"
+                    .to_owned(),
+            );
+        }
         let resyncers = &self.inventory().resyncers;
         if let Some(queued) = resyncers.request(host.id, host.updated_at) {
             return queued;

@@ -244,6 +244,7 @@ impl Inventory {
                 None => self.changed(),
             }
         }
+        self.touched.add(id);
         for event in events {
             bus.publish(owner, event);
         }
@@ -274,6 +275,7 @@ impl Inventory {
             self.changed_with(&[Patch::State(vm.clone())]);
             published
         };
+        self.touched.add(id);
         bus.publish(
             published.0,
             Event::VmChanged {
@@ -324,6 +326,7 @@ impl Inventory {
             self.changed_with(&patches);
             (slot.status.owner, changed)
         };
+        self.touched.add(id);
         for vm in changed {
             bus.publish(
                 owner,
@@ -353,6 +356,7 @@ impl Inventory {
         };
         if let Some(vm) = removed {
             self.changed();
+            self.touched.add(id);
             bus.publish(
                 vm.owner,
                 Event::VmRemoved {
@@ -378,6 +382,7 @@ impl Inventory {
             slot.status.last_error = None;
             slot.status.owner
         };
+        self.touched.add(id);
         tracing::info!(host = %id, "host connected");
         bus.publish(owner, Event::HostConnected { host_id: id });
     }
@@ -391,6 +396,7 @@ impl Inventory {
             };
             let news = slot.status.status != Connectivity::Disconnected;
             slot.status.last_error = Some(error.to_owned());
+            self.touched.add(id);
             if !news {
                 return;
             }

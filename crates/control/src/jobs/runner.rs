@@ -78,6 +78,10 @@ impl App {
             if runner.is_live(candidate.id) {
                 continue;
             }
+            // A host's jobs run in the replica that owns its connection.
+            if !self.replicas().may_run(candidate.slot.as_deref()) {
+                continue;
+            }
             let permit = match &candidate.slot {
                 Some(key) => match runner.slot(key).try_acquire_owned() {
                     Ok(permit) => Some(permit),
@@ -94,6 +98,7 @@ impl App {
                 .await
             {
                 Ok(Some(claimed)) => {
+                    tracing::debug!(job = %claimed.job.id, kind = %claimed.job.kind, "claimed a job");
                     let live = runner.register(claimed.job.id);
                     let app = self.clone();
                     tokio::spawn(async move { app.job_run_guarded(claimed, live, permit).await });

@@ -1,0 +1,376 @@
+//! Three `overvisor serve` replicas on one PostgreSQL database and real
+//! lab hosts: each host is owned by one replica, every replica lists every
+//! VM, a lifecycle request made on any replica is carried out by the
+//! host's owner, and the replicas survive a SIGKILL and a rolling restart.
+//!
+//! Hosts: `ovh1`–`ovh3`, shared with other tests; only domains of our own
+//! are defined and touched on them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/event_stream.rs"]
+mod event_stream;
+#[path = "support/lab_hosts.rs"]
+mod lab_hosts;
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use event_stream::{events, wait_event};
+use lab_hosts::{id, job_finished, register};
+use overvisor_testkit::{Lab, TestGuest, unique_name};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{Api, TestApp};
+
+/// Lease of a host on a replica, and of a job on a runner (seconds): short,
+/// so a takeover happens within the test's patience.
+const LEASE_SECS: &str = "3";
+
+/// Starts a replica on the database named in `dir`'s `postgres-url` file.
+async fn replica(dir: &Path, master_key: &str) -> TestApp {
+    TestApp::builder()
+        .postgres()
+        .data_dir(&dir.join("data"))
+        .env("OVERVISOR_MASTER_KEY", master_key)
+        .env("OVERVISOR_HOST_LEASE_SECS", LEASE_SECS)
+        .env("OVERVISOR_JOB_LEASE_SECS", LEASE_SECS)
+        .env("OVERVISOR_TEST_JOBS", "1")
+        .start()
+        .await
+}
+
+/// The hosts a replica owns now, from what it logged (taken on, handed over).
+fn owned_hosts(app: &TestApp) -> BTreeSet<String> {
+    let mut owned = BTreeSet::new();
+    // What an earlier run of the process logged does not count.
+    let logs = app.logs();
+    let this_run = logs.rfind("joining the replicas").map_or(&logs[..], |at| {
+        &logs[logs[..at].rfind('\n').map_or(0, |n| n + 1)..]
+    });
+    for line in this_run.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let host = v["fields"]["host"].as_str().unwrap_or_default().to_owned();
+        match v["fields"]["message"].as_str() {
+            Some("host taken on by this replica") => {
+                owned.insert(host);
+            }
+            Some("host handed over to another replica") => {
+                owned.remove(&host);
+            }
+            _ => {}
+        }
+    }
+    owned
+}
+
+/// Names of the VMs called `prefix…` in the fleet-wide list, with states.
+async fn listed(api: &Api, prefix: &str) -> Result<BTreeSet<String>, String> {
+    let (status, page) = api
+        .get(&format!("/api/v1/vms?name={prefix}&limit=500"))
+        .await;
+    if status != StatusCode::OK {
+        return Err(format!("{status}: {page}"));
+    }
+    Ok(page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|vm| vm["name"].as_str().unwrap().to_owned())
+        .collect())
+}
+
+/// Waits until `api` lists exactly `want` under `prefix`.
+async fn wait_listed(api: &Api, prefix: &str, want: &BTreeSet<String>, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = listed(api, prefix).await;
+        if got.as_ref() == Ok(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: listed {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until some replica in `apps` (by index) logs that it took `host` on.
+async fn wait_owner(apps: &[&TestApp], host: &str) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(i) = apps.iter().position(|a| owned_hosts(a).contains(host)) {
+            return i;
+        }
+        assert!(Instant::now() < deadline, "nobody took host {host} on");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_hosts_and_survive_a_sigkill_and_a_rolling_restart() {
+    let lab = Lab::load();
+    let master_key = {
+        use base64::Engine;
+        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        base64::engine::general_purpose::STANDARD.encode([*a.as_bytes(), *b.as_bytes()].concat())
+    };
+    let first = TestApp::builder()
+        .postgres()
+        .env("OVERVISOR_MASTER_KEY", &master_key)
+        .env("OVERVISOR_HOST_LEASE_SECS", LEASE_SECS)
+        .env("OVERVISOR_JOB_LEASE_SECS", LEASE_SECS)
+        .env("OVERVISOR_TEST_JOBS", "1")
+        .start()
+        .await;
+    let token = first.admin_token.clone();
+    let url = first.postgres_url().unwrap().to_owned();
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut apps = vec![first];
+    for dir in &dirs {
+        std::fs::write(dir.path().join("postgres-url"), &url).unwrap();
+        apps.push(replica(dir.path(), &master_key).await);
+    }
+
+    // Three hosts registered on one replica; a domain of ours on each.
+    let prefix = unique_name("rep");
+    let mut hosts = Vec::new();
+    let mut guests: Vec<TestGuest> = Vec::new();
+    for name in ["ovh1", "ovh2", "ovh3"] {
+        let lab_host = lab.host(name);
+        hosts.push(id(&register(&apps[0].client(&token), &lab, lab_host).await));
+        guests.push(lab.define_guest(lab_host, &format!("{prefix}-{name}")));
+    }
+    let want: BTreeSet<String> = guests.iter().map(|g| g.name.clone()).collect();
+
+    // Each host gets one owner; every replica lists every VM.
+    let mut owners = Vec::new();
+    for host in &hosts {
+        let app_refs: Vec<&TestApp> = apps.iter().collect();
+        owners.push(wait_owner(&app_refs, host).await);
+    }
+    for (i, app) in apps.iter().enumerate() {
+        wait_listed(&app.client(&token), &prefix, &want, &format!("replica {i}")).await;
+    }
+    for host in &hosts {
+        let holders = apps
+            .iter()
+            .filter(|a| owned_hosts(a).contains(host))
+            .count();
+        assert_eq!(holders, 1, "host {host} has {holders} owners");
+    }
+
+    // A lifecycle request made on a replica that does not own the host is
+    // carried out by the owner, through the job queue.
+    let owner = owners[0];
+    let other = (owner + 1) % 3;
+    let (status, job) = apps[other]
+        .client(&token)
+        .post(
+            &format!("/api/v1/hosts/{}/vms/{}/start", hosts[0], guests[0].name),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    let done = job_finished(&apps[other].client(&token), &job_id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let ran_on: Vec<usize> = (0..3)
+        .filter(|i| {
+            apps[*i]
+                .logs()
+                .lines()
+                .any(|l| l.contains("claimed a job") && l.contains(&job_id))
+        })
+        .collect();
+    assert_eq!(ran_on, vec![owner], "the job ran on the host's owner only");
+
+    // A survivor's event stream, open before the owner dies.
+    let survivor = other;
+    let mut stream = events(&apps[survivor], &token, "vm.changed").await;
+
+    // A job running on the owner when it is killed.
+    let (status, steps) = apps[owner]
+        .client(&token)
+        .post(
+            "/api/v1/jobs/test-steps",
+            json!({"steps": 6, "step_millis": 1500, "resumable": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{steps}");
+    let steps_id = steps["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    loop {
+        let (_, job) = apps[owner]
+            .client(&token)
+            .get(&format!("/api/v1/jobs/{steps_id}"))
+            .await;
+        if job["steps"][1]["status"] == "running" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the job never ran: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // SIGKILL the owner of ovh1. Its hosts are taken on by the others; the
+    // lists on the survivors never lose a VM meanwhile.
+    let owned_by_dead = owned_hosts(&apps[owner]);
+    apps[owner].kill();
+    let killed_at = Instant::now();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
+    loop {
+        for i in &survivors {
+            let got = listed(&apps[*i].client(&token), &prefix).await;
+            assert_eq!(
+                got.as_ref(),
+                Ok(&want),
+                "replica {i} lost a VM during the takeover"
+            );
+        }
+        let retaken = owned_by_dead.iter().all(|host| {
+            survivors
+                .iter()
+                .any(|i| owned_hosts(&apps[*i]).contains(host))
+        });
+        if retaken {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "the dead replica's hosts were not taken on"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "hosts taken over {:?} after the SIGKILL",
+        killed_at.elapsed()
+    );
+
+    // The job the dead replica ran is resumed by a survivor and finishes.
+    let done = job_finished(&apps[survivor].client(&token), &steps_id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(done["log"].to_string().contains("resumed at"), "{done}");
+
+    // The survivor's stream keeps flowing: the VM on ovh1, now run by its
+    // new owner, is stopped and the change reaches it.
+    let new_owner = wait_owner(
+        &survivors.iter().map(|i| &apps[*i]).collect::<Vec<_>>(),
+        &hosts[0],
+    )
+    .await;
+    let new_owner = survivors[new_owner];
+    let (status, job) = apps[new_owner]
+        .client(&token)
+        .post(
+            &format!(
+                "/api/v1/hosts/{}/vms/{}/force-stop",
+                hosts[0], guests[0].name
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let name = guests[0].name.clone();
+    let changed = wait_event(&mut stream, Duration::from_secs(30), |e| {
+        e["vm"]["name"] == name.as_str() && e["vm"]["state"] == "shut_off"
+    })
+    .await;
+    assert_eq!(changed["host_id"], hosts[0].as_str());
+
+    // The killed replica restarts and rejoins: it lists every VM again.
+    apps[owner].restart().await;
+    wait_listed(
+        &apps[owner].client(&token),
+        &prefix,
+        &want,
+        "the restarted replica",
+    )
+    .await;
+
+    // Rolling restart of all three while a client polls through a
+    // "load balancer" that tries the next replica when one refuses the
+    // connection. No request fails on every replica, and every answer is
+    // complete.
+    let bases: Arc<Mutex<Vec<String>>> =
+        Arc::new(Mutex::new(apps.iter().map(|a| a.api.clone()).collect()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = tokio::spawn({
+        let (bases, stop, token, prefix, want) = (
+            bases.clone(),
+            stop.clone(),
+            token.clone(),
+            prefix.clone(),
+            want.clone(),
+        );
+        async move {
+            let (mut served, mut retried) = (0u32, 0u32);
+            let mut turn = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let urls = bases.lock().unwrap().clone();
+                let mut answered = false;
+                for k in 0..urls.len() {
+                    let api = Api::new(&urls[(turn + k) % urls.len()], Some(token.clone()));
+                    let sent = api
+                        .http
+                        .get(format!("{}/api/v1/vms?name={prefix}&limit=500", api.base))
+                        .bearer_auth(&token)
+                        .send()
+                        .await;
+                    match sent {
+                        // Refused or cut: what a load balancer retries.
+                        Err(_) => retried += 1,
+                        Ok(resp) => {
+                            let status = resp.status();
+                            let page: Value = resp.json().await.unwrap_or(Value::Null);
+                            if status == StatusCode::SERVICE_UNAVAILABLE {
+                                retried += 1;
+                                continue;
+                            }
+                            assert_eq!(status, StatusCode::OK, "{page}");
+                            let names: BTreeSet<String> = page["items"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .map(|vm| vm["name"].as_str().unwrap().to_owned())
+                                .collect();
+                            assert_eq!(names, want, "an incomplete list during the restart");
+                            answered = true;
+                            break;
+                        }
+                    }
+                }
+                assert!(answered, "no replica answered");
+                served += 1;
+                turn += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (served, retried)
+        }
+    });
+    for (i, app) in apps.iter_mut().enumerate() {
+        assert_eq!(app.terminate(), Some(0), "replica {i} did not stop cleanly");
+        app.restart().await;
+        bases.lock().unwrap()[i] = app.api.clone();
+        wait_listed(&app.client(&token), &prefix, &want, "a restarted replica").await;
+        // Some polling with all three up before the next one goes.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (served, retried) = poller.await.unwrap();
+    eprintln!("rolling restart: {served} requests answered, {retried} retried on another replica");
+    assert!(served > 0);
+    // Every host has one owner again.
+    for host in &hosts {
+        let app_refs: Vec<&TestApp> = apps.iter().collect();
+        wait_owner(&app_refs, host).await;
+    }
+    drop(guests);
+}

@@ -1,0 +1,465 @@
+//! Several `overvisor serve` replicas on one PostgreSQL database.
+//!
+//! Requests may land on any replica: accounts, sessions, keys, audit, jobs
+//! and hosts are rows every replica reads. What cannot be shared that way
+//! is a host's SSH connection: each host is owned by ONE replica at a time
+//! through a lease row (`host_leases`), renewed every third of its TTL and
+//! taken over by another replica once it lapses (a replica that died) or
+//! is released (a replica that stopped). Only the owner connects to the
+//! host, follows its events, resyncs and samples it, and runs its jobs
+//! (runners claim only jobs of hosts they own, so a lifecycle request
+//! made on any replica is carried out by the owner through the job queue).
+//!
+//! The owner writes each change of a host's inventory out as one document
+//! (`host_inventory`) and announces it with `NOTIFY`; the others apply it
+//! to their own inventories, so a list or an event stream on any replica
+//! is complete. A listener that lost its connection re-reads every
+//! document's version on reconnect, and all replicas compare versions
+//! periodically as a safety net.
+//!
+//! A replica takes no more than its share of the hosts (hosts / live
+//! replicas, from heartbeats), so replicas started together split them.
+//! On a single SQLite database there is one process: it owns every host
+//! and none of this runs.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use overvisor_model::host::HostId;
+use overvisor_store::replicas::InventoryNews;
+use tokio_util::sync::CancellationToken;
+
+use crate::App;
+use crate::inventory::mirror::HostMirror;
+
+/// How replicas share hosts.
+#[derive(Debug, Clone)]
+pub struct ReplicaSettings {
+    /// A hold on a host lasts this long without renewal.
+    pub lease: Duration,
+    /// Every document's version is compared this often, in case an
+    /// announcement was missed.
+    pub mirror_check_every: Duration,
+}
+
+impl Default for ReplicaSettings {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(15),
+            mirror_check_every: Duration::from_secs(30),
+        }
+    }
+}
+
+/// This replica: its name in leases, and the hosts it owns now.
+pub struct Replicas {
+    id: String,
+    /// Hosts are shared with other replicas (PostgreSQL); otherwise this
+    /// process owns every host.
+    shared: AtomicBool,
+    /// Owned hosts, with the lease generation each is held in.
+    owned: RwLock<HashMap<HostId, i64>>,
+    /// The document version last applied per mirrored host.
+    applied: std::sync::Mutex<HashMap<HostId, i64>>,
+    /// A document could not be applied yet (its host is not registered
+    /// here yet): every version is compared again shortly.
+    retry: AtomicBool,
+    /// Rings when the host registry changed: free hosts are taken at once
+    /// rather than at the next round.
+    pub(crate) tick_now: tokio::sync::Notify,
+}
+
+impl Default for Replicas {
+    fn default() -> Self {
+        Self {
+            id: format!("replica-{}", uuid::Uuid::new_v4()),
+            shared: AtomicBool::new(false),
+            owned: RwLock::default(),
+            applied: std::sync::Mutex::default(),
+            retry: AtomicBool::new(false),
+            tick_now: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+impl Replicas {
+    /// This replica's name in leases and heartbeats.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether this replica owns `host` now: runs its connection, events,
+    /// resyncs and jobs.
+    pub fn owns(&self, host: HostId) -> bool {
+        !self.shared.load(Ordering::Acquire) || self.owned_now().contains_key(&host)
+    }
+
+    /// The generation of this replica's lease on `host`, if it owns it (0
+    /// when hosts are not shared): a reconciler started for one
+    /// generation stops when the host changed hands in between.
+    pub(crate) fn owned_generation(&self, host: HostId) -> Option<i64> {
+        if !self.shared.load(Ordering::Acquire) {
+            return Some(0);
+        }
+        self.owned_now().get(&host).copied()
+    }
+
+    /// Whether a job in `slot` (`host:<id>`, or none) may run here.
+    pub(crate) fn may_run(&self, slot: Option<&str>) -> bool {
+        if !self.shared.load(Ordering::Acquire) {
+            return true;
+        }
+        match slot.and_then(|s| s.strip_prefix("host:")) {
+            Some(host) => host.parse().is_ok_and(|host| self.owns(host)),
+            None => true,
+        }
+    }
+
+    /// How many hosts this replica owns (every host when not shared).
+    pub fn owned_count(&self) -> Option<usize> {
+        self.shared
+            .load(Ordering::Acquire)
+            .then(|| self.owned_now().len())
+    }
+
+    fn owned_now(&self) -> std::sync::RwLockReadGuard<'_, HashMap<HostId, i64>> {
+        self.owned.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the owned set; answers the hosts lost and gained.
+    fn set_owned(&self, now: HashMap<HostId, i64>) -> (Vec<HostId>, Vec<HostId>) {
+        let mut owned = self.owned.write().unwrap_or_else(|p| p.into_inner());
+        let lost = owned
+            .iter()
+            .filter(|(host, generation)| now.get(host) != Some(generation))
+            .map(|(host, _)| *host)
+            .collect();
+        let gained = now
+            .iter()
+            .filter(|(host, generation)| owned.get(host) != Some(generation))
+            .map(|(host, _)| *host)
+            .collect();
+        *owned = now;
+        (lost, gained)
+    }
+
+    fn applied(&self) -> std::sync::MutexGuard<'_, HashMap<HostId, i64>> {
+        self.applied.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl App {
+    /// This replica.
+    pub fn replicas(&self) -> &Replicas {
+        &self.inner.replicas
+    }
+
+    /// Shares hosts with the other replicas on this (PostgreSQL) database
+    /// until `shutdown`: takes this replica's share of the hosts before it
+    /// returns (so the reconcilers start on them at once), then keeps the
+    /// leases, writes out owned hosts' inventories and mirrors the rest.
+    /// On shutdown the leases are released, so the others take the hosts
+    /// over at once.
+    /// Await the handle after `shutdown` so the release is done before the
+    /// database is closed.
+    pub async fn replicas_start(
+        &self,
+        settings: ReplicaSettings,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        self.replicas().shared.store(true, Ordering::Release);
+        tracing::info!(
+            replica = self.replicas().id(),
+            "joining the replicas on this database"
+        );
+        let mut lease_ok_at = tokio::time::Instant::now();
+        self.replicas_tick(&settings, &mut lease_ok_at).await;
+        self.replicas_preload().await;
+        let leases = tokio::spawn({
+            let (app, settings, shutdown) = (self.clone(), settings.clone(), shutdown.clone());
+            async move {
+                let every = settings.lease / 3;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => app.replicas_tick(&settings, &mut lease_ok_at).await,
+                        _ = app.replicas().tick_now.notified() => app.replicas_tick(&settings, &mut lease_ok_at).await,
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+                let me = app.replicas().id().to_owned();
+                app.replicas().set_owned(HashMap::new());
+                if let Err(err) = app.store().host_leases_release_all(&me).await {
+                    tracing::warn!(error = %err, "cannot release this replica's hosts");
+                }
+                let _ = app.store().replica_leave(&me).await;
+            }
+        });
+        tokio::spawn({
+            let (app, shutdown) = (self.clone(), shutdown.clone());
+            async move {
+                tokio::select! {
+                    _ = app.replicas_write_out() => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+        });
+        tokio::spawn({
+            let app = self.clone();
+            async move {
+                tokio::select! {
+                    _ = app.replicas_mirror(&settings) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+        });
+        leases
+    }
+
+    /// Starts from the picture the owners last wrote out, for every host
+    /// (owned ones too, until their own first resync corrects it): a
+    /// replica that starts answers lists completely from its first request.
+    async fn replicas_preload(&self) {
+        let hosts = match self.store().hosts_list(None).await {
+            Ok(hosts) => hosts,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the host registry");
+                return;
+            }
+        };
+        for host in &hosts {
+            self.inventory().host_upsert(host);
+            if let Ok(Some((version, doc))) = self.store().host_inventory_get(host.id).await
+                && let Ok(mirror) = serde_json::from_str::<HostMirror>(&doc)
+                && self.inventory().host_import(self.events(), host.id, mirror)
+            {
+                self.replicas().applied().insert(host.id, version);
+            }
+        }
+    }
+
+    /// One round of leases: heartbeat, renew what is held, take free hosts
+    /// up to this replica's share. When the database cannot be reached for
+    /// longer than a lease, every host is let go (the others may have
+    /// taken them).
+    async fn replicas_tick(
+        &self,
+        settings: &ReplicaSettings,
+        lease_ok_at: &mut tokio::time::Instant,
+    ) {
+        match self.replicas_lease_round(settings).await {
+            Ok(now_owned) => {
+                *lease_ok_at = tokio::time::Instant::now();
+                self.replicas_apply_owned(now_owned);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot renew host leases");
+                if lease_ok_at.elapsed() >= settings.lease {
+                    self.replicas_apply_owned(HashMap::new());
+                }
+            }
+        }
+    }
+
+    async fn replicas_lease_round(
+        &self,
+        settings: &ReplicaSettings,
+    ) -> Result<HashMap<HostId, i64>, overvisor_store::StoreError> {
+        let store = self.store();
+        let me = self.replicas().id();
+        let lease =
+            chrono::Duration::from_std(settings.lease).unwrap_or(chrono::Duration::seconds(15));
+        let now = Utc::now();
+        store.replica_heartbeat(me, now, now - lease * 4).await?;
+        let mut owned: HashMap<HostId, i64> = store
+            .host_leases_renew_held(me, now + lease)
+            .await?
+            .into_iter()
+            .collect();
+        let alive = store.replicas_alive(now - lease).await?.max(1);
+        let (hosts, held) = store.host_leases_count(now).await?;
+        let share = hosts.div_ceil(alive);
+        let want = share.saturating_sub(owned.len() as u64);
+        if want > 0 && held < hosts {
+            let limit = u32::try_from(want).unwrap_or(u32::MAX);
+            owned.extend(
+                store
+                    .host_leases_take_free(me, now, now + lease, limit)
+                    .await?,
+            );
+        }
+        Ok(owned)
+    }
+
+    /// Starts and stops reconcilers for hosts gained and lost.
+    fn replicas_apply_owned(&self, now_owned: HashMap<HostId, i64>) {
+        let (lost, gained) = self.replicas().set_owned(now_owned);
+        if lost.is_empty() && gained.is_empty() {
+            return;
+        }
+        for host in &lost {
+            // Its connection belongs to the new owner now.
+            self.connections().forget(*host);
+            tracing::info!(%host, "host handed over to another replica");
+        }
+        for host in &gained {
+            tracing::info!(%host, "host taken on by this replica");
+        }
+        self.inventory().wake.notify_one();
+    }
+
+    /// Writes out each owned host's inventory as it changes.
+    async fn replicas_write_out(&self) {
+        loop {
+            for host in self.inventory().touched_hosts().await {
+                if !self.replicas().owns(host) {
+                    continue;
+                }
+                let Some(mirror) = self.inventory().host_export(host) else {
+                    continue;
+                };
+                let written = match serde_json::to_string(&mirror) {
+                    Ok(doc) => {
+                        self.store()
+                            .host_inventory_put(host, &doc, Utc::now())
+                            .await
+                    }
+                    Err(err) => {
+                        tracing::error!(%host, error = %err, "cannot serialise a host's inventory");
+                        continue;
+                    }
+                };
+                if let Err(err) = written {
+                    tracing::warn!(%host, error = %err, "cannot write a host's inventory out; retrying");
+                    self.inventory().touch(host);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Mirrors the hosts other replicas own: on each announcement, after
+    /// a reconnect of the listener, and every `mirror_check_every`.
+    async fn replicas_mirror(&self, settings: &ReplicaSettings) {
+        let mut check = tokio::time::interval(settings.mirror_check_every);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Documents of hosts not registered here yet are tried again soon.
+        let mut retry = tokio::time::interval(Duration::from_millis(500));
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            let mut listener = match self.store().inventory_listener().await {
+                Ok(listener) => listener,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot listen for inventory changes; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            // Whatever was written while nobody listened.
+            self.replicas_mirror_all().await;
+            loop {
+                tokio::select! {
+                    _ = retry.tick(), if self.replicas().retry.swap(false, Ordering::AcqRel) => {
+                        self.replicas_mirror_all().await;
+                    }
+                    news = listener.next() => match news {
+                        Ok(InventoryNews::Written { host, version }) => {
+                            self.replicas_mirror_host(host, version).await;
+                        }
+                        Ok(InventoryNews::Reconnected) => self.replicas_mirror_all().await,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "inventory listener lost; reconnecting");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            break;
+                        }
+                    },
+                    _ = check.tick() => self.replicas_mirror_all().await,
+                }
+            }
+        }
+    }
+
+    async fn replicas_mirror_all(&self) {
+        match self.store().host_inventory_versions().await {
+            Ok(versions) => {
+                for (host, version) in versions {
+                    self.replicas_mirror_host(host, version).await;
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot read inventory versions"),
+        }
+    }
+
+    /// Applies `host`'s document if another replica owns it and `version`
+    /// is newer than what was applied.
+    async fn replicas_mirror_host(&self, host: HostId, version: i64) {
+        let replicas = self.replicas();
+        if replicas.owns(host) || replicas.applied().get(&host).is_some_and(|v| *v >= version) {
+            return;
+        }
+        let (version, doc) = match self.store().host_inventory_get(host).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(%host, error = %err, "cannot read a host's inventory");
+                return;
+            }
+        };
+        let mirror: HostMirror = match serde_json::from_str(&doc) {
+            Ok(mirror) => mirror,
+            Err(err) => {
+                tracing::warn!(%host, error = %err, "ignoring an unreadable host inventory");
+                return;
+            }
+        };
+        // Taken on meanwhile: this replica's own picture wins.
+        if replicas.owns(host) {
+            return;
+        }
+        if self.inventory().host_import(self.events(), host, mirror) {
+            replicas.applied().insert(host, version);
+        } else {
+            // Registered a moment ago: the registry is read again now, and
+            // the document tried again shortly.
+            self.inventory_wake();
+            replicas.retry.store(true, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lone_process_owns_every_host_and_runs_every_job() {
+        let replicas = Replicas::default();
+        let host = HostId::new();
+        assert!(replicas.owns(host));
+        assert!(replicas.may_run(Some(&format!("host:{host}"))));
+        assert!(replicas.may_run(None));
+        assert_eq!(replicas.owned_count(), None);
+    }
+
+    #[test]
+    fn a_shared_replica_runs_only_the_jobs_of_its_own_hosts() {
+        let replicas = Replicas::default();
+        replicas.shared.store(true, Ordering::Release);
+        let (mine, theirs) = (HostId::new(), HostId::new());
+        let (lost, gained) = replicas.set_owned(HashMap::from([(mine, 1)]));
+        assert!(lost.is_empty());
+        assert_eq!(gained, vec![mine]);
+        assert!(replicas.owns(mine) && !replicas.owns(theirs));
+        assert!(replicas.may_run(Some(&format!("host:{mine}"))));
+        assert!(!replicas.may_run(Some(&format!("host:{theirs}"))));
+        assert!(!replicas.may_run(Some("host:not-a-host")));
+        assert!(replicas.may_run(None), "jobs of no host run anywhere");
+        // A new generation of the same host counts as lost and gained: the
+        // lease went elsewhere and came back, the connection must restart.
+        let (lost, gained) = replicas.set_owned(HashMap::from([(mine, 3)]));
+        assert_eq!((lost, gained), (vec![mine], vec![mine]));
+        assert_eq!(replicas.owned_count(), Some(1));
+    }
+}

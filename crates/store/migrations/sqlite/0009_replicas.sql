@@ -1,0 +1,21 @@
+-- Several replicas on one database (PostgreSQL): who is alive, and each
+-- host's inventory as its owning replica last saw it.
+
+-- Replicas announce themselves while they live; the others count the live
+-- ones to take no more than their share of hosts.
+CREATE TABLE replicas (
+    id      TEXT PRIMARY KEY NOT NULL,
+    -- Milliseconds since the epoch of the last heartbeat.
+    seen_ms BIGINT NOT NULL
+);
+
+-- The owner of a host writes its VMs and connection status here after each
+-- change (and announces it); every other replica mirrors it, so a list or
+-- an event stream on any replica is complete. `version` grows with every
+-- write, so a mirror skips what it has already applied.
+CREATE TABLE host_inventory (
+    host_id    TEXT PRIMARY KEY NOT NULL REFERENCES hosts(id) ON DELETE CASCADE,
+    version    BIGINT NOT NULL,
+    doc        TEXT NOT NULL,
+    written_ms BIGINT NOT NULL
+);

@@ -1,0 +1,242 @@
+//! What replicas on one database share beyond the tables every feature
+//! has: heartbeats (who is alive, to split the hosts fairly), each host's
+//! inventory as its owner last saw it, and — on PostgreSQL — the
+//! announcement of each inventory write (`LISTEN`/`NOTIFY`), so the other
+//! replicas mirror it within milliseconds instead of polling.
+
+use chrono::{DateTime, Utc};
+use overvisor_model::host::HostId;
+
+use crate::{Db, DbRow, Result, Store, StoreError, parse_col, with_pool};
+
+/// The channel inventory writes are announced on; the payload is
+/// `<host id>:<version>`.
+const INVENTORY_CHANNEL: &str = "overvisor_inventory";
+
+impl Store {
+    /// Records that replica `id` is alive at `now`, and forgets replicas
+    /// silent since before `forget_before`.
+    pub async fn replica_heartbeat(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        forget_before: DateTime<Utc>,
+    ) -> Result<()> {
+        with_pool!(self, |pool| sqlx::query(
+            "INSERT INTO replicas (id, seen_ms) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET seen_ms = excluded.seen_ms",
+        )
+        .bind(id)
+        .bind(now.timestamp_millis())
+        .execute(pool)
+        .await)?;
+        with_pool!(self, |pool| sqlx::query(
+            "DELETE FROM replicas WHERE seen_ms < $1"
+        )
+        .bind(forget_before.timestamp_millis())
+        .execute(pool)
+        .await)?;
+        Ok(())
+    }
+
+    /// Replicas heard from since `since`.
+    pub async fn replicas_alive(&self, since: DateTime<Utc>) -> Result<u64> {
+        let n: i64 = with_pool!(self, |pool| sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM replicas WHERE seen_ms >= $1",
+        )
+        .bind(since.timestamp_millis())
+        .fetch_one(pool)
+        .await)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// A replica stopping gracefully leaves at once.
+    pub async fn replica_leave(&self, id: &str) -> Result<()> {
+        with_pool!(self, |pool| sqlx::query(
+            "DELETE FROM replicas WHERE id = $1"
+        )
+        .bind(id)
+        .execute(pool)
+        .await)?;
+        Ok(())
+    }
+
+    /// Writes `host`'s inventory document as its owner sees it now and
+    /// announces it (PostgreSQL); returns the document's new version.
+    pub async fn host_inventory_put(
+        &self,
+        host: HostId,
+        doc: &str,
+        now: DateTime<Utc>,
+    ) -> Result<i64> {
+        let put = "INSERT INTO host_inventory (host_id, version, doc, written_ms)
+                   VALUES ($1, 1, $2, $3)
+                   ON CONFLICT (host_id) DO UPDATE SET
+                       version = host_inventory.version + 1,
+                       doc = excluded.doc,
+                       written_ms = excluded.written_ms
+                   RETURNING version";
+        let version = match self.db() {
+            Db::Sqlite(pool) => {
+                sqlx::query_scalar::<_, i64>(put)
+                    .bind(host.to_string())
+                    .bind(doc)
+                    .bind(now.timestamp_millis())
+                    .fetch_one(pool)
+                    .await?
+            }
+            // Written and announced in one statement: a listener that hears
+            // of a version can always read it.
+            Db::Postgres(pool) => {
+                sqlx::query_scalar::<_, i64>(&format!(
+                    "WITH put AS ({put})
+                     SELECT version FROM put,
+                            pg_notify('{INVENTORY_CHANNEL}', $1 || ':' || put.version)"
+                ))
+                .bind(host.to_string())
+                .bind(doc)
+                .bind(now.timestamp_millis())
+                .fetch_one(pool)
+                .await?
+            }
+        };
+        Ok(version)
+    }
+
+    /// `host`'s inventory document and its version, if its owner wrote one.
+    pub async fn host_inventory_get(&self, host: HostId) -> Result<Option<(i64, String)>> {
+        let row = with_pool!(self, |pool| sqlx::query(
+            "SELECT version, doc FROM host_inventory WHERE host_id = $1",
+        )
+        .bind(host.to_string())
+        .fetch_optional(pool)
+        .await)?;
+        row.map(|row| Ok((row.col("version")?, row.col("doc")?)))
+            .transpose()
+    }
+
+    /// Every host's inventory version (to find what a mirror missed).
+    pub async fn host_inventory_versions(&self) -> Result<Vec<(HostId, i64)>> {
+        let rows = with_pool!(self, |pool| sqlx::query(
+            "SELECT host_id, version FROM host_inventory",
+        )
+        .fetch_all(pool)
+        .await)?;
+        rows.iter()
+            .map(|row| {
+                let host: String = row.col("host_id")?;
+                Ok((parse_col(&host, "host id")?, row.col("version")?))
+            })
+            .collect()
+    }
+
+    /// Listens for inventory announcements (PostgreSQL only: a SQLite
+    /// database has one process, which needs none).
+    pub async fn inventory_listener(&self) -> Result<InventoryListener> {
+        let Db::Postgres(pool) = self.db() else {
+            return Err(StoreError::Unavailable(
+                "inventory announcements need PostgreSQL".into(),
+            ));
+        };
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.ignore_pool_close_event(true);
+        listener.listen(INVENTORY_CHANNEL).await?;
+        Ok(InventoryListener { listener })
+    }
+}
+
+/// What an [`InventoryListener`] heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InventoryNews {
+    /// `host`'s document was written in `version`.
+    Written { host: HostId, version: i64 },
+    /// The listening connection was lost and is back: announcements in
+    /// between are gone, so the caller re-reads every version.
+    Reconnected,
+}
+
+/// Inventory announcements from every replica.
+pub struct InventoryListener {
+    listener: sqlx::postgres::PgListener,
+}
+
+impl InventoryListener {
+    /// The next announcement. A lost connection is re-established here
+    /// (and reported as [`InventoryNews::Reconnected`]); an error means
+    /// the database cannot be reached now.
+    pub async fn next(&mut self) -> Result<InventoryNews> {
+        loop {
+            // `try_recv` answers `None` once when the connection dropped,
+            // and reconnects on the next call.
+            let Some(note) = self.listener.try_recv().await? else {
+                return Ok(InventoryNews::Reconnected);
+            };
+            if let Some((host, version)) = note.payload().split_once(':')
+                && let (Ok(host), Ok(version)) = (host.parse(), version.parse())
+            {
+                return Ok(InventoryNews::Written { host, version });
+            }
+            tracing::warn!(
+                payload = note.payload(),
+                "ignoring a malformed inventory announcement"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Store;
+    use crate::testdb::{now, registered_hosts};
+
+    async fn documents_grow_a_version_and_heartbeats_count_the_living(store: Store) {
+        let h = registered_hosts(&store, 1).await[0];
+        let t0 = now();
+        assert_eq!(store.host_inventory_get(h).await.expect("get"), None);
+        assert_eq!(
+            store
+                .host_inventory_put(h, "{\"a\":1}", t0)
+                .await
+                .expect("put"),
+            1
+        );
+        assert_eq!(
+            store
+                .host_inventory_put(h, "{\"a\":2}", t0)
+                .await
+                .expect("put"),
+            2
+        );
+        assert_eq!(
+            store.host_inventory_get(h).await.expect("get"),
+            Some((2, "{\"a\":2}".to_owned()))
+        );
+        assert_eq!(
+            store.host_inventory_versions().await.expect("versions"),
+            vec![(h, 2)]
+        );
+
+        let ttl = chrono::Duration::seconds(15);
+        store
+            .replica_heartbeat("r1", t0, t0 - ttl)
+            .await
+            .expect("beat");
+        store
+            .replica_heartbeat("r2", t0, t0 - ttl)
+            .await
+            .expect("beat");
+        assert_eq!(store.replicas_alive(t0 - ttl).await.expect("alive"), 2);
+        // A replica silent for longer than the TTL is not counted, then
+        // forgotten by the next heartbeat.
+        let t1 = t0 + ttl + chrono::Duration::seconds(1);
+        store
+            .replica_heartbeat("r1", t1, t1 - ttl)
+            .await
+            .expect("beat");
+        assert_eq!(store.replicas_alive(t1 - ttl).await.expect("alive"), 1);
+        store.replica_leave("r1").await.expect("leave");
+        assert_eq!(store.replicas_alive(t1 - ttl).await.expect("alive"), 0);
+    }
+
+    crate::testdb::on_both_backends!(documents_grow_a_version_and_heartbeats_count_the_living);
+}
