@@ -190,11 +190,8 @@ async fn replicas_share_hosts_and_survive_a_sigkill_and_a_rolling_restart() {
         .collect();
     assert_eq!(ran_on, vec![owner], "the job ran on the host's owner only");
 
-    // A survivor's event stream, open before the owner dies.
-    let survivor = other;
-    let mut stream = events(&apps[survivor], &token, "vm.changed").await;
-
-    // A job running on the owner when it is killed.
+    // A job running when its replica is killed. Job events are passed on
+    // between replicas: another replica's stream shows its steps.
     let (status, steps) = apps[owner]
         .client(&token)
         .post(
@@ -205,27 +202,38 @@ async fn replicas_share_hosts_and_survive_a_sigkill_and_a_rolling_restart() {
     assert_eq!(status, StatusCode::ACCEPTED, "{steps}");
     let steps_id = steps["id"].as_str().unwrap().to_owned();
     let started = Instant::now();
-    loop {
-        let (_, job) = apps[owner]
-            .client(&token)
-            .get(&format!("/api/v1/jobs/{steps_id}"))
-            .await;
-        if job["steps"][1]["status"] == "running" {
-            break;
+    let runner = loop {
+        let claimed = (0..3).find(|i| {
+            apps[*i]
+                .logs()
+                .lines()
+                .any(|l| l.contains("claimed a job") && l.contains(&steps_id))
+        });
+        if let Some(i) = claimed {
+            break i;
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "the job never ran: {job}"
+            "nobody ran the job"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    };
+    let survivor = (runner + 1) % 3;
+    let mut job_stream = events(&apps[survivor], &token, "job.step").await;
+    let step = wait_event(&mut job_stream, Duration::from_secs(15), |e| {
+        e["job_id"] == steps_id.as_str()
+    })
+    .await;
+    assert!(step["step"]["index"].is_u64(), "{step}");
+    let mut stream = events(&apps[survivor], &token, "vm.changed").await;
 
-    // SIGKILL the owner of ovh1. Its hosts are taken on by the others; the
-    // lists on the survivors never lose a VM meanwhile.
-    let owned_by_dead = owned_hosts(&apps[owner]);
-    apps[owner].kill();
+    // SIGKILL it. Its hosts are taken on by the others; the lists on the
+    // survivors never lose a VM meanwhile.
+    let owned_by_dead = owned_hosts(&apps[runner]);
+    assert!(!owned_by_dead.is_empty(), "each replica owns a host");
+    apps[runner].kill();
     let killed_at = Instant::now();
-    let survivors: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != runner).collect();
     loop {
         for i in &survivors {
             let got = listed(&apps[*i].client(&token), &prefix).await;
@@ -259,36 +267,42 @@ async fn replicas_share_hosts_and_survive_a_sigkill_and_a_rolling_restart() {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert!(done["log"].to_string().contains("resumed at"), "{done}");
 
-    // The survivor's stream keeps flowing: the VM on ovh1, now run by its
-    // new owner, is stopped and the change reaches it.
+    // The survivor's stream keeps flowing: a VM on a host the dead replica
+    // owned changes under its new owner, and the change reaches it.
+    let h = hosts
+        .iter()
+        .position(|h| owned_by_dead.contains(h))
+        .unwrap();
+    let (action, state) = if h == 0 {
+        ("force-stop", "shut_off")
+    } else {
+        ("start", "running")
+    };
     let new_owner = wait_owner(
         &survivors.iter().map(|i| &apps[*i]).collect::<Vec<_>>(),
-        &hosts[0],
+        &hosts[h],
     )
     .await;
     let new_owner = survivors[new_owner];
     let (status, job) = apps[new_owner]
         .client(&token)
         .post(
-            &format!(
-                "/api/v1/hosts/{}/vms/{}/force-stop",
-                hosts[0], guests[0].name
-            ),
+            &format!("/api/v1/hosts/{}/vms/{}/{action}", hosts[h], guests[h].name),
             json!({}),
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
-    let name = guests[0].name.clone();
+    let name = guests[h].name.clone();
     let changed = wait_event(&mut stream, Duration::from_secs(30), |e| {
-        e["vm"]["name"] == name.as_str() && e["vm"]["state"] == "shut_off"
+        e["vm"]["name"] == name.as_str() && e["vm"]["state"] == state
     })
     .await;
-    assert_eq!(changed["host_id"], hosts[0].as_str());
+    assert_eq!(changed["host_id"], hosts[h].as_str());
 
     // The killed replica restarts and rejoins: it lists every VM again.
-    apps[owner].restart().await;
+    apps[runner].restart().await;
     wait_listed(
-        &apps[owner].client(&token),
+        &apps[runner].client(&token),
         &prefix,
         &want,
         "the restarted replica",

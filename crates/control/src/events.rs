@@ -39,7 +39,7 @@ pub const BUS_CAPACITY: usize = 4096;
 const CREDENTIAL_CHANGES_CAPACITY: usize = 256;
 
 /// A VM as events describe it: enough to update a list row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct VmBrief {
     pub uuid: Uuid,
     pub name: String,
@@ -56,7 +56,7 @@ pub struct VmBrief {
 macro_rules! events {
     ($( $(#[$doc:meta])* $name:literal => $variant:ident { $($field:ident : $ty:ty),* $(,)? } ),* $(,)?) => {
         /// What happened. Serialised with a `type` field (`job.updated`, ...).
-        #[derive(Debug, Clone, Serialize)]
+        #[derive(Debug, Clone, Serialize, serde::Deserialize)]
         #[serde(tag = "type")]
         pub enum Event {
             $( $(#[$doc])* #[serde(rename = $name)] $variant { $($field: $ty),* }, )*
@@ -126,6 +126,9 @@ pub struct Envelope {
     pub event: Event,
     /// `{"seq", "at", "type", ...}` as sent to clients.
     pub json: String,
+    /// Published by another replica and passed on here (not to be passed
+    /// on again).
+    pub relayed: bool,
 }
 
 #[derive(Serialize)]
@@ -212,6 +215,15 @@ impl EventBus {
 
     /// Publishes `event` for `owner` (and administrators). Never blocks.
     pub fn publish(&self, owner: UserId, event: Event) {
+        self.send(owner, event, false);
+    }
+
+    /// Publishes an event another replica published.
+    pub(crate) fn publish_relayed(&self, owner: UserId, event: Event) {
+        self.send(owner, event, true);
+    }
+
+    fn send(&self, owner: UserId, event: Event, relayed: bool) {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let at = Utc::now();
         let json = match serde_json::to_string(&Wire {
@@ -233,6 +245,7 @@ impl EventBus {
             owner,
             event,
             json,
+            relayed,
         }));
     }
 

@@ -429,7 +429,7 @@ fn fleet_point(points: &[Option<Point>], weights: &[f64]) -> Option<Point> {
 }
 
 /// A point's figures as JSON fields (null where unknown).
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
 pub struct Values {
     pub cpu_percent: Option<f64>,
     pub memory_used_bytes: Option<f64>,
@@ -453,7 +453,7 @@ impl Values {
 }
 
 /// One VM's figures in a `metrics.sampled` event.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
 pub struct VmValues {
     pub uuid: Uuid,
     #[serde(flatten)]

@@ -28,11 +28,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
+use overvisor_model::account::UserId;
 use overvisor_model::host::HostId;
-use overvisor_store::replicas::InventoryNews;
+use overvisor_model::job::JobId;
+use overvisor_store::replicas::{InventoryNews, MAX_ANNOUNCEMENT};
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::App;
+use crate::events::Event;
 use crate::inventory::mirror::HostMirror;
 
 /// How replicas share hosts.
@@ -207,6 +211,15 @@ impl App {
             }
         });
         tokio::spawn({
+            let (app, shutdown) = (self.clone(), shutdown.clone());
+            async move {
+                tokio::select! {
+                    _ = app.replicas_pass_on_events() => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+        });
+        tokio::spawn({
             let app = self.clone();
             async move {
                 tokio::select! {
@@ -369,6 +382,7 @@ impl App {
                             self.replicas_mirror_host(host, version).await;
                         }
                         Ok(InventoryNews::Reconnected) => self.replicas_mirror_all().await,
+                        Ok(InventoryNews::Event(payload)) => self.replicas_event_arrived(&payload).await,
                         Err(err) => {
                             tracing::warn!(error = %err, "inventory listener lost; reconnecting");
                             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -379,6 +393,86 @@ impl App {
                 }
             }
         }
+    }
+
+    /// Passes the job events published here on to the other replicas
+    /// (VM and host events need not be: each replica derives them from the
+    /// inventory it mirrors). An event too large for one announcement is
+    /// passed on as "read it again".
+    async fn replicas_pass_on_events(&self) {
+        let mut events = self.events().receiver();
+        loop {
+            let envelope = match events.recv().await {
+                Ok(envelope) => envelope,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "job events were not passed on to other replicas");
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            if envelope.relayed || envelope.event.job_id().is_none() {
+                continue;
+            }
+            let from = self.replicas().id();
+            let mut payload = serde_json::to_string(&Relayed {
+                from: from.to_owned(),
+                owner: envelope.owner,
+                event: Some(envelope.event.clone()),
+                reread: None,
+            });
+            if payload.as_ref().is_ok_and(|p| p.len() > MAX_ANNOUNCEMENT) {
+                payload = serde_json::to_string(&Relayed {
+                    from: from.to_owned(),
+                    owner: envelope.owner,
+                    event: None,
+                    reread: Reread::of(&envelope.event),
+                });
+            }
+            let sent = match payload {
+                Ok(payload) if payload.len() <= MAX_ANNOUNCEMENT => {
+                    self.store().announce_event(&payload).await
+                }
+                _ => continue,
+            };
+            if let Err(err) = sent {
+                tracing::warn!(error = %err, "cannot pass a job event on to other replicas");
+            }
+        }
+    }
+
+    /// Publishes here what another replica passed on.
+    async fn replicas_event_arrived(&self, payload: &str) {
+        let relayed: Relayed = match serde_json::from_str(payload) {
+            Ok(relayed) => relayed,
+            Err(err) => {
+                tracing::warn!(error = %err, "ignoring an unreadable passed-on event");
+                return;
+            }
+        };
+        if relayed.from == self.replicas().id() {
+            return;
+        }
+        let event = match (relayed.event, relayed.reread) {
+            (Some(event), _) => event,
+            (None, Some(Reread::Job(id))) => match self.store().job_get(id).await {
+                Ok(job) => Event::JobUpdated { job: Box::new(job) },
+                Err(_) => return,
+            },
+            (None, Some(Reread::Step(id, index))) => {
+                let Ok(steps) = self.store().job_steps(id).await else {
+                    return;
+                };
+                let Some(step) = steps.into_iter().find(|s| s.index == index) else {
+                    return;
+                };
+                Event::JobStep {
+                    job_id: id,
+                    step: Box::new(step),
+                }
+            }
+            (None, None) => return,
+        };
+        self.events().publish_relayed(relayed.owner, event);
     }
 
     async fn replicas_mirror_all(&self) {
@@ -425,6 +519,35 @@ impl App {
             // the document tried again shortly.
             self.inventory_wake();
             replicas.retry.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// A job event on its way to the other replicas.
+#[derive(Serialize, Deserialize)]
+struct Relayed {
+    /// The replica that published it (which hears its own announcements).
+    from: String,
+    owner: UserId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event: Option<Event>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reread: Option<Reread>,
+}
+
+/// What to read again when the event itself was too large to announce.
+#[derive(Serialize, Deserialize)]
+enum Reread {
+    Job(JobId),
+    Step(JobId, u16),
+}
+
+impl Reread {
+    fn of(event: &Event) -> Option<Self> {
+        match event {
+            Event::JobCreated { job } | Event::JobUpdated { job } => Some(Self::Job(job.id)),
+            Event::JobStep { job_id, step } => Some(Self::Step(*job_id, step.index)),
+            _ => None,
         }
     }
 }

@@ -12,6 +12,10 @@ use crate::{Db, DbRow, Result, Store, StoreError, parse_col, with_pool};
 /// The channel inventory writes are announced on; the payload is
 /// `<host id>:<version>`.
 const INVENTORY_CHANNEL: &str = "overvisor_inventory";
+/// The channel events are passed on to other replicas on (JSON).
+const EVENTS_CHANNEL: &str = "overvisor_events";
+/// What PostgreSQL accepts as a notification's payload is under 8000 bytes.
+pub const MAX_ANNOUNCEMENT: usize = 7900;
 
 impl Store {
     /// Records that replica `id` is alive at `now`, and forgets replicas
@@ -130,6 +134,22 @@ impl Store {
             .collect()
     }
 
+    /// Passes `payload` (at most [`MAX_ANNOUNCEMENT`] bytes) to every
+    /// replica's listener (PostgreSQL only).
+    pub async fn announce_event(&self, payload: &str) -> Result<()> {
+        let Db::Postgres(pool) = self.db() else {
+            return Err(StoreError::Unavailable(
+                "announcements need PostgreSQL".into(),
+            ));
+        };
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(EVENTS_CHANNEL)
+            .bind(payload)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+
     /// Listens for inventory announcements (PostgreSQL only: a SQLite
     /// database has one process, which needs none).
     pub async fn inventory_listener(&self) -> Result<InventoryListener> {
@@ -140,22 +160,26 @@ impl Store {
         };
         let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
         listener.ignore_pool_close_event(true);
-        listener.listen(INVENTORY_CHANNEL).await?;
+        listener
+            .listen_all([INVENTORY_CHANNEL, EVENTS_CHANNEL])
+            .await?;
         Ok(InventoryListener { listener })
     }
 }
 
 /// What an [`InventoryListener`] heard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InventoryNews {
     /// `host`'s document was written in `version`.
     Written { host: HostId, version: i64 },
     /// The listening connection was lost and is back: announcements in
     /// between are gone, so the caller re-reads every version.
     Reconnected,
+    /// An event another replica passed on (see [`Store::announce_event`]).
+    Event(String),
 }
 
-/// Inventory announcements from every replica.
+/// Inventory announcements and passed-on events from every replica.
 pub struct InventoryListener {
     listener: sqlx::postgres::PgListener,
 }
@@ -171,6 +195,9 @@ impl InventoryListener {
             let Some(note) = self.listener.try_recv().await? else {
                 return Ok(InventoryNews::Reconnected);
             };
+            if note.channel() == EVENTS_CHANNEL {
+                return Ok(InventoryNews::Event(note.payload().to_owned()));
+            }
             if let Some((host, version)) = note.payload().split_once(':')
                 && let (Ok(host), Ok(version)) = (host.parse(), version.parse())
             {
