@@ -155,6 +155,8 @@ pub async fn run(hosts: usize, per_host: usize, requests: usize) -> anyhow::Resu
             public_api_url: "http://127.0.0.1".into(),
             public_ui_url: "http://127.0.0.1".into(),
             started: Instant::now(),
+            max_body_bytes: 1 << 20,
+            peers: reqwest::Client::new(),
         }),
     };
     let router = overvisor_server::api_router(state, 1 << 20)

@@ -96,6 +96,10 @@ struct Args {
     /// Soak mode: seconds between samples of the service process.
     #[arg(long, default_value_t = 60)]
     soak_sample_secs: u64,
+    /// Fleet mode: run this many replicas on --database-url (an empty
+    /// PostgreSQL database) instead of one service on SQLite.
+    #[arg(long, default_value_t = 1)]
+    fleet_replicas: usize,
     /// Fleet mode: the service's OVERVISOR_LOG filter.
     #[arg(long, default_value = "warn")]
     fleet_log: String,
@@ -193,6 +197,8 @@ fn fleet_args(args: &Args) -> fleet::FleetArgs {
         resyncs: args.fleet_resyncs,
         log_filter: args.fleet_log.clone(),
         sync_timeout: Duration::from_secs(args.fleet_sync_timeout),
+        replicas: args.fleet_replicas,
+        database_url: args.database_url.clone(),
     }
 }
 

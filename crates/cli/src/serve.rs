@@ -167,6 +167,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .map(|_| config.public_ui_url())
             .unwrap_or_else(|| format!("http://{ui}")),
         started,
+        max_body_bytes: config.max_body_bytes,
+        peers: reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(
+                config.ssh_command_timeout_secs + 10,
+            ))
+            .build()
+            .context("building the client for other replicas")?,
     };
     let state = AppState {
         app: app.clone(),
@@ -187,6 +194,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .replicas_start(
                 ReplicaSettings {
                     lease: std::time::Duration::from_secs(config.host_lease_secs),
+                    url: config.replica_url.clone().or_else(|| {
+                        // A specific address is reachable as it is; 0.0.0.0 is not.
+                        (!api.ip().is_unspecified()).then(|| format!("http://{api}"))
+                    }),
                     ..ReplicaSettings::default()
                 },
                 shutdown.clone(),

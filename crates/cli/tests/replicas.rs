@@ -68,6 +68,17 @@ fn owned_hosts(app: &TestApp) -> BTreeSet<String> {
     owned
 }
 
+/// The replica's name in leases, from what it logged at its last start.
+fn replica_id(app: &TestApp) -> String {
+    app.logs()
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "joining the replicas on this database")
+        .find_map(|v| v["fields"]["replica"].as_str().map(str::to_owned))
+        .expect("the replica logged its name")
+}
+
 /// Names of the VMs called `prefix…` in the fleet-wide list, with states.
 async fn listed(api: &Api, prefix: &str) -> Result<BTreeSet<String>, String> {
     let (status, page) = api
@@ -164,6 +175,39 @@ async fn replicas_share_hosts_and_survive_a_sigkill_and_a_rolling_restart() {
             .count();
         assert_eq!(holders, 1, "host {host} has {holders} owners");
     }
+
+    // A live read on a replica that does not own the host is answered by
+    // the owner (forwarded), not over a second connection of its own.
+    let owner_id = replica_id(&apps[owners[1]]);
+    let reader = &apps[(owners[1] + 1) % 3];
+    for path in [
+        format!("/api/v1/hosts/{}/vms/{}", hosts[1], guests[1].name),
+        format!("/api/v1/hosts/{}/facts", hosts[1]),
+    ] {
+        let api = reader.client(&token);
+        let answer = api
+            .http
+            .get(format!("{}{path}", api.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "{path}");
+        assert_eq!(
+            answer.headers()["x-overvisor-served-by"].to_str().unwrap(),
+            owner_id,
+            "{path} was not served by the owner"
+        );
+    }
+    let (status, vm) = reader
+        .client(&token)
+        .get(&format!(
+            "/api/v1/hosts/{}/vms/{}",
+            hosts[1], guests[1].name
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{vm}");
+    assert_eq!(vm["name"], guests[1].name.as_str());
 
     // A lifecycle request made on a replica that does not own the host is
     // carried out by the owner, through the job queue.

@@ -47,6 +47,9 @@ pub struct ReplicaSettings {
     /// Every document's version is compared this often, in case an
     /// announcement was missed.
     pub mirror_check_every: Duration,
+    /// Where the other replicas reach this one's API, to forward requests
+    /// that need the connection of a host this one owns.
+    pub url: Option<String>,
 }
 
 impl Default for ReplicaSettings {
@@ -54,6 +57,7 @@ impl Default for ReplicaSettings {
         Self {
             lease: Duration::from_secs(15),
             mirror_check_every: Duration::from_secs(30),
+            url: None,
         }
     }
 }
@@ -285,7 +289,9 @@ impl App {
         let lease =
             chrono::Duration::from_std(settings.lease).unwrap_or(chrono::Duration::seconds(15));
         let now = Utc::now();
-        store.replica_heartbeat(me, now, now - lease * 4).await?;
+        store
+            .replica_heartbeat(me, settings.url.as_deref(), now, now - lease * 4)
+            .await?;
         let mut owned: HashMap<HostId, i64> = store
             .host_leases_renew_held(me, now + lease)
             .await?
@@ -304,6 +310,27 @@ impl App {
             );
         }
         Ok(owned)
+    }
+
+    /// Where to forward a request that needs `host`'s connection: the URL
+    /// of the replica that owns it, when that is not this one. `Ok(None)`:
+    /// serve it here (this replica owns it, hosts are not shared, or nobody
+    /// owns it right now).
+    pub async fn host_owner_elsewhere(
+        &self,
+        host: HostId,
+    ) -> Result<Option<String>, crate::AppError> {
+        if self.replicas().owns(host) {
+            return Ok(None);
+        }
+        match self.store().host_owner_replica(host, Utc::now()).await? {
+            Some((owner, url)) if owner != self.replicas().id() => url.map(Some).ok_or_else(|| {
+                crate::AppError::Unavailable(
+                    "another replica owns this host and gave no replica_url to reach it at".into(),
+                )
+            }),
+            _ => Ok(None),
+        }
     }
 
     /// Starts and stops reconcilers for hosts gained and lost.

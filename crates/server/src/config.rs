@@ -48,6 +48,11 @@ pub struct Config {
     /// lasts without renewal (renewed every third of it). A replica that
     /// dies loses its hosts to the others after this.
     pub host_lease_secs: u64,
+    /// Several replicas: the URL the other replicas reach this one's API at
+    /// (e.g. `http://10.0.0.5:8001`), to forward requests that need a host
+    /// it owns. Default: the API listener's address, unless that is
+    /// 0.0.0.0 (then set it, e.g. from the pod's IP).
+    pub replica_url: Option<String>,
     /// An open event stream re-validates its credential this often (at
     /// least 1), to end streams whose key or session expired or was revoked
     /// by another process (such as `overvisor key revoke`). Revocations
@@ -139,6 +144,7 @@ impl Default for Config {
             login_max_failures_per_address: 20,
             inventory_resync_secs: 60,
             host_lease_secs: 15,
+            replica_url: None,
             stream_recheck_secs: 30,
             event_streams_per_credential: 16,
             ssh_connects_in_flight: 16,
@@ -401,6 +407,7 @@ const FIELDS: &[&str] = &[
     "login_max_failures_per_address",
     "inventory_resync_secs",
     "host_lease_secs",
+    "replica_url",
     "stream_recheck_secs",
     "event_streams_per_credential",
     "ssh_connects_in_flight",

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod forward;
 pub mod listen;
 pub mod observe;
 pub mod portal;
@@ -45,29 +46,44 @@ pub struct Settings {
     /// them back there).
     pub public_ui_url: String,
     pub started: Instant,
+    /// The largest request body accepted (and forwarded to another replica).
+    pub max_body_bytes: usize,
+    /// The client that forwards requests to other replicas.
+    pub peers: reqwest::Client,
 }
 
 /// Builds the router served on the API port.
 pub fn api_router(state: AppState, max_body: usize) -> Router {
-    Router::new()
+    let routes = Router::new()
         .merge(api::routes())
         .merge(api::jobs::test_routes(state.app.test_jobs_enabled()))
         .merge(api::docs_routes())
-        .merge(observe::routes())
-        .fallback(api::not_found)
-        .with_state(state)
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn(observe::track_requests))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .merge(observe::routes());
+    serve_routes(routes, state, max_body)
 }
 
 /// Builds the router served on the UI port: the portal plus the API.
 pub fn ui_router(state: AppState, max_body: usize) -> Router {
-    Router::new()
+    let routes = Router::new()
         .merge(portal::routes())
         .merge(api::routes())
         .merge(api::jobs::test_routes(state.app.test_jobs_enabled()))
-        .merge(observe::health_routes())
+        .merge(observe::health_routes());
+    serve_routes(routes, state, max_body)
+}
+
+/// What both listeners put around their routes: forwarding to the replica
+/// that owns a host, the body limit, request metrics and spans.
+fn serve_routes(routes: Router<AppState>, state: AppState, max_body: usize) -> Router {
+    routes
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            forward::to_owner,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            forward::mark_served,
+        ))
         .fallback(api::not_found)
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body))

@@ -23,15 +23,17 @@ impl Store {
     pub async fn replica_heartbeat(
         &self,
         id: &str,
+        url: Option<&str>,
         now: DateTime<Utc>,
         forget_before: DateTime<Utc>,
     ) -> Result<()> {
         with_pool!(self, |pool| sqlx::query(
-            "INSERT INTO replicas (id, seen_ms) VALUES ($1, $2)
-             ON CONFLICT (id) DO UPDATE SET seen_ms = excluded.seen_ms",
+            "INSERT INTO replicas (id, seen_ms, url) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET seen_ms = excluded.seen_ms, url = excluded.url",
         )
         .bind(id)
         .bind(now.timestamp_millis())
+        .bind(url)
         .execute(pool)
         .await)?;
         with_pool!(self, |pool| sqlx::query(
@@ -52,6 +54,26 @@ impl Store {
         .fetch_one(pool)
         .await)?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// The replica whose lease on `host` is valid at `now`, and the URL
+    /// it is reached at (if it gave one).
+    pub async fn host_owner_replica(
+        &self,
+        host: HostId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(String, Option<String>)>> {
+        let row = with_pool!(self, |pool| sqlx::query(
+            "SELECT l.owner, r.url FROM host_leases l
+             LEFT JOIN replicas r ON r.id = l.owner
+             WHERE l.host_id = $1 AND l.expires_ms >= $2",
+        )
+        .bind(host.to_string())
+        .bind(now.timestamp_millis())
+        .fetch_optional(pool)
+        .await)?;
+        row.map(|row| Ok((row.col("owner")?, row.col("url")?)))
+            .transpose()
     }
 
     /// A replica stopping gracefully leaves at once.
@@ -245,19 +267,30 @@ mod tests {
 
         let ttl = chrono::Duration::seconds(15);
         store
-            .replica_heartbeat("r1", t0, t0 - ttl)
+            .replica_heartbeat("r1", Some("http://10.0.0.9:8001"), t0, t0 - ttl)
             .await
             .expect("beat");
         store
-            .replica_heartbeat("r2", t0, t0 - ttl)
+            .replica_heartbeat("r2", None, t0, t0 - ttl)
             .await
             .expect("beat");
         assert_eq!(store.replicas_alive(t0 - ttl).await.expect("alive"), 2);
+        // The owner of a host, with the URL it is reached at.
+        assert_eq!(store.host_owner_replica(h, t0).await.expect("owner"), None);
+        store
+            .host_lease_acquire(h, "r1", t0, t0 + ttl)
+            .await
+            .expect("lease")
+            .expect("free");
+        assert_eq!(
+            store.host_owner_replica(h, t0).await.expect("owner"),
+            Some(("r1".to_owned(), Some("http://10.0.0.9:8001".to_owned())))
+        );
         // A replica silent for longer than the TTL is not counted, then
         // forgotten by the next heartbeat.
         let t1 = t0 + ttl + chrono::Duration::seconds(1);
         store
-            .replica_heartbeat("r1", t1, t1 - ttl)
+            .replica_heartbeat("r1", Some("http://10.0.0.9:8001"), t1, t1 - ttl)
             .await
             .expect("beat");
         assert_eq!(store.replicas_alive(t1 - ttl).await.expect("alive"), 1);

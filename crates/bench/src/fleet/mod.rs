@@ -10,6 +10,7 @@
 pub(crate) mod api;
 pub(crate) mod events;
 pub(crate) mod hyperv;
+mod replicas;
 mod resync;
 
 use std::collections::HashMap;
@@ -42,6 +43,9 @@ pub struct FleetArgs {
     pub log_filter: String,
     /// Longest wait for every host to be connected and synced.
     pub sync_timeout: Duration,
+    /// More than one: that many replicas on `database_url` (PostgreSQL).
+    pub replicas: usize,
+    pub database_url: Option<String>,
 }
 
 /// The queries timed at fleet size. Domains are named
@@ -84,6 +88,13 @@ pub async fn run(binary: &Path, lab: &Lab, args: &FleetArgs) -> anyhow::Result<(
             .map_or_else(|| "default".into(), |n| n.to_string()),
         lab.lab_dir.display(),
     );
+    if args.replicas > 1 {
+        let url = args
+            .database_url
+            .as_deref()
+            .context("--fleet-replicas needs --database-url postgres://… (an empty database)")?;
+        return replicas::run(binary, lab, hosts, args, args.replicas, url).await;
+    }
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let log = dir.path().join("overvisor.log");

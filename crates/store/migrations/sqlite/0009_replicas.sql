@@ -2,11 +2,14 @@
 -- host's inventory as its owning replica last saw it.
 
 -- Replicas announce themselves while they live; the others count the live
--- ones to take no more than their share of hosts.
+-- ones to take no more than their share of hosts, and forward requests
+-- that need a host's connection to its owner's `url`.
 CREATE TABLE replicas (
     id      TEXT PRIMARY KEY NOT NULL,
     -- Milliseconds since the epoch of the last heartbeat.
-    seen_ms BIGINT NOT NULL
+    seen_ms BIGINT NOT NULL,
+    -- Where the other replicas reach its API (none: it cannot be reached).
+    url     TEXT
 );
 
 -- The owner of a host writes its VMs and connection status here after each
