@@ -4,6 +4,7 @@
 // screen. Screenshots of each page land in test-artifacts/screenshots.
 
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import {
   api, confirmDialog, launchBrowser, newPage, screenshot, signIn, startServer,
@@ -63,6 +64,61 @@ describe('sign-in', () => {
     assert.match(res.headers.get('cache-control'), /immutable/);
     const again = await fetch(`${server.ui}${href}`, { headers: { 'If-None-Match': res.headers.get('etag') } });
     assert.equal(again.status, 304);
+    await page.context().close();
+  });
+});
+
+describe('guest SSH keys', () => {
+  test('a key is added with its fingerprint, a bad one refused next to its field, and removed', async () => {
+    const page = await newPage(browser);
+    await signIn(page, server, 'admin', server.admin.password);
+    await page.goto(`${server.ui}/account`);
+    const section = page.locator('#guest-keys');
+    assert.match(await section.innerText(), /no guest SSH keys/);
+
+    // A private key is refused next to the key's field and never sent back.
+    const privateKey = '-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU=\n-----END OPENSSH PRIVATE KEY-----';
+    await page.getByLabel('Guest key name').fill('oops');
+    await page.getByLabel(/^Public key/).fill(privateKey);
+    await page.getByRole('button', { name: 'Add guest key' }).click();
+    await page.locator('#err-guest-key-public').waitFor();
+    assert.match(await page.locator('#err-guest-key-public').innerText(), /private key/i);
+    assert.equal(await page.getByLabel(/^Public key/).getAttribute('aria-invalid'), 'true');
+    assert.ok(!(await page.content()).includes('b3BlbnNzaC1rZXkt'), 'the private key is not echoed');
+    assert.equal(await page.getByLabel('Guest key name').inputValue(), 'oops', 'the name is kept');
+    await screenshot(page, 'account-guest-key-refused');
+
+    const publicKey = readFileSync(new URL('../../crates/deploy/tests/data/ed25519.pub', import.meta.url), 'utf8').trim();
+    await page.getByLabel('Guest key name').fill('browser');
+    await page.getByLabel(/^Public key/).fill(publicKey);
+    await page.getByRole('button', { name: 'Add guest key' }).click();
+    await page.waitForURL(/done=guest-key-added/);
+    const row = page.locator('tr[data-guest-key-name="browser"]');
+    assert.match(await row.innerText(), /SHA256:/);
+    const listed = await api(server, '/api/v1/users/me/guest-keys', { token: server.admin.apiKey });
+    assert.equal(listed.status, 200);
+    assert.equal(listed.json.length, 1);
+    assert.equal(listed.json[0].public_key, publicKey);
+    await screenshot(page, 'account-guest-keys');
+
+    // The same key again: refused above the form, nothing added.
+    await page.getByLabel('Guest key name').fill('again');
+    await page.getByLabel(/^Public key/).fill(publicKey);
+    await page.getByRole('button', { name: 'Add guest key' }).click();
+    await page.locator('#guest-key-error').waitFor();
+    assert.match(await page.locator('#guest-key-error').innerText(), /already exists/);
+
+    await row.getByRole('button', { name: /Remove/ }).click();
+    await confirmDialog(page, true);
+    await page.waitForURL(/done=guest-key-removed/);
+    assert.equal(await page.locator('tr[data-guest-key-name="browser"]').count(), 0);
+    const gone = await api(server, '/api/v1/users/me/guest-keys', { token: server.admin.apiKey });
+    assert.deepEqual(gone.json, []);
+    // The two refusals answer 400 and 409 (the browser logs them); nothing else.
+    assert.deepEqual(
+      page.problems.filter((p) => !/status of (400|409) .*\/account\/guest-keys$/.test(p)),
+      [],
+    );
     await page.context().close();
   });
 });

@@ -18,7 +18,9 @@ mod cloud_guest;
 mod lab_hosts;
 mod support;
 
-use cloud_guest::{Deployed, crypt_accepts, deploy, guest_ip, guest_ssh_when_up, remove_vm};
+use cloud_guest::{
+    Deployed, GuestAccount, crypt_accepts, deploy, guest_ip, guest_ssh_when_up, remove_vm,
+};
 use overvisor_testkit::{Lab, LabHost, unique_name};
 use reqwest::StatusCode;
 
@@ -63,6 +65,7 @@ async fn an_agent_provisioned_guest_gets_its_secrets_sealed_and_the_host_keeps_n
         host,
         "provisioning = \"agent\"",
         unique_name("sealed"),
+        GuestAccount::Given,
     )
     .await;
     // The provision step waits for the guest's first boot.

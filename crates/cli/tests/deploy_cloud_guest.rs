@@ -14,7 +14,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use cloud_guest::{Deployed, crypt_accepts, deploy, guest_ip, guest_ssh_when_up, remove_vm};
+use cloud_guest::{
+    Deployed, GuestAccount, crypt_accepts, deploy, guest_ip, guest_ssh_when_up, remove_vm,
+};
 use lab_hosts::job_finished;
 use overvisor_testkit::{Lab, unique_name};
 use reqwest::StatusCode;
@@ -30,7 +32,7 @@ async fn a_deployed_cloud_guest_has_what_the_request_asked_for() {
         password,
         job_id,
         ..
-    } = &deploy(&lab, host, "", unique_name("cloud")).await;
+    } = &deploy(&lab, host, "", unique_name("cloud"), GuestAccount::Defaults).await;
     let job = job_finished(api, job_id).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let uuid = job["result"]["uuid"].as_str().unwrap().to_owned();
@@ -73,7 +75,7 @@ async fn a_deployed_cloud_guest_has_what_the_request_asked_for() {
     assert_eq!(
         lines.get(1).copied(),
         Some("olga"),
-        "user (logged in with the key): {said}"
+        "user (logged in with the account's guest key): {said}"
     );
     let hash = lines
         .get(2)

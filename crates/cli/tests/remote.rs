@@ -269,6 +269,38 @@ async fn remotes_live_in_a_private_file_and_keys_are_never_shown() {
 }
 
 #[tokio::test]
+async fn guest_keys_are_added_listed_and_removed() {
+    let app = service().await;
+    let (_, key, _) = app.create_user("gina", "reader").await;
+    let cli = Cli::new(&app.api, &key);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("laptop.pub");
+    std::fs::write(&file, include_str!("../../deploy/tests/data/ed25519.pub")).unwrap();
+    let file = file.to_str().unwrap();
+    let added = cli
+        .run(&["guest-key", "add", file, "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(added["name"], "laptop.pub", "{added}");
+    let id = added["id"].as_str().unwrap();
+    let fingerprint = added["fingerprint"].as_str().unwrap();
+    let out = cli.run(&["guest-key", "list"]).ok();
+    assert!(
+        out.stdout.contains(fingerprint) && out.stdout.contains(id),
+        "{}",
+        out.stdout
+    );
+    // The same key again: a conflict, exit 1 with the service's message.
+    let out = cli
+        .run(&["guest-key", "add", file, "--name", "again"])
+        .code(1);
+    assert!(out.stderr.contains("already exists"), "{}", out.stderr);
+    cli.run(&["guest-key", "rm", id]).ok();
+    let listed = cli.run(&["guest-key", "list", "-o", "json"]).ok().json();
+    assert_eq!(listed, serde_json::json!([]));
+}
+
+#[tokio::test]
 async fn exit_codes_name_what_went_wrong() {
     let app = service().await;
     let admin = Cli::new(&app.api, &app.admin_token);

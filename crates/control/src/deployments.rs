@@ -107,6 +107,7 @@ impl App {
         let authorized = self
             .host_authorized(subject, host, Action::Operate, KIND)
             .await?;
+        let req = &self.deploy_request_of(subject, req).await?;
         let checked = async {
             let (image, checked) = self
                 .deploy_checked(&authorized, req, DeployStage::Name)
@@ -225,6 +226,7 @@ impl App {
         let authorized = self
             .host_authorized(subject, host, Action::Operate, KIND)
             .await?;
+        let req = &self.deploy_request_of(subject, req).await?;
         let (_, checked) = self.deploy_checked(&authorized, req, upto).await?;
         Ok(Some(checked.capacity))
     }

@@ -13,6 +13,7 @@ pub mod credentials;
 pub mod deployments;
 pub mod error;
 pub mod events;
+pub mod guest_keys;
 pub mod hosts;
 pub mod inventory;
 pub mod jobs;

@@ -21,6 +21,7 @@ pub mod iso;
 pub mod profile;
 pub mod request;
 pub mod secret;
+pub mod ssh_keys;
 mod text;
 mod xml;
 

@@ -7,17 +7,19 @@
 use overvisor_model::InvalidInput;
 use overvisor_model::vm::VmName;
 use serde::{Deserialize, Serialize};
-use ssh_key::{Algorithm, PublicKey};
 use utoipa::ToSchema;
 
 use crate::catalog::Catalog;
 use crate::profile::{OsFamily, Profile, Sizing};
+use crate::ssh_keys::check_public_key;
 use crate::text::check_chars;
 
 /// The most SSH keys one deployment injects.
 pub const MAX_SSH_KEYS: usize = 32;
-/// RSA keys shorter than this are refused (OpenSSH refuses them too).
-const MIN_RSA_BITS: u32 = 2048;
+/// useradd's limit for a Linux user name.
+const LINUX_USERNAME_MAX: usize = 32;
+/// The SAM account name limit.
+const WINDOWS_USERNAME_MAX: usize = 20;
 /// Windows NetBIOS computer names are at most 15 characters.
 const WINDOWS_COMPUTER_NAME_MAX: usize = 15;
 
@@ -34,11 +36,16 @@ pub struct DeploymentRequest {
     pub disk_gib: u64,
     pub network: NetworkAttachment,
     /// OpenSSH public keys, one per entry (`ssh-ed25519 AAAA… comment`).
+    /// Left out: the requesting account's guest keys (none on Windows);
+    /// given (even `[]`): exactly these, instead of the account's.
     #[serde(default)]
-    pub ssh_keys: Vec<String>,
-    /// The account created in the guest. On Windows, `Administrator` means
-    /// no account besides the built-in one.
-    pub username: String,
+    pub ssh_keys: Option<Vec<String>>,
+    /// The account created in the guest. Left out: the requesting
+    /// account's name, as a guest user name (`.` becomes `-`, cut to the
+    /// guest's limit). On Windows, `Administrator` means no account
+    /// besides the built-in one.
+    #[serde(default)]
+    pub username: Option<String>,
     /// A language and region such as `en-US` (default `en-US`).
     pub locale: Option<String>,
     /// An IANA time zone (`Europe/Berlin`) for Linux, a Windows time zone
@@ -125,6 +132,7 @@ pub struct CheckedName {
 
 /// The guest account's parts a deployment uses.
 pub struct CheckedAccount {
+    pub username: String,
     pub ssh_keys: Vec<String>,
     pub locale: Locale,
     pub timezone: String,
@@ -144,6 +152,7 @@ impl DeploymentRequest {
             fqdn,
         } = self.check_name(profile)?;
         let CheckedAccount {
+            username,
             ssh_keys,
             locale,
             timezone,
@@ -156,10 +165,34 @@ impl DeploymentRequest {
             sizing,
             network: self.network.clone(),
             ssh_keys,
-            username: self.username.clone(),
+            username,
             locale,
             timezone,
         })
+    }
+
+    /// The request with what it leaves out filled in from the requesting
+    /// account: its guest user name (when the account's name makes a valid
+    /// one on the profile's OS) and its guest keys (`account_keys`; none
+    /// for a Windows profile, which takes no keys). A request naming an
+    /// unknown profile is answered as it is (its check refuses it).
+    pub fn with_account_defaults(
+        &self,
+        catalog: &Catalog,
+        account: &str,
+        account_keys: Vec<String>,
+    ) -> DeploymentRequest {
+        let mut filled = self.clone();
+        let Ok(profile) = self.profile_in(catalog) else {
+            return filled;
+        };
+        if filled.username.is_none() {
+            filled.username = default_username(account, profile.os);
+        }
+        if filled.ssh_keys.is_none() && profile.os == OsFamily::Linux {
+            filled.ssh_keys = Some(account_keys);
+        }
+        filled
     }
 
     /// The profile the request names.
@@ -195,12 +228,19 @@ impl DeploymentRequest {
 
     /// The guest account: user name, SSH keys, locale, time zone.
     pub fn check_account(&self, profile: &Profile) -> Result<CheckedAccount, InvalidInput> {
-        check_username(&self.username, profile.os)?;
-        let ssh_keys = check_ssh_keys(&self.ssh_keys, profile.os)?;
+        let username = self.username.as_deref().ok_or_else(|| {
+            InvalidInput::new(
+                "username",
+                "must be given: the account's name is not a valid user name on this guest",
+            )
+        })?;
+        check_username(username, profile.os)?;
+        let ssh_keys = check_ssh_keys(self.ssh_keys.as_deref().unwrap_or_default(), profile.os)?;
         let locale = Locale::parse(self.locale.as_deref().unwrap_or("en-US"))?;
         let timezone = self.timezone.as_deref().unwrap_or("UTC");
         check_timezone(timezone, profile.os)?;
         Ok(CheckedAccount {
+            username: username.to_owned(),
             ssh_keys,
             locale,
             timezone: timezone.to_owned(),
@@ -260,8 +300,7 @@ fn check_network(network: &NetworkAttachment) -> Result<(), InvalidInput> {
     Ok(())
 }
 
-/// Parses each key and re-encodes it: one key per entry, no options, no
-/// line breaks, a known algorithm, RSA of at least 2048 bits.
+/// Checks each key ([`check_public_key`]) and answers it re-encoded.
 fn check_ssh_keys(keys: &[String], os: OsFamily) -> Result<Vec<String>, InvalidInput> {
     if os == OsFamily::Windows && !keys.is_empty() {
         return Err(InvalidInput::new(
@@ -277,48 +316,7 @@ fn check_ssh_keys(keys: &[String], os: OsFamily) -> Result<Vec<String>, InvalidI
     }
     keys.iter()
         .enumerate()
-        .map(|(i, key)| {
-            let field = format!("ssh_keys[{i}]");
-            check_chars(
-                &field,
-                key,
-                16 * 1024,
-                // ASCII only: a comment with U+2028 would be a line break
-                // to YAML readers such as cloud-init's.
-                |c| c == ' ' || c.is_ascii_graphic(),
-                "one public key per entry, printable ASCII, without line breaks",
-            )?;
-            let parsed = PublicKey::from_openssh(key.trim()).map_err(|e| {
-                InvalidInput::new(
-                    &field,
-                    format!("is not an OpenSSH public key (\"ssh-ed25519 AAAA… comment\"): {e}"),
-                )
-            })?;
-            match parsed.algorithm() {
-                Algorithm::Ed25519
-                | Algorithm::Ecdsa { .. }
-                | Algorithm::SkEd25519
-                | Algorithm::SkEcdsaSha2NistP256 => {}
-                Algorithm::Rsa { .. } => {
-                    let bits = parsed.key_data().rsa().map_or(0, |k| k.key_size());
-                    if bits < MIN_RSA_BITS {
-                        return Err(InvalidInput::new(
-                            &field,
-                            format!("RSA key has {bits} bits; at least {MIN_RSA_BITS} needed"),
-                        ));
-                    }
-                }
-                other => {
-                    return Err(InvalidInput::new(
-                        &field,
-                        format!("key type {} is not accepted", other.as_str()),
-                    ));
-                }
-            }
-            parsed
-                .to_openssh()
-                .map_err(|e| InvalidInput::new(&field, format!("cannot be re-encoded: {e}")))
-        })
+        .map(|(i, key)| Ok(check_public_key(&format!("ssh_keys[{i}]"), key)?.openssh))
         .collect()
 }
 
@@ -351,6 +349,24 @@ const RESERVED_LINUX_USERS: [&str; 22] = [
 const RESERVED_WINDOWS_USERS: [&str; 4] =
     ["guest", "defaultaccount", "wdagutilityaccount", "system"];
 
+/// The guest user name an account's name gives (`.` as `-`, cut to the
+/// OS's limit), if it is a valid, non-system one there.
+pub fn default_username(account: &str, os: OsFamily) -> Option<String> {
+    let max = match os {
+        OsFamily::Linux => LINUX_USERNAME_MAX,
+        OsFamily::Windows => WINDOWS_USERNAME_MAX,
+    };
+    let name: String = account
+        .chars()
+        .map(|c| match (c, os) {
+            ('.', OsFamily::Linux) => '-',
+            (c, _) => c,
+        })
+        .take(max)
+        .collect();
+    check_username(&name, os).ok().map(|()| name)
+}
+
 fn check_username(name: &str, os: OsFamily) -> Result<(), InvalidInput> {
     match os {
         OsFamily::Linux => {
@@ -358,7 +374,7 @@ fn check_username(name: &str, os: OsFamily) -> Result<(), InvalidInput> {
             check_chars(
                 "username",
                 name,
-                32,
+                LINUX_USERNAME_MAX,
                 |c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'),
                 "only lower-case letters, digits, '_' and '-' are allowed",
             )?;
@@ -378,7 +394,7 @@ fn check_username(name: &str, os: OsFamily) -> Result<(), InvalidInput> {
             check_chars(
                 "username",
                 name,
-                20,
+                WINDOWS_USERNAME_MAX,
                 |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'),
                 "only letters, digits, '.', '_' and '-' are allowed",
             )?;

@@ -1,4 +1,5 @@
-//! Accounts: users, their roles, API key metadata and audit records.
+//! Accounts: users, their roles, API key metadata, guest SSH keys and
+//! audit records.
 //!
 //! Secrets (password hashes, key hashes, private keys) are deliberately absent
 //! from these types: a value of a type defined here can always be shown to its
@@ -64,6 +65,10 @@ id_type!(
 id_type!(
     /// Identifies a browser session (not the secret cookie value).
     SessionId
+);
+id_type!(
+    /// Identifies one of an account's guest SSH keys.
+    GuestKeyId
 );
 
 /// Roles are ordered: every right of a lower role is held by the higher ones.
@@ -268,6 +273,21 @@ pub fn check_key_name(name: &str) -> Result<(), InvalidInput> {
         ));
     }
     Ok(())
+}
+
+/// An SSH public key an account keeps for its guests: a deployment that
+/// names no `ssh_keys` injects its owner's. A public key is no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GuestKey {
+    pub id: GuestKeyId,
+    pub user_id: UserId,
+    pub name: String,
+    /// The OpenSSH `authorized_keys` line as parsed and re-encoded
+    /// (`ssh-ed25519 AAAA… comment`).
+    pub public_key: String,
+    /// `SHA256:…`, as `ssh-keygen -l` prints it.
+    pub fingerprint: String,
+    pub created_at: DateTime<Utc>,
 }
 
 /// A browser session as its owner may see it (never the cookie value).

@@ -325,6 +325,18 @@ mod tests {
             .oidc_identity_link(user.id, "https://idp.example", "sub-1", now)
             .await
             .expect("oidc link");
+        let guest_key = overvisor_model::account::GuestKey {
+            id: overvisor_model::account::GuestKeyId::new(),
+            user_id: user.id,
+            name: "laptop".into(),
+            public_key: "ssh-ed25519 AAAA".into(),
+            fingerprint: "SHA256:x".into(),
+            created_at: now,
+        };
+        store
+            .guest_key_insert(&guest_key, 1)
+            .await
+            .expect("guest key");
         for action in ["auth.login", "host.create", "vm.start"] {
             let event = NewAuditEvent {
                 actor_id: Some(user.id),
@@ -422,12 +434,12 @@ mod tests {
                 .map(|c| c.rows)
                 .unwrap_or_else(|| panic!("{table} not copied"))
         };
-        assert_eq!(counts.len(), 13, "{counts:?}");
+        assert_eq!(counts.len(), 14, "{counts:?}");
         assert_eq!(
             (rows("users"), rows("ssh_identities"), rows("hosts")),
             (1, 1, 1)
         );
-        assert_eq!(rows("oidc_identities"), 1);
+        assert_eq!((rows("oidc_identities"), rows("guest_keys")), (1, 1));
         assert_eq!(
             (rows("audit_log"), rows("jobs"), rows("job_steps")),
             (3, 2, 4)
@@ -436,7 +448,7 @@ mod tests {
         // Parents come before the tables that reference them.
         let at = |table: &str| counts.iter().position(|c| c.table == table);
         assert!(at("users") < at("hosts") && at("jobs") < at("job_steps"));
-        assert!(at("users") < at("oidc_identities"));
+        assert!(at("users") < at("oidc_identities") && at("users") < at("guest_keys"));
 
         // The copy reads back the same through the store, sealed secrets included.
         let creds = postgres

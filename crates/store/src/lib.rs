@@ -14,6 +14,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod copy;
+pub mod guest_keys;
 pub mod host_leases;
 pub mod hosts;
 pub mod jobs;

@@ -9,6 +9,7 @@ mod config;
 mod console;
 mod error;
 mod events;
+mod guest_keys;
 mod hosts;
 mod jobs;
 mod output;
@@ -84,6 +85,13 @@ pub enum Command {
         #[command(subcommand)]
         cmd: profiles::ProfileCommand,
     },
+    /// Your guest SSH keys: list, add, rm (deployments without keys inject them).
+    GuestKey {
+        #[command(flatten)]
+        opts: Opts,
+        #[command(subcommand)]
+        cmd: guest_keys::GuestKeyCommand,
+    },
     /// The audit log.
     Audit {
         #[command(flatten)]
@@ -112,6 +120,9 @@ pub async fn run(cmd: Command) -> Result<(), Error> {
         Command::Job { opts, cmd } => jobs::run(&connect(&opts)?, opts.output, cmd).await,
         Command::Events { opts, args } => events::run(&connect(&opts)?, opts.output, args).await,
         Command::Profile { opts, cmd } => profiles::run(&connect(&opts)?, opts.output, cmd).await,
+        Command::GuestKey { opts, cmd } => {
+            guest_keys::run(&connect(&opts)?, opts.output, cmd).await
+        }
         Command::Audit { opts, args } => audit::run(&connect(&opts)?, opts.output, args).await,
     }
 }

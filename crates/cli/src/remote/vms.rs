@@ -101,9 +101,9 @@ pub struct DeployArgs {
     /// The profile (`overvisor profile list`).
     #[arg(long)]
     profile: String,
-    /// The account created in the guest.
+    /// The account created in the guest (default: your account's name).
     #[arg(long)]
-    username: String,
+    username: Option<String>,
     /// vCPUs (default: the profile's).
     #[arg(long)]
     vcpus: Option<u32>,
@@ -119,9 +119,13 @@ pub struct DeployArgs {
     /// A Linux bridge on the host to attach to.
     #[arg(long)]
     bridge: Option<String>,
-    /// An OpenSSH public key file to authorize (repeat for several).
+    /// An OpenSSH public key file to authorize (repeat for several); none
+    /// given: your guest keys (`overvisor guest-key list`).
     #[arg(long = "ssh-key")]
     ssh_keys: Vec<PathBuf>,
+    /// Inject no SSH key at all (not even your guest keys).
+    #[arg(long, conflicts_with = "ssh_keys")]
+    no_ssh_keys: bool,
     /// Locale, e.g. en-US.
     #[arg(long)]
     locale: Option<String>,
@@ -251,9 +255,14 @@ async fn deploy(client: &Client, format: Format, args: DeployArgs) -> Result<()>
     let mut body = Map::new();
     body.insert("profile".into(), json!(args.profile));
     body.insert("name".into(), json!(args.name));
-    body.insert("username".into(), json!(args.username));
+    if let Some(username) = args.username {
+        body.insert("username".into(), json!(username));
+    }
     body.insert("network".into(), network);
-    body.insert("ssh_keys".into(), json!(ssh_keys));
+    // Left out, the service injects the account's guest keys.
+    if !ssh_keys.is_empty() || args.no_ssh_keys {
+        body.insert("ssh_keys".into(), json!(ssh_keys));
+    }
     body.insert(
         "vcpus".into(),
         args.vcpus.map_or(defaults["vcpus"].clone(), |v| json!(v)),

@@ -52,6 +52,14 @@ disk_gib = 2
     .unwrap();
 }
 
+/// How a deployment names the guest's user and keys.
+pub enum GuestAccount {
+    /// `username` and `ssh_keys` in the request.
+    Given,
+    /// Neither: the account's name and guest keys.
+    Defaults,
+}
+
 /// A deployment of the lab's cloud image through the API, accepted.
 pub struct Deployed {
     pub app: TestApp,
@@ -66,7 +74,16 @@ pub struct Deployed {
 
 /// Deploys the lab's cloud image on `host` as user `olga` (with the lab's
 /// client key), the profile written with `extra` (see [`write_profile`]).
-pub async fn deploy(lab: &Lab, host: &LabHost, extra: &str, name: String) -> Deployed {
+/// `GuestAccount::Defaults` names neither user nor keys: the account
+/// `olga` keeps the lab's key as its guest key, and the deployment takes
+/// both from the account.
+pub async fn deploy(
+    lab: &Lab,
+    host: &LabHost,
+    extra: &str,
+    name: String,
+    account: GuestAccount,
+) -> Deployed {
     let profiles = tempfile::tempdir().unwrap();
     write_profile(profiles.path(), lab, extra);
     let app = TestApp::builder()
@@ -76,17 +93,30 @@ pub async fn deploy(lab: &Lab, host: &LabHost, extra: &str, name: String) -> Dep
     let (_, token, _) = app.create_user("olga", "operator").await;
     let api = app.client(&token);
     let host_id = id(&register(&api, lab, host).await);
+    let mut request = serde_json::json!({
+        "profile": "lab-debian", "name": name, "vcpus": 1, "memory_mib": 768,
+        "disk_gib": 4, "network": {"bridge": lab.guest_network.bridge},
+    });
+    match account {
+        GuestAccount::Given => {
+            request["username"] = "olga".into();
+            request["ssh_keys"] = serde_json::json!([lab.client_key_pub]);
+        }
+        GuestAccount::Defaults => {
+            let (status, key) = api
+                .post(
+                    "/api/v1/users/me/guest-keys",
+                    serde_json::json!({"name": "lab client", "public_key": lab.client_key_pub}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{key}");
+        }
+    }
     let (status, accepted) = api
-        .post(
-            &format!("/api/v1/hosts/{host_id}/deployments"),
-            serde_json::json!({
-                "profile": "lab-debian", "name": name, "vcpus": 1, "memory_mib": 768,
-                "disk_gib": 4, "network": {"bridge": lab.guest_network.bridge},
-                "username": "olga", "ssh_keys": [lab.client_key_pub],
-            }),
-        )
+        .post(&format!("/api/v1/hosts/{host_id}/deployments"), request)
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    assert_eq!(accepted["credentials"]["username"], "olga", "{accepted}");
     Deployed {
         password: accepted["credentials"]["password"]
             .as_str()

@@ -34,7 +34,7 @@ fn builtin_profile_golden() {
 
 #[test]
 fn virtio_drivers_golden() {
-    let mut d = deployment(|r| r.username = "Administrator".into());
+    let mut d = deployment(|r| r.username = Some("Administrator".into()));
     d.profile = crate::profile::tests::windows_virtio("virtio");
     let xml = autounattend_xml(&d, &fixed_password()).expect("xml");
     let names = well_formed(&xml);

@@ -19,17 +19,17 @@ fn seed(r: &DeploymentRequest) -> (NoCloudSeed, GeneratedPassword) {
 fn requests() -> Vec<DeploymentRequest> {
     let keyed = request("ubuntu-24.04");
     let mut keyless = request("debian-12");
-    keyless.ssh_keys.clear();
+    keyless.ssh_keys = Some(vec![]);
     let mut dotted = request("ubuntu-24.04");
     dotted.name = "db_02.lab.example.org".into();
     dotted.locale = Some("de-DE".into());
     dotted.timezone = Some("Europe/Berlin".into());
     let mut many_keys = request("debian-12");
-    many_keys.ssh_keys = vec![
+    many_keys.ssh_keys = Some(vec![
         ED25519.trim().into(),
         include_str!("../../tests/data/ecdsa.pub").trim().into(),
-    ];
-    many_keys.username = "_svc-01".into();
+    ]);
+    many_keys.username = Some("_svc-01".into());
     vec![keyed, keyless, dotted, many_keys]
 }
 
@@ -66,7 +66,7 @@ fn user_data_is_cloud_config_with_a_hash_only() {
 #[test]
 fn password_log_in_only_without_keys() {
     let mut r = request("debian-12");
-    r.ssh_keys.clear();
+    r.ssh_keys = Some(vec![]);
     let (seed, _) = seed(&r);
     assert!(
         seed.user_data.contains("\"ssh_pwauth\": true"),

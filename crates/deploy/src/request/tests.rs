@@ -15,16 +15,12 @@ pub(crate) fn request(profile: &str) -> DeploymentRequest {
         memory_mib: 4096,
         disk_gib: 40,
         network: NetworkAttachment::Bridge("br0".into()),
-        ssh_keys: if windows {
+        ssh_keys: Some(if windows {
             vec![]
         } else {
             vec![ED25519.trim().into()]
-        },
-        username: if windows {
-            "ops".into()
-        } else {
-            "alice".into()
-        },
+        }),
+        username: Some(if windows { "ops" } else { "alice" }.into()),
         locale: None,
         timezone: None,
     }
@@ -98,39 +94,49 @@ fn hostile_input_is_refused_naming_the_field() {
         ),
         (
             "ssh_keys[0]",
-            Box::new(move |r| r.ssh_keys = vec![key_with_newline.clone()]),
+            Box::new(move |r| r.ssh_keys = Some(vec![key_with_newline.clone()])),
         ),
         (
             "ssh_keys[1]",
-            Box::new(|r| r.ssh_keys.push("ssh-ed25519 notbase64".into())),
+            Box::new(|r| {
+                r.ssh_keys
+                    .get_or_insert_default()
+                    .push("ssh-ed25519 notbase64".into())
+            }),
         ),
         (
             "ssh_keys[0]",
-            Box::new(|r| r.ssh_keys = vec![format!("command=\"reboot\" {}", ED25519.trim())]),
+            Box::new(|r| r.ssh_keys = Some(vec![format!("command=\"reboot\" {}", ED25519.trim())])),
         ),
         (
             "ssh_keys[0]",
-            Box::new(|r| r.ssh_keys = vec![RSA1024.trim().into()]),
+            Box::new(|r| r.ssh_keys = Some(vec![RSA1024.trim().into()])),
         ),
         (
             "ssh_keys[0]",
-            Box::new(|r| r.ssh_keys = vec![DSA.trim().into()]),
+            Box::new(|r| r.ssh_keys = Some(vec![DSA.trim().into()])),
         ),
-        ("ssh_keys[0]", Box::new(|r| r.ssh_keys = vec!["".into()])),
         (
             "ssh_keys[0]",
-            Box::new(|r| r.ssh_keys = vec![format!("{} a\u{2028}b", ED25519.trim())]),
+            Box::new(|r| r.ssh_keys = Some(vec!["".into()])),
+        ),
+        (
+            "ssh_keys[0]",
+            Box::new(|r| r.ssh_keys = Some(vec![format!("{} a\u{2028}b", ED25519.trim())])),
         ),
         (
             "ssh_keys",
-            Box::new(|r| r.ssh_keys = vec![ED25519.trim().into(); 33]),
+            Box::new(|r| r.ssh_keys = Some(vec![ED25519.trim().into(); 33])),
         ),
-        ("username", Box::new(|r| r.username = "root".into())),
-        ("username", Box::new(|r| r.username = "Alice".into())),
-        ("username", Box::new(|r| r.username = "al ice".into())),
-        ("username", Box::new(|r| r.username = "alice\n".into())),
-        ("username", Box::new(|r| r.username = "-alice".into())),
-        ("username", Box::new(|r| r.username = "a".repeat(33))),
+        ("username", Box::new(|r| r.username = Some("root".into()))),
+        ("username", Box::new(|r| r.username = Some("Alice".into()))),
+        ("username", Box::new(|r| r.username = Some("al ice".into()))),
+        (
+            "username",
+            Box::new(|r| r.username = Some("alice\n".into())),
+        ),
+        ("username", Box::new(|r| r.username = Some("-alice".into()))),
+        ("username", Box::new(|r| r.username = Some("a".repeat(33)))),
         ("locale", Box::new(|r| r.locale = Some("english".into()))),
         ("locale", Box::new(|r| r.locale = Some("en-us".into()))),
         (
@@ -153,7 +159,7 @@ fn hostile_input_is_refused_naming_the_field() {
 #[test]
 fn keys_are_re_encoded() {
     let mut r = request("ubuntu-24.04");
-    r.ssh_keys = vec![format!("  {}  ", ED25519.trim()), ECDSA.trim().into()];
+    r.ssh_keys = Some(vec![format!("  {}  ", ED25519.trim()), ECDSA.trim().into()]);
     let d = r.check(&catalog()).expect("valid");
     assert_eq!(d.ssh_keys[0], ED25519.trim());
     assert!(d.ssh_keys[1].starts_with("ecdsa-sha2-nistp256 AAAA"));
@@ -165,13 +171,13 @@ fn windows_rules() {
     let d = ok.check(&catalog()).expect("valid");
     assert_eq!(d.hostname, "web-01");
     let mut r = ok.clone();
-    r.ssh_keys = vec![ED25519.trim().into()];
+    r.ssh_keys = Some(vec![ED25519.trim().into()]);
     assert_eq!(refused(&r).field, "ssh_keys");
     let mut r = ok.clone();
-    r.username = "Guest".into();
+    r.username = Some("Guest".into());
     assert_eq!(refused(&r).field, "username");
     let mut r = ok.clone();
-    r.username = "a<b".into();
+    r.username = Some("a<b".into());
     assert_eq!(refused(&r).field, "username");
     let mut r = ok.clone();
     r.timezone = Some("W. Europe Standard Time".into());
@@ -194,4 +200,68 @@ fn requests_refuse_unknown_fields() {
     let ok = json.replace(r#","password":"x""#, "");
     let r: DeploymentRequest = serde_json::from_str(&ok).expect("valid JSON");
     assert_eq!(r.network, NetworkAttachment::Bridge("br0".into()));
+}
+
+#[test]
+fn left_out_account_fields_come_from_the_account() {
+    let mut r = request("debian-12");
+    r.username = None;
+    r.ssh_keys = None;
+    let filled = r.with_account_defaults(&catalog(), "ada.lovelace", vec![ED25519.trim().into()]);
+    assert_eq!(filled.username.as_deref(), Some("ada-lovelace"));
+    assert_eq!(filled.ssh_keys, Some(vec![ED25519.trim().to_owned()]));
+    let d = filled.check(&catalog()).expect("valid");
+    assert_eq!((d.username.as_str(), d.ssh_keys.len()), ("ada-lovelace", 1));
+    // What the request says stays, `[]` included.
+    let mut given = request("debian-12");
+    given.ssh_keys = Some(vec![]);
+    let filled = given.with_account_defaults(&catalog(), "ada", vec![ED25519.trim().into()]);
+    assert_eq!(
+        (filled.username.as_deref(), filled.ssh_keys),
+        (Some("alice"), Some(vec![]))
+    );
+    // Windows takes no keys: the account's are not offered.
+    let mut win = request("windows-server-2022");
+    win.ssh_keys = None;
+    win.username = None;
+    let filled = win.with_account_defaults(&catalog(), "ada", vec![ED25519.trim().into()]);
+    assert_eq!(
+        (filled.username.as_deref(), &filled.ssh_keys),
+        (Some("ada"), &None)
+    );
+    filled.check(&catalog()).expect("valid");
+    // An account name that is no valid guest user: the field must be given.
+    r.username = None;
+    let filled = r.with_account_defaults(&catalog(), "root", vec![]);
+    assert_eq!(filled.username, None);
+    assert_eq!(refused(&filled).field, "username");
+}
+
+#[test]
+fn default_user_names_fit_the_guest() {
+    use crate::request::default_username;
+    assert_eq!(
+        default_username("alice", OsFamily::Linux).as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        default_username("a.b_c-9", OsFamily::Linux).as_deref(),
+        Some("a-b_c-9")
+    );
+    assert_eq!(
+        default_username(&"x".repeat(64), OsFamily::Linux),
+        Some("x".repeat(32))
+    );
+    assert_eq!(
+        default_username(&"x".repeat(64), OsFamily::Windows),
+        Some("x".repeat(20))
+    );
+    assert_eq!(
+        default_username("a.b", OsFamily::Windows).as_deref(),
+        Some("a.b")
+    );
+    for system in ["root", "nobody", "systemd-x", "www-data"] {
+        assert_eq!(default_username(system, OsFamily::Linux), None, "{system}");
+    }
+    assert_eq!(default_username("guest", OsFamily::Windows), None);
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod consoles;
 pub mod deployments;
 pub mod events;
+pub mod guest_keys;
 pub mod hosts;
 pub mod inventory;
 pub mod jobs;
@@ -50,6 +51,14 @@ pub fn routes() -> Router<AppState> {
             get(keys::key_get).delete(keys::key_revoke),
         )
         .route("/api/v1/users/me/keys/{id}/rotate", post(keys::key_rotate))
+        .route(
+            "/api/v1/users/me/guest-keys",
+            get(guest_keys::guest_keys_list).post(guest_keys::guest_key_create),
+        )
+        .route(
+            "/api/v1/users/me/guest-keys/{id}",
+            axum::routing::delete(guest_keys::guest_key_delete),
+        )
         .route(
             "/api/v1/users",
             get(users::users_list).post(users::user_create),
@@ -124,6 +133,7 @@ pub fn routes() -> Router<AppState> {
         users::users_list, users::user_create, users::user_get, users::user_update, users::user_reset_password,
         sessions::sessions_list, sessions::sessions_delete_all, sessions::session_delete,
         keys::keys_list, keys::key_create, keys::key_get, keys::key_revoke, keys::key_rotate,
+        guest_keys::guest_keys_list, guest_keys::guest_key_create, guest_keys::guest_key_delete,
         audit::audit_list,
         hosts::host_probe, hosts::host_create, hosts::hosts_list, hosts::host_get, hosts::host_update,
         hosts::host_delete, hosts::host_facts, hosts::server_connect,
@@ -143,7 +153,7 @@ pub fn routes() -> Router<AppState> {
     security(("bearer" = []), ("session" = [])),
     tags(
         (name = "auth", description = "Browser sign-in for the portal and scripts"),
-        (name = "account", description = "The caller's own account, keys and sessions"),
+        (name = "account", description = "The caller's own account, keys, guest SSH keys and sessions"),
         (name = "users", description = "User administration (admin)"),
         (name = "audit", description = "Who did what, when"),
         (name = "hosts", description = "The host registry, host key confirmation and agent enrolment"),

@@ -1,5 +1,5 @@
 //! The account page: profile, API keys (create — shown once —, revoke),
-//! SSH public key, password change, sessions.
+//! guest SSH keys (add, remove), SSH public key, password change, sessions.
 
 use askama::Template;
 use axum::Router;
@@ -7,9 +7,12 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use overvisor_control::credentials::ssh_fingerprint;
-use overvisor_model::account::{ApiKey, ApiKeyId, Credential, Session, SessionId, User};
+use overvisor_model::account::{
+    ApiKey, ApiKeyId, Credential, GuestKey, GuestKeyId, Session, SessionId, User,
+};
 use serde::Deserialize;
 
+use super::deploy::StepError;
 use super::{Chrome, CsrfOnly, Done, PortalSession, VerifiedForm, error_response, render};
 use crate::AppState;
 use crate::api::keys::expiry;
@@ -21,6 +24,8 @@ pub fn routes() -> Router<AppState> {
         .route("/account", get(account_page))
         .route("/account/keys", post(key_create))
         .route("/account/keys/{id}/revoke", post(key_revoke))
+        .route("/account/guest-keys", post(guest_key_add))
+        .route("/account/guest-keys/{id}/remove", post(guest_key_remove))
         .route("/account/password", post(password_change))
         .route("/account/sessions/{id}/end", post(session_end))
         .route("/account/sessions/end-all", post(sessions_end_all))
@@ -32,6 +37,7 @@ struct AccountPage {
     chrome: Chrome,
     user: User,
     keys: Vec<ApiKey>,
+    guest_keys: Vec<GuestKey>,
     sessions: Vec<Session>,
     current_session: Option<SessionId>,
     ssh_public_key: String,
@@ -39,17 +45,59 @@ struct AccountPage {
     notice: Option<String>,
     error: Option<String>,
     new_token: Option<String>,
+    guest_key: GuestKeyTyped,
 }
 
 impl AccountPage {
     fn is_current(&self, id: &SessionId) -> bool {
         self.current_session.as_ref() == Some(id)
     }
+
+    /// The refusal of the guest key form about `field`, shown next to it.
+    fn guest_key_error(&self, field: &str) -> Option<&str> {
+        self.guest_key
+            .error
+            .as_ref()
+            .filter(|e| e.field.as_deref() == Some(field))
+            .map(|e| e.message.as_str())
+    }
+
+    /// A refusal of the guest key form about neither field (a duplicate,
+    /// the cap): shown above the form.
+    fn guest_key_form_error(&self) -> Option<&str> {
+        self.guest_key
+            .error
+            .as_ref()
+            .filter(|e| !matches!(e.field.as_deref(), Some("name" | "public_key")))
+            .map(|e| e.message.as_str())
+    }
+
+    fn guest_key_invalid(&self, field: &str) -> &'static str {
+        if self.guest_key_error(field).is_some() {
+            "true"
+        } else {
+            "false"
+        }
+    }
+}
+
+/// The guest key form as typed, and why it was refused (with the answer's
+/// status).
+#[derive(Default)]
+struct GuestKeyTyped {
+    name: String,
+    public_key: String,
+    error: Option<StepError>,
+    status: Option<axum::http::StatusCode>,
 }
 
 fn notice_text(code: &str) -> Option<String> {
     match code {
         "key-revoked" => Some("The API key was revoked; it no longer works.".into()),
+        "guest-key-added" => Some("The guest SSH key was added.".into()),
+        "guest-key-removed" => {
+            Some("The guest SSH key was removed; guests deployed with it keep it.".into())
+        }
         "session-ended" => Some("That session was signed out.".into()),
         "password-changed" => {
             Some("Your password was changed; your other sessions were signed out.".into())
@@ -64,6 +112,7 @@ struct Outcome {
     notice: Option<String>,
     error: Option<String>,
     new_token: Option<String>,
+    guest_key: GuestKeyTyped,
 }
 
 async fn render_account(state: &AppState, session: PortalSession, outcome: Outcome) -> Response {
@@ -72,12 +121,13 @@ async fn render_account(state: &AppState, session: PortalSession, outcome: Outco
         Ok::<_, overvisor_control::AppError>((
             state.app.user_get(subject, subject.id()).await?,
             state.app.api_keys_list(subject).await?,
+            state.app.guest_keys_list(subject, subject.id()).await?,
             state.app.sessions_list(subject).await?,
             state.app.ssh_public_key(subject, subject.id()).await?,
         ))
     }
     .await;
-    let (user, keys, sessions, ssh_public_key) = match loaded {
+    let (user, keys, guest_keys, sessions, ssh_public_key) = match loaded {
         Ok(loaded) => loaded,
         Err(err) => return error_response(&session, err),
     };
@@ -85,7 +135,9 @@ async fn render_account(state: &AppState, session: PortalSession, outcome: Outco
         Credential::Session { id } => Some(id),
         _ => None,
     };
-    let status = if outcome.error.is_some() {
+    let status = if let Some(status) = outcome.guest_key.status {
+        status
+    } else if outcome.error.is_some() {
         axum::http::StatusCode::BAD_REQUEST
     } else {
         axum::http::StatusCode::OK
@@ -95,12 +147,14 @@ async fn render_account(state: &AppState, session: PortalSession, outcome: Outco
         ssh_fingerprint: ssh_fingerprint(&ssh_public_key).unwrap_or_default(),
         user,
         keys,
+        guest_keys,
         sessions,
         current_session,
         ssh_public_key,
         notice: outcome.notice,
         error: outcome.error,
         new_token: outcome.new_token,
+        guest_key: outcome.guest_key,
     });
     (status, page).into_response()
 }
@@ -170,6 +224,65 @@ async fn key_revoke(
 ) -> Response {
     match state.app.api_key_revoke(&session.subject, id).await {
         Ok(_) => Redirect::to("/account?done=key-revoked").into_response(),
+        Err(e) => error_response(&session, e),
+    }
+}
+
+#[derive(Deserialize)]
+struct GuestKeyForm {
+    name: String,
+    public_key: String,
+}
+
+async fn guest_key_add(
+    State(state): State<AppState>,
+    session: PortalSession,
+    VerifiedForm(form): VerifiedForm<GuestKeyForm>,
+) -> Response {
+    let subject = &session.subject;
+    let added = state
+        .app
+        .guest_key_add(
+            subject,
+            subject.id(),
+            form.name.trim(),
+            form.public_key.trim(),
+        )
+        .await;
+    match added {
+        Ok(_) => Redirect::to("/account?done=guest-key-added#guest-keys-h").into_response(),
+        Err(e) => {
+            // Typed back for correcting, except what looks like a private
+            // key: that is never sent back.
+            let public_key = if form.public_key.contains("PRIVATE KEY") {
+                String::new()
+            } else {
+                form.public_key
+            };
+            let e = ApiError::from(e);
+            let outcome = Outcome {
+                guest_key: GuestKeyTyped {
+                    name: form.name,
+                    public_key,
+                    status: Some(e.status),
+                    error: Some(e.into()),
+                },
+                ..Outcome::default()
+            };
+            render_account(&state, session, outcome).await
+        }
+    }
+}
+
+async fn guest_key_remove(
+    State(state): State<AppState>,
+    session: PortalSession,
+    Path(id): Path<GuestKeyId>,
+    _: VerifiedForm<CsrfOnly>,
+) -> Response {
+    let subject = &session.subject;
+    match state.app.guest_key_remove(subject, subject.id(), id).await {
+        Ok(_) => Redirect::to("/account?done=guest-key-removed#guest-keys-h").into_response(),
         Err(e) => error_response(&session, e),
     }
 }

@@ -17,8 +17,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use overvisor_control::AppError;
 use overvisor_control::deployments::{DeployStage, HostCapacity};
-use overvisor_deploy::request::NetworkAttachment;
+use overvisor_deploy::request::{NetworkAttachment, default_username};
 use overvisor_deploy::{DeploymentRequest, Profile};
+use overvisor_model::account::GuestKey;
 use overvisor_model::host::{Host, HostId};
 use overvisor_model::job::JobId;
 use overvisor_model::operation::Operation;
@@ -186,18 +187,24 @@ impl DeployForm {
             memory_mib: number("memory_mib", &self.memory_mib)?,
             disk_gib: number("disk_gib", &self.disk_gib)?,
             network,
-            ssh_keys: self
-                .ssh_keys
-                .lines()
-                .map(str::trim)
-                .filter(|k| !k.is_empty())
-                .map(str::to_owned)
-                .collect(),
-            username: self.username.trim().to_owned(),
+            ssh_keys: self.keys(),
+            username: optional(&self.username),
             locale: optional(&self.locale),
             timezone: optional(&self.timezone),
         };
         Ok((host, request))
+    }
+
+    /// The keys typed, one per line; none typed: the account's guest keys.
+    fn keys(&self) -> Option<Vec<String>> {
+        let keys: Vec<String> = self
+            .ssh_keys
+            .lines()
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect();
+        (!keys.is_empty()).then_some(keys)
     }
 
     /// Fills the sizes in from the profile's defaults where they are blank.
@@ -270,6 +277,12 @@ struct DeployPage {
     profile: Option<Profile>,
     host: Option<Host>,
     capacity: Option<HostCapacity>,
+    /// Name and confirm steps: the account's guest keys, injected when no
+    /// key is typed (not for Windows).
+    guest_keys: Vec<GuestKey>,
+    /// The guest user name a blank field gives (none: the account's name
+    /// cannot be one on this profile's OS).
+    default_user: Option<String>,
 }
 
 impl DeployPage {
@@ -338,12 +351,27 @@ impl DeployPage {
             .is_some_and(|p| p.os == overvisor_deploy::profile::OsFamily::Windows)
     }
 
+    /// The keys the deployment will inject: those typed, or else the
+    /// account's guest keys (none on Windows).
     fn key_count(&self) -> usize {
-        self.form
-            .ssh_keys
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .count()
+        match self.form.keys() {
+            Some(keys) => keys.len(),
+            None if self.windows() => 0,
+            None => self.guest_keys.len(),
+        }
+    }
+
+    /// Whether the account's guest keys are the ones injected.
+    fn default_keys(&self) -> bool {
+        self.form.keys().is_none() && !self.windows()
+    }
+
+    /// The guest user the deployment creates, as far as known.
+    fn user_label(&self) -> &str {
+        match optional(&self.form.username) {
+            Some(_) => self.form.username.trim(),
+            None => self.default_user.as_deref().unwrap_or(""),
+        }
     }
 }
 
@@ -364,7 +392,6 @@ async fn deploy_start(
     let form = DeployForm {
         host: q.host,
         profile: q.profile,
-        username: session.subject.user.name.to_string().to_ascii_lowercase(),
         ..DeployForm::default()
     };
     show(&state, &session, form, Step::Profile, None, None).await
@@ -455,6 +482,8 @@ async fn show(
         profile,
         host: None,
         capacity,
+        guest_keys: Vec::new(),
+        default_user: None,
     };
     match step {
         Step::Profile => page.profiles = profiles,
@@ -504,6 +533,13 @@ async fn show(
             }
             if let Some(p) = &page.profile {
                 page.form = page.form.clone().with_defaults(p);
+                page.default_user = default_username(subject.user.name.as_str(), p.os);
+            }
+            if step >= Step::Name {
+                match app.guest_keys_list(subject, subject.id()).await {
+                    Ok(keys) => page.guest_keys = keys,
+                    Err(e) => return error_response(session, e),
+                }
             }
         }
     }
@@ -652,7 +688,22 @@ mod tests {
         assert_eq!(req.profile, "debian-12");
         assert_eq!((req.vcpus, req.memory_mib, req.disk_gib), (2, 2048, 0));
         assert_eq!(req.network, NetworkAttachment::Network("default".into()));
-        assert_eq!(req.ssh_keys, ["ssh-ed25519 AAAA a", "ssh-ed25519 BBBB b"]);
+        assert_eq!(
+            req.ssh_keys,
+            Some(vec![
+                "ssh-ed25519 AAAA a".into(),
+                "ssh-ed25519 BBBB b".into()
+            ])
+        );
+        assert_eq!(req.username.as_deref(), Some("ops"));
+        // Blank: the account's user name and guest keys.
+        let blank = DeployForm {
+            username: " ".into(),
+            ssh_keys: "\r\n ".into(),
+            ..form.clone()
+        };
+        let (_, req) = blank.request().unwrap();
+        assert_eq!((req.username, req.ssh_keys), (None, None));
         assert_eq!(req.locale, None, "blank: the default");
         assert_eq!(req.timezone.as_deref(), Some("Europe/Berlin"));
         let bad = DeployForm {
