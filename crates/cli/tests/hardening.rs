@@ -1,6 +1,7 @@
 //! Findings of the security review (issue 18), each checked against the real
 //! service over HTTP: redirects after sign-in, cross-site writes, metrics
-//! labels, idle connections, password guessing, file modes.
+//! labels, idle connections, password guessing, file modes; and the
+//! allocator settings the soak needs (docs/benchmarks.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -518,4 +519,40 @@ async fn rust_log_is_the_fallback_log_filter() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The service's environment as the kernel holds it for its process.
+fn environ(app: &TestApp) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{}/environ", app.pid().unwrap())).unwrap();
+    raw.split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn serve_fixes_the_malloc_mmap_threshold_unless_the_operator_chose() {
+    // The harness starts the service with a cleared environment: the
+    // setting can only come from its re-execution of itself, in place.
+    let app = TestApp::start().await;
+    let env = environ(&app);
+    assert!(
+        env.contains(&"MALLOC_MMAP_THRESHOLD_=131072".to_owned()),
+        "{env:?}"
+    );
+    let (status, _) = app.admin().get("/api/v1/hosts").await;
+    assert_eq!(status, StatusCode::OK);
+
+    let own = TestApp::builder()
+        .env("MALLOC_MMAP_THRESHOLD_", "262144")
+        .start()
+        .await;
+    let env = environ(&own);
+    assert!(
+        env.contains(&"MALLOC_MMAP_THRESHOLD_=262144".to_owned()),
+        "{env:?}"
+    );
+    assert!(
+        !env.contains(&"MALLOC_MMAP_THRESHOLD_=131072".to_owned()),
+        "{env:?}"
+    );
 }
