@@ -530,29 +530,24 @@ fn environ(app: &TestApp) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn serve_fixes_the_malloc_mmap_threshold_unless_the_operator_chose() {
+async fn serve_sets_glibc_malloc_unless_the_operator_chose() {
     // The harness starts the service with a cleared environment: the
-    // setting can only come from its re-execution of itself, in place.
+    // settings can only come from its re-execution of itself, in place.
     let app = TestApp::start().await;
     let env = environ(&app);
-    assert!(
-        env.contains(&"MALLOC_MMAP_THRESHOLD_=131072".to_owned()),
-        "{env:?}"
-    );
+    for want in ["MALLOC_ARENA_MAX=1", "MALLOC_MMAP_THRESHOLD_=131072"] {
+        assert!(env.contains(&want.to_owned()), "{want} missing: {env:?}");
+    }
     let (status, _) = app.admin().get("/api/v1/hosts").await;
     assert_eq!(status, StatusCode::OK);
 
     let own = TestApp::builder()
-        .env("MALLOC_MMAP_THRESHOLD_", "262144")
+        .env("MALLOC_ARENA_MAX", "4")
         .start()
         .await;
     let env = environ(&own);
-    assert!(
-        env.contains(&"MALLOC_MMAP_THRESHOLD_=262144".to_owned()),
-        "{env:?}"
-    );
-    assert!(
-        !env.contains(&"MALLOC_MMAP_THRESHOLD_=131072".to_owned()),
-        "{env:?}"
-    );
+    for want in ["MALLOC_ARENA_MAX=4", "MALLOC_MMAP_THRESHOLD_=131072"] {
+        assert!(env.contains(&want.to_owned()), "{want} missing: {env:?}");
+    }
+    assert!(!env.contains(&"MALLOC_ARENA_MAX=1".to_owned()), "{env:?}");
 }
