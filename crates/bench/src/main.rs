@@ -4,8 +4,9 @@
 //! how to bring it up, when it is missing; `--no-lab` runs only 1 and 5.
 //! `--fleet` instead measures end to end through the running service on a
 //! lab instance of its own (200 hosts × 100 domains; see `fleet`).
-//! `--soak` runs the service under mixed load for half an hour on the
-//! default lab and reports whether anything accumulates (see `soak`).
+//! `--soak` runs the service under mixed load for half an hour on the lab
+//! (the instance OVERVISOR_LAB_INSTANCE selects, else the default one) and
+//! reports whether anything accumulates (see `soak`).
 //! `--store-paths` times the API paths that are mostly database work, on
 //! SQLite or (`--database-url`) PostgreSQL (see `store_paths`).
 
@@ -86,8 +87,9 @@ struct Args {
     #[arg(long, default_value_t = 100)]
     keystrokes: usize,
     /// Only the soak (on demand): minutes of mixed load on ovh1 and ovh2 of
-    /// the default lab, sampling the service's memory, descriptors and
-    /// threads; 0 errors and flat memory are the pass mark.
+    /// the lab OVERVISOR_LAB_INSTANCE selects (else the default lab),
+    /// sampling the service's memory, descriptors and threads; 0 errors and
+    /// flat memory are the pass mark.
     #[arg(long)]
     soak: bool,
     /// Soak mode: how long, in minutes.

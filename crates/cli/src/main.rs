@@ -6,6 +6,7 @@
 mod admin;
 mod agent;
 mod generate;
+mod malloc;
 mod remote;
 mod serve;
 
@@ -102,6 +103,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => err.exit(),
     };
+    if matches!(cli.command, Command::Serve) {
+        // Before any thread exists: this may re-execute the process.
+        malloc::settle();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,6 +1,7 @@
 //! Findings of the security review (issue 18), each checked against the real
 //! service over HTTP: redirects after sign-in, cross-site writes, metrics
-//! labels, idle connections, password guessing, file modes.
+//! labels, idle connections, password guessing, file modes; and the
+//! allocator settings the soak needs (docs/benchmarks.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -518,4 +519,35 @@ async fn rust_log_is_the_fallback_log_filter() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The service's environment as the kernel holds it for its process.
+fn environ(app: &TestApp) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{}/environ", app.pid().unwrap())).unwrap();
+    raw.split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn serve_sets_glibc_malloc_unless_the_operator_chose() {
+    // The harness starts the service with a cleared environment: the
+    // settings can only come from its re-execution of itself, in place.
+    let app = TestApp::start().await;
+    let env = environ(&app);
+    for want in ["MALLOC_ARENA_MAX=1", "MALLOC_MMAP_THRESHOLD_=131072"] {
+        assert!(env.contains(&want.to_owned()), "{want} missing: {env:?}");
+    }
+    let (status, _) = app.admin().get("/api/v1/hosts").await;
+    assert_eq!(status, StatusCode::OK);
+
+    let own = TestApp::builder()
+        .env("MALLOC_ARENA_MAX", "4")
+        .start()
+        .await;
+    let env = environ(&own);
+    for want in ["MALLOC_ARENA_MAX=4", "MALLOC_MMAP_THRESHOLD_=131072"] {
+        assert!(env.contains(&want.to_owned()), "{want} missing: {env:?}");
+    }
+    assert!(!env.contains(&"MALLOC_ARENA_MAX=1".to_owned()), "{env:?}");
 }
