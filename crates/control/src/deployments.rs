@@ -2,9 +2,12 @@
 //! (`operations/deploy.rs` runs it). Everything is decided before the job
 //! exists: the subject may operate the host, the request passes the
 //! profile's checks, the host has the network, the CPUs and the memory, no
-//! VM has the name. The guest's password is generated here and leaves only
-//! in the answer to this one request: the seed carries its SHA-512-crypt
-//! hash, and that user-data is sealed to the job's row.
+//! VM has the name, and (for UEFI, TPM and installer profiles) the host has
+//! the firmware, swtpm and ISOs the VM uses. The guest's password is
+//! generated here and leaves only in the answer to this one request: a
+//! Linux seed carries its SHA-512-crypt hash, a Windows `Autounattend.xml`
+//! the password itself (Windows takes no hash); either is sealed to the
+//! job's row.
 
 use overvisor_deploy::autounattend::autounattend_xml;
 use overvisor_deploy::cloud_init::NoCloudSeed;
@@ -496,24 +499,22 @@ fn deployable<'c>(
 /// the host) has none: its disk starts blank.
 fn image_of(profile: &Profile) -> Result<Option<DeployImage>, AppError> {
     let refuse = |why: &str| InvalidInput::new("profile", why.to_owned());
-    let format = match (profile.image.format, &profile.image.source) {
-        (ImageFormat::Iso, ImageSource::HostFile { .. }) => return Ok(None),
-        (ImageFormat::Iso, ImageSource::Download { .. }) => {
-            return Err(refuse("installer ISOs are not downloaded: give their host_path").into());
-        }
-        (_, ImageSource::HostFile { .. }) => {
+    let (url, checksum, ca_file) = match (&profile.image.source, profile.image.format) {
+        (ImageSource::HostFile { .. }, ImageFormat::Iso) => return Ok(None),
+        (ImageSource::HostFile { .. }, _) => {
             return Err(refuse("disk images on the host cannot be deployed yet").into());
         }
-        (ImageFormat::Qcow2, _) => "qcow2",
-        (ImageFormat::Raw, _) => "raw",
-    };
-    let ImageSource::Download {
-        url,
-        checksum,
-        ca_file,
-    } = &profile.image.source
-    else {
-        return Err(refuse("disk images on the host cannot be deployed yet").into());
+        (ImageSource::Download { .. }, ImageFormat::Iso) => {
+            return Err(refuse("installer ISOs are not downloaded: give their host_path").into());
+        }
+        (
+            ImageSource::Download {
+                url,
+                checksum,
+                ca_file,
+            },
+            _,
+        ) => (url, checksum, ca_file),
     };
     let (sha256, checksums) = match checksum {
         ImageChecksum::Sha256 { hex } => (Some(hex.clone()), None),
@@ -530,7 +531,7 @@ fn image_of(profile: &Profile) -> Result<Option<DeployImage>, AppError> {
         sha256,
         checksums,
         ca_file: ca_file.as_ref().map(|p| p.as_str().to_owned()),
-        format: format.to_owned(),
+        format: profile.image.format.as_str().to_owned(),
     }))
 }
 

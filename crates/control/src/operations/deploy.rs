@@ -1,7 +1,10 @@
-//! `vm.deploy` as steps: `image` (into the host's cache, verified), `overlay`
-//! (the VM's disk on the cached image), `seed` (the NoCloud ISO, built
-//! here and uploaded), `define`, `start`. Every step is idempotent, so a job
-//! whose runner died resumes where it stopped:
+//! `vm.deploy` as steps: `image` (first the host files the VM uses —
+//! firmware, installer ISOs — are checked readable; then the image into
+//! the host's cache, verified), `overlay` (the VM's disk on the cached
+//! image; blank for an installer), `seed` (the NoCloud ISO, or the
+//! `Autounattend.xml` media for an installer, built here and uploaded),
+//! `define`, `start`. Every step is idempotent, so a job whose runner died
+//! resumes where it stopped:
 //! - `image` is resumed by curl itself (`-C -` on the partial file) and the
 //!   host's lock per checksum; a cached image is never fetched again;
 //! - `overlay` and `seed` are rewritten whole (nothing uses them before the
@@ -12,8 +15,9 @@
 //! (`operations/provision.rs`): the guest agent's key, the sealed payload
 //! delivered, applied. It has no undo of its own: `start`'s stops the VM.
 //!
-//! Undo, in reverse: `start` → destroy, `define` → undefine, `overlay` →
-//! remove the VM's directory (overlay, seed, XML). The cache stays. `image`
+//! Undo, in reverse: `start` → destroy, `define` → undefine (with the UEFI
+//! variable store and the TPM state libvirt made at the start), `overlay`
+//! → remove the VM's directory (disk, seed, XML, variable store). The cache stays. `image`
 //! and `seed` have no undo of their own: the cache is meant to stay, and the
 //! seed lives in the directory `overlay`'s undo removes.
 
