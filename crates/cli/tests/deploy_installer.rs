@@ -6,7 +6,8 @@
 //! runs the firmware, which finds nothing to boot on the stand-in); the
 //! live definition and the media on the host are checked, then a
 //! deployment whose start fails is undone to nothing: domain, disk, media,
-//! UEFI variable store, TPM state.
+//! UEFI variable store, TPM state. An installer the host lacks is a 400
+//! before any job.
 //!
 //! Host: ovh11 (shared with the agent-provisioned cloud guest; only VMs of
 //! these tests' own names and UUIDs are looked at).
@@ -86,6 +87,13 @@ async fn setup(lab: &Lab, host: &LabHost) -> Setup {
     assert!(host.path_exists(Path::new(&iso)), "the host sees the ISO");
     let profiles = tempfile::tempdir().unwrap();
     std::fs::write(profiles.path().join("lab-win.toml"), windows_profile(&iso)).unwrap();
+    // The same with an installer that is not on the host.
+    let gone = iso.replace("installer.iso", "missing.iso");
+    std::fs::write(
+        profiles.path().join("lab-win-gone.toml"),
+        windows_profile(&gone),
+    )
+    .unwrap();
     let app = TestApp::builder()
         .deploy_profiles(profiles.path())
         .start()
@@ -102,8 +110,12 @@ async fn setup(lab: &Lab, host: &LabHost) -> Setup {
 }
 
 fn request(name: &str, network: Value) -> Value {
+    request_of("lab-win", name, network)
+}
+
+fn request_of(profile: &str, name: &str, network: Value) -> Value {
     json!({
-        "profile": "lab-win", "name": name, "vcpus": 1, "memory_mib": 256, "disk_gib": 2,
+        "profile": profile, "name": name, "vcpus": 1, "memory_mib": 256, "disk_gib": 2,
         "network": network, "username": "ops",
         "locale": "de-DE", "timezone": "W. Europe Standard Time",
     })
@@ -302,6 +314,27 @@ async fn a_windows_deployment_that_fails_to_start_leaves_nothing() {
     let s = setup(&lab, host).await;
     let network = BrokenNetwork::new(host);
     let name = unique_name("winfail");
+    // An installer the host does not have: refused before any job, naming
+    // the file, on the host field.
+    let (status, body) = s
+        .api
+        .post(
+            &format!("/api/v1/hosts/{}/deployments", s.host_id),
+            request_of("lab-win-gone", &name, json!({"network": network.name})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "host", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing.iso"),
+        "{body}"
+    );
+    let (_, jobs) = s.api.get("/api/v1/jobs?kind=vm.deploy").await;
+    assert_eq!(jobs.as_array().map(Vec::len), Some(0), "{jobs}");
+
     let (status, accepted) = s
         .api
         .post(
