@@ -361,12 +361,18 @@ mod tests {
 
     #[test]
     fn inputs_stay_positional() {
+        // Every script takes its inputs as arguments, quoted once.
         let args = [DEPLOY_DIR, "ab", "http://x/$(reboot)'", "sha256", ""];
         let line = sh(FETCH_SCRIPT, &args).render();
         assert!(
             line.ends_with(
                 r#"sh /var/lib/libvirt/overvisor ab 'http://x/$(reboot)'\''' sha256 ''"#
             ),
+            "{line}"
+        );
+        let line = sh(READABLE_SCRIPT, &["/isos/a b.iso", "/x;reboot"]).render();
+        assert!(
+            line.ends_with(r#"sh '/isos/a b.iso' '/x;reboot'"#),
             "{line}"
         );
         let files = VmFiles::of(&uuid::Uuid::nil());
