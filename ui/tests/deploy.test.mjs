@@ -131,6 +131,9 @@ describe('deploy wizard', () => {
 
     // 1. Profile.
     assert.equal(await page.locator('.wizard-steps [aria-current="step"] .label').innerText(), 'Profile');
+    // UEFI and Windows profiles can be chosen (the host step checks the
+    // host has their firmware, swtpm and installer ISO).
+    assert.equal(await page.getByRole('radio', { name: /Windows Server 2022/ }).isEnabled(), true);
     await page.getByRole('radio', { name: /Lab blank disk/ }).check();
     await screenshot(page, 'deploy-1-profile');
     await page.getByRole('button', { name: 'Next: host' }).click();
@@ -267,6 +270,9 @@ describe('deploy wizard', () => {
     await page.goto(`${server.ui}/hosts/${hostId}`);
     await page.getByRole('link', { name: 'Deploy a VM' }).click();
     await page.waitForURL(`${server.ui}/deploy?host=${hostId}`);
+    // UEFI and Windows profiles can be chosen (the host step checks the
+    // host has their firmware, swtpm and installer ISO).
+    assert.equal(await page.getByRole('radio', { name: /Windows Server 2022/ }).isEnabled(), true);
     await page.getByRole('radio', { name: /Lab blank disk/ }).check();
     await page.getByRole('button', { name: 'Next: host' }).click();
     // The host it came from is already chosen.

@@ -649,3 +649,63 @@ async fn hostile_input_is_refused_before_any_job() {
         "{facts}"
     );
 }
+
+/// A UEFI deployment of the test's blank image, its secrets for the guest
+/// agent (which a blank disk never runs, so the job waits in `provision`
+/// with the VM running): the live domain has OVMF and its own variable
+/// store, which libvirt made at the start; a cancel undoes the start, the
+/// definition (with the store) and the files.
+#[tokio::test]
+async fn a_uefi_deployment_cancelled_after_its_start_leaves_no_nvram() {
+    let lab = Lab::load();
+    let host = lab.host("ovh10");
+    let images = tempfile::tempdir().unwrap();
+    let (file, sha) = make_image(images.path(), "uefi.raw", 1);
+    let server = FileServer::start(&lab, vec![("uefi.raw".into(), file)], None).await;
+    let profile = lab_profile(&server.url("uefi.raw"), &sha).replace(
+        "firmware = \"bios\"",
+        "firmware = \"uefi\"\nprovisioning = \"agent\"",
+    );
+    let (_app, api, ids, _profiles) = service(&lab, &[("lab-uefi", profile)], &[host]).await;
+    let name = unique_name("dep-uefi");
+    let accepted = deploy(&api, &ids[0], request("lab-uefi", &name, &lab)).await;
+    let job_id = accepted["job"]["id"].as_str().unwrap();
+    let job = loop {
+        let (_, job) = api.get(&format!("/api/v1/jobs/{job_id}")).await;
+        if step(&job, "provision")["status"] == "running" {
+            break job;
+        }
+        assert!(
+            matches!(job["status"].as_str(), Some("queued" | "running")),
+            "{job}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let uuid = job["operation"]["spec"]["uuid"].as_str().unwrap();
+    let nvram = format!("{DEPLOY_DIR}/vms/{uuid}/VARS.fd");
+    let xml = host.virsh(&["dumpxml", "--domain", &name]);
+    assert!(
+        xml.contains(
+            "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>"
+        ),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(&format!(
+            "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>{nvram}</nvram>"
+        )),
+        "{xml}"
+    );
+    assert_eq!(host.domstate(&name), "running");
+    assert!(host.path_exists(Path::new(&nvram)), "libvirt made {nvram}");
+
+    let (status, body) = api
+        .post(&format!("/api/v1/jobs/{job_id}/cancel"), json!({}))
+        .await;
+    assert!(status.is_success(), "{body}");
+    let job = job_finished(&api, job_id).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert!(host.try_virsh(&["domstate", "--domain", &name]).is_err());
+    assert!(!host.path_exists(Path::new(&nvram)), "{nvram} is left");
+    assert!(!vm_dirs(host).iter().any(|d| d == uuid), "{uuid} left");
+}

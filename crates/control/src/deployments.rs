@@ -2,12 +2,17 @@
 //! (`operations/deploy.rs` runs it). Everything is decided before the job
 //! exists: the subject may operate the host, the request passes the
 //! profile's checks, the host has the network, the CPUs and the memory, no
-//! VM has the name. The guest's password is generated here and leaves only
-//! in the answer to this one request: the seed carries its SHA-512-crypt
-//! hash, and that user-data is sealed to the job's row.
+//! VM has the name, and (for UEFI, TPM and installer profiles) the host has
+//! the firmware, swtpm and ISOs the VM uses. The guest's password is
+//! generated here and leaves only in the answer to this one request: a
+//! Linux seed carries its SHA-512-crypt hash, a Windows `Autounattend.xml`
+//! the password itself (Windows takes no hash); either is sealed to the
+//! job's row.
 
+use overvisor_deploy::autounattend::autounattend_xml;
 use overvisor_deploy::cloud_init::NoCloudSeed;
-use overvisor_deploy::domain::{DomainFiles, VirtType, domain_xml};
+use overvisor_deploy::domain::{DomainFiles, UefiFiles, VirtType, domain_xml};
+use overvisor_deploy::firmware::{self, Ovmf};
 use overvisor_deploy::profile::{
     Firmware, HostPath, ImageChecksum, ImageFormat, ImageSource, Provisioning,
 };
@@ -91,6 +96,16 @@ impl HostCapacity {
 struct HostChecked {
     capacity: HostCapacity,
     virt: VirtType,
+    media: HostMedia,
+}
+
+/// What a profile uses from the host beside the VM's own files: the UEFI
+/// build the host has, and every file the job checks again before it
+/// makes anything (firmware, installer and driver ISOs, swtpm).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct HostMedia {
+    ovmf: Option<Ovmf>,
+    files: Vec<String>,
 }
 
 /// How many hosts the wizard asks for their facts at once.
@@ -114,10 +129,10 @@ impl App {
                 .await?;
             // Assembles what the stages above accepted.
             let deployment = req.check(&self.config().profiles)?;
-            Ok::<_, AppError>((deployment, image, checked.virt))
+            Ok::<_, AppError>((deployment, image, checked))
         }
         .await;
-        let (deployment, image, virt) = match checked {
+        let (deployment, image, checked) = match checked {
             Ok(c) => c,
             Err(refused) => {
                 // A refusal is the deployment's one audit row.
@@ -136,8 +151,13 @@ impl App {
         let internal = |e: overvisor_deploy::GenerateError| AppError::Internal(e.to_string());
         let agent = deployment.profile.provisioning == Provisioning::Agent;
         // The job's sealed input: cloud-init's user-data (with the hash),
-        // or the agent's payload (the seed then holds no secret).
-        let (secret, seed, agent_seed) = if agent {
+        // the agent's payload (the seed then holds no secret), or an
+        // installer's Autounattend.xml (with the password: Windows takes
+        // no hash).
+        let (secret, meta_data, agent_seed) = if image.is_none() {
+            let xml = autounattend_xml(&deployment, &password).map_err(internal)?;
+            (xml.into_bytes(), String::new(), None)
+        } else if agent {
             let seed = NoCloudSeed::without_secrets(&deployment, uuid).map_err(internal)?;
             let identity = overvisor_provision::GuestIdentity::new(
                 uuid,
@@ -149,23 +169,32 @@ impl App {
                 user_data: seed.user_data.clone(),
                 identity: identity.to_json(),
             };
-            (payload, seed, Some(agent_seed))
+            (payload, seed.meta_data, Some(agent_seed))
         } else {
             let seed = NoCloudSeed::new(&deployment, &password, uuid).map_err(internal)?;
-            (seed.user_data.clone().into_bytes(), seed, None)
+            (seed.user_data.clone().into_bytes(), seed.meta_data, None)
         };
         let files = VmFiles::of(&uuid);
         let path =
             |p: &str| HostPath::parse("path", p).map_err(|e| AppError::Internal(e.to_string()));
+        let media = &checked.media;
+        let uefi = match media.ovmf {
+            Some(ovmf) => Some(UefiFiles {
+                loader: path(ovmf.code)?,
+                vars_template: path(ovmf.vars)?,
+                nvram: path(&files.nvram)?,
+            }),
+            None => None,
+        };
         let xml = domain_xml(
             &deployment,
             uuid,
-            virt,
+            checked.virt,
             &DomainFiles {
                 disk: path(&files.disk)?,
                 seed: path(&files.seed)?,
-                installer: None,
-                uefi: None,
+                installer: installer_iso(&deployment.profile).cloned(),
+                uefi,
                 guest_agent_socket: agent.then(|| path(&files.guest_socket)).transpose()?,
             },
         )
@@ -177,9 +206,10 @@ impl App {
                 uuid,
                 profile: deployment.profile.name.as_str().to_owned(),
                 image,
+                host_files: media.files.clone(),
                 disk_gib: deployment.sizing.disk_gib,
                 domain_xml: xml,
-                meta_data: seed.meta_data.clone(),
+                meta_data,
                 agent: agent_seed,
             }),
         };
@@ -266,7 +296,10 @@ impl App {
             .filter(|h| h.kind == HostKind::Libvirt)
             .filter_map(|h| authorize_owned(subject, Action::Operate, h).ok())
             .map(|host| async move {
-                let capacity = self.deploy_host_look(&host, None).await.map(|(c, ..)| c);
+                let capacity = self
+                    .deploy_host_look(&host, None, &[])
+                    .await
+                    .map(|(c, ..)| c);
                 (host.into_inner(), capacity)
             });
         let mut answers: Vec<_> = futures::stream::iter(asked)
@@ -285,7 +318,7 @@ impl App {
         host: &Authorized<Host>,
         req: &DeploymentRequest,
         upto: DeployStage,
-    ) -> Result<(DeployImage, HostChecked), AppError> {
+    ) -> Result<(Option<DeployImage>, HostChecked), AppError> {
         let (profile, image) = deployable(&self.config().profiles, req)?;
         let sizing = (upto >= DeployStage::Size)
             .then(|| req.check_sizing(profile))
@@ -297,7 +330,10 @@ impl App {
         } else {
             None
         };
-        let (capacity, kvm, taken) = self.deploy_host_look(host, name.as_ref()).await?;
+        let wanted = host_needs(profile);
+        let (capacity, kvm, taken, found) =
+            self.deploy_host_look(host, name.as_ref(), &wanted).await?;
+        let media = host_media(profile, &found)?;
         if let Some(name) = &name {
             if taken {
                 return Err(AppError::Conflict(format!(
@@ -314,7 +350,14 @@ impl App {
         } else {
             VirtType::Qemu
         };
-        Ok((image, HostChecked { capacity, virt }))
+        Ok((
+            image,
+            HostChecked {
+                capacity,
+                virt,
+                media,
+            },
+        ))
     }
 
     /// No other deployment of `name` on `host` is queued or running: the
@@ -337,13 +380,15 @@ impl App {
         }
     }
 
-    /// Asks a libvirt host for its facts, whether it has KVM and (given a
-    /// name) whether a VM of that name exists, within [`PRECHECK_TIMEOUT`].
+    /// Asks a libvirt host for its facts, whether it has KVM, (given a
+    /// name) whether a VM of that name exists, and which of the `files`
+    /// it has readable, within [`PRECHECK_TIMEOUT`].
     async fn deploy_host_look(
         &self,
         host: &Authorized<Host>,
         name: Option<&VmName>,
-    ) -> Result<(HostCapacity, bool, bool), AppError> {
+        files: &[&str],
+    ) -> Result<(HostCapacity, bool, bool, Vec<String>), AppError> {
         let err = |e: HvError| self.host_error(host.get(), e);
         // Connecting counts too: a dead host must not hold a page of hosts.
         let asked = async {
@@ -351,17 +396,27 @@ impl App {
             let lv = driver.as_libvirt().ok_or_else(|| {
                 AppError::Conflict("deployments are supported on libvirt hosts only".into())
             })?;
-            futures::try_join!(driver.host_facts(), lv.has_kvm(), async {
-                let Some(name) = name else { return Ok(false) };
-                match driver.vm_state(name).await {
-                    Err(HvError::NotFound(_)) => Ok(false),
-                    Ok(_) => Ok(true),
-                    Err(e) => Err(e),
+            futures::try_join!(
+                driver.host_facts(),
+                lv.has_kvm(),
+                async {
+                    let Some(name) = name else { return Ok(false) };
+                    match driver.vm_state(name).await {
+                        Err(HvError::NotFound(_)) => Ok(false),
+                        Ok(_) => Ok(true),
+                        Err(e) => Err(e),
+                    }
+                },
+                async {
+                    if files.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    lv.readable_files(files).await
                 }
-            })
+            )
             .map_err(err)
         };
-        let (facts, kvm, taken) = tokio::time::timeout(PRECHECK_TIMEOUT, asked)
+        let (facts, kvm, taken, found) = tokio::time::timeout(PRECHECK_TIMEOUT, asked)
             .await
             .map_err(|_| err(HvError::Timeout(PRECHECK_TIMEOUT)))??;
         let load = self.inventory().host_load(host.get().id);
@@ -371,7 +426,7 @@ impl App {
             running_vcpus: load.vcpus,
             running_memory_mib: load.memory_mib,
         };
-        Ok((capacity, kvm, taken))
+        Ok((capacity, kvm, taken, found))
     }
 }
 
@@ -431,35 +486,37 @@ fn host_fits(
     Ok(())
 }
 
-/// The profile `req` names, if it can be deployed, with its image.
+/// The profile `req` names, if it can be deployed, with its image
+/// (`None`: an installer profile).
 fn deployable<'c>(
     catalog: &'c overvisor_deploy::Catalog,
     req: &DeploymentRequest,
-) -> Result<(&'c Profile, DeployImage), AppError> {
+) -> Result<(&'c Profile, Option<DeployImage>), AppError> {
     let profile = req.profile_in(catalog)?;
     Ok((profile, image_of(profile)?))
 }
 
-/// The image a deployment downloads, if the profile names one this job
-/// can fetch (a disk image verified by a pinned SHA-256 or a published
-/// checksum list; BIOS firmware).
-fn image_of(profile: &Profile) -> Result<DeployImage, AppError> {
+/// The image a deployment downloads: a disk image verified by a pinned
+/// SHA-256 or a published checksum list. An installer profile (an ISO on
+/// the host) has none: its disk starts blank.
+fn image_of(profile: &Profile) -> Result<Option<DeployImage>, AppError> {
     let refuse = |why: &str| InvalidInput::new("profile", why.to_owned());
-    if profile.firmware != Firmware::Bios {
-        return Err(refuse("UEFI profiles cannot be deployed yet").into());
-    }
-    let format = match profile.image.format {
-        ImageFormat::Qcow2 => "qcow2",
-        ImageFormat::Raw => "raw",
-        ImageFormat::Iso => return Err(refuse("installer profiles cannot be deployed yet").into()),
-    };
-    let ImageSource::Download {
-        url,
-        checksum,
-        ca_file,
-    } = &profile.image.source
-    else {
-        return Err(refuse("profiles with an image on the host cannot be deployed yet").into());
+    let (url, checksum, ca_file) = match (&profile.image.source, profile.image.format) {
+        (ImageSource::HostFile { .. }, ImageFormat::Iso) => return Ok(None),
+        (ImageSource::HostFile { .. }, _) => {
+            return Err(refuse("disk images on the host cannot be deployed yet").into());
+        }
+        (ImageSource::Download { .. }, ImageFormat::Iso) => {
+            return Err(refuse("installer ISOs are not downloaded: give their host_path").into());
+        }
+        (
+            ImageSource::Download {
+                url,
+                checksum,
+                ca_file,
+            },
+            _,
+        ) => (url, checksum, ca_file),
     };
     let (sha256, checksums) = match checksum {
         ImageChecksum::Sha256 { hex } => (Some(hex.clone()), None),
@@ -471,11 +528,140 @@ fn image_of(profile: &Profile) -> Result<DeployImage, AppError> {
             }),
         ),
     };
-    Ok(DeployImage {
+    Ok(Some(DeployImage {
         url: url.clone(),
         sha256,
         checksums,
         ca_file: ca_file.as_ref().map(|p| p.as_str().to_owned()),
-        format: format.to_owned(),
-    })
+        format: profile.image.format.as_str().to_owned(),
+    }))
+}
+
+/// The installer ISO an installer profile boots from, on the host.
+fn installer_iso(profile: &Profile) -> Option<&HostPath> {
+    match (&profile.image.format, &profile.image.source) {
+        (ImageFormat::Iso, ImageSource::HostFile { path }) => Some(path),
+        _ => None,
+    }
+}
+
+/// The files the host must have for `profile`, to ask it which it has:
+/// every known UEFI build, swtpm, the installer and driver ISOs.
+fn host_needs(profile: &Profile) -> Vec<&str> {
+    // Pushed one by one: the known paths are `'static`, the profile's not.
+    let mut files: Vec<&str> = Vec::new();
+    if profile.firmware == Firmware::Uefi {
+        firmware::all_paths().for_each(|f| files.push(f));
+    }
+    if profile.tpm {
+        firmware::SWTPM.iter().for_each(|f| files.push(f));
+    }
+    files.extend(installer_iso(profile).map(HostPath::as_str));
+    files.extend(
+        profile
+            .windows
+            .as_ref()
+            .and_then(|w| w.virtio_win.as_ref())
+            .map(|v| v.iso.as_str()),
+    );
+    files
+}
+
+/// What `profile` uses on a host that has the readable files `found`, or
+/// which of them the host lacks (field `host`: the wizard shows it on the
+/// host step).
+fn host_media(profile: &Profile, found: &[String]) -> Result<HostMedia, InvalidInput> {
+    let has = |f: &str| found.iter().any(|g| g == f);
+    let lacks = |why: String| InvalidInput::new("host", why);
+    let mut media = HostMedia::default();
+    if profile.firmware == Firmware::Uefi {
+        let ovmf = firmware::choose(profile.secure_boot, has)
+            .ok_or_else(|| lacks(firmware::missing(profile.secure_boot)))?;
+        media
+            .files
+            .extend([ovmf.code.to_owned(), ovmf.vars.to_owned()]);
+        media.ovmf = Some(ovmf);
+    }
+    if profile.tpm {
+        if !firmware::SWTPM.iter().all(|f| has(f)) {
+            return Err(lacks(
+                "has no swtpm for the profile's TPM: install the swtpm and swtpm-tools packages"
+                    .into(),
+            ));
+        }
+        media.files.extend(firmware::SWTPM.map(str::to_owned));
+    }
+    let isos = host_needs(profile).into_iter().filter(|f| {
+        !firmware::all_paths()
+            .chain(firmware::SWTPM)
+            .any(|k| k == *f)
+    });
+    for iso in isos {
+        if !has(iso) {
+            return Err(lacks(format!(
+                "has no readable {iso}, which the profile installs from: put it there (readable by the host's automation user)"
+            )));
+        }
+        media.files.push(iso.to_owned());
+    }
+    Ok(media)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builtin(name: &str) -> Profile {
+        overvisor_deploy::Catalog::builtin()
+            .expect("built-ins")
+            .get(name)
+            .expect("built-in profile")
+            .clone()
+    }
+
+    fn found(files: &[&str]) -> Vec<String> {
+        files.iter().map(|f| (*f).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_bios_disk_image_needs_nothing_from_the_host() {
+        let debian = builtin("debian-12");
+        assert!(host_needs(&debian).is_empty());
+        assert_eq!(host_media(&debian, &[]).expect("ok"), HostMedia::default());
+        assert!(image_of(&debian).expect("deployable").is_some());
+    }
+
+    #[test]
+    fn windows_needs_secure_boot_firmware_swtpm_and_its_installer() {
+        let windows = builtin("windows-server-2022");
+        assert_eq!(image_of(&windows).expect("deployable"), None);
+        let iso = "/var/lib/overvisor/iso/windows-server-2022.iso";
+        let needs = host_needs(&windows);
+        assert!(needs.contains(&iso) && needs.contains(&"/usr/bin/swtpm"));
+        let debian_host = [
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+            "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.ms.fd",
+            "/usr/bin/swtpm",
+            "/usr/bin/swtpm_setup",
+            iso,
+        ];
+        let media = host_media(&windows, &found(&debian_host)).expect("all there");
+        let ovmf = media.ovmf.expect("firmware");
+        assert!(ovmf.secure_boot && ovmf.code.ends_with("secboot.fd"));
+        assert_eq!(media.files.len(), 5, "{media:?}");
+        assert!(media.files.iter().any(|f| f == iso));
+        // Each missing piece is named, on the host field.
+        for (gone, says) in [
+            ("/usr/share/OVMF/OVMF_VARS_4M.ms.fd", "Secure Boot"),
+            ("/usr/bin/swtpm_setup", "swtpm"),
+            (iso, iso),
+        ] {
+            let rest: Vec<&str> = debian_host.iter().copied().filter(|f| *f != gone).collect();
+            let refused = host_media(&windows, &found(&rest)).expect_err(gone);
+            assert_eq!(refused.field, "host");
+            assert!(refused.message.contains(says), "{refused:?}");
+        }
+    }
 }

@@ -106,6 +106,9 @@ struct OsType {
 struct Loader<'a> {
     #[serde(rename = "@readonly")]
     readonly: &'static str,
+    /// Secure Boot: only firmware in SMM may write the variable store.
+    #[serde(rename = "@secure", skip_serializing_if = "Option::is_none")]
+    secure: Option<&'static str>,
     #[serde(rename = "@type")]
     loader_type: &'static str,
     #[serde(rename = "$text")]
@@ -124,6 +127,15 @@ struct Nvram<'a> {
 struct Features {
     acpi: Empty,
     apic: Empty,
+    /// System management mode, which Secure Boot firmware needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    smm: Option<Smm>,
+}
+
+#[derive(Serialize)]
+struct Smm {
+    #[serde(rename = "@state")]
+    state: &'static str,
 }
 
 #[derive(Serialize)]
@@ -381,6 +393,7 @@ pub fn domain_xml(
             return Err(GenerateError::Missing("no UEFI paths for a BIOS profile"));
         }
     };
+    let secure_boot = uefi.is_some() && profile.secure_boot;
     if windows && files.installer.is_none() {
         return Err(GenerateError::Missing("the installer ISO"));
     }
@@ -482,6 +495,7 @@ pub fn domain_xml(
             },
             loader: uefi.map(|u| Loader {
                 readonly: "yes",
+                secure: secure_boot.then_some("yes"),
                 loader_type: "pflash",
                 path: u.loader.as_str(),
             }),
@@ -493,6 +507,7 @@ pub fn domain_xml(
         features: Features {
             acpi: Empty {},
             apic: Empty {},
+            smm: secure_boot.then_some(Smm { state: "on" }),
         },
         // Emulation has no host CPU to pass through.
         cpu: (virt_type == VirtType::Kvm).then_some(Cpu {

@@ -17,6 +17,7 @@ pub mod catalog;
 pub mod checksum_list;
 pub mod cloud_init;
 pub mod domain;
+pub mod firmware;
 pub mod iso;
 pub mod profile;
 pub mod request;

@@ -282,6 +282,9 @@ pub struct ProfileFile {
     pub title: String,
     pub os: OsFamily,
     pub firmware: Firmware,
+    /// UEFI Secure Boot with Microsoft's keys enrolled (UEFI only).
+    #[serde(default)]
+    pub secure_boot: bool,
     #[serde(default)]
     pub tpm: bool,
     #[serde(default)]
@@ -337,6 +340,9 @@ pub struct Profile {
     pub title: String,
     pub os: OsFamily,
     pub firmware: Firmware,
+    /// UEFI Secure Boot, with Microsoft's keys enrolled in the VM's
+    /// variable store (a signed loader boots, an unsigned one does not).
+    pub secure_boot: bool,
     /// An emulated TPM 2.0 is attached.
     pub tpm: bool,
     pub disk_bus: DiskBus,
@@ -449,6 +455,12 @@ impl ProfileFile {
             }
             _ => {}
         }
+        if self.secure_boot && self.firmware != Firmware::Uefi {
+            return Err(InvalidInput::new(
+                "secure_boot",
+                "needs firmware = \"uefi\"",
+            ));
+        }
         if self.os == OsFamily::Windows {
             // The generated Autounattend.xml lays out a GPT disk, which
             // only UEFI boots.
@@ -484,6 +496,7 @@ impl ProfileFile {
             title: self.title,
             os: self.os,
             firmware: self.firmware,
+            secure_boot: self.secure_boot,
             tpm: self.tpm,
             disk_bus: self.disk_bus,
             nic_model: self.nic_model,

@@ -88,11 +88,20 @@ pub struct DeploySpec {
     /// instance id.
     pub uuid: uuid::Uuid,
     pub profile: String,
-    pub image: DeployImage,
+    /// The base image the disk is an overlay of; `None` for an installer
+    /// profile (Windows): its disk starts blank and its seed is the
+    /// `Autounattend.xml` media.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<DeployImage>,
+    /// Files on the host the VM uses besides its own (UEFI firmware, the
+    /// installer and driver ISOs): the first step checks each is there and
+    /// readable before anything is made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_files: Vec<String>,
     pub disk_gib: u64,
     /// The domain definition, with the paths the job uses.
     pub domain_xml: String,
-    /// The NoCloud `meta-data` (no secrets in it).
+    /// The NoCloud `meta-data` (no secrets in it); empty for installers.
     pub meta_data: String,
     /// Agent provisioning: the seed carries no secret, and the guest's
     /// agent receives the sealed payload once the VM runs.

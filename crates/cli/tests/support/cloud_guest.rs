@@ -16,16 +16,23 @@ use crate::support::{Api, TestApp};
 pub const BOOT: Duration = Duration::from_secs(600);
 
 /// Writes the profile `lab-debian` for the lab's cloud image into `dir`;
-/// `extra` is more TOML for the top level (e.g. `provisioning = "agent"`).
+/// `extra` is more TOML for the top level (e.g. `provisioning = "agent"`;
+/// the firmware is BIOS unless it says `firmware = "uefi"`: the image
+/// boots either way).
 pub fn write_profile(dir: &Path, lab: &Lab, extra: &str) {
     let image = &lab.cloud_image;
+    let firmware = if extra.contains("firmware =") {
+        ""
+    } else {
+        "firmware = \"bios\""
+    };
     std::fs::write(
         dir.join("lab-debian.toml"),
         format!(
             r#"
 title = "Lab Debian 12"
 os = "linux"
-firmware = "bios"
+{firmware}
 disk_bus = "virtio"
 nic_model = "virtio"
 seed = "nocloud"
@@ -236,7 +243,8 @@ pub fn crypt_accepts(hash: &str, password: &str) -> bool {
 /// Removes a deployed VM and its files from `host`.
 pub fn remove_vm(host: &LabHost, name: &str, uuid: &str) {
     let _ = host.try_virsh(&["destroy", "--domain", name]);
-    let _ = host.try_virsh(&["undefine", "--domain", name]);
+    // --nvram: a UEFI VM's variable store goes too (libvirt refuses without).
+    let _ = host.try_virsh(&["undefine", "--domain", name, "--nvram"]);
     host.run_as_root(
         "rm",
         &["-rf", &format!("/var/lib/libvirt/overvisor/vms/{uuid}")],

@@ -1,7 +1,10 @@
-//! `vm.deploy` as steps: `image` (into the host's cache, verified), `overlay`
-//! (the VM's disk on the cached image), `seed` (the NoCloud ISO, built
-//! here and uploaded), `define`, `start`. Every step is idempotent, so a job
-//! whose runner died resumes where it stopped:
+//! `vm.deploy` as steps: `image` (first the host files the VM uses —
+//! firmware, installer ISOs — are checked readable; then the image into
+//! the host's cache, verified), `overlay` (the VM's disk on the cached
+//! image; blank for an installer), `seed` (the NoCloud ISO, or the
+//! `Autounattend.xml` media for an installer, built here and uploaded),
+//! `define`, `start`. Every step is idempotent, so a job whose runner died
+//! resumes where it stopped:
 //! - `image` is resumed by curl itself (`-C -` on the partial file) and the
 //!   host's lock per checksum; a cached image is never fetched again;
 //! - `overlay` and `seed` are rewritten whole (nothing uses them before the
@@ -12,8 +15,9 @@
 //! (`operations/provision.rs`): the guest agent's key, the sealed payload
 //! delivered, applied. It has no undo of its own: `start`'s stops the VM.
 //!
-//! Undo, in reverse: `start` → destroy, `define` → undefine, `overlay` →
-//! remove the VM's directory (overlay, seed, XML). The cache stays. `image`
+//! Undo, in reverse: `start` → destroy, `define` → undefine (with the UEFI
+//! variable store and the TPM state libvirt made at the start), `overlay`
+//! → remove the VM's directory (disk, seed, XML, variable store). The cache stays. `image`
 //! and `seed` have no undo of their own: the cache is meant to stay, and the
 //! seed lives in the directory `overlay`'s undo removes.
 
@@ -23,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use overvisor_hv::libvirt::deploy::{FetchProgress, Fetched, VmFiles};
 use overvisor_hv::{HvError, LibvirtDriver};
 use overvisor_model::host::HostId;
-use overvisor_model::operation::{DeploySpec, DigestAlgorithm, ImageDigest};
+use overvisor_model::operation::{DeployImage, DeploySpec, DigestAlgorithm, ImageDigest};
 use overvisor_model::vm::{VmName, VmState};
 
 use super::{StepCx, StepDef, StepResult};
@@ -102,15 +106,58 @@ pub async fn run(
     let fail = |e: HvError| cx.host_failure(&r.host, e);
     let lv = r.lv();
     match index {
-        0 => image(cx, lv, spec).await.map_err(|e| e.into_job(cx, &r)),
+        0 => {
+            host_files_present(cx, lv, spec)
+                .await
+                .map_err(|e| e.into_job(cx, &r))?;
+            match &spec.image {
+                Some(image) => fetch_image(cx, lv, spec, image)
+                    .await
+                    .map_err(|e| e.into_job(cx, &r)),
+                None => Ok(None),
+            }
+        }
         1 => {
-            let digest = image_digest(spec, cx.outputs)
-                .ok_or_else(|| JobError::new("the image step did not say which image it cached"))?;
-            lv.overlay_create(&files, &digest, &spec.image.format, spec.disk_gib)
+            let base = match &spec.image {
+                Some(image) => Some((
+                    image_digest(spec, cx.outputs).ok_or_else(|| {
+                        JobError::new("the image step did not say which image it cached")
+                    })?,
+                    image.format.as_str(),
+                )),
+                None => None,
+            };
+            let base_ref = base.as_ref().map(|(d, f)| (d, *f));
+            lv.overlay_create(&files, base_ref, spec.disk_gib)
                 .await
                 .map_err(fail)?;
-            cx.info(format!("overlay {} ({} GiB)", files.disk, spec.disk_gib))
+            let what = if base.is_some() {
+                "overlay"
+            } else {
+                "blank disk"
+            };
+            cx.info(format!("{what} {} ({} GiB)", files.disk, spec.disk_gib))
                 .await;
+            Ok(None)
+        }
+        2 if spec.image.is_none() => {
+            // An installer's seed: Autounattend.xml, which holds the
+            // Administrator's password (Windows takes no hash), readable
+            // by the host's libvirt group only.
+            let xml = secret
+                .ok_or_else(|| JobError::new("the job's sealed Autounattend.xml is missing"))?;
+            let iso = overvisor_deploy::iso::build(
+                overvisor_deploy::autounattend::VOLUME_ID,
+                &[(overvisor_deploy::autounattend::FILE_NAME, xml)],
+            )
+            .map_err(|e| JobError::new(format!("cannot build the seed: {e}")))?;
+            lv.upload_private(&files.seed, &iso).await.map_err(fail)?;
+            cx.info(format!(
+                "Autounattend media {} ({} bytes)",
+                files.seed,
+                iso.len()
+            ))
+            .await;
             Ok(None)
         }
         2 => {
@@ -176,10 +223,38 @@ pub async fn run(
     }
 }
 
-/// Why the image step failed: the host, or the checksum list it read.
+/// Checks the files the VM uses from the host (firmware, installer media)
+/// are there and readable, before anything is made for it.
+async fn host_files_present(
+    cx: &StepCx<'_>,
+    lv: &LibvirtDriver,
+    spec: &DeploySpec,
+) -> Result<(), ImageError> {
+    if spec.host_files.is_empty() {
+        return Ok(());
+    }
+    let wanted: Vec<&str> = spec.host_files.iter().map(String::as_str).collect();
+    let found = lv.readable_files(&wanted).await?;
+    let missing: Vec<&str> = wanted
+        .into_iter()
+        .filter(|f| !found.iter().any(|g| g == f))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ImageError::Refused(format!(
+            "the host has no readable {}",
+            missing.join(", ")
+        )));
+    }
+    cx.info(format!("the host has {}", spec.host_files.join(", ")))
+        .await;
+    Ok(())
+}
+
+/// Why the image step failed: the host, or what it found there (a
+/// checksum list without the image, a file the VM needs missing).
 enum ImageError {
     Host(HvError),
-    List(String),
+    Refused(String),
 }
 
 impl From<HvError> for ImageError {
@@ -192,7 +267,7 @@ impl ImageError {
     fn into_job(self, cx: &StepCx<'_>, r: &Runner) -> JobError {
         match self {
             Self::Host(e) => cx.host_failure(&r.host, e),
-            Self::List(why) => JobError::new(why),
+            Self::Refused(why) => JobError::new(why),
         }
     }
 }
@@ -204,7 +279,7 @@ pub fn image_digest(
     spec: &DeploySpec,
     outputs: &[Option<serde_json::Value>],
 ) -> Option<ImageDigest> {
-    if let Some(hex) = &spec.image.sha256 {
+    if let Some(hex) = spec.image.as_ref().and_then(|i| i.sha256.as_ref()) {
         return Some(ImageDigest {
             algorithm: DigestAlgorithm::Sha256,
             hex: hex.clone(),
@@ -219,11 +294,10 @@ pub fn image_digest(
 async fn digest_from_list(
     cx: &StepCx<'_>,
     lv: &LibvirtDriver,
-    spec: &DeploySpec,
+    image: &DeployImage,
 ) -> Result<ImageDigest, ImageError> {
-    let image = &spec.image;
     let Some(list) = &image.checksums else {
-        return Err(ImageError::List(
+        return Err(ImageError::Refused(
             "the image has neither a pinned sha256 nor a checksum list".into(),
         ));
     };
@@ -231,7 +305,7 @@ async fn digest_from_list(
     // The profile's check made sure the URL ends in the file's name.
     let file = image.url.rsplit('/').next().unwrap_or_default();
     let hex = overvisor_deploy::checksum_list::digest_of(&text, file, list.algorithm)
-        .map_err(|e| ImageError::List(format!("{e} ({})", list.url)))?;
+        .map_err(|e| ImageError::Refused(format!("{e} ({})", list.url)))?;
     cx.info(format!(
         "{} gives {file} the {} {hex}",
         list.url,
@@ -245,26 +319,22 @@ async fn digest_from_list(
 }
 
 /// Fetches the image, writing progress (bytes) to the step as it goes.
-async fn image(
+async fn fetch_image(
     cx: &StepCx<'_>,
     lv: &LibvirtDriver,
     spec: &DeploySpec,
+    image: &DeployImage,
 ) -> Result<Option<serde_json::Value>, ImageError> {
     let digest = match image_digest(spec, &[]) {
         Some(pinned) => pinned,
-        None => digest_from_list(cx, lv, spec).await?,
+        None => digest_from_list(cx, lv, image).await?,
     };
     let total = AtomicU64::new(0);
     let have = AtomicU64::new(0);
-    let fetch = lv.image_fetch(
-        &spec.image.url,
-        &digest,
-        spec.image.ca_file.as_deref(),
-        |p| match p {
-            FetchProgress::Total(n) => total.store(n, Ordering::Relaxed),
-            FetchProgress::Have(n) => have.store(n, Ordering::Relaxed),
-        },
-    );
+    let fetch = lv.image_fetch(&image.url, &digest, image.ca_file.as_deref(), |p| match p {
+        FetchProgress::Total(n) => total.store(n, Ordering::Relaxed),
+        FetchProgress::Have(n) => have.store(n, Ordering::Relaxed),
+    });
     tokio::pin!(fetch);
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

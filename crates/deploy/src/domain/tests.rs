@@ -35,8 +35,8 @@ fn windows_files() -> DomainFiles {
         seed: path("/var/lib/overvisor/vms/web-01/autounattend.iso"),
         installer: Some(path("/var/lib/overvisor/iso/windows-server-2022.iso")),
         uefi: Some(UefiFiles {
-            loader: path("/usr/share/OVMF/OVMF_CODE_4M.fd"),
-            vars_template: path("/usr/share/OVMF/OVMF_VARS_4M.fd"),
+            loader: path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"),
+            vars_template: path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd"),
             nvram: path("/var/lib/overvisor/vms/web-01/VARS.fd"),
         }),
         guest_agent_socket: None,
@@ -100,6 +100,33 @@ fn windows_with_uefi_tpm_and_installer() {
     well_formed(&xml);
     golden("domain-windows.xml", &xml);
     libvirt_accepts(&xml);
+    // The profile asks for Secure Boot: a secure loader, which needs SMM.
+    assert!(xml.contains("<loader readonly=\"yes\" secure=\"yes\" type=\"pflash\">"));
+    assert!(xml.contains("<smm state=\"on\"/>"), "{xml}");
+}
+
+#[test]
+fn uefi_without_secure_boot_has_no_smm() {
+    let mut d = deployment("ubuntu-24.04");
+    d.profile.firmware = crate::profile::Firmware::Uefi;
+    let files = DomainFiles {
+        uefi: Some(UefiFiles {
+            loader: path("/usr/share/OVMF/OVMF_CODE_4M.fd"),
+            vars_template: path("/usr/share/OVMF/OVMF_VARS_4M.fd"),
+            nvram: path("/var/lib/overvisor/vms/web-01/VARS.fd"),
+        }),
+        ..linux_files()
+    };
+    let xml = xml(&d, VirtType::Qemu, &files);
+    libvirt_accepts(&xml);
+    assert!(
+        xml.contains(
+            "<loader readonly=\"yes\" type=\"pflash\">/usr/share/OVMF/OVMF_CODE_4M.fd</loader>"
+        ),
+        "{xml}"
+    );
+    assert!(xml.contains("<nvram template=\"/usr/share/OVMF/OVMF_VARS_4M.fd\">/var/lib/overvisor/vms/web-01/VARS.fd</nvram>"), "{xml}");
+    assert!(!xml.contains("smm"), "{xml}");
 }
 
 #[test]

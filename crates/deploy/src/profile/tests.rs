@@ -238,3 +238,19 @@ fn provisioning_is_cloud_init_unless_a_linux_profile_asks_for_the_agent() {
         .is_err()
     );
 }
+
+#[test]
+fn secure_boot_needs_uefi() {
+    let linux_uefi = LINUX.replace("firmware = \"bios\"", "firmware = \"uefi\"");
+    assert!(!check(&linux_uefi).expect("valid").secure_boot);
+    let secure = linux_uefi.replace(
+        "firmware = \"uefi\"",
+        "firmware = \"uefi\"\nsecure_boot = true",
+    );
+    assert!(check(&secure).expect("valid").secure_boot);
+    let bios = LINUX.replace(
+        "firmware = \"bios\"",
+        "firmware = \"bios\"\nsecure_boot = true",
+    );
+    assert_refused([(bios, "secure_boot")]);
+}

@@ -78,21 +78,31 @@ curl -fsSL --max-time 60 --max-filesize 1048576 "$@" "$url"
 /// The largest checksum list fetched (as in the script above).
 const LIST_MAX: usize = 1 << 20;
 
-/// `$1` VM dir, `$2` cached image, `$3` its format, `$4` size in GiB:
-/// makes the overlay afresh (nothing uses it before the domain is defined).
+/// `$1` VM dir, `$2` cached image (empty: a blank disk), `$3` its format,
+/// `$4` size in GiB: makes the disk afresh (nothing uses it before the
+/// domain is defined).
 const OVERLAY_SCRIPT: &str = r#"set -eu
 mkdir -p "$1"
 rm -f "$1/disk.qcow2"
-qemu-img create -q -f qcow2 -b "$2" -F "$3" "$1/disk.qcow2" "$4G"
+if [ -n "$2" ]; then
+  qemu-img create -q -f qcow2 -b "$2" -F "$3" "$1/disk.qcow2" "$4G"
+else
+  qemu-img create -q -f qcow2 "$1/disk.qcow2" "$4G"
+fi
 chmod 0660 "$1/disk.qcow2"
 "#;
 
-/// `$1` target path: writes stdin there atomically.
+/// `$1` target path, `$2` its mode: writes stdin there atomically.
 const UPLOAD_SCRIPT: &str = r#"set -eu
 mkdir -p "$(dirname "$1")"
 cat > "$1.tmp"
+chmod "$2" "$1.tmp"
 mv "$1.tmp" "$1"
 "#;
+
+/// Prints those of its arguments that are regular files it can read.
+const READABLE_SCRIPT: &str =
+    r#"for f; do [ -f "$f" ] && [ -r "$f" ] && printf '%s\n' "$f"; done; true"#;
 
 /// `$1` VM dir: removes it whatever it holds.
 const REMOVE_SCRIPT: &str = r#"rm -rf -- "$1""#;
@@ -126,6 +136,9 @@ pub struct VmFiles {
     pub seed: String,
     /// The host end of the guest agent's virtio-serial port (QEMU listens).
     pub guest_socket: String,
+    /// The VM's own UEFI variable store (libvirt copies it from the
+    /// firmware's template on the first start).
+    pub nvram: String,
 }
 
 impl VmFiles {
@@ -136,6 +149,7 @@ impl VmFiles {
             disk: format!("{dir}/disk.qcow2"),
             seed: format!("{dir}/seed.iso"),
             guest_socket: format!("{dir}/guest.sock"),
+            nvram: format!("{dir}/VARS.fd"),
             dir,
         }
     }
@@ -235,23 +249,46 @@ impl LibvirtDriver {
         String::from_utf8(out.stdout).map_err(|_| HvError::Host(format!("{url} is not text")))
     }
 
-    /// Makes `files.disk`, a qcow2 overlay of the cached image, `gib` large.
+    /// Makes `files.disk`, `gib` large: a qcow2 overlay of the cached
+    /// image with `base`'s digest and format, or blank without `base`.
     pub async fn overlay_create(
         &self,
         files: &VmFiles,
-        digest: &ImageDigest,
-        format: &str,
+        base: Option<(&ImageDigest, &str)>,
         gib: u64,
     ) -> HvResult<()> {
-        let base = cached_image(&digest.hex);
+        let (image, format) = match base {
+            Some((digest, format)) => (cached_image(&digest.hex), format),
+            None => (String::new(), ""),
+        };
         let size = gib.to_string();
-        self.script(OVERLAY_SCRIPT, &[&files.dir, &base, format, &size], None)
+        self.script(OVERLAY_SCRIPT, &[&files.dir, &image, format, &size], None)
             .await
     }
 
     /// Writes `data` to `path` on the host over the kept connection.
     pub async fn upload(&self, path: &str, data: &[u8]) -> HvResult<()> {
-        self.script(UPLOAD_SCRIPT, &[path], Some(data)).await
+        self.upload_mode(path, data, "0644").await
+    }
+
+    /// Writes `data` to `path`, readable by its owner and group only
+    /// (`libvirt`, through the deploy directory's set-group-id bit; libvirt
+    /// hands it to QEMU when the VM starts).
+    pub async fn upload_private(&self, path: &str, data: &[u8]) -> HvResult<()> {
+        self.upload_mode(path, data, "0640").await
+    }
+
+    async fn upload_mode(&self, path: &str, data: &[u8], mode: &str) -> HvResult<()> {
+        self.script(UPLOAD_SCRIPT, &[path, mode], Some(data)).await
+    }
+
+    /// Those of `paths` that are regular files the automation user can read.
+    pub async fn readable_files(&self, paths: &[&str]) -> HvResult<Vec<String>> {
+        let out = self.ssh().exec(&sh(READABLE_SCRIPT, paths)).await?;
+        if !out.success() {
+            return Err(HvError::Host(out.stderr_text().trim().to_owned()));
+        }
+        Ok(out.stdout_text().lines().map(str::to_owned).collect())
     }
 
     /// Removes a VM's directory (overlay, seed, XML), if any.
@@ -324,12 +361,18 @@ mod tests {
 
     #[test]
     fn inputs_stay_positional() {
+        // Every script takes its inputs as arguments, quoted once.
         let args = [DEPLOY_DIR, "ab", "http://x/$(reboot)'", "sha256", ""];
         let line = sh(FETCH_SCRIPT, &args).render();
         assert!(
             line.ends_with(
                 r#"sh /var/lib/libvirt/overvisor ab 'http://x/$(reboot)'\''' sha256 ''"#
             ),
+            "{line}"
+        );
+        let line = sh(READABLE_SCRIPT, &["/isos/a b.iso", "/x;reboot"]).render();
+        assert!(
+            line.ends_with(r#"sh '/isos/a b.iso' '/x;reboot'"#),
             "{line}"
         );
         let files = VmFiles::of(&uuid::Uuid::nil());
