@@ -124,7 +124,7 @@ async fn openapi_documents_ranges_and_415_that_the_service_enforces() {
         ],
         "every limit and wait parameter is documented with its range"
     );
-    assert_eq!(with_body.len(), 12, "JSON-body endpoints: {with_body:?}");
+    assert_eq!(with_body.len(), 13, "JSON-body endpoints: {with_body:?}");
     // Every operation that needs credentials documents the 401 it gives
     // without them; the public ones declare no security.
     let public = ["/healthz", "/readyz", "/metrics", "/api/v1/auth/login"];
