@@ -18,6 +18,7 @@ mod event_stream;
 mod lab_hosts;
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_stream::{Ws, wait_event};
@@ -618,28 +619,45 @@ async fn a_viewer_that_does_not_read_is_dropped_and_memory_stays_bounded() {
     // queued frames are full, long before the burst ends; its audit row
     // says why. From then on the service's memory stays flat while the
     // rest of the burst passes through it to the viewer that reads.
-    let mut dropped_at = None;
-    let mut before = 0;
-    let mut peak = 0;
-    let mut seen = 0usize;
-    let mut checked = Instant::now();
-    let done = tokio::time::timeout(Duration::from_secs(300), async {
-        let mut tail = String::new();
-        while let Some(msg) = watcher.next().await {
-            let Message::Binary(data) = msg.unwrap() else {
-                continue;
-            };
-            seen += data.len();
-            if dropped_at.is_none() && checked.elapsed() > Duration::from_millis(500) {
-                checked = Instant::now();
+    // The audit is watched by a task of its own: the viewer that reads must
+    // never wait on it, or it falls behind and is dropped too.
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = tokio::spawn({
+        let (api, dropped) = (app.client(&token), dropped.clone());
+        async move {
+            loop {
                 let rows = console_audit(&api).await;
                 if rows
                     .iter()
                     .any(|r| detail_field(r, "end") == "client_too_slow")
                 {
-                    dropped_at = Some(seen);
-                    before = rss_kib(pid);
+                    dropped.store(true, std::sync::atomic::Ordering::Release);
+                    return;
                 }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    });
+    let mut dropped_at = None;
+    let mut before = 0;
+    let mut peak = 0;
+    let mut seen = 0usize;
+    let mut ended = None;
+    let done = tokio::time::timeout(Duration::from_secs(300), async {
+        let mut tail = String::new();
+        while let Some(msg) = watcher.next().await {
+            let data = match msg.unwrap() {
+                Message::Binary(data) => data,
+                Message::Close(frame) => {
+                    ended = Some(format!("{frame:?}"));
+                    return;
+                }
+                _ => continue,
+            };
+            seen += data.len();
+            if dropped_at.is_none() && dropped.load(std::sync::atomic::Ordering::Acquire) {
+                dropped_at = Some(seen);
+                before = rss_kib(pid);
             }
             if dropped_at.is_some() {
                 peak = peak.max(rss_kib(pid));
@@ -656,6 +674,11 @@ async fn a_viewer_that_does_not_read_is_dropped_and_memory_stays_bounded() {
         }
     })
     .await;
+    watch.abort();
+    assert!(
+        ended.is_none(),
+        "the viewer that reads was closed: {ended:?} ({seen} bytes)"
+    );
     assert!(done.is_ok(), "the burst stalled ({seen} bytes seen)");
     let dropped_at = dropped_at
         .unwrap_or_else(|| panic!("the viewer that did not read was never dropped ({seen} bytes)"));
