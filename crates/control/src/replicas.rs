@@ -31,7 +31,7 @@ use chrono::Utc;
 use overvisor_model::account::UserId;
 use overvisor_model::host::HostId;
 use overvisor_model::job::JobId;
-use overvisor_store::replicas::{InventoryNews, MAX_ANNOUNCEMENT};
+use overvisor_store::replicas::{MAX_ANNOUNCEMENT, ReplicaNews};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -170,15 +170,16 @@ impl App {
     /// returns (so the reconcilers start on them at once), then keeps the
     /// leases, writes out owned hosts' inventories and mirrors the rest.
     /// On shutdown the leases are released, so the others take the hosts
-    /// over at once.
-    /// Await the handle after `shutdown` so the release is done before the
-    /// database is closed.
+    /// over at once: await the returned handle after `shutdown`, so the
+    /// release is done before the database is closed.
     pub async fn replicas_start(
         &self,
         settings: ReplicaSettings,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         self.replicas().shared.store(true, Ordering::Release);
+        // Only now does anyone write changed hosts out.
+        self.inventory().track_touched();
         tracing::info!(
             replica = self.replicas().id(),
             "joining the replicas on this database"
@@ -205,33 +206,18 @@ impl App {
                 let _ = app.store().replica_leave(&me).await;
             }
         });
-        tokio::spawn({
-            let (app, shutdown) = (self.clone(), shutdown.clone());
-            async move {
-                tokio::select! {
-                    _ = app.replicas_write_out() => {}
-                    _ = shutdown.cancelled() => {}
-                }
-            }
-        });
-        tokio::spawn({
-            let (app, shutdown) = (self.clone(), shutdown.clone());
-            async move {
-                tokio::select! {
-                    _ = app.replicas_pass_on_events() => {}
-                    _ = shutdown.cancelled() => {}
-                }
-            }
-        });
-        tokio::spawn({
-            let app = self.clone();
-            async move {
-                tokio::select! {
-                    _ = app.replicas_mirror(&settings) => {}
-                    _ = shutdown.cancelled() => {}
-                }
-            }
-        });
+        let app = self.clone();
+        spawn_until(&shutdown, async move { app.replicas_write_out().await });
+        let app = self.clone();
+        spawn_until(
+            &shutdown,
+            async move { app.replicas_pass_on_events().await },
+        );
+        let app = self.clone();
+        spawn_until(
+            &shutdown,
+            async move { app.replicas_mirror(&settings).await },
+        );
         leases
     }
 
@@ -248,11 +234,8 @@ impl App {
         };
         for host in &hosts {
             self.inventory().host_upsert(host);
-            if let Ok(Some((version, doc))) = self.store().host_inventory_get(host.id).await
-                && let Ok(mirror) = serde_json::from_str::<HostMirror>(&doc)
-                && self.inventory().host_import(self.events(), host.id, mirror)
-            {
-                self.replicas().applied().insert(host.id, version);
+            if let Ok(Some((version, doc))) = self.store().host_inventory_get(host.id).await {
+                self.replicas_import(host.id, version, &doc);
             }
         }
     }
@@ -389,7 +372,7 @@ impl App {
         let mut retry = tokio::time::interval(Duration::from_millis(500));
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
-            let mut listener = match self.store().inventory_listener().await {
+            let mut listener = match self.store().replica_listener().await {
                 Ok(listener) => listener,
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot listen for inventory changes; retrying");
@@ -405,11 +388,11 @@ impl App {
                         self.replicas_mirror_all().await;
                     }
                     news = listener.next() => match news {
-                        Ok(InventoryNews::Written { host, version }) => {
+                        Ok(ReplicaNews::Written { host, version }) => {
                             self.replicas_mirror_host(host, version).await;
                         }
-                        Ok(InventoryNews::Reconnected) => self.replicas_mirror_all().await,
-                        Ok(InventoryNews::Event(payload)) => self.replicas_event_arrived(&payload).await,
+                        Ok(ReplicaNews::Reconnected) => self.replicas_mirror_all().await,
+                        Ok(ReplicaNews::Event(payload)) => self.replicas_event_arrived(&payload).await,
                         Err(err) => {
                             tracing::warn!(error = %err, "inventory listener lost; reconnecting");
                             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -528,26 +511,46 @@ impl App {
                 return;
             }
         };
-        let mirror: HostMirror = match serde_json::from_str(&doc) {
-            Ok(mirror) => mirror,
-            Err(err) => {
-                tracing::warn!(%host, error = %err, "ignoring an unreadable host inventory");
-                return;
-            }
-        };
         // Taken on meanwhile: this replica's own picture wins.
         if replicas.owns(host) {
             return;
         }
-        if self.inventory().host_import(self.events(), host, mirror) {
-            replicas.applied().insert(host, version);
-        } else {
+        if !self.replicas_import(host, version, &doc) {
             // Registered a moment ago: the registry is read again now, and
             // the document tried again shortly.
             self.inventory_wake();
             replicas.retry.store(true, Ordering::Release);
         }
     }
+
+    /// Applies `host`'s document of `version` to the inventory; `false`
+    /// when the host is not in it yet.
+    fn replicas_import(&self, host: HostId, version: i64, doc: &str) -> bool {
+        let mirror: HostMirror = match serde_json::from_str(doc) {
+            Ok(mirror) => mirror,
+            Err(err) => {
+                tracing::warn!(%host, error = %err, "ignoring an unreadable host inventory");
+                // Not worth trying again soon: the owner writes a new one.
+                return true;
+            }
+        };
+        let imported = self.inventory().host_import(self.events(), host, mirror);
+        if imported {
+            self.replicas().applied().insert(host, version);
+        }
+        imported
+    }
+}
+
+/// Runs `task` until it ends or `shutdown` is cancelled.
+fn spawn_until(shutdown: &CancellationToken, task: impl Future<Output = ()> + Send + 'static) {
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = task => {}
+            () = shutdown.cancelled() => {}
+        }
+    });
 }
 
 /// A job event on its way to the other replicas.

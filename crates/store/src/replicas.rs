@@ -172,9 +172,10 @@ impl Store {
         Ok(())
     }
 
-    /// Listens for inventory announcements (PostgreSQL only: a SQLite
+    /// Listens for inventory announcements and passed-on events
+    /// (PostgreSQL only: a SQLite
     /// database has one process, which needs none).
-    pub async fn inventory_listener(&self) -> Result<InventoryListener> {
+    pub async fn replica_listener(&self) -> Result<ReplicaListener> {
         let Db::Postgres(pool) = self.db() else {
             return Err(StoreError::Unavailable(
                 "inventory announcements need PostgreSQL".into(),
@@ -185,13 +186,13 @@ impl Store {
         listener
             .listen_all([INVENTORY_CHANNEL, EVENTS_CHANNEL])
             .await?;
-        Ok(InventoryListener { listener })
+        Ok(ReplicaListener { listener })
     }
 }
 
-/// What an [`InventoryListener`] heard.
+/// What a [`ReplicaListener`] heard.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InventoryNews {
+pub enum ReplicaNews {
     /// `host`'s document was written in `version`.
     Written { host: HostId, version: i64 },
     /// The listening connection was lost and is back: announcements in
@@ -202,28 +203,28 @@ pub enum InventoryNews {
 }
 
 /// Inventory announcements and passed-on events from every replica.
-pub struct InventoryListener {
+pub struct ReplicaListener {
     listener: sqlx::postgres::PgListener,
 }
 
-impl InventoryListener {
+impl ReplicaListener {
     /// The next announcement. A lost connection is re-established here
-    /// (and reported as [`InventoryNews::Reconnected`]); an error means
+    /// (and reported as [`ReplicaNews::Reconnected`]); an error means
     /// the database cannot be reached now.
-    pub async fn next(&mut self) -> Result<InventoryNews> {
+    pub async fn next(&mut self) -> Result<ReplicaNews> {
         loop {
             // `try_recv` answers `None` once when the connection dropped,
             // and reconnects on the next call.
             let Some(note) = self.listener.try_recv().await? else {
-                return Ok(InventoryNews::Reconnected);
+                return Ok(ReplicaNews::Reconnected);
             };
             if note.channel() == EVENTS_CHANNEL {
-                return Ok(InventoryNews::Event(note.payload().to_owned()));
+                return Ok(ReplicaNews::Event(note.payload().to_owned()));
             }
             if let Some((host, version)) = note.payload().split_once(':')
                 && let (Ok(host), Ok(version)) = (host.parse(), version.parse())
             {
-                return Ok(InventoryNews::Written { host, version });
+                return Ok(ReplicaNews::Written { host, version });
             }
             tracing::warn!(
                 payload = note.payload(),

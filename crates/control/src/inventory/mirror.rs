@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use overvisor_model::host::HostId;
@@ -17,15 +18,20 @@ use super::{Connectivity, Inventory, read};
 use crate::events::EventBus;
 
 /// Hosts changed since they were last written out, and the bell that
-/// wakes the writer. Only drained where replicas share a database.
+/// wakes the writer. Kept only where replicas share a database (a lone
+/// process pays nothing for it on every change).
 #[derive(Default)]
 pub(crate) struct Touched {
+    tracking: AtomicBool,
     hosts: Mutex<HashSet<HostId>>,
     bell: Notify,
 }
 
 impl Touched {
     pub(super) fn add(&self, host: HostId) {
+        if !self.tracking.load(Ordering::Relaxed) {
+            return;
+        }
         self.lock().insert(host);
         self.bell.notify_one();
     }
@@ -62,6 +68,11 @@ impl Inventory {
             }
             self.touched.bell.notified().await;
         }
+    }
+
+    /// Keeps the changed hosts from now on, for writing them out.
+    pub(crate) fn track_touched(&self) {
+        self.touched.tracking.store(true, Ordering::Relaxed);
     }
 
     /// Marks `host` for writing out again (after a failed write).

@@ -105,7 +105,7 @@ async fn supervise(app: App, settings: InventorySettings, shutdown: Cancellation
                 stop.cancel();
             }
             app.inventory().host_upsert(&host);
-            let Some(_) = lease else {
+            if lease.is_none() {
                 app.inventory().resyncers.close(host.id);
                 running.insert(
                     host.id,
@@ -116,7 +116,7 @@ async fn supervise(app: App, settings: InventorySettings, shutdown: Cancellation
                     },
                 );
                 continue;
-            };
+            }
             let stop = shutdown.child_token();
             running.insert(
                 host.id,
