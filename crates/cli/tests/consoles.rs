@@ -615,8 +615,9 @@ async fn a_viewer_that_does_not_read_is_dropped_and_memory_stays_bounded() {
     let mut watcher = open(&app, &token, &ticket(&api, &host, &vm).await)
         .await
         .unwrap();
-    // The one that does not read is dropped once its socket and a few
-    // queued frames are full, long before the burst ends; its audit row
+    // The one that does not read is dropped once its socket, its queue and
+    // its byte-counted backlog are full, long before the burst ends (a busy
+    // guest's many small frames alone never drop a viewer); its audit row
     // says why. From then on the service's memory stays flat while the
     // rest of the burst passes through it to the viewer that reads.
     // The audit is watched by a task of its own: the viewer that reads must

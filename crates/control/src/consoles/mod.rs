@@ -288,6 +288,17 @@ impl SerialConsole {
         }
     }
 
+    /// For a bridge holding off reading while its viewer's socket drains:
+    /// resolves once the viewer fell too far behind or the credential that
+    /// opened the console stopped being valid. Cancel-safe.
+    pub async fn held(&mut self) -> ConsoleEnd {
+        tokio::select! {
+            biased;
+            end = self.session.revoked() => end,
+            end = self.viewer.fallen_behind() => end,
+        }
+    }
+
     /// Types `data` on the console if this viewer is in control.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), NotTyped> {
         self.viewer.write(data).await

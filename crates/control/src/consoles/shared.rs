@@ -324,6 +324,13 @@ impl Shared {
         }
     }
 
+    fn is_too_slow(&self, id: u64) -> bool {
+        self.lock()
+            .seats
+            .iter()
+            .any(|seat| seat.id == id && seat.too_slow)
+    }
+
     /// Up to [`MAX_FRAME`] of a viewer's waiting output, in one piece.
     fn take(&self, id: u64) -> Result<Option<Bytes>, ConsoleEnd> {
         let mut state = self.lock();
@@ -405,6 +412,19 @@ impl Viewer {
         }
     }
 
+    /// Waits, without taking output, until this viewer has fallen too far
+    /// behind: for a bridge that holds off reading while its viewer's
+    /// socket drains. The console's end is not returned here: output
+    /// before it is still read first. Cancel-safe.
+    pub async fn fallen_behind(&mut self) -> ConsoleEnd {
+        loop {
+            if self.shared.is_too_slow(self.id) {
+                return ConsoleEnd::ClientTooSlow;
+            }
+            self.wake.notified().await;
+        }
+    }
+
     /// Where control is now, as this viewer sees it.
     pub fn control_view(&self) -> ControlView {
         let c = self.control.borrow();
@@ -478,7 +498,7 @@ mod tests {
     async fn a_viewer_that_falls_behind_is_dropped_and_its_backlog_freed() {
         let shared = console();
         let mut reader = Shared::join(&shared, "alice", (80, 24)).expect("open");
-        let idle = Shared::join(&shared, "bob", (80, 24)).expect("open");
+        let mut idle = Shared::join(&shared, "bob", (80, 24)).expect("open");
         let chunk = vec![b'x'; 32 << 10];
         let mut read = 0;
         for _ in 0..(4 * VIEWER_BACKLOG / chunk.len()) {
@@ -492,6 +512,10 @@ mod tests {
         }
         assert_eq!(read, 4 * VIEWER_BACKLOG);
         assert_eq!(shared.take(idle.id), Err(ConsoleEnd::ClientTooSlow));
+        assert_eq!(
+            tokio::time::timeout(std::time::Duration::from_secs(5), idle.fallen_behind()).await,
+            Ok(ConsoleEnd::ClientTooSlow)
+        );
         assert!(matches!(
             reader.read().await,
             Ok(ViewerOutput::Control(ControlView {

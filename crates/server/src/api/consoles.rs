@@ -52,9 +52,14 @@ use crate::extract::{Json, Path};
 /// Where console sockets live; the ticket follows.
 const SOCKET_PREFIX: &str = "/api/v1/consoles/";
 /// Frames waiting for a viewer's socket (a serial frame is at most
-/// `shared::MAX_FRAME`, 64 KiB; a VNC one 32 KiB): beyond this the viewer
-/// is not reading.
+/// `shared::MAX_FRAME`, 64 KiB; a VNC one 32 KiB). While it is full the
+/// serial bridge stops taking output, which then waits in the console's
+/// byte-counted backlog: that, not a count of frames (a busy guest writes
+/// many small ones), says when a viewer is too slow.
 const OUTPUT_QUEUE: usize = 16;
+/// Service frames (control changes, errors) held while the queue is full;
+/// a viewer that lets this many pile up is not reading.
+const MAX_HELD: usize = 16;
 /// Largest frame a viewer may send (keystrokes and pastes).
 const MAX_INPUT_FRAME: usize = 64 << 10;
 /// How often an idle socket is pinged (keeps proxies from closing it).
@@ -188,6 +193,8 @@ enum Control {
 /// through a short queue, so the bridge never waits on a slow viewer.
 struct Socket {
     out: mpsc::Sender<Message>,
+    /// Frames for the queue once it has room, in order.
+    held: std::collections::VecDeque<Message>,
     incoming: futures::stream::SplitStream<WebSocket>,
     writer: tokio::task::JoinHandle<()>,
     /// The last frames, sent ahead of anything still queued.
@@ -227,6 +234,7 @@ impl Socket {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         Self {
             out,
+            held: std::collections::VecDeque::new(),
             incoming,
             writer,
             farewell,
@@ -234,19 +242,27 @@ impl Socket {
         }
     }
 
-    /// Queues a frame; a full queue means the viewer is not reading.
-    fn queue(&self, frame: Message) -> Option<ConsoleEnd> {
+    /// Queues a frame, or holds it (after any held before it) until the
+    /// queue has room.
+    fn queue(&mut self, frame: Message) -> Option<ConsoleEnd> {
+        if self.held.len() >= MAX_HELD {
+            return Some(too_slow());
+        }
+        if !self.held.is_empty() {
+            self.held.push_back(frame);
+            return None;
+        }
         match self.out.try_send(frame) {
             Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!("overvisor_console_overflows_total").increment(1);
-                Some(ConsoleEnd::ClientTooSlow)
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                self.held.push_back(frame);
+                None
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Some(ConsoleEnd::ClientClosed),
         }
     }
 
-    fn queue_json(&self, value: serde_json::Value) -> Option<ConsoleEnd> {
+    fn queue_json(&mut self, value: serde_json::Value) -> Option<ConsoleEnd> {
         self.queue(Message::Text(value.to_string().into()))
     }
 
@@ -277,6 +293,11 @@ impl Socket {
             abort.abort();
         }
     }
+}
+
+fn too_slow() -> ConsoleEnd {
+    metrics::counter!("overvisor_console_overflows_total").increment(1);
+    ConsoleEnd::ClientTooSlow
 }
 
 /// What the viewer sent, as far as a bridge cares.
@@ -314,14 +335,29 @@ async fn serial_bridge(app: App, socket: WebSocket, mut console: SerialConsole) 
     let connected = serde_json::json!({"type": "connected", "kind": "serial"});
     let mut end = socket.queue_json(connected);
     while end.is_none() {
+        // Output is taken only while the queue has room; meanwhile it waits
+        // in the console's backlog, which ends this viewer once it is full.
+        let reading = socket.held.is_empty();
         tokio::select! {
-            output = console.read() => end = match output {
+            output = async {
+                if reading { console.read().await } else { Err(console.held().await) }
+            } => end = match output {
                 Ok(ViewerOutput::Data(data)) => {
                     traffic.from_vm += data.len() as u64;
                     socket.queue(Message::Binary(data))
                 }
                 Ok(ViewerOutput::Control(view)) => socket.queue_json(control_frame(&view)),
+                Err(ConsoleEnd::ClientTooSlow) => Some(too_slow()),
                 Err(ended) => Some(ended),
+            },
+            room = socket.out.clone().reserve_owned(), if !reading => end = match room {
+                Ok(room) => {
+                    if let Some(frame) = socket.held.pop_front() {
+                        room.send(frame);
+                    }
+                    None
+                }
+                Err(_) => Some(ConsoleEnd::ClientClosed),
             },
             frame = socket.incoming.next() => end = match incoming(frame) {
                 Incoming::Data(data) => match console.write(&data).await {
@@ -334,7 +370,7 @@ async fn serial_bridge(app: App, socket: WebSocket, mut console: SerialConsole) 
                     }
                     Err(NotTyped::Ended(ended)) => Some(ended),
                 },
-                Incoming::Text(text) => control(&mut console, &socket, &text).await,
+                Incoming::Text(text) => control(&mut console, &mut socket, &text).await,
                 Incoming::Ended => Some(ConsoleEnd::ClientClosed),
                 Incoming::Other => None,
             },
@@ -381,7 +417,7 @@ async fn vnc_bridge(app: App, socket: WebSocket, mut console: VncConsole) {
                     match tokio::time::timeout(VNC_STALL, socket.out.send(frame)).await {
                         Ok(Ok(())) => None,
                         Ok(Err(_)) => Some(ConsoleEnd::ClientClosed),
-                        Err(_) => Some(ConsoleEnd::ClientTooSlow),
+                        Err(_) => Some(too_slow()),
                     }
                 }
                 Err(_) => Some(ConsoleEnd::HostDisconnected),
@@ -430,8 +466,12 @@ fn not_in_control(holder: Option<&str>) -> serde_json::Value {
 }
 
 /// Applies a viewer's text frame; a malformed one is answered, not fatal.
-async fn control(console: &mut SerialConsole, socket: &Socket, text: &str) -> Option<ConsoleEnd> {
-    let refused =
+async fn control(
+    console: &mut SerialConsole,
+    socket: &mut Socket,
+    text: &str,
+) -> Option<ConsoleEnd> {
+    let mut refused =
         |message: &str| socket.queue_json(serde_json::json!({"type": "error", "message": message}));
     match serde_json::from_str::<Control>(text) {
         Ok(Control::Resize(cols, rows)) => {
