@@ -12,6 +12,7 @@ use overvisor_control::metrics::MetricsSettings;
 use overvisor_control::replicas::ReplicaSettings;
 use overvisor_control::{App, AppConfig, login_limit::Limits};
 use overvisor_server::{AppState, Config, Listeners, Settings};
+use overvisor_store::replicas::ReplicaAddress;
 use overvisor_store::{MasterKey, Sealer, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -169,6 +170,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         started,
         max_body_bytes: config.max_body_bytes,
         peers: reqwest::Client::builder()
+            // A forwarded answer is passed back as it is, redirects included.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(std::time::Duration::from_secs(
                 config.ssh_command_timeout_secs + 10,
             ))
@@ -194,10 +197,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .replicas_start(
                 ReplicaSettings {
                     lease: std::time::Duration::from_secs(config.host_lease_secs),
-                    url: config.replica_url.clone().or_else(|| {
-                        // A specific address is reachable as it is; 0.0.0.0 is not.
-                        (!api.ip().is_unspecified()).then(|| format!("http://{api}"))
-                    }),
+                    address: ReplicaAddress {
+                        api: config.replica_url.clone().or_else(|| reachable(api)),
+                        ui: config.replica_ui_url.clone().or_else(|| reachable(ui)),
+                    },
                     ..ReplicaSettings::default()
                 },
                 shutdown.clone(),
@@ -297,4 +300,10 @@ async fn wait_for_signal(shutdown: CancellationToken) {
     let _ = ctrl_c.await;
     tracing::info!("shutting down");
     shutdown.cancel();
+}
+
+/// A listener's URL for the other replicas: a specific address is
+/// reachable as it is; 0.0.0.0 is not (then the URL must be configured).
+fn reachable(bind: std::net::SocketAddr) -> Option<String> {
+    (!bind.ip().is_unspecified()).then(|| format!("http://{bind}"))
 }

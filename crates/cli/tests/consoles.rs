@@ -12,6 +12,8 @@
 //! disconnect test (its sshd is killed).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/console_socket.rs"]
+mod console_socket;
 #[path = "support/event_stream.rs"]
 mod event_stream;
 #[path = "support/lab_hosts.rs"]
@@ -21,126 +23,22 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use event_stream::{Ws, wait_event};
+use console_socket::{
+    PATIENCE, ask, control_until, open, read_until, refused, socket_request, text_frame, ticket,
+    ticket_of, type_keys,
+};
+use event_stream::Ws;
 use futures::{SinkExt, StreamExt};
 use lab_hosts::{SshdDown, id, register};
 use overvisor_testkit::{Lab, unique_name};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Api, TestApp, assert_error, path_segment as segment};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use support::{Api, TestApp, assert_error};
+use tokio_tungstenite::tungstenite::Message;
 
 const BOOT: Duration = Duration::from_secs(120);
-/// A guard against a hang, not a measurement.
-const PATIENCE: Duration = Duration::from_secs(30);
 /// The longest a ticket may live, by the contract.
 const TICKET_TTL: Duration = Duration::from_secs(30);
-
-async fn ask(api: &Api, host: &str, vm: &str, kind: &str) -> (StatusCode, Value) {
-    let path = format!("/api/v1/hosts/{host}/vms/{}/console", segment(vm));
-    api.post(&path, json!({"kind": kind})).await
-}
-
-async fn ticket(api: &Api, host: &str, vm: &str) -> Value {
-    ticket_of(api, host, vm, "serial").await
-}
-
-async fn ticket_of(api: &Api, host: &str, vm: &str, kind: &str) -> Value {
-    let (status, body) = ask(api, host, vm, kind).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert!(body["expires_in_secs"].as_u64().unwrap() <= 30, "{body}");
-    body
-}
-
-/// The socket request for a ticket, authenticated with `token`.
-fn socket_request(
-    app: &TestApp,
-    token: &str,
-    ticket: &Value,
-) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    let url = format!(
-        "{}{}",
-        app.api.replacen("http", "ws", 1),
-        ticket["url"].as_str().unwrap()
-    );
-    let mut request = url.into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
-/// Opens a ticket's socket with `token`; a refusal comes back as its
-/// status and JSON body.
-async fn open(app: &TestApp, token: &str, ticket: &Value) -> Result<Ws, (u16, Value)> {
-    match tokio_tungstenite::connect_async(socket_request(app, token, ticket)).await {
-        Ok((mut ws, _)) => {
-            assert_eq!(text_frame(&mut ws).await["type"], "connected");
-            Ok(ws)
-        }
-        Err(WsError::Http(response)) => {
-            let body = response.body().clone().unwrap_or_default();
-            Err((
-                response.status().as_u16(),
-                serde_json::from_slice(&body).unwrap_or(Value::Null),
-            ))
-        }
-        Err(e) => panic!("cannot open the console socket: {e}"),
-    }
-}
-
-fn refused(opened: Result<Ws, (u16, Value)>, status: u16, code: &str) {
-    match opened {
-        Ok(_) => panic!("the console opened; expected {status} {code}"),
-        Err((got, body)) => {
-            assert_eq!(got, status, "{body}");
-            assert_eq!(body["error"]["code"], code, "{body}");
-        }
-    }
-}
-
-/// The next text frame as JSON, but for news of who is in control
-/// (terminal bytes on the way are skipped).
-async fn text_frame(ws: &mut Ws) -> Value {
-    wait_event(ws, PATIENCE, |v| v["type"] != "control").await
-}
-
-/// Skips frames until a `control` frame that `want` accepts.
-async fn control_until(ws: &mut Ws, want: impl Fn(&Value) -> bool) -> Value {
-    wait_event(ws, PATIENCE, |v| v["type"] == "control" && want(v)).await
-}
-
-/// Reads terminal output until it contains `want`; returns all of it.
-async fn read_until(ws: &mut Ws, want: &str) -> String {
-    let mut seen = String::new();
-    let found = tokio::time::timeout(PATIENCE, async {
-        while let Some(msg) = ws.next().await {
-            match msg.expect("socket error") {
-                Message::Binary(data) => seen.push_str(&String::from_utf8_lossy(&data)),
-                Message::Close(frame) => panic!("console closed: {frame:?}"),
-                _ => {}
-            }
-            if seen.contains(want) {
-                return;
-            }
-        }
-    })
-    .await;
-    assert!(
-        found.is_ok(),
-        "{want:?} never came; the console said {seen:?}"
-    );
-    seen
-}
-
-/// Types `keys`, counting what the viewer sent.
-async fn type_keys(ws: &mut Ws, sent: &mut u64, keys: &str) {
-    ws.send(Message::Binary(keys.as_bytes().to_vec().into()))
-        .await
-        .unwrap();
-    *sent += keys.len() as u64;
-}
 
 /// The `vm.console` audit rows `api` may see, newest first.
 async fn console_audit(api: &Api) -> Vec<Value> {

@@ -7,6 +7,8 @@
 //! are defined and touched on them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/console_socket.rs"]
+mod console_socket;
 #[path = "support/event_stream.rs"]
 mod event_stream;
 #[path = "support/lab_hosts.rs"]
@@ -233,6 +235,50 @@ async fn replicas_share_hosts_and_survive_a_sigkill_and_a_rolling_restart() {
         })
         .collect();
     assert_eq!(ran_on, vec![owner], "the job ran on the host's owner only");
+
+    // A console works from any replica: the ticket asked for on one that
+    // does not own the host comes from the owner (forwarded), and its
+    // socket opened on the third replica is relayed to the owner, where
+    // the console lives; the guest's shell answers through both.
+    let third = (owner + 2) % 3;
+    guests[0].wait_ready(1, Duration::from_secs(120));
+    let ticket =
+        console_socket::ticket(&apps[other].client(&token), &hosts[0], &guests[0].name).await;
+    let issuer = ticket["ticket"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(issuer, replica_id(&apps[owner]), "{ticket}");
+    let mut console = console_socket::open(&apps[third], &token, &ticket)
+        .await
+        .unwrap();
+    console_socket::type_keys(&mut console, &mut 0, "\recho relayed-$((6*7))\r").await;
+    console_socket::read_until(&mut console, "relayed-42").await;
+    drop(console);
+
+    // The portal's VM page needs the host's connection too: on a replica
+    // that does not own the host it is the owner's page.
+    let (_, _, password) = apps[0].create_user("portal-admin", "admin").await;
+    let not_owner = &apps[(owners[1] + 1) % 3];
+    let (portal, status, body) = Api::login(&not_owner.ui, "portal-admin", &password).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let vm_uuid = vm["uuid"].as_str().unwrap();
+    let page = portal
+        .http
+        .get(format!("{}/vms/{}/{vm_uuid}", not_owner.ui, hosts[1]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(
+        page.headers()["x-overvisor-served-by"].to_str().unwrap(),
+        owner_id,
+        "the VM page was not made by the host's owner"
+    );
+    assert!(page.text().await.unwrap().contains(&guests[1].name));
 
     // A job running when its replica is killed. Job events are passed on
     // between replicas: another replica's stream shows its steps.

@@ -230,12 +230,21 @@ fn mismatch_error(m: Mismatch) -> AppError {
 }
 
 impl App {
-    /// The shared driver of a host the caller was authorized for.
+    /// The shared driver of a host the caller was authorized for. Only the
+    /// replica that owns a host connects to it: elsewhere (requests are
+    /// forwarded to the owner) this is reached only while the host changes
+    /// hands, and the caller is asked to retry.
     pub async fn host_driver(
         &self,
         host: &Authorized<Host>,
     ) -> Result<Arc<dyn Hypervisor>, AppError> {
         let host = host.get();
+        if !self.replicas().owns(host.id) {
+            return Err(AppError::Unavailable(format!(
+                "host {} is being handed between replicas; retry in a moment",
+                host.name
+            )));
+        }
         if let Some(driver) = self.connections().cached(host) {
             return Ok(driver);
         }

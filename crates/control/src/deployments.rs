@@ -284,11 +284,12 @@ impl App {
     /// Every host `subject` may deploy to (its libvirt hosts; an admin's:
     /// everyone's), by name, each with its capacity or why the host did
     /// not tell. Asks the hosts at once (a few at a time), each within the
-    /// same time a deployment gives it.
+    /// same time a deployment gives it. `Ok(None)`: another replica holds
+    /// the host's connection; the steps after choosing it are its owner's.
     pub async fn vm_deploy_hosts(
         &self,
         subject: &Subject,
-    ) -> Result<Vec<(Host, Result<HostCapacity, AppError>)>, AppError> {
+    ) -> Result<Vec<(Host, Result<Option<HostCapacity>, AppError>)>, AppError> {
         authorize(subject, Action::Operate, Resource::OwnedBy(subject.id()))?;
         let hosts = self.hosts_list(subject).await?;
         let asked = hosts
@@ -296,10 +297,13 @@ impl App {
             .filter(|h| h.kind == HostKind::Libvirt)
             .filter_map(|h| authorize_owned(subject, Action::Operate, h).ok())
             .map(|host| async move {
-                let capacity = self
-                    .deploy_host_look(&host, None, &[])
-                    .await
-                    .map(|(c, ..)| c);
+                let capacity = if self.replicas().owns(host.get().id) {
+                    self.deploy_host_look(&host, None, &[])
+                        .await
+                        .map(|(c, ..)| Some(c))
+                } else {
+                    Ok(None)
+                };
                 (host.into_inner(), capacity)
             });
         let mut answers: Vec<_> = futures::stream::iter(asked)

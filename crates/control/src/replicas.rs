@@ -31,7 +31,7 @@ use chrono::Utc;
 use overvisor_model::account::UserId;
 use overvisor_model::host::HostId;
 use overvisor_model::job::JobId;
-use overvisor_store::replicas::{MAX_ANNOUNCEMENT, ReplicaNews};
+use overvisor_store::replicas::{MAX_ANNOUNCEMENT, ReplicaAddress, ReplicaNews};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -47,9 +47,9 @@ pub struct ReplicaSettings {
     /// Every document's version is compared this often, in case an
     /// announcement was missed.
     pub mirror_check_every: Duration,
-    /// Where the other replicas reach this one's API, to forward requests
-    /// that need the connection of a host this one owns.
-    pub url: Option<String>,
+    /// Where the other replicas reach this one's API and portal, to
+    /// forward requests that need the connection of a host this one owns.
+    pub address: ReplicaAddress,
 }
 
 impl Default for ReplicaSettings {
@@ -57,7 +57,7 @@ impl Default for ReplicaSettings {
         Self {
             lease: Duration::from_secs(15),
             mirror_check_every: Duration::from_secs(30),
-            url: None,
+            address: ReplicaAddress::default(),
         }
     }
 }
@@ -273,7 +273,7 @@ impl App {
             chrono::Duration::from_std(settings.lease).unwrap_or(chrono::Duration::seconds(15));
         let now = Utc::now();
         store
-            .replica_heartbeat(me, settings.url.as_deref(), now, now - lease * 4)
+            .replica_heartbeat(me, &settings.address, now, now - lease * 4)
             .await?;
         let mut owned: HashMap<HostId, i64> = store
             .host_leases_renew_held(me, now + lease)
@@ -295,25 +295,30 @@ impl App {
         Ok(owned)
     }
 
-    /// Where to forward a request that needs `host`'s connection: the URL
-    /// of the replica that owns it, when that is not this one. `Ok(None)`:
-    /// serve it here (this replica owns it, hosts are not shared, or nobody
-    /// owns it right now).
+    /// Where to forward a request that needs `host`'s connection: the
+    /// replica that owns it, when that is not this one. `Ok(None)`: serve
+    /// it here (this replica owns it, hosts are not shared, or nobody owns
+    /// it right now).
     pub async fn host_owner_elsewhere(
         &self,
         host: HostId,
-    ) -> Result<Option<String>, crate::AppError> {
+    ) -> Result<Option<ReplicaAddress>, crate::AppError> {
         if self.replicas().owns(host) {
             return Ok(None);
         }
         match self.store().host_owner_replica(host, Utc::now()).await? {
-            Some((owner, url)) if owner != self.replicas().id() => url.map(Some).ok_or_else(|| {
-                crate::AppError::Unavailable(
-                    "another replica owns this host and gave no replica_url to reach it at".into(),
-                )
-            }),
+            Some((owner, address)) if owner != self.replicas().id() => Ok(Some(address)),
             _ => Ok(None),
         }
+    }
+
+    /// Where replica `id` is reached, if it is known (alive, or silent for
+    /// less than a few leases).
+    pub async fn replica_address(
+        &self,
+        id: &str,
+    ) -> Result<Option<ReplicaAddress>, crate::AppError> {
+        Ok(self.store().replica_address(id).await?)
     }
 
     /// Starts and stops reconcilers for hosts gained and lost.

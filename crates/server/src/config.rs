@@ -53,6 +53,10 @@ pub struct Config {
     /// it owns. Default: the API listener's address, unless that is
     /// 0.0.0.0 (then set it, e.g. from the pod's IP).
     pub replica_url: Option<String>,
+    /// Several replicas: the URL the other replicas reach this one's portal
+    /// at, to forward portal pages that need a host it owns. Default: the
+    /// portal listener's address, unless that is 0.0.0.0.
+    pub replica_ui_url: Option<String>,
     /// An open event stream re-validates its credential this often (at
     /// least 1), to end streams whose key or session expired or was revoked
     /// by another process (such as `overvisor key revoke`). Revocations
@@ -145,6 +149,7 @@ impl Default for Config {
             inventory_resync_secs: 60,
             host_lease_secs: 15,
             replica_url: None,
+            replica_ui_url: None,
             stream_recheck_secs: 30,
             event_streams_per_credential: 16,
             ssh_connects_in_flight: 16,
@@ -408,6 +413,7 @@ const FIELDS: &[&str] = &[
     "inventory_resync_secs",
     "host_lease_secs",
     "replica_url",
+    "replica_ui_url",
     "stream_recheck_secs",
     "event_streams_per_credential",
     "ssh_connects_in_flight",

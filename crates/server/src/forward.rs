@@ -1,11 +1,14 @@
 //! Requests that need a host's own connection, forwarded to the replica
 //! that owns the host. Where several replicas share one database, only the
 //! owner of a host connects to it (see `overvisor_control::replicas`);
-//! a live read — a VM's details, a host's facts — or a deployment's
-//! pre-checks that land on another replica are passed on to the owner as
-//! they came (method, path, query, credentials, body) and its answer is
+//! a live read — a VM's details or page, a host's facts —, a deployment's
+//! pre-checks or a console ticket that land on another replica are passed
+//! on to the owner as they came (method, path, query, credentials, body;
+//! API requests to its API, portal pages to its portal) and its answer is
 //! passed back, so no second SSH connection is opened. Lifecycle requests
-//! need no forwarding: they become jobs, which only the owner runs.
+//! need no forwarding: they become jobs, which only the owner runs. A
+//! console's socket is relayed to the replica that issued its ticket
+//! (`api::consoles`).
 
 use axum::body::{Body, to_bytes};
 use axum::extract::{MatchedPath, Request, State};
@@ -23,17 +26,96 @@ const FORWARDED_BY: HeaderName = HeaderName::from_static("x-overvisor-forwarded-
 /// On a forwarded answer: the replica that served it.
 pub const SERVED_BY: HeaderName = HeaderName::from_static("x-overvisor-served-by");
 
+/// Which listener a route is served on; it is forwarded to the same one
+/// of the owner.
+#[derive(Clone, Copy)]
+enum Face {
+    Api,
+    Portal,
+}
+
+/// Where a route names its host.
+#[derive(Clone, Copy)]
+enum HostIn {
+    /// The path segment at this index (`/api/v1/hosts/{id}`: 4).
+    Path(usize),
+    /// The `host` field of its form (the deployment wizard).
+    Form,
+}
+
 /// The routes that use a host's connection while the request waits.
-const LIVE_ROUTES: [(Method, &str); 3] = [
-    (Method::GET, "/api/v1/hosts/{id}/facts"),
-    (Method::GET, "/api/v1/hosts/{id}/vms/{name}"),
-    (Method::POST, "/api/v1/hosts/{id}/deployments"),
+const LIVE_ROUTES: [(Method, &str, Face, HostIn); 12] = [
+    (
+        Method::GET,
+        "/api/v1/hosts/{id}/facts",
+        Face::Api,
+        HostIn::Path(4),
+    ),
+    // Usage samples are kept by the replica that takes them.
+    (
+        Method::GET,
+        "/api/v1/hosts/{id}/metrics",
+        Face::Api,
+        HostIn::Path(4),
+    ),
+    (
+        Method::GET,
+        "/api/v1/hosts/{id}/vms/{name}",
+        Face::Api,
+        HostIn::Path(4),
+    ),
+    (
+        Method::POST,
+        "/api/v1/hosts/{id}/deployments",
+        Face::Api,
+        HostIn::Path(4),
+    ),
+    // The ticket is kept by the owner, which opens the console.
+    (
+        Method::POST,
+        "/api/v1/hosts/{id}/vms/{name}/console",
+        Face::Api,
+        HostIn::Path(4),
+    ),
+    (
+        Method::GET,
+        "/hosts/{id}/facts",
+        Face::Portal,
+        HostIn::Path(2),
+    ),
+    (
+        Method::GET,
+        "/vms/{host}/{uuid}",
+        Face::Portal,
+        HostIn::Path(2),
+    ),
+    (
+        Method::GET,
+        "/vms/{host}/{uuid}/panel",
+        Face::Portal,
+        HostIn::Path(2),
+    ),
+    (
+        Method::POST,
+        "/vms/{host}/{uuid}/action",
+        Face::Portal,
+        HostIn::Path(2),
+    ),
+    (
+        Method::GET,
+        "/vms/{host}/{uuid}/console",
+        Face::Portal,
+        HostIn::Path(2),
+    ),
+    (Method::POST, "/deploy", Face::Portal, HostIn::Form),
+    (Method::POST, "/deploy/create", Face::Portal, HostIn::Form),
 ];
 
-/// Headers that belong to one connection, not to the request.
-const HOP_BY_HOP: [HeaderName; 5] = [
+/// Headers that belong to one connection, not to the request. `Host`
+/// stays: the owner checks a cookie-authenticated change's `Origin`
+/// against it.
+const HOP_BY_HOP: [HeaderName; 4] = [
     header::CONNECTION,
-    header::HOST,
     header::CONTENT_LENGTH,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
@@ -41,48 +123,71 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 
 /// Passes a live request for another replica's host on to that replica.
 pub async fn to_owner(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(host) = live_host(&request) else {
+    let Some((face, host_in)) = live_route(&request) else {
         return next.run(request).await;
     };
+    // The body is read whole either way (it is small: these are reads,
+    // forms and deployment requests), to find the host or to pass it on.
+    let (parts, body) = request.into_parts();
+    let Ok(body) = to_bytes(body, state.settings.max_body_bytes).await else {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is too large",
+        )
+        .into_response();
+    };
+    let host = match host_in {
+        HostIn::Path(index) => parts.uri.path().split('/').nth(index).map(str::to_owned),
+        HostIn::Form => url::form_urlencoded::parse(&body)
+            .find(|(name, _)| name == "host")
+            .map(|(_, value)| value.into_owned()),
+    };
+    // A malformed or missing host is the handler's to refuse.
+    let Some(host) = host.and_then(|h| h.parse::<HostId>().ok()) else {
+        return next.run(Request::from_parts(parts, Body::from(body))).await;
+    };
     let owner = match state.app.host_owner_elsewhere(host).await {
-        Ok(Some(url)) => url,
-        Ok(None) => return next.run(request).await,
+        Ok(Some(owner)) => owner,
+        Ok(None) => return next.run(Request::from_parts(parts, Body::from(body))).await,
         Err(err) => return ApiError::from(err).into_response(),
     };
-    match forward(&state, &owner, request).await {
+    let url = match face {
+        Face::Api => owner.api,
+        Face::Portal => owner.ui,
+    };
+    let unavailable = |why: &str| {
+        tracing::warn!(%host, why, "cannot forward a request to the host's owner");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the replica that owns this host did not answer; retry in a moment",
+        )
+        .into_response()
+    };
+    let Some(url) = url else {
+        return unavailable("it announced no URL (replica_url, replica_ui_url)");
+    };
+    match forward(&state, &url, parts, body).await {
         Ok(response) => response,
-        Err(err) => {
-            tracing::warn!(%host, owner = %owner, error = %err, "cannot forward a request to the host's owner");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the replica that owns this host did not answer; retry in a moment",
-            )
-            .into_response()
-        }
+        Err(err) => unavailable(&err.to_string()),
     }
 }
 
-/// The host of a live request that was not forwarded already.
-fn live_host(request: &Request) -> Option<HostId> {
+/// The face and host position of a live request not forwarded already.
+fn live_route(request: &Request) -> Option<(Face, HostIn)> {
     if request.headers().contains_key(&FORWARDED_BY) {
         return None;
     }
     let matched = request.extensions().get::<MatchedPath>()?.as_str();
-    if !LIVE_ROUTES
+    LIVE_ROUTES
         .iter()
-        .any(|(method, route)| method == request.method() && *route == matched)
-    {
-        return None;
-    }
-    // `/api/v1/hosts/{id}/…`: a malformed id is the handler's to refuse.
-    request.uri().path().split('/').nth(4)?.parse().ok()
+        .find(|(method, route, ..)| method == request.method() && *route == matched)
+        .map(|(_, _, face, host_in)| (*face, *host_in))
 }
 
 #[derive(Debug, thiserror::Error)]
 enum ForwardError {
-    #[error("reading the request body: {0}")]
-    Body(String),
     #[error(transparent)]
     Http(#[from] reqwest::Error),
     #[error("building the answer: {0}")]
@@ -92,12 +197,9 @@ enum ForwardError {
 async fn forward(
     state: &AppState,
     owner: &str,
-    request: Request,
+    parts: axum::http::request::Parts,
+    body: axum::body::Bytes,
 ) -> Result<Response, ForwardError> {
-    let (parts, body) = request.into_parts();
-    let body = to_bytes(body, state.settings.max_body_bytes)
-        .await
-        .map_err(|e| ForwardError::Body(e.to_string()))?;
     let path = parts
         .uri
         .path_and_query()
@@ -134,4 +236,146 @@ pub async fn mark_served(State(state): State<AppState>, request: Request, next: 
         response.headers_mut().insert(SERVED_BY, me);
     }
     response
+}
+
+/// What a relayed console socket carries to the replica that holds the
+/// console: the credential and what the same-origin check reads.
+const RELAYED: [HeaderName; 5] = [
+    header::AUTHORIZATION,
+    header::COOKIE,
+    header::ORIGIN,
+    header::HOST,
+    HeaderName::from_static("sec-fetch-site"),
+];
+
+/// Relays a console socket to the replica that issued its ticket (at its
+/// API, `issuer`): that replica redeems the ticket and checks the caller
+/// as if the viewer had come to it. Its refusal (an unknown ticket, say)
+/// is answered as it came, before any upgrade; then frames pass both ways
+/// unchanged until either side ends. A slow viewer slows the relay, which
+/// slows the holder's socket, so the holder's own rules drop it.
+pub async fn console_relay(
+    state: &AppState,
+    issuer: &str,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let unavailable = |why: String| {
+        tracing::warn!(
+            issuer,
+            why,
+            "cannot relay a console to the replica that holds it"
+        );
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the replica that holds this console did not answer; ask for a new ticket",
+        )
+    };
+    let url = format!(
+        "{}{path}",
+        issuer.trim_end_matches('/').replacen("http", "ws", 1)
+    );
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| unavailable(e.to_string()))?;
+    for name in RELAYED {
+        if let Some(value) = headers.get(&name) {
+            request.headers_mut().insert(name, value.clone());
+        }
+    }
+    request.headers_mut().insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        header::HeaderValue::from_static("binary"),
+    );
+    if let Ok(me) = header::HeaderValue::from_str(state.app.replicas().id()) {
+        request.headers_mut().insert(FORWARDED_BY, me);
+    }
+    let upstream = match tokio_tungstenite::connect_async(request).await {
+        Ok((upstream, _)) => upstream,
+        Err(tokio_tungstenite::tungstenite::Error::Http(refused)) => {
+            let (parts, body) = refused.into_parts();
+            return Ok((
+                parts.status,
+                parts.headers,
+                Body::from(body.unwrap_or_default()),
+            )
+                .into_response());
+        }
+        Err(e) => return Err(unavailable(e.to_string())),
+    };
+    Ok(upgrade
+        .protocols(["binary"])
+        .on_upgrade(move |socket| relay_frames(socket, upstream)))
+}
+
+type Upstream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Passes frames both ways until either side ends, and the end with them.
+async fn relay_frames(socket: axum::extract::ws::WebSocket, upstream: Upstream) {
+    use axum::extract::ws::{CloseFrame, Message};
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Up;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame as UpClose;
+    let (mut down_tx, mut down_rx) = socket.split();
+    let (mut up_tx, mut up_rx) = upstream.split();
+    loop {
+        tokio::select! {
+            frame = up_rx.next() => {
+                let frame = match frame {
+                    Some(Ok(Up::Binary(data))) => Message::Binary(data),
+                    Some(Ok(Up::Text(text))) => Message::Text(text.as_str().into()),
+                    // Keeps whatever sits between the viewer and us open.
+                    Some(Ok(Up::Ping(data))) => Message::Ping(data),
+                    Some(Ok(Up::Pong(_) | Up::Frame(_))) => continue,
+                    Some(Ok(Up::Close(end))) => {
+                        let end = end.map(|f| CloseFrame {
+                            code: f.code.into(),
+                            reason: f.reason.as_str().into(),
+                        });
+                        let _ = down_tx.send(Message::Close(end)).await;
+                        break;
+                    }
+                    Some(Err(_)) | None => {
+                        let _ = down_tx
+                            .send(Message::Close(Some(CloseFrame {
+                                code: 1011,
+                                reason: "the replica that holds this console went away".into(),
+                            })))
+                            .await;
+                        break;
+                    }
+                };
+                if down_tx.send(frame).await.is_err() {
+                    let _ = up_tx.send(Up::Close(None)).await;
+                    break;
+                }
+            }
+            frame = down_rx.next() => {
+                let frame = match frame {
+                    Some(Ok(Message::Binary(data))) => Up::Binary(data),
+                    Some(Ok(Message::Text(text))) => Up::Text(text.as_str().into()),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(end))) => {
+                        let end = end.map(|f| UpClose {
+                            code: f.code.into(),
+                            reason: f.reason.as_str().into(),
+                        });
+                        let _ = up_tx.send(Up::Close(end)).await;
+                        break;
+                    }
+                    Some(Err(_)) | None => {
+                        let _ = up_tx.send(Up::Close(None)).await;
+                        break;
+                    }
+                };
+                if up_tx.send(frame).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
 }

@@ -17,23 +17,41 @@ const EVENTS_CHANNEL: &str = "overvisor_events";
 /// What PostgreSQL accepts as a notification's payload is under 8000 bytes.
 pub const MAX_ANNOUNCEMENT: usize = 7900;
 
+/// Where the other replicas reach a replica (none: it cannot be reached).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicaAddress {
+    /// Its API.
+    pub api: Option<String>,
+    /// Its portal.
+    pub ui: Option<String>,
+}
+
+fn address_of<R: DbRow>(row: &R) -> Result<ReplicaAddress> {
+    Ok(ReplicaAddress {
+        api: row.col("url")?,
+        ui: row.col("ui_url")?,
+    })
+}
+
 impl Store {
     /// Records that replica `id` is alive at `now`, and forgets replicas
     /// silent since before `forget_before`.
     pub async fn replica_heartbeat(
         &self,
         id: &str,
-        url: Option<&str>,
+        address: &ReplicaAddress,
         now: DateTime<Utc>,
         forget_before: DateTime<Utc>,
     ) -> Result<()> {
         with_pool!(self, |pool| sqlx::query(
-            "INSERT INTO replicas (id, seen_ms, url) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO UPDATE SET seen_ms = excluded.seen_ms, url = excluded.url",
+            "INSERT INTO replicas (id, seen_ms, url, ui_url) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET
+                 seen_ms = excluded.seen_ms, url = excluded.url, ui_url = excluded.ui_url",
         )
         .bind(id)
         .bind(now.timestamp_millis())
-        .bind(url)
+        .bind(address.api.as_deref())
+        .bind(address.ui.as_deref())
         .execute(pool)
         .await)?;
         with_pool!(self, |pool| sqlx::query(
@@ -56,15 +74,15 @@ impl Store {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// The replica whose lease on `host` is valid at `now`, and the URL
-    /// it is reached at (if it gave one).
+    /// The replica whose lease on `host` is valid at `now`, and where it
+    /// is reached.
     pub async fn host_owner_replica(
         &self,
         host: HostId,
         now: DateTime<Utc>,
-    ) -> Result<Option<(String, Option<String>)>> {
+    ) -> Result<Option<(String, ReplicaAddress)>> {
         let row = with_pool!(self, |pool| sqlx::query(
-            "SELECT l.owner, r.url FROM host_leases l
+            "SELECT l.owner, r.url, r.ui_url FROM host_leases l
              LEFT JOIN replicas r ON r.id = l.owner
              WHERE l.host_id = $1 AND l.expires_ms >= $2",
         )
@@ -72,8 +90,19 @@ impl Store {
         .bind(now.timestamp_millis())
         .fetch_optional(pool)
         .await)?;
-        row.map(|row| Ok((row.col("owner")?, row.col("url")?)))
+        row.map(|row| Ok((row.col("owner")?, address_of(&row)?)))
             .transpose()
+    }
+
+    /// Where replica `id` is reached, if it is known.
+    pub async fn replica_address(&self, id: &str) -> Result<Option<ReplicaAddress>> {
+        let row = with_pool!(self, |pool| sqlx::query(
+            "SELECT url, ui_url FROM replicas WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await)?;
+        row.as_ref().map(address_of).transpose()
     }
 
     /// A replica stopping gracefully leaves at once.
@@ -236,6 +265,7 @@ impl ReplicaListener {
 
 #[cfg(test)]
 mod tests {
+    use super::ReplicaAddress;
     use crate::Store;
     use crate::testdb::{now, registered_hosts};
 
@@ -267,16 +297,20 @@ mod tests {
         );
 
         let ttl = chrono::Duration::seconds(15);
+        let r1 = ReplicaAddress {
+            api: Some("http://10.0.0.9:8001".to_owned()),
+            ui: Some("http://10.0.0.9:8000".to_owned()),
+        };
         store
-            .replica_heartbeat("r1", Some("http://10.0.0.9:8001"), t0, t0 - ttl)
+            .replica_heartbeat("r1", &r1, t0, t0 - ttl)
             .await
             .expect("beat");
         store
-            .replica_heartbeat("r2", None, t0, t0 - ttl)
+            .replica_heartbeat("r2", &ReplicaAddress::default(), t0, t0 - ttl)
             .await
             .expect("beat");
         assert_eq!(store.replicas_alive(t0 - ttl).await.expect("alive"), 2);
-        // The owner of a host, with the URL it is reached at.
+        // The owner of a host, with where it is reached.
         assert_eq!(store.host_owner_replica(h, t0).await.expect("owner"), None);
         store
             .host_lease_acquire(h, "r1", t0, t0 + ttl)
@@ -285,13 +319,18 @@ mod tests {
             .expect("free");
         assert_eq!(
             store.host_owner_replica(h, t0).await.expect("owner"),
-            Some(("r1".to_owned(), Some("http://10.0.0.9:8001".to_owned())))
+            Some(("r1".to_owned(), r1.clone()))
         );
+        assert_eq!(
+            store.replica_address("r1").await.expect("r1"),
+            Some(r1.clone())
+        );
+        assert_eq!(store.replica_address("r9").await.expect("r9"), None);
         // A replica silent for longer than the TTL is not counted, then
         // forgotten by the next heartbeat.
         let t1 = t0 + ttl + chrono::Duration::seconds(1);
         store
-            .replica_heartbeat("r1", Some("http://10.0.0.9:8001"), t1, t1 - ttl)
+            .replica_heartbeat("r1", &r1, t1, t1 - ttl)
             .await
             .expect("beat");
         assert_eq!(store.replicas_alive(t1 - ttl).await.expect("alive"), 1);

@@ -187,10 +187,39 @@ impl App {
             vm: vm.clone(),
             kind,
         };
-        self.console_tickets()
+        let issued = self
+            .console_tickets()
             .issue(grant, Instant::now())
-            .map_err(|e| AppError::Conflict(e.to_string()))
+            .map_err(|e| AppError::Conflict(e.to_string()))?;
+        Ok(IssuedTicket {
+            ticket: format!("{}.{}", self.replicas().id(), issued.ticket),
+            ..issued
+        })
     }
+
+    /// Where a console's socket must be relayed to: the API of the replica
+    /// that issued `ticket`, when that is not this one (several replicas:
+    /// the console's PTY or tunnel lives on the owner of its host). A
+    /// ticket from a replica that is gone is refused as unknown.
+    pub async fn console_issued_elsewhere(&self, ticket: &str) -> Result<Option<String>, AppError> {
+        let Some((issuer, _)) = ticket.split_once('.') else {
+            return Ok(None);
+        };
+        if issuer == self.replicas().id() {
+            return Ok(None);
+        }
+        match self.replica_address(issuer).await? {
+            Some(address) => address.api.map(Some).ok_or_else(|| {
+                AppError::Unavailable(format!("replica {issuer} announced no replica_url"))
+            }),
+            None => Err(TicketRefused::Invalid.into()),
+        }
+    }
+}
+
+/// A ticket is `<issuing replica>.<secret>`; only the secret is kept.
+fn ticket_secret(ticket: &str) -> &str {
+    ticket.split_once('.').map_or(ticket, |(_, secret)| secret)
 }
 
 /// The audit action of a console session (and of a refused request).
@@ -347,7 +376,7 @@ impl App {
         size: (u32, u32),
     ) -> Result<OpenConsole, AppError> {
         let grant = self.console_tickets().redeem(
-            ticket,
+            ticket_secret(ticket),
             subject.id(),
             &subject.credential,
             Instant::now(),

@@ -157,6 +157,11 @@ pub async fn console_socket(
             "open this as a WebSocket",
         ));
     };
+    // Several replicas: the console lives where its ticket was issued.
+    if let Some(issuer) = state.app.console_issued_elsewhere(&ticket).await? {
+        let path = format!("{SOCKET_PREFIX}{ticket}");
+        return crate::forward::console_relay(&state, &issuer, &path, &headers, upgrade).await;
+    }
     let presented = presented_credential(&headers, &state.settings, &subject)?;
     let console = state
         .app

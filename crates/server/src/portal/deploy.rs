@@ -258,7 +258,8 @@ impl From<ApiError> for StepError {
 /// A host offered in the host step.
 pub struct HostChoice {
     pub host: Host,
-    pub capacity: Result<HostCapacity, String>,
+    /// `Ok(None)`: shown once chosen (another replica asks the host).
+    pub capacity: Result<Option<HostCapacity>, String>,
 }
 
 #[derive(Template)]
