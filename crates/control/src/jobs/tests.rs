@@ -19,6 +19,14 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    let f = fixture_without_runner().await;
+    f.app.jobs_start(CancellationToken::new());
+    f
+}
+
+/// No runner yet: a test that plants a job as another runner left it
+/// starts one afterwards (one polling meanwhile could claim it first).
+async fn fixture_without_runner() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_sqlite(&dir.path().join("db.sqlite"))
         .await
@@ -33,7 +41,6 @@ async fn fixture() -> Fixture {
         ..AppConfig::default()
     };
     let app = App::new(store, Sealer::new(&MasterKey::generate()), config);
-    app.jobs_start(CancellationToken::new());
     Fixture { app, _dir: dir }
 }
 
@@ -326,8 +333,8 @@ async fn orphan(app: &App, s: &Subject, op: Operation, done: u16) -> JobId {
             job,
             "runner-that-died",
             long_ago,
-            // Live while its steps are written, so that no runner polling
-            // for lapsed leases takes it over half-written.
+            // Live while its steps are written, so that no runner started
+            // meanwhile takes it over half-written.
             Utc::now() + chrono::Duration::seconds(60),
         )
         .await
@@ -391,9 +398,10 @@ impl App {
 
 #[tokio::test]
 async fn a_job_whose_runner_died_is_resumed_from_the_step_it_stopped_in() {
-    let f = fixture().await;
+    let f = fixture_without_runner().await;
     let s = subject(Role::Operator);
     let id = orphan(&f.app, &s, steps_op(3, 10, None, None), 1).await;
+    f.app.jobs_start(CancellationToken::new());
     let detail = finished(&f.app, &s, id).await;
     assert_eq!(detail.job.status, JobStatus::Succeeded, "{detail:?}");
     assert_eq!(statuses(&detail), vec![StepStatus::Done; 3]);
@@ -408,7 +416,7 @@ async fn a_job_whose_runner_died_is_resumed_from_the_step_it_stopped_in() {
 
 #[tokio::test]
 async fn a_job_that_must_not_run_twice_is_marked_interrupted_in_its_step() {
-    let f = fixture().await;
+    let f = fixture_without_runner().await;
     let s = subject(Role::Operator);
     let op = Operation::TestSteps {
         steps: 3,
@@ -418,6 +426,7 @@ async fn a_job_that_must_not_run_twice_is_marked_interrupted_in_its_step() {
         resumable: false,
     };
     let id = orphan(&f.app, &s, op, 1).await;
+    f.app.jobs_start(CancellationToken::new());
     let detail = finished(&f.app, &s, id).await;
     assert_eq!(detail.job.status, JobStatus::Interrupted);
     assert_eq!(
