@@ -1,7 +1,8 @@
 //! Three `overvisor serve` replicas on one PostgreSQL database and real
 //! lab hosts: each host is owned by one replica, every replica lists every
 //! VM, a lifecycle request made on any replica is carried out by the
-//! host's owner, and the replicas survive a SIGKILL and a rolling restart.
+//! host's owner, and the replicas survive a SIGKILL and a rolling restart
+//! (after which the hosts are spread evenly again).
 //!
 //! Hosts: `ovh1`–`ovh3`, shared with other tests; only domains of our own
 //! are defined and touched on them.
@@ -475,6 +476,20 @@ async fn replicas_share_hosts_and_survive_a_sigkill_and_a_rolling_restart() {
     for host in &hosts {
         let app_refs: Vec<&TestApp> = apps.iter().collect();
         wait_owner(&app_refs, host).await;
+    }
+    // The last replica restarted found every host taken; the others hand
+    // it its share, so each ends with one of the three.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts: Vec<usize> = apps.iter().map(|a| owned_hosts(a).len()).collect();
+        if counts == [1, 1, 1] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hosts per replica stay {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(guests);
 }

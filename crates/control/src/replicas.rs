@@ -31,6 +31,7 @@ use chrono::Utc;
 use overvisor_model::account::UserId;
 use overvisor_model::host::HostId;
 use overvisor_model::job::JobId;
+use overvisor_store::Store;
 use overvisor_store::replicas::{MAX_ANNOUNCEMENT, ReplicaAddress, ReplicaNews};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -60,6 +61,26 @@ impl Default for ReplicaSettings {
             address: ReplicaAddress::default(),
         }
     }
+}
+
+/// Hosts handed over in one round at most: the new owner connects to them
+/// at once, so a large imbalance is evened out over a few rounds.
+const SHED_PER_ROUND: u64 = 16;
+
+/// How many of its `owned` hosts a replica hands over this round: what it
+/// holds beyond its `share`, but no more than half its lead over the live
+/// replica holding fewest (`fewest`; a lead of one is what rounding the
+/// shares up leaves), and only while no host is `free` (free ones are
+/// taken first). Beyond its share, it takes nothing back meanwhile.
+fn hosts_to_shed(owned: u64, share: u64, fewest: u64, free: u64) -> u64 {
+    if free > 0 {
+        return 0;
+    }
+    let lead = owned.saturating_sub(fewest);
+    owned
+        .saturating_sub(share)
+        .min(lead / 2)
+        .min(SHED_PER_ROUND)
 }
 
 /// This replica: its name in leases, and the hosts it owns now.
@@ -184,23 +205,27 @@ impl App {
             replica = self.replicas().id(),
             "joining the replicas on this database"
         );
+        // Renewals must not wait behind inventory writes on a busy pool:
+        // a late renewal loses hosts to the others.
+        let db = self.store().with_own_pool(2);
         let mut lease_ok_at = tokio::time::Instant::now();
-        self.replicas_tick(&settings, &mut lease_ok_at).await;
+        self.replicas_tick(&db, &settings, &mut lease_ok_at).await;
         self.replicas_preload().await;
         let leases = tokio::spawn({
             let (app, settings, shutdown) = (self.clone(), settings.clone(), shutdown.clone());
+            let db = db.clone();
             async move {
                 let every = settings.lease / 3;
                 loop {
                     tokio::select! {
-                        _ = tokio::time::sleep(every) => app.replicas_tick(&settings, &mut lease_ok_at).await,
-                        _ = app.replicas().tick_now.notified() => app.replicas_tick(&settings, &mut lease_ok_at).await,
+                        _ = tokio::time::sleep(every) => app.replicas_tick(&db, &settings, &mut lease_ok_at).await,
+                        _ = app.replicas().tick_now.notified() => app.replicas_tick(&db, &settings, &mut lease_ok_at).await,
                         _ = shutdown.cancelled() => break,
                     }
                 }
                 let me = app.replicas().id().to_owned();
                 app.replicas().set_owned(HashMap::new());
-                if let Err(err) = app.store().host_leases_release_all(&me).await {
+                if let Err(err) = db.host_leases_release_all(&me).await {
                     tracing::warn!(error = %err, "cannot release this replica's hosts");
                 }
                 let _ = app.store().replica_leave(&me).await;
@@ -246,10 +271,11 @@ impl App {
     /// taken them).
     async fn replicas_tick(
         &self,
+        db: &Store,
         settings: &ReplicaSettings,
         lease_ok_at: &mut tokio::time::Instant,
     ) {
-        match self.replicas_lease_round(settings).await {
+        match self.replicas_lease_round(db, settings).await {
             Ok(now_owned) => {
                 *lease_ok_at = tokio::time::Instant::now();
                 self.replicas_apply_owned(now_owned);
@@ -265,9 +291,9 @@ impl App {
 
     async fn replicas_lease_round(
         &self,
+        store: &Store,
         settings: &ReplicaSettings,
     ) -> Result<HashMap<HostId, i64>, overvisor_store::StoreError> {
-        let store = self.store();
         let me = self.replicas().id();
         let lease =
             chrono::Duration::from_std(settings.lease).unwrap_or(chrono::Duration::seconds(15));
@@ -280,7 +306,8 @@ impl App {
             .await?
             .into_iter()
             .collect();
-        let alive = store.replicas_alive(now - lease).await?.max(1);
+        let loads = store.replica_loads(now - lease, now).await?;
+        let alive = (loads.len() as u64).max(1);
         let (hosts, held) = store.host_leases_count(now).await?;
         let share = hosts.div_ceil(alive);
         let want = share.saturating_sub(owned.len() as u64);
@@ -290,6 +317,34 @@ impl App {
                 store
                     .host_leases_take_free(me, now, now + lease, limit)
                     .await?,
+            );
+            return Ok(owned);
+        }
+        // Only replicas heard from in this round or the last count as
+        // wanting hosts: one that is dying must not be handed any.
+        let fresh = now - lease / 2;
+        let owned_now = owned.len() as u64;
+        let fewest = loads
+            .iter()
+            .filter(|l| l.id != me && l.seen >= fresh)
+            .map(|l| l.held)
+            .min()
+            .unwrap_or(owned_now);
+        let shed = hosts_to_shed(owned_now, share, fewest, hosts - held.min(hosts));
+        if shed > 0 {
+            let handed: Vec<HostId> = owned
+                .keys()
+                .take(usize::try_from(shed).unwrap_or(usize::MAX))
+                .copied()
+                .collect();
+            store.host_leases_release(me, &handed).await?;
+            for host in &handed {
+                owned.remove(host);
+            }
+            tracing::info!(
+                hosts = handed.len(),
+                share,
+                "handing hosts to a replica below its share"
             );
         }
         Ok(owned)
@@ -590,6 +645,23 @@ impl Reread {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_are_handed_over_only_to_a_replica_well_below_its_share() {
+        // 200 hosts on three replicas, shares of 67: 67/67/66 is even.
+        assert_eq!(hosts_to_shed(67, 67, 66, 0), 0);
+        // One came back after the others took its hosts: 100/100/0.
+        assert_eq!(hosts_to_shed(100, 67, 0, 0), SHED_PER_ROUND);
+        // Near the end, no more than half the lead, nor below the share.
+        assert_eq!(hosts_to_shed(69, 67, 66, 0), 1);
+        assert_eq!(hosts_to_shed(70, 67, 60, 0), 3);
+        // Three hosts, three replicas: 2/1/0 becomes 1/1/1.
+        assert_eq!(hosts_to_shed(2, 1, 0, 0), 1);
+        // Nothing while hosts are free (they are taken first), nor from a
+        // replica within its share.
+        assert_eq!(hosts_to_shed(100, 67, 0, 5), 0);
+        assert_eq!(hosts_to_shed(2, 2, 0, 0), 0);
+    }
 
     #[test]
     fn a_lone_process_owns_every_host_and_runs_every_job() {

@@ -162,6 +162,21 @@ impl Store {
         Ok(())
     }
 
+    /// Releases `owner`'s leases on `hosts` (handed to replicas below
+    /// their share); a host another replica took meanwhile is left alone.
+    pub async fn host_leases_release(&self, owner: &str, hosts: &[HostId]) -> Result<()> {
+        for host in hosts {
+            with_pool!(self, |pool| sqlx::query(
+                "UPDATE host_leases SET expires_ms = 0 WHERE owner = $1 AND host_id = $2",
+            )
+            .bind(owner)
+            .bind(host.to_string())
+            .execute(pool)
+            .await)?;
+        }
+        Ok(())
+    }
+
     /// How many hosts are registered, and how many leases are valid at `now`.
     pub async fn host_leases_count(&self, now: DateTime<Utc>) -> Result<(u64, u64)> {
         let row = with_pool!(self, |pool| sqlx::query(

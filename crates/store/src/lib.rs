@@ -370,6 +370,23 @@ impl Store {
         })
     }
 
+    /// The same database over a pool of its own of at most `connections`:
+    /// for work that must never queue behind bulk writes (a replica's lease
+    /// renewals). SQLite (one process) shares the pool.
+    pub fn with_own_pool(&self, connections: u32) -> Self {
+        match &self.db {
+            Db::Postgres(pool) => Self {
+                db: Db::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(connections)
+                        .acquire_timeout(Duration::from_secs(5))
+                        .connect_lazy_with((*pool.connect_options()).clone()),
+                ),
+            },
+            Db::Sqlite(_) => self.clone(),
+        }
+    }
+
     /// `own`: the database is ours to create and keep private (not a
     /// backup opened read-only).
     async fn connect_with(options: SqliteConnectOptions, own: bool) -> Result<Self> {

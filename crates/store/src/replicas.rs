@@ -26,6 +26,16 @@ pub struct ReplicaAddress {
     pub ui: Option<String>,
 }
 
+/// A live replica and the hosts it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaLoad {
+    pub id: String,
+    /// Its last heartbeat.
+    pub seen: DateTime<Utc>,
+    /// Host leases it holds.
+    pub held: u64,
+}
+
 fn address_of<R: DbRow>(row: &R) -> Result<ReplicaAddress> {
     Ok(ReplicaAddress {
         api: row.col("url")?,
@@ -103,6 +113,35 @@ impl Store {
         .fetch_optional(pool)
         .await)?;
         row.as_ref().map(address_of).transpose()
+    }
+
+    /// Every replica heard from since `since`, with when it was last
+    /// heard from and how many host leases it holds valid at `now`.
+    pub async fn replica_loads(
+        &self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ReplicaLoad>> {
+        let rows = with_pool!(self, |pool| sqlx::query(
+            "SELECT r.id, r.seen_ms, COUNT(l.host_id) AS held FROM replicas r
+             LEFT JOIN host_leases l ON l.owner = r.id AND l.expires_ms >= $2
+             WHERE r.seen_ms >= $1
+             GROUP BY r.id, r.seen_ms",
+        )
+        .bind(since.timestamp_millis())
+        .bind(now.timestamp_millis())
+        .fetch_all(pool)
+        .await)?;
+        rows.iter()
+            .map(|row| {
+                let seen: i64 = row.col("seen_ms")?;
+                Ok(ReplicaLoad {
+                    id: row.col("id")?,
+                    seen: DateTime::from_timestamp_millis(seen).unwrap_or_default(),
+                    held: u64::try_from(row.col::<i64>("held")?).unwrap_or(0),
+                })
+            })
+            .collect()
     }
 
     /// A replica stopping gracefully leaves at once.
@@ -326,6 +365,36 @@ mod tests {
             Some(r1.clone())
         );
         assert_eq!(store.replica_address("r9").await.expect("r9"), None);
+        let loads = store.replica_loads(t0 - ttl, t0).await.expect("loads");
+        let held: Vec<(&str, u64)> = {
+            let mut v: Vec<_> = loads.iter().map(|l| (l.id.as_str(), l.held)).collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(held, vec![("r1", 1), ("r2", 0)]);
+        // A released lease is free for the others at once.
+        store
+            .host_leases_release("r2", &[h])
+            .await
+            .expect("not r2's");
+        assert_eq!(
+            store
+                .host_owner_replica(h, t0)
+                .await
+                .expect("owner")
+                .map(|o| o.0),
+            Some("r1".to_owned())
+        );
+        store
+            .host_leases_release("r1", &[h])
+            .await
+            .expect("release");
+        assert_eq!(store.host_owner_replica(h, t0).await.expect("owner"), None);
+        store
+            .host_lease_acquire(h, "r1", t0, t0 + ttl)
+            .await
+            .expect("lease")
+            .expect("free again");
         // A replica silent for longer than the TTL is not counted, then
         // forgotten by the next heartbeat.
         let t1 = t0 + ttl + chrono::Duration::seconds(1);

@@ -42,6 +42,24 @@ pub async fn run(
         args.domains
     );
     let dir = tempfile::tempdir()?;
+    let measured = measure(binary, lab, hosts, args, replicas, database_url, dir.path()).await;
+    if measured.is_err() {
+        // What the replicas logged is what explains a failure.
+        let kept = dir.keep();
+        eprintln!("the replicas' data and logs are kept in {}", kept.display());
+    }
+    measured
+}
+
+async fn measure(
+    binary: &Path,
+    lab: &Lab,
+    hosts: &[LabHost],
+    args: &FleetArgs,
+    replicas: usize,
+    database_url: &str,
+    dir: &Path,
+) -> anyhow::Result<()> {
     let master_key = {
         use base64::Engine;
         let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
@@ -53,10 +71,10 @@ pub async fn run(
         ("OVERVISOR_LOG_FORMAT", "json"),
     ];
     let data: Vec<PathBuf> = (0..replicas)
-        .map(|i| dir.path().join(format!("data-{i}")))
+        .map(|i| dir.join(format!("data-{i}")))
         .collect();
     let logs: Vec<PathBuf> = (0..replicas)
-        .map(|i| dir.path().join(format!("replica-{i}.log")))
+        .map(|i| dir.join(format!("replica-{i}.log")))
         .collect();
     let launch = |i: usize| Launch {
         binary,
@@ -95,7 +113,8 @@ pub async fn run(
             synced.all.as_secs_f64()
         );
     }
-    let owned_by = owners(&logs)?;
+    let names = replica_names(&logs)?;
+    let owned_by = owners(database_url, &names)?;
     println!(
         "   hosts owned: {}",
         (0..replicas)
@@ -168,7 +187,7 @@ pub async fn run(
     drop(services[owner].take());
     let timeout = Duration::from_secs(120);
     let retaken = loop {
-        let now_owned = owners(&logs)?;
+        let now_owned = owners(database_url, &names)?;
         let left = orphans
             .iter()
             .filter(|h| now_owned.get(*h).is_none_or(|o| *o == owner))
@@ -202,32 +221,37 @@ pub async fn run(
     Ok(())
 }
 
-/// Which replica owns each host (by host id), from what they logged: the
-/// last "taken on" of a host wins, a "handed over" clears it.
-fn owners(logs: &[PathBuf]) -> anyhow::Result<BTreeMap<String, usize>> {
-    let mut latest: BTreeMap<String, (String, Option<usize>)> = BTreeMap::new();
-    for (i, log) in logs.iter().enumerate() {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            let host = v["fields"]["host"].as_str().unwrap_or_default().to_owned();
-            let at = v["timestamp"].as_str().unwrap_or_default().to_owned();
-            let owner = match v["fields"]["message"].as_str() {
-                Some("host taken on by this replica") => Some(i),
-                Some("host handed over to another replica") => None,
-                _ => continue,
-            };
-            let entry = latest.entry(host).or_insert((String::new(), None));
-            if at >= entry.0 {
-                *entry = (at, owner);
-            }
-        }
-    }
-    Ok(latest
-        .into_iter()
-        .filter_map(|(host, (_, owner))| owner.map(|o| (host, o)))
+/// Each replica's name in leases, from the line it logged on joining.
+fn replica_names(logs: &[PathBuf]) -> anyhow::Result<Vec<String>> {
+    logs.iter()
+        .map(|log| {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| v["fields"]["message"] == "joining the replicas on this database")
+                .and_then(|v| v["fields"]["replica"].as_str().map(str::to_owned))
+                .with_context(|| format!("{} names no replica", log.display()))
+        })
+        .collect()
+}
+
+/// Which replica (by index in `names`) holds a valid lease on each host
+/// (by host id), as the database says.
+fn owners(database_url: &str, names: &[String]) -> anyhow::Result<BTreeMap<String, usize>> {
+    let rows = psql(
+        database_url,
+        "SELECT host_id || ' ' || owner FROM host_leases
+         WHERE expires_ms >= extract(epoch FROM now()) * 1000",
+    )?;
+    Ok(rows
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(host, owner)| {
+            names
+                .iter()
+                .position(|n| n == owner)
+                .map(|i| (host.to_owned(), i))
+        })
         .collect())
 }
 
@@ -265,16 +289,20 @@ fn postgres_cpu_ms() -> anyhow::Result<f64> {
 
 /// Transactions committed in the database so far (`pg_stat_database`).
 fn transactions(database_url: &str) -> anyhow::Result<f64> {
+    Ok(psql(
+        database_url,
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )?
+    .parse()?)
+}
+
+fn psql(database_url: &str, query: &str) -> anyhow::Result<String> {
     let out = std::process::Command::new("psql")
-        .args([
-            database_url,
-            "-Atc",
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
-        ])
+        .args([database_url, "-Atc", query])
         .output()
         .context("running psql")?;
     if !out.status.success() {
         bail!("psql: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
