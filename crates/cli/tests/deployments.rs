@@ -298,10 +298,19 @@ async fn hostile_input_is_refused_before_any_job() {
     let sha = "cd".repeat(32);
     let (app, api, ids, _p) = service(
         &lab,
-        &[(
-            "lab-never",
-            lab_profile("http://127.0.0.1:9/never.raw", &sha),
-        )],
+        &[
+            (
+                "lab-never",
+                lab_profile("http://127.0.0.1:9/never.raw", &sha),
+            ),
+            (
+                "lab-private-ca",
+                lab_profile_verified(
+                    "http://127.0.0.1:9/never.raw",
+                    &format!("sha256 = \"{sha}\"\nca_file = \"/etc/ssl/mirror.pem\""),
+                ),
+            ),
+        ],
         &[host],
     )
     .await;
@@ -333,6 +342,7 @@ async fn hostile_input_is_refused_before_any_job() {
         with("network", json!({"network": "nosuchnet"})),
         with("timezone", json!("../../etc/shadow")),
         with("locale", json!("en_US.UTF-8;id")),
+        with("image_transfer", json!("pigeon")),
         with("extra", json!(1)),
     ];
     for body in hostile {
@@ -345,6 +355,15 @@ async fn hostile_input_is_refused_before_any_job() {
         assert!(status.is_client_error(), "{body} → {status} {answer}");
         assert!(answer["error"]["message"].is_string(), "{answer}");
     }
+    // A CA file on the hosts means nothing to the control plane's download.
+    let (status, answer) = api
+        .post(
+            &format!("/api/v1/hosts/{}/deployments", ids[0]),
+            streamed("lab-private-ca", "fine-name", &lab),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["error"]["field"], "image_transfer", "{answer}");
     let (_, jobs) = api.get("/api/v1/jobs?kind=vm.deploy").await;
     assert_eq!(jobs.as_array().map(Vec::len), Some(0), "{jobs}");
     // Another tenant's host is not found; a reader may not deploy.
