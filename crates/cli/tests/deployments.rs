@@ -43,7 +43,7 @@ async fn two_deployments_of_one_image_reach_running_and_download_it_once() {
         host_id,
         sha,
         ..
-    } = &setup(&lab, host, 4, None, None).await;
+    } = &setup(Route::Bridge, &lab, host, 4, None, None).await;
     let (a, b) = (unique_name("dep-a"), unique_name("dep-b"));
     let (ja, jb) = tokio::join!(
         deploy(api, host_id, request("lab-img", &a, &lab)),
@@ -175,7 +175,7 @@ async fn a_checksum_mismatch_fails_the_job_and_leaves_nothing() {
     let lab = Lab::load();
     let host = lab.host("ovh2");
     let wrong = "ab".repeat(32);
-    let Setup { api, host_id, .. } = &setup(&lab, host, 1, None, Some(&wrong)).await;
+    let Setup { api, host_id, .. } = &setup(Route::Bridge, &lab, host, 1, None, Some(&wrong)).await;
     let before = vm_dirs(host);
     let name = unique_name("dep-bad");
     let accepted = deploy(api, host_id, request("lab-img", &name, &lab)).await;
@@ -202,7 +202,7 @@ async fn a_cancelled_deployment_is_undone() {
         host_id,
         sha,
         ..
-    } = &setup(&lab, host, 8, Some(1 << 20), None).await;
+    } = &setup(Route::Bridge, &lab, host, 8, Some(1 << 20), None).await;
     let before = vm_dirs(host);
     let name = unique_name("dep-cancel");
     // Requests for one name at the same moment (a form sent twice, two
@@ -227,9 +227,7 @@ async fn a_cancelled_deployment_is_undone() {
     let (_, accepted) = accepted.remove(0);
     let job_id = accepted["job"]["id"].as_str().unwrap();
     // Cancel once the host is fetching.
-    while server.gets("img.raw").is_empty() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    fetch_started(server, "img.raw").await;
     // The host does not know the name before `define`; the deployment
     // under way still holds it.
     let (status, body) = api
@@ -243,12 +241,7 @@ async fn a_cancelled_deployment_is_undone() {
         body["error"]["message"].as_str().unwrap().contains(job_id),
         "{body}"
     );
-    let (status, body) = api
-        .post(&format!("/api/v1/jobs/{job_id}/cancel"), json!({}))
-        .await;
-    assert!(status.is_success(), "{body}");
-    let job = job_finished(api, job_id).await;
-    assert_eq!(job["status"], "cancelled", "{job}");
+    cancel(api, job_id).await;
     assert!(host.try_virsh(&["domstate", "--domain", &name]).is_err());
     assert_eq!(vm_dirs(host), before, "no VM directory left");
     assert!(!cached(host, sha), "a cancelled download is not cached");
@@ -264,7 +257,7 @@ async fn a_host_lost_mid_download_fails_the_job_and_a_retry_resumes() {
         host_id,
         sha,
         ..
-    } = &setup(&lab, host, 8, Some(1 << 20), None).await;
+    } = &setup(Route::Bridge, &lab, host, 8, Some(1 << 20), None).await;
     let name = unique_name("dep-resume");
     let accepted = deploy(api, host_id, request("lab-img", &name, &lab)).await;
     let job_id = accepted["job"]["id"].as_str().unwrap();
@@ -280,15 +273,8 @@ async fn a_host_lost_mid_download_fails_the_job_and_a_retry_resumes() {
     assert_eq!(job["status"], "failed", "{job}");
     assert!(host.try_virsh(&["domstate", "--domain", &name]).is_err());
     // The retry carries on from what the first attempt left.
-    let accepted = deploy(api, host_id, request("lab-img", &name, &lab)).await;
-    let job = job_finished(api, accepted["job"]["id"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    let gets = server.gets("img.raw");
-    assert!(
-        gets.last().is_some_and(|g| g.from > 0),
-        "the retry asked for the rest only: {gets:?}"
-    );
-    remove_vm(host, &name, job["result"]["uuid"].as_str().unwrap());
+    let retry = request("lab-img", &name, &lab);
+    retry_resumes(api, host, host_id, server, &name, retry).await;
 }
 
 #[tokio::test]
@@ -453,16 +439,10 @@ async fn a_uefi_deployment_cancelled_after_its_start_leaves_no_nvram() {
 async fn a_host_without_a_route_fails_to_download_and_gets_the_image_streamed_once() {
     let lab = Lab::load();
     let host = lab.host("ovh1");
-    let Setup {
-        server,
-        api,
-        host_id,
-        sha,
-        app,
-        dirs,
-    } = &setup_unreachable(&lab, host, 3, None, None).await;
+    let s = &setup(Route::Loopback, &lab, host, 3, None, None).await;
+    let (api, host_id, sha) = (&s.api, &s.host_id, &s.sha);
     // An earlier attempt left the first MiB on the host.
-    leave_part(host, &dirs.0.path().join("img.raw"), sha, 1 << 20);
+    leave_part(host, &s.dirs.0.path().join("img.raw"), sha, 1 << 20);
 
     // The host's own download cannot reach the server.
     let name = unique_name("dep-noroute");
@@ -472,7 +452,7 @@ async fn a_host_without_a_route_fails_to_download_and_gets_the_image_streamed_on
     let error = step(&job, "image")["error"].as_str().unwrap_or_default();
     assert!(error.contains("download"), "{job}");
     assert!(host.try_virsh(&["domstate", "--domain", &name]).is_err());
-    assert!(server.gets("img.raw").is_empty(), "the host reached it");
+    assert!(s.server.gets("img.raw").is_empty(), "the host reached it");
 
     // Streamed by the control plane: the rest of the image only.
     let accepted = deploy(api, host_id, streamed("lab-img", &name, &lab)).await;
@@ -487,8 +467,8 @@ async fn a_host_without_a_route_fails_to_download_and_gets_the_image_streamed_on
     assert_eq!(image["total"], 3 << 20, "{image}");
     assert_eq!(host.domstate(&name), "running");
     assert!(cached(host, sha));
-    assert_eq!(server.gets("img.raw").len(), 1, "one download, here");
-    let kept = app.data_path().join(format!("images/{sha}.img"));
+    assert_eq!(s.server.gets("img.raw").len(), 1, "one download, here");
+    let kept = s.app.data_path().join(format!("images/{sha}.img"));
     assert!(kept.exists(), "the control plane keeps its copy");
 
     // The host has it now: a second deployment sends nothing.
@@ -497,7 +477,7 @@ async fn a_host_without_a_route_fails_to_download_and_gets_the_image_streamed_on
     let second = job_finished(api, accepted["job"]["id"].as_str().unwrap()).await;
     assert_eq!(second["status"], "succeeded", "{second}");
     assert_eq!(step(&second, "image")["output"]["cached"], true, "{second}");
-    assert_eq!(server.gets("img.raw").len(), 1);
+    assert_eq!(s.server.gets("img.raw").len(), 1);
     for (name, job) in [(&name, &job), (&again, &second)] {
         remove_vm(host, name, job["result"]["uuid"].as_str().unwrap());
     }
@@ -508,9 +488,8 @@ async fn a_streamed_image_with_a_wrong_checksum_is_cached_nowhere() {
     let lab = Lab::load();
     let host = lab.host("ovh2");
     let wrong = "cd".repeat(32);
-    let Setup {
-        api, host_id, app, ..
-    } = &setup_unreachable(&lab, host, 1, None, Some(&wrong)).await;
+    let s = &setup(Route::Loopback, &lab, host, 1, None, Some(&wrong)).await;
+    let (api, host_id) = (&s.api, &s.host_id);
     let name = unique_name("dep-badstream");
     let accepted = deploy(api, host_id, streamed("lab-img", &name, &lab)).await;
     let job = job_finished(api, accepted["job"]["id"].as_str().unwrap()).await;
@@ -521,7 +500,7 @@ async fn a_streamed_image_with_a_wrong_checksum_is_cached_nowhere() {
     assert!(!cached(host, &wrong), "nothing cached on the host");
     let part = PathBuf::from(format!("{DEPLOY_DIR}/images/{wrong}.part"));
     assert!(!host.path_exists(&part), "nothing sent to the host");
-    let images = app.data_path().join("images");
+    let images = s.app.data_path().join("images");
     for file in [format!("{wrong}.img"), format!("{wrong}.part")] {
         assert!(!images.join(&file).exists(), "{file} left");
     }
@@ -532,36 +511,15 @@ async fn a_stream_cancelled_mid_download_resumes_on_the_next_deployment() {
     let lab = Lab::load();
     let host = lab.host("ovh2");
     // 4 MiB at 2 MiB/s: the cancel comes while the control plane fetches.
-    let Setup {
-        server,
-        api,
-        host_id,
-        sha,
-        ..
-    } = &setup_unreachable(&lab, host, 4, Some(2 << 20), None).await;
+    let s = &setup(Route::Loopback, &lab, host, 4, Some(2 << 20), None).await;
     let name = unique_name("dep-streamcancel");
-    let accepted = deploy(api, host_id, streamed("lab-img", &name, &lab)).await;
-    let job_id = accepted["job"]["id"].as_str().unwrap();
-    while server.gets("img.raw").is_empty() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let first = deploy(&s.api, &s.host_id, streamed("lab-img", &name, &lab)).await;
+    fetch_started(&s.server, "img.raw").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (status, body) = api
-        .post(&format!("/api/v1/jobs/{job_id}/cancel"), json!({}))
-        .await;
-    assert!(status.is_success(), "{body}");
-    let job = job_finished(api, job_id).await;
-    assert_eq!(job["status"], "cancelled", "{job}");
-    assert!(!cached(host, sha));
-
-    let accepted = deploy(api, host_id, streamed("lab-img", &name, &lab)).await;
-    let job = job_finished(api, accepted["job"]["id"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    let gets = server.gets("img.raw");
-    assert!(
-        gets.len() == 2 && gets[1].from > 0,
-        "the retry asked for the rest only: {gets:?}"
-    );
-    assert!(cached(host, sha));
-    remove_vm(host, &name, job["result"]["uuid"].as_str().unwrap());
+    cancel(&s.api, first["job"]["id"].as_str().unwrap()).await;
+    assert!(!cached(host, &s.sha));
+    let retry = streamed("lab-img", &name, &lab);
+    retry_resumes(&s.api, host, &s.host_id, &s.server, &name, retry).await;
+    assert_eq!(s.server.gets("img.raw").len(), 2);
+    assert!(cached(host, &s.sha));
 }

@@ -236,44 +236,31 @@ pub struct Setup {
     pub dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
+/// Where a test's file server listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// On the lab bridge: the hosts' curl reaches it.
+    Bridge,
+    /// On the test's own loopback: the control plane reaches it, the lab
+    /// hosts (each in its own network namespace) do not.
+    Loopback,
+}
+
 pub async fn setup(
+    route: Route,
     lab: &Lab,
     host: &LabHost,
     mib: usize,
     rate: Option<u64>,
     sha256: Option<&str>,
-) -> Setup {
-    setup_served(lab, host, mib, rate, sha256, true).await
-}
-
-/// [`setup`] with the image served where the lab hosts cannot reach it
-/// (the test's loopback): only the control plane can fetch it.
-pub async fn setup_unreachable(
-    lab: &Lab,
-    host: &LabHost,
-    mib: usize,
-    rate: Option<u64>,
-    sha256: Option<&str>,
-) -> Setup {
-    setup_served(lab, host, mib, rate, sha256, false).await
-}
-
-async fn setup_served(
-    lab: &Lab,
-    host: &LabHost,
-    mib: usize,
-    rate: Option<u64>,
-    sha256: Option<&str>,
-    reachable: bool,
 ) -> Setup {
     let images = tempfile::tempdir().unwrap();
     let (file, own) = make_image(images.path(), "img.raw", mib);
     let sha = sha256.map_or(own, str::to_owned);
     let files = vec![("img.raw".into(), file)];
-    let server = if reachable {
-        FileServer::start(lab, files, rate).await
-    } else {
-        FileServer::start_unreachable(files, rate).await
+    let server = match route {
+        Route::Bridge => FileServer::start(lab, files, rate).await,
+        Route::Loopback => FileServer::start_unreachable(files, rate).await,
     };
     let (app, api, ids, profiles) = service(
         lab,
@@ -361,4 +348,43 @@ pub fn streamed(profile: &str, name: &str, lab: &Lab) -> Value {
     let mut body = request(profile, name, lab);
     body["image_transfer"] = json!("stream");
     body
+}
+
+/// Waits until the file server was asked for `name`.
+pub async fn fetch_started(server: &FileServer, name: &str) {
+    while server.gets(name).is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Cancels a job and waits for it to end `cancelled`; returns it.
+pub async fn cancel(api: &Api, job_id: &str) -> Value {
+    let (status, body) = api
+        .post(&format!("/api/v1/jobs/{job_id}/cancel"), json!({}))
+        .await;
+    assert!(status.is_success(), "{body}");
+    let job = crate::lab_hosts::job_finished(api, job_id).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    job
+}
+
+/// Deploys `retry` after an interrupted attempt: it succeeds, and the file
+/// server was asked only for the rest of the image. Removes the VM.
+pub async fn retry_resumes(
+    api: &Api,
+    host: &LabHost,
+    host_id: &str,
+    server: &FileServer,
+    name: &str,
+    retry: Value,
+) {
+    let accepted = deploy(api, host_id, retry).await;
+    let job = crate::lab_hosts::job_finished(api, accepted["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let gets = server.gets("img.raw");
+    assert!(
+        gets.last().is_some_and(|g| g.from > 0),
+        "the retry asked for the rest only: {gets:?}"
+    );
+    remove_vm(host, name, job["result"]["uuid"].as_str().unwrap());
 }
