@@ -57,6 +57,7 @@ pub async fn open_app(config: &Config) -> anyhow::Result<App> {
         },
         profiles: Arc::new(profiles),
         deploy_emulated: config.deploy_emulated,
+        image_cache_dir: config.data_dir.join("images"),
         oidc: std::sync::Arc::new(overvisor_oidc::Oidc::new(config.oidc.clone())?),
         password_login: config.password_login,
         metrics: MetricsSettings {

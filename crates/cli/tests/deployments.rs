@@ -3,8 +3,9 @@
 //! verified by a published checksum list, fetched over HTTPS from a mirror
 //! with a private CA, is cached under the listed digest; a wrong
 //! checksum, a cancel and a host that dies mid-download leave nothing of
-//! the VM behind (and a retry resumes the download); hostile input is a
-//! 4xx before any job exists.
+//! the VM behind (and a retry resumes the download); a host with no route
+//! to the image gets it streamed by the control plane instead, once, from
+//! the partial file it has; hostile input is a 4xx before any job exists.
 //!
 //! Hosts: ovh1-ovh3 are shared (only VMs of our own are touched; a test
 //! that compares a host's VM directories before and after has that host
@@ -16,302 +17,21 @@
 //! curl reaches them; the server counts what it sent.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/deploy_fixtures.rs"]
+mod fixtures;
 #[path = "support/lab_hosts.rs"]
 mod lab_hosts;
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lab_hosts::{id, job_finished, register};
-use overvisor_testkit::{Lab, LabHost, unique_name};
+use fixtures::*;
+use lab_hosts::job_finished;
+use overvisor_testkit::{Lab, unique_name};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Api, TestApp, lab_profile, lab_profile_verified};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_rustls::TlsAcceptor;
-
-/// Where deployments keep files on a host (`hv::libvirt::deploy`).
-const DEPLOY_DIR: &str = "/var/lib/libvirt/overvisor";
-
-/// One GET the file server answered: the offset it started at.
-#[derive(Debug, Clone, Copy)]
-struct Served {
-    from: u64,
-}
-
-/// A file server on the lab bridge: answers HEAD and GET (with
-/// `Range: bytes=N-`) for the files it was given, optionally slowly.
-struct FileServer {
-    base: String,
-    log: Arc<Mutex<Vec<(String, Served)>>>,
-}
-
-/// The lab bridge's address, where the hosts reach the test's servers:
-/// the hosts are .2, .3, ... of the lab subnet, the bridge is .1.
-fn bridge_ip(lab: &Lab) -> String {
-    let first = &lab.hosts[0].address;
-    format!("{}.1", first.rsplit_once('.').unwrap().0)
-}
-
-impl FileServer {
-    async fn start(lab: &Lab, files: Vec<(String, PathBuf)>, bytes_per_sec: Option<u64>) -> Self {
-        Self::serve(lab, files, bytes_per_sec, None).await
-    }
-
-    /// Over HTTPS, with a certificate `tls` issued for the bridge address.
-    async fn start_tls(lab: &Lab, files: Vec<(String, PathBuf)>, tls: TlsAcceptor) -> Self {
-        Self::serve(lab, files, None, Some(tls)).await
-    }
-
-    async fn serve(
-        lab: &Lab,
-        files: Vec<(String, PathBuf)>,
-        bytes_per_sec: Option<u64>,
-        tls: Option<TlsAcceptor>,
-    ) -> Self {
-        let listener = tokio::net::TcpListener::bind((bridge_ip(lab).as_str(), 0))
-            .await
-            .unwrap();
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let base = format!("{scheme}://{}", listener.local_addr().unwrap());
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let files = Arc::new(files);
-        let seen = log.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((sock, _)) = listener.accept().await else {
-                    return;
-                };
-                let (files, seen, tls) = (files.clone(), seen.clone(), tls.clone());
-                tokio::spawn(async move {
-                    let _ = match tls {
-                        None => serve_one(sock, &files, &seen, bytes_per_sec).await,
-                        // A client that refuses the certificate ends here.
-                        Some(tls) => match tls.accept(sock).await {
-                            Ok(sock) => serve_one(sock, &files, &seen, bytes_per_sec).await,
-                            Err(e) => Err(e),
-                        },
-                    };
-                });
-            }
-        });
-        Self { base, log }
-    }
-
-    fn url(&self, name: &str) -> String {
-        format!("{}/{name}", self.base)
-    }
-
-    fn gets(&self, name: &str) -> Vec<Served> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, s)| *s)
-            .collect()
-    }
-}
-
-async fn serve_one(
-    mut sock: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    files: &[(String, PathBuf)],
-    log: &Mutex<Vec<(String, Served)>>,
-    bytes_per_sec: Option<u64>,
-) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = sock.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf).into_owned();
-    let mut words = head.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let name = path.trim_start_matches('/').to_owned();
-    let Some((_, file)) = files.iter().find(|(n, _)| *n == name) else {
-        sock.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            .await?;
-        return Ok(());
-    };
-    let data = std::fs::read(file)?;
-    let from = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("range: bytes=")
-                .and_then(|r| r.trim().strip_suffix('-').map(str::to_owned))
-        })
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or(0)
-        .min(data.len() as u64);
-    let len = data.len() as u64;
-    let status = if from > 0 {
-        format!(
-            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {from}-{}/{len}\r\n",
-            len.saturating_sub(1)
-        )
-    } else {
-        "HTTP/1.1 200 OK\r\n".to_owned()
-    };
-    let header = format!(
-        "{status}Content-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
-        len - from
-    );
-    sock.write_all(header.as_bytes()).await?;
-    if method != "GET" {
-        return Ok(());
-    }
-    log.lock().unwrap().push((name, Served { from }));
-    let body = &data[usize::try_from(from).unwrap()..];
-    match bytes_per_sec {
-        None => sock.write_all(body).await?,
-        Some(rate) => {
-            // Ten pieces a second, so a test can act mid-download.
-            let piece = usize::try_from((rate / 10).max(1)).unwrap();
-            for part in body.chunks(piece) {
-                sock.write_all(part).await?;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A random raw disk of `mib` MiB (random, so its SHA-256 is its own and
-/// no other test's download is found in a host's cache); returns its hex
-/// SHA-256.
-fn make_image(dir: &Path, name: &str, mib: usize) -> (PathBuf, String) {
-    let path = dir.join(name);
-    let mut data = vec![0u8; mib << 20];
-    let seed = uuid::Uuid::new_v4();
-    for (i, b) in data.iter_mut().enumerate().step_by(4096) {
-        *b = seed.as_bytes()[i % 16] ^ (i >> 12) as u8;
-    }
-    data[..16].copy_from_slice(seed.as_bytes());
-    std::fs::write(&path, &data).unwrap();
-    let out = std::process::Command::new("sha256sum")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let sha = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
-    (path, sha)
-}
-
-/// The service with `profiles` (name → TOML) and an operator who owns the
-/// given lab hosts; returns the app, the operator's client and host ids.
-async fn service(
-    lab: &Lab,
-    profiles: &[(&str, String)],
-    hosts: &[&LabHost],
-) -> (TestApp, Api, Vec<String>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, toml) in profiles {
-        std::fs::write(dir.path().join(format!("{name}.toml")), toml).unwrap();
-    }
-    let app = TestApp::builder().deploy_profiles(dir.path()).start().await;
-    let (_, token, _) = app.create_user("olga", "operator").await;
-    let api = app.client(&token);
-    let mut ids = Vec::new();
-    for h in hosts {
-        ids.push(id(&register(&api, lab, h).await));
-    }
-    (app, api, ids, dir)
-}
-
-/// One test's image, served (at `rate` bytes/s, if given) under the
-/// profile `lab-img` pinned to `sha256` (the image's own unless told), and
-/// the service with an operator owning `host`.
-struct Setup {
-    server: FileServer,
-    api: Api,
-    host_id: String,
-    sha: String,
-    _app: TestApp,
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
-}
-
-async fn setup(
-    lab: &Lab,
-    host: &LabHost,
-    mib: usize,
-    rate: Option<u64>,
-    sha256: Option<&str>,
-) -> Setup {
-    let images = tempfile::tempdir().unwrap();
-    let (file, own) = make_image(images.path(), "img.raw", mib);
-    let sha = sha256.map_or(own, str::to_owned);
-    let server = FileServer::start(lab, vec![("img.raw".into(), file)], rate).await;
-    let (app, api, ids, profiles) = service(
-        lab,
-        &[("lab-img", lab_profile(&server.url("img.raw"), &sha))],
-        &[host],
-    )
-    .await;
-    Setup {
-        server,
-        api,
-        host_id: ids[0].clone(),
-        sha,
-        _app: app,
-        _dirs: (images, profiles),
-    }
-}
-
-fn request(profile: &str, name: &str, lab: &Lab) -> Value {
-    json!({
-        "profile": profile, "name": name, "vcpus": 1, "memory_mib": 128, "disk_gib": 1,
-        "network": {"bridge": "br0"}, "username": "ops",
-        "ssh_keys": [lab.client_key_pub],
-    })
-}
-
-/// Posts a deployment; returns the response body (job + credentials).
-async fn deploy(api: &Api, host: &str, body: Value) -> Value {
-    let (status, accepted) = api
-        .post(&format!("/api/v1/hosts/{host}/deployments"), body)
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
-    accepted
-}
-
-fn step<'a>(job: &'a Value, name: &str) -> &'a Value {
-    job["steps"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no steps: {job}"))
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no step {name}: {job}"))
-}
-
-/// The VM's directory on the host (from the job's result or audit).
-fn vm_dirs(host: &LabHost) -> Vec<String> {
-    let out = host.run_as_root("ls", &["-1", &format!("{DEPLOY_DIR}/vms")]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Removes a deployed VM as root (a test's own leftovers).
-fn remove_vm(host: &LabHost, name: &str, uuid: &str) {
-    let _ = host.try_virsh(&["destroy", "--domain", name]);
-    let _ = host.try_virsh(&["undefine", "--domain", name]);
-    host.run_as_root("rm", &["-rf", &format!("{DEPLOY_DIR}/vms/{uuid}")]);
-}
-
-fn cached(host: &LabHost, sha: &str) -> bool {
-    host.path_exists(Path::new(&format!("{DEPLOY_DIR}/images/{sha}.img")))
-}
+use support::{lab_profile, lab_profile_verified};
 
 #[tokio::test]
 async fn two_deployments_of_one_image_reach_running_and_download_it_once() {
@@ -323,7 +43,7 @@ async fn two_deployments_of_one_image_reach_running_and_download_it_once() {
         host_id,
         sha,
         ..
-    } = &setup(&lab, host, 4, None, None).await;
+    } = &setup(Route::Bridge, &lab, host, 4, None, None).await;
     let (a, b) = (unique_name("dep-a"), unique_name("dep-b"));
     let (ja, jb) = tokio::join!(
         deploy(api, host_id, request("lab-img", &a, &lab)),
@@ -455,7 +175,7 @@ async fn a_checksum_mismatch_fails_the_job_and_leaves_nothing() {
     let lab = Lab::load();
     let host = lab.host("ovh2");
     let wrong = "ab".repeat(32);
-    let Setup { api, host_id, .. } = &setup(&lab, host, 1, None, Some(&wrong)).await;
+    let Setup { api, host_id, .. } = &setup(Route::Bridge, &lab, host, 1, None, Some(&wrong)).await;
     let before = vm_dirs(host);
     let name = unique_name("dep-bad");
     let accepted = deploy(api, host_id, request("lab-img", &name, &lab)).await;
@@ -482,7 +202,7 @@ async fn a_cancelled_deployment_is_undone() {
         host_id,
         sha,
         ..
-    } = &setup(&lab, host, 8, Some(1 << 20), None).await;
+    } = &setup(Route::Bridge, &lab, host, 8, Some(1 << 20), None).await;
     let before = vm_dirs(host);
     let name = unique_name("dep-cancel");
     // Requests for one name at the same moment (a form sent twice, two
@@ -507,9 +227,7 @@ async fn a_cancelled_deployment_is_undone() {
     let (_, accepted) = accepted.remove(0);
     let job_id = accepted["job"]["id"].as_str().unwrap();
     // Cancel once the host is fetching.
-    while server.gets("img.raw").is_empty() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    fetch_started(server, "img.raw").await;
     // The host does not know the name before `define`; the deployment
     // under way still holds it.
     let (status, body) = api
@@ -523,12 +241,7 @@ async fn a_cancelled_deployment_is_undone() {
         body["error"]["message"].as_str().unwrap().contains(job_id),
         "{body}"
     );
-    let (status, body) = api
-        .post(&format!("/api/v1/jobs/{job_id}/cancel"), json!({}))
-        .await;
-    assert!(status.is_success(), "{body}");
-    let job = job_finished(api, job_id).await;
-    assert_eq!(job["status"], "cancelled", "{job}");
+    cancel(api, job_id).await;
     assert!(host.try_virsh(&["domstate", "--domain", &name]).is_err());
     assert_eq!(vm_dirs(host), before, "no VM directory left");
     assert!(!cached(host, sha), "a cancelled download is not cached");
@@ -544,7 +257,7 @@ async fn a_host_lost_mid_download_fails_the_job_and_a_retry_resumes() {
         host_id,
         sha,
         ..
-    } = &setup(&lab, host, 8, Some(1 << 20), None).await;
+    } = &setup(Route::Bridge, &lab, host, 8, Some(1 << 20), None).await;
     let name = unique_name("dep-resume");
     let accepted = deploy(api, host_id, request("lab-img", &name, &lab)).await;
     let job_id = accepted["job"]["id"].as_str().unwrap();
@@ -560,15 +273,8 @@ async fn a_host_lost_mid_download_fails_the_job_and_a_retry_resumes() {
     assert_eq!(job["status"], "failed", "{job}");
     assert!(host.try_virsh(&["domstate", "--domain", &name]).is_err());
     // The retry carries on from what the first attempt left.
-    let accepted = deploy(api, host_id, request("lab-img", &name, &lab)).await;
-    let job = job_finished(api, accepted["job"]["id"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    let gets = server.gets("img.raw");
-    assert!(
-        gets.last().is_some_and(|g| g.from > 0),
-        "the retry asked for the rest only: {gets:?}"
-    );
-    remove_vm(host, &name, job["result"]["uuid"].as_str().unwrap());
+    let retry = request("lab-img", &name, &lab);
+    retry_resumes(api, host, host_id, server, &name, retry).await;
 }
 
 #[tokio::test]
@@ -578,10 +284,19 @@ async fn hostile_input_is_refused_before_any_job() {
     let sha = "cd".repeat(32);
     let (app, api, ids, _p) = service(
         &lab,
-        &[(
-            "lab-never",
-            lab_profile("http://127.0.0.1:9/never.raw", &sha),
-        )],
+        &[
+            (
+                "lab-never",
+                lab_profile("http://127.0.0.1:9/never.raw", &sha),
+            ),
+            (
+                "lab-private-ca",
+                lab_profile_verified(
+                    "http://127.0.0.1:9/never.raw",
+                    &format!("sha256 = \"{sha}\"\nca_file = \"/etc/ssl/mirror.pem\""),
+                ),
+            ),
+        ],
         &[host],
     )
     .await;
@@ -613,6 +328,7 @@ async fn hostile_input_is_refused_before_any_job() {
         with("network", json!({"network": "nosuchnet"})),
         with("timezone", json!("../../etc/shadow")),
         with("locale", json!("en_US.UTF-8;id")),
+        with("image_transfer", json!("pigeon")),
         with("extra", json!(1)),
     ];
     for body in hostile {
@@ -625,6 +341,15 @@ async fn hostile_input_is_refused_before_any_job() {
         assert!(status.is_client_error(), "{body} → {status} {answer}");
         assert!(answer["error"]["message"].is_string(), "{answer}");
     }
+    // A CA file on the hosts means nothing to the control plane's download.
+    let (status, answer) = api
+        .post(
+            &format!("/api/v1/hosts/{}/deployments", ids[0]),
+            streamed("lab-private-ca", "fine-name", &lab),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["error"]["field"], "image_transfer", "{answer}");
     let (_, jobs) = api.get("/api/v1/jobs?kind=vm.deploy").await;
     assert_eq!(jobs.as_array().map(Vec::len), Some(0), "{jobs}");
     // Another tenant's host is not found; a reader may not deploy.
@@ -708,4 +433,93 @@ async fn a_uefi_deployment_cancelled_after_its_start_leaves_no_nvram() {
     assert!(host.try_virsh(&["domstate", "--domain", &name]).is_err());
     assert!(!host.path_exists(Path::new(&nvram)), "{nvram} is left");
     assert!(!vm_dirs(host).iter().any(|d| d == uuid), "{uuid} left");
+}
+
+#[tokio::test]
+async fn a_host_without_a_route_fails_to_download_and_gets_the_image_streamed_once() {
+    let lab = Lab::load();
+    let host = lab.host("ovh1");
+    let s = &setup(Route::Loopback, &lab, host, 3, None, None).await;
+    let (api, host_id, sha) = (&s.api, &s.host_id, &s.sha);
+    // An earlier attempt left the first MiB on the host.
+    leave_part(host, &s.dirs.0.path().join("img.raw"), sha, 1 << 20);
+
+    // The host's own download cannot reach the server.
+    let name = unique_name("dep-noroute");
+    let accepted = deploy(api, host_id, request("lab-img", &name, &lab)).await;
+    let job = job_finished(api, accepted["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    let error = step(&job, "image")["error"].as_str().unwrap_or_default();
+    assert!(error.contains("download"), "{job}");
+    assert!(host.try_virsh(&["domstate", "--domain", &name]).is_err());
+    assert!(s.server.gets("img.raw").is_empty(), "the host reached it");
+
+    // Streamed by the control plane: the rest of the image only.
+    let accepted = deploy(api, host_id, streamed("lab-img", &name, &lab)).await;
+    let job = job_finished(api, accepted["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["result"]["state"], "running", "{job}");
+    let image = &step(&job, "image")["output"];
+    assert_eq!(image["transfer"], "stream", "{image}");
+    assert_eq!(image["cached"], false, "{image}");
+    assert_eq!(image["resumed_from"], 1 << 20, "{image}");
+    assert_eq!(image["bytes"], 3 << 20, "{image}");
+    assert_eq!(image["total"], 3 << 20, "{image}");
+    assert_eq!(host.domstate(&name), "running");
+    assert!(cached(host, sha));
+    assert_eq!(s.server.gets("img.raw").len(), 1, "one download, here");
+    let kept = s.app.data_path().join(format!("images/{sha}.img"));
+    assert!(kept.exists(), "the control plane keeps its copy");
+
+    // The host has it now: a second deployment sends nothing.
+    let again = unique_name("dep-noroute");
+    let accepted = deploy(api, host_id, streamed("lab-img", &again, &lab)).await;
+    let second = job_finished(api, accepted["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(second["status"], "succeeded", "{second}");
+    assert_eq!(step(&second, "image")["output"]["cached"], true, "{second}");
+    assert_eq!(s.server.gets("img.raw").len(), 1);
+    for (name, job) in [(&name, &job), (&again, &second)] {
+        remove_vm(host, name, job["result"]["uuid"].as_str().unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_image_with_a_wrong_checksum_is_cached_nowhere() {
+    let lab = Lab::load();
+    let host = lab.host("ovh2");
+    let wrong = "cd".repeat(32);
+    let s = &setup(Route::Loopback, &lab, host, 1, None, Some(&wrong)).await;
+    let (api, host_id) = (&s.api, &s.host_id);
+    let name = unique_name("dep-badstream");
+    let accepted = deploy(api, host_id, streamed("lab-img", &name, &lab)).await;
+    let job = job_finished(api, accepted["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    let error = step(&job, "image")["error"].as_str().unwrap_or_default();
+    assert!(error.contains("checksum mismatch"), "{job}");
+    assert!(host.try_virsh(&["domstate", "--domain", &name]).is_err());
+    assert!(!cached(host, &wrong), "nothing cached on the host");
+    let part = PathBuf::from(format!("{DEPLOY_DIR}/images/{wrong}.part"));
+    assert!(!host.path_exists(&part), "nothing sent to the host");
+    let images = s.app.data_path().join("images");
+    for file in [format!("{wrong}.img"), format!("{wrong}.part")] {
+        assert!(!images.join(&file).exists(), "{file} left");
+    }
+}
+
+#[tokio::test]
+async fn a_stream_cancelled_mid_download_resumes_on_the_next_deployment() {
+    let lab = Lab::load();
+    let host = lab.host("ovh2");
+    // 4 MiB at 2 MiB/s: the cancel comes while the control plane fetches.
+    let s = &setup(Route::Loopback, &lab, host, 4, Some(2 << 20), None).await;
+    let name = unique_name("dep-streamcancel");
+    let first = deploy(&s.api, &s.host_id, streamed("lab-img", &name, &lab)).await;
+    fetch_started(&s.server, "img.raw").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cancel(&s.api, first["job"]["id"].as_str().unwrap()).await;
+    assert!(!cached(host, &s.sha));
+    let retry = streamed("lab-img", &name, &lab);
+    retry_resumes(&s.api, host, &s.host_id, &s.server, &name, retry).await;
+    assert_eq!(s.server.gets("img.raw").len(), 2);
+    assert!(cached(host, &s.sha));
 }

@@ -125,6 +125,19 @@ async fn openapi_documents_ranges_and_415_that_the_service_enforces() {
         "every limit and wait parameter is documented with its range"
     );
     assert_eq!(with_body.len(), 13, "JSON-body endpoints: {with_body:?}");
+    // How a deployment's image reaches the host, in a request and a profile.
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["ImageTransfer"]["enum"],
+        json!(["host", "stream"]),
+        "{}",
+        schemas["ImageTransfer"]
+    );
+    assert!(
+        schemas["DeploymentRequest"]["properties"]["image_transfer"].is_object(),
+        "{}",
+        schemas["DeploymentRequest"]
+    );
     // Every operation that needs credentials documents the 401 it gives
     // without them; the public ones declare no security.
     let public = ["/healthz", "/readyz", "/metrics", "/api/v1/auth/login"];

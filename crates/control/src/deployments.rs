@@ -25,7 +25,7 @@ use overvisor_model::InvalidInput;
 use overvisor_model::host::{Host, HostFacts, HostId, HostKind};
 use overvisor_model::job::{Job, JobQuery};
 use overvisor_model::operation::{
-    AgentSeed, ChecksumList, DeployImage, DeploySpec, Operation, vm_target,
+    AgentSeed, ChecksumList, DeployImage, DeploySpec, ImageTransfer, Operation, vm_target,
 };
 use overvisor_model::vm::VmName;
 
@@ -272,7 +272,7 @@ impl App {
             .profiles
             .profiles()
             .map(|p| {
-                let why = image_of(p).err().map(|e| match e {
+                let why = image_of(p, ImageTransfer::Host).err().map(|e| match e {
                     AppError::Invalid(i) => i.message,
                     other => other.to_string(),
                 });
@@ -497,13 +497,14 @@ fn deployable<'c>(
     req: &DeploymentRequest,
 ) -> Result<(&'c Profile, Option<DeployImage>), AppError> {
     let profile = req.profile_in(catalog)?;
-    Ok((profile, image_of(profile)?))
+    let transfer = req.check_transfer(profile)?;
+    Ok((profile, image_of(profile, transfer.unwrap_or_default())?))
 }
 
 /// The image a deployment downloads: a disk image verified by a pinned
 /// SHA-256 or a published checksum list. An installer profile (an ISO on
 /// the host) has none: its disk starts blank.
-fn image_of(profile: &Profile) -> Result<Option<DeployImage>, AppError> {
+fn image_of(profile: &Profile, transfer: ImageTransfer) -> Result<Option<DeployImage>, AppError> {
     let refuse = |why: &str| InvalidInput::new("profile", why.to_owned());
     let (url, checksum, ca_file) = match (&profile.image.source, profile.image.format) {
         (ImageSource::HostFile { .. }, ImageFormat::Iso) => return Ok(None),
@@ -518,6 +519,7 @@ fn image_of(profile: &Profile) -> Result<Option<DeployImage>, AppError> {
                 url,
                 checksum,
                 ca_file,
+                ..
             },
             _,
         ) => (url, checksum, ca_file),
@@ -538,6 +540,7 @@ fn image_of(profile: &Profile) -> Result<Option<DeployImage>, AppError> {
         checksums,
         ca_file: ca_file.as_ref().map(|p| p.as_str().to_owned()),
         format: profile.image.format.as_str().to_owned(),
+        transfer,
     }))
 }
 
@@ -632,13 +635,20 @@ mod tests {
         let debian = builtin("debian-12");
         assert!(host_needs(&debian).is_empty());
         assert_eq!(host_media(&debian, &[]).expect("ok"), HostMedia::default());
-        assert!(image_of(&debian).expect("deployable").is_some());
+        assert!(
+            image_of(&debian, ImageTransfer::Host)
+                .expect("deployable")
+                .is_some()
+        );
     }
 
     #[test]
     fn windows_needs_secure_boot_firmware_swtpm_and_its_installer() {
         let windows = builtin("windows-server-2022");
-        assert_eq!(image_of(&windows).expect("deployable"), None);
+        assert_eq!(
+            image_of(&windows, ImageTransfer::Host).expect("deployable"),
+            None
+        );
         let iso = "/var/lib/overvisor/iso/windows-server-2022.iso";
         let needs = host_needs(&windows);
         assert!(needs.contains(&iso) && needs.contains(&"/usr/bin/swtpm"));

@@ -15,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod guest_keys;
 pub mod hosts;
+pub mod image_cache;
 pub mod inventory;
 pub mod jobs;
 pub mod login_limit;
@@ -55,6 +56,9 @@ pub struct AppConfig {
     pub profiles: std::sync::Arc<overvisor_deploy::Catalog>,
     /// Deployed guests are emulated (TCG) even where KVM is offered.
     pub deploy_emulated: bool,
+    /// Where the control plane keeps the images it streams to hosts
+    /// (`<data_dir>/images`).
+    pub image_cache_dir: std::path::PathBuf,
     /// Usage sampling for the graphs.
     pub metrics: metrics::MetricsSettings,
     /// The OpenID Connect providers (none by default).
@@ -76,6 +80,7 @@ impl Default for AppConfig {
             jobs: jobs::JobSettings::default(),
             profiles: std::sync::Arc::new(overvisor_deploy::Catalog::default()),
             deploy_emulated: false,
+            image_cache_dir: std::path::PathBuf::from("data/images"),
             metrics: metrics::MetricsSettings::default(),
             oidc: Arc::new(overvisor_oidc::Oidc::default()),
             password_login: true,
@@ -102,6 +107,7 @@ struct AppInner {
     serial_consoles: consoles::SerialHub,
     metrics: metrics::Metrics,
     replicas: replicas::Replicas,
+    images: image_cache::ImageCache,
 }
 
 impl App {
@@ -122,6 +128,7 @@ impl App {
         let login_limiter = login_limit::LoginLimiter::new(config.login_limits.clone());
         let jobs = jobs::JobRunner::new(config.jobs.clone());
         let metrics = metrics::Metrics::new(&config.metrics);
+        let images = image_cache::ImageCache::new(config.image_cache_dir.clone());
         Self {
             inner: Arc::new(AppInner {
                 store,
@@ -136,6 +143,7 @@ impl App {
                 serial_consoles: consoles::SerialHub::default(),
                 metrics,
                 replicas: replicas::Replicas::default(),
+                images,
             }),
         }
     }
@@ -154,6 +162,11 @@ impl App {
         overvisor_provision::ProvisioningKey::from_seed(
             &self.sealer().derive_key("provisioning ed25519"),
         )
+    }
+
+    /// The images the control plane streams to hosts.
+    pub(crate) fn images(&self) -> &image_cache::ImageCache {
+        &self.inner.images
     }
 
     pub(crate) fn config(&self) -> &AppConfig {

@@ -10,7 +10,7 @@
 use std::fmt;
 
 use overvisor_model::InvalidInput;
-pub use overvisor_model::operation::DigestAlgorithm;
+pub use overvisor_model::operation::{DigestAlgorithm, ImageTransfer};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -275,6 +275,24 @@ fn check_hex(field: &str, s: &str, len: usize) -> Result<String, InvalidInput> {
     Ok(s.to_ascii_lowercase())
 }
 
+/// Checks that `transfer` goes with the image's `ca_file`: a streamed
+/// image is downloaded by the control plane, which trusts its own store,
+/// not a file on the hosts.
+pub fn check_transfer(
+    field: &str,
+    transfer: ImageTransfer,
+    ca_file: Option<&HostPath>,
+) -> Result<(), InvalidInput> {
+    if transfer == ImageTransfer::Stream && ca_file.is_some() {
+        return Err(InvalidInput::new(
+            field,
+            "cannot be stream for an image with a ca_file (a CA file on the hosts; \
+             the control plane downloads a streamed image with its own trust store)",
+        ));
+    }
+    Ok(())
+}
+
 /// A profile as an operator writes it in `<profiles_dir>/<name>.toml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -315,6 +333,10 @@ pub struct ImageFile {
     /// A CA certificate on the hosts that downloads trust (a mirror with
     /// a private CA).
     pub ca_file: Option<String>,
+    /// How the image reaches the hosts: `host` (they download it, the
+    /// default) or `stream` (the control plane downloads it and sends it
+    /// over the host's SSH connection).
+    pub transfer: Option<ImageTransfer>,
     pub host_path: Option<String>,
 }
 
@@ -374,6 +396,8 @@ pub enum ImageSource {
         /// The CA the host's download trusts, if not its own store's.
         #[serde(skip_serializing_if = "Option::is_none")]
         ca_file: Option<HostPath>,
+        /// How the image reaches the host, unless a request says otherwise.
+        transfer: ImageTransfer,
     },
     /// Already on the host, put there by the operator (installer ISOs).
     HostFile { path: HostPath },
@@ -560,17 +584,24 @@ impl ImageFile {
                     .ca_file
                     .map(|p| HostPath::parse("image.ca_file", &p))
                     .transpose()?;
+                let transfer = self.transfer.unwrap_or_default();
+                check_transfer("image.transfer", transfer, ca_file.as_ref())?;
                 ImageSource::Download {
                     url,
                     checksum,
                     ca_file,
+                    transfer,
                 }
             }
             (None, Some(path)) => {
-                if self.sha256.is_some() || self.checksums_url.is_some() || self.ca_file.is_some() {
+                if self.sha256.is_some()
+                    || self.checksums_url.is_some()
+                    || self.ca_file.is_some()
+                    || self.transfer.is_some()
+                {
                     return Err(InvalidInput::new(
                         "image.host_path",
-                        "is not downloaded, so it takes no sha256, checksums_url or ca_file",
+                        "is not downloaded, so it takes no sha256, checksums_url, ca_file or transfer",
                     ));
                 }
                 ImageSource::HostFile {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::catalog::Catalog;
-use crate::profile::{OsFamily, Profile, Sizing};
+use crate::profile::{ImageSource, ImageTransfer, OsFamily, Profile, Sizing, check_transfer};
 use crate::ssh_keys::check_public_key;
 use crate::text::check_chars;
 
@@ -51,6 +51,11 @@ pub struct DeploymentRequest {
     /// An IANA time zone (`Europe/Berlin`) for Linux, a Windows time zone
     /// id (`W. Europe Standard Time`) for Windows; default `UTC`.
     pub timezone: Option<String>,
+    /// How the image reaches the host, instead of the profile's
+    /// `transfer`: `host` (the host downloads it) or `stream` (the control
+    /// plane sends it over the host's SSH connection).
+    #[serde(default)]
+    pub image_transfer: Option<ImageTransfer>,
 }
 
 /// Where the VM's network card is plugged in on the host.
@@ -145,6 +150,7 @@ impl DeploymentRequest {
     /// its steps fill the request in.
     pub fn check(&self, catalog: &Catalog) -> Result<Deployment, InvalidInput> {
         let profile = self.profile_in(catalog)?;
+        self.check_transfer(profile)?;
         let sizing = self.check_sizing(profile)?;
         let CheckedName {
             name,
@@ -200,6 +206,28 @@ impl DeploymentRequest {
         catalog
             .get(&self.profile)
             .ok_or_else(|| InvalidInput::new("profile", "is not a known profile"))
+    }
+
+    /// How the profile's image reaches the host: the request's
+    /// `image_transfer`, else the profile's; `None` for a profile that
+    /// downloads no image (an installer on the host).
+    pub fn check_transfer(&self, profile: &Profile) -> Result<Option<ImageTransfer>, InvalidInput> {
+        match &profile.image.source {
+            ImageSource::Download {
+                ca_file, transfer, ..
+            } => {
+                let transfer = self.image_transfer.unwrap_or(*transfer);
+                check_transfer("image_transfer", transfer, ca_file.as_ref())?;
+                Ok(Some(transfer))
+            }
+            ImageSource::HostFile { .. } if self.image_transfer.is_some() => {
+                Err(InvalidInput::new(
+                    "image_transfer",
+                    "the profile downloads no image (its installer is on the host)",
+                ))
+            }
+            ImageSource::HostFile { .. } => Ok(None),
+        }
     }
 
     /// The sizes (at least the profile's minimum) and the network's name.

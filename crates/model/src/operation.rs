@@ -137,6 +137,33 @@ pub struct DeployImage {
     pub ca_file: Option<String>,
     /// `qcow2` or `raw`: the overlay's backing format.
     pub format: String,
+    /// How the image reaches the host (jobs from before this existed
+    /// fetched on the host).
+    #[serde(default)]
+    pub transfer: ImageTransfer,
+}
+
+/// How a deployment's image reaches the host's cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageTransfer {
+    /// The host downloads it itself (`curl`, resumable): it needs a route
+    /// to the image's server.
+    #[default]
+    Host,
+    /// The control plane downloads it into its own cache and streams it
+    /// to the host over the host's SSH connection: for hosts with no
+    /// route out.
+    Stream,
+}
+
+impl ImageTransfer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::Stream => "stream",
+        }
+    }
 }
 
 /// A distribution's published checksum list (`SHA256SUMS`, `SHA512SUMS`).

@@ -5,8 +5,10 @@
 //! `Autounattend.xml` media for an installer, built here and uploaded),
 //! `define`, `start`. Every step is idempotent, so a job whose runner died
 //! resumes where it stopped:
-//! - `image` is resumed by curl itself (`-C -` on the partial file) and the
-//!   host's lock per checksum; a cached image is never fetched again;
+//! - `image` is resumed from the host's partial file (by curl's `-C -`, or,
+//!   when the control plane streams the image over the SSH connection, by
+//!   sending from the partial file's size on) under the host's lock per
+//!   checksum; a cached image is never fetched or sent again;
 //! - `overlay` and `seed` are rewritten whole (nothing uses them before the
 //!   domain is defined);
 //! - `define` redefines the same UUID; `start` first checks the state.
@@ -24,10 +26,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use overvisor_hv::libvirt::deploy::{FetchProgress, Fetched, VmFiles};
+use overvisor_hv::libvirt::deploy::{FetchProgress, Fetched, ImageReceive, VmFiles};
 use overvisor_hv::{HvError, LibvirtDriver};
 use overvisor_model::host::HostId;
-use overvisor_model::operation::{DeployImage, DeploySpec, DigestAlgorithm, ImageDigest};
+use overvisor_model::operation::{
+    DeployImage, DeploySpec, DigestAlgorithm, ImageDigest, ImageTransfer,
+};
 use overvisor_model::vm::{VmName, VmState};
 
 use super::{StepCx, StepDef, StepResult};
@@ -290,7 +294,7 @@ pub fn image_digest(
 }
 
 /// Reads the image's digest from the profile's published list, fetched
-/// by the host (the image comes from the same place, the same way).
+/// the way the image comes (by the host, or by the control plane).
 async fn digest_from_list(
     cx: &StepCx<'_>,
     lv: &LibvirtDriver,
@@ -301,7 +305,15 @@ async fn digest_from_list(
             "the image has neither a pinned sha256 nor a checksum list".into(),
         ));
     };
-    let text = lv.fetch_text(&list.url, image.ca_file.as_deref()).await?;
+    let text = match image.transfer {
+        ImageTransfer::Host => lv.fetch_text(&list.url, image.ca_file.as_deref()).await?,
+        ImageTransfer::Stream => cx
+            .app
+            .images()
+            .text(&list.url)
+            .await
+            .map_err(|e| ImageError::Refused(e.to_string()))?,
+    };
     // The profile's check made sure the URL ends in the file's name.
     let file = image.url.rsplit('/').next().unwrap_or_default();
     let hex = overvisor_deploy::checksum_list::digest_of(&text, file, list.algorithm)
@@ -331,10 +343,24 @@ async fn fetch_image(
     };
     let total = AtomicU64::new(0);
     let have = AtomicU64::new(0);
-    let fetch = lv.image_fetch(&image.url, &digest, image.ca_file.as_deref(), |p| match p {
+    let from = AtomicU64::new(0);
+    let report = |p| match p {
         FetchProgress::Total(n) => total.store(n, Ordering::Relaxed),
         FetchProgress::Have(n) => have.store(n, Ordering::Relaxed),
-    });
+        FetchProgress::From(n) => {
+            from.store(n, Ordering::Relaxed);
+            have.store(n, Ordering::Relaxed);
+        }
+    };
+    let fetch = async {
+        match image.transfer {
+            ImageTransfer::Host => lv
+                .image_fetch(&image.url, &digest, image.ca_file.as_deref(), report)
+                .await
+                .map_err(ImageError::Host),
+            ImageTransfer::Stream => stream_image(cx, lv, image, &digest, report).await,
+        }
+    };
     tokio::pin!(fetch);
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -357,8 +383,12 @@ async fn fetch_image(
         cx.info(format!("image {} is cached", digest.hex)).await;
     } else {
         cx.info(format!(
-            "image {} downloaded and verified ({bytes} bytes)",
-            digest.hex
+            "image {} {} and verified ({bytes} bytes)",
+            digest.hex,
+            match image.transfer {
+                ImageTransfer::Host => "downloaded by the host",
+                ImageTransfer::Stream => "streamed to the host",
+            }
         ))
         .await;
     }
@@ -366,9 +396,39 @@ async fn fetch_image(
     Ok(Some(serde_json::json!({
         "digest": digest,
         "cached": cached,
+        "transfer": image.transfer,
         "bytes": bytes,
         "total": total.load(Ordering::Relaxed),
+        "resumed_from": from.load(Ordering::Relaxed),
     })))
+}
+
+/// The control plane's way: unless the host has the image cached, the
+/// image comes from the control plane's own cache (downloaded there once)
+/// over the host's SSH connection, from what the host already has on.
+async fn stream_image(
+    cx: &StepCx<'_>,
+    lv: &LibvirtDriver,
+    image: &DeployImage,
+    digest: &ImageDigest,
+    mut progress: impl FnMut(FetchProgress),
+) -> Result<Fetched, ImageError> {
+    let sender = match lv.image_receive(digest).await? {
+        ImageReceive::Done(done) => return Ok(done),
+        ImageReceive::Wanted(sender) => sender,
+    };
+    let (path, size) = cx
+        .app
+        .images()
+        .image(&image.url, digest, &mut progress)
+        .await
+        .map_err(|e| ImageError::Refused(e.to_string()))?;
+    cx.info(format!(
+        "streaming {size} bytes to the host, from byte {}",
+        sender.have().min(size)
+    ))
+    .await;
+    Ok(sender.send(&path, size, progress).await?)
 }
 
 fn percent(have: u64, total: u64) -> u8 {

@@ -87,6 +87,13 @@ fn errors_name_file_field_and_reason() {
         "{err}"
     );
 
+    let err = error_for(
+        "bad.toml",
+        &linux.replace("sha256 =", "transfer = \"pigeon\"\nsha256 ="),
+    );
+    assert_eq!(err.field, "image.transfer", "{err}");
+    assert!(err.reason.contains("unknown variant"), "{err}");
+
     let err = error_for("Bad Name.toml", linux);
     assert_eq!(err.field, "(file name)");
 

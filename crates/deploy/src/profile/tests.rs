@@ -45,11 +45,13 @@ fn a_valid_profile_is_typed() {
         url,
         checksum,
         ca_file,
+        transfer,
     } = &p.image.source
     else {
         panic!("download expected");
     };
     assert_eq!(ca_file, &None);
+    assert_eq!(transfer, &ImageTransfer::Host);
     assert_eq!(url, "https://images.example.org/linux/disk.qcow2");
     assert_eq!(
         checksum,
@@ -110,6 +112,13 @@ fn every_bad_field_is_named() {
             LINUX.replace("sha256 =", "ca_file = \"relative.pem\"\nsha256 ="),
             "image.ca_file",
         ),
+        (
+            LINUX.replace(
+                "sha256 =",
+                "ca_file = \"/etc/ssl/m.pem\"\ntransfer = \"stream\"\nsha256 =",
+            ),
+            "image.transfer",
+        ),
     ];
     assert_refused(cases);
 }
@@ -125,6 +134,20 @@ fn a_download_may_trust_a_ca_file_on_the_host() {
         ca_file.as_ref().map(HostPath::as_str),
         Some("/etc/ssl/mirror.pem")
     );
+}
+
+#[test]
+fn the_transfer_is_the_hosts_unless_the_profile_streams() {
+    let transfer_of = |text: &str| {
+        let p = check(text).expect("valid");
+        let ImageSource::Download { transfer, .. } = p.image.source else {
+            panic!("download expected");
+        };
+        transfer
+    };
+    assert_eq!(transfer_of(LINUX), ImageTransfer::Host);
+    let streamed = LINUX.replace("sha256 =", "transfer = \"stream\"\nsha256 =");
+    assert_eq!(transfer_of(&streamed), ImageTransfer::Stream);
 }
 
 #[test]

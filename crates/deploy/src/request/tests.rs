@@ -23,6 +23,7 @@ pub(crate) fn request(profile: &str) -> DeploymentRequest {
         username: Some(if windows { "ops" } else { "alice" }.into()),
         locale: None,
         timezone: None,
+        image_transfer: None,
     }
 }
 
@@ -264,4 +265,19 @@ fn default_user_names_fit_the_guest() {
         assert_eq!(default_username(system, OsFamily::Linux), None, "{system}");
     }
     assert_eq!(default_username("guest", OsFamily::Windows), None);
+}
+
+#[test]
+fn the_image_transfer_is_the_requests_or_the_profiles() {
+    let cat = catalog();
+    let ubuntu = cat.get("ubuntu-24.04").expect("built in");
+    let mut r = request("ubuntu-24.04");
+    assert_eq!(r.check_transfer(ubuntu), Ok(Some(ImageTransfer::Host)));
+    r.image_transfer = Some(ImageTransfer::Stream);
+    assert_eq!(r.check_transfer(ubuntu), Ok(Some(ImageTransfer::Stream)));
+    r.check(&cat).expect("a stream is valid");
+    // An installer's ISO is on the host: nothing to transfer.
+    let mut w = request("windows-server-2022");
+    w.image_transfer = Some(ImageTransfer::Host);
+    assert_eq!(refused(&w).field, "image_transfer");
 }

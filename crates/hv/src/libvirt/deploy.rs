@@ -13,7 +13,10 @@
 //! parameters through [`CommandLine`] (quoted once, never pasted into the
 //! script), so nothing a request carries can become shell syntax.
 
+use std::path::Path;
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use overvisor_model::operation::ImageDigest;
 use overvisor_model::vm::VmName;
@@ -21,6 +24,7 @@ use overvisor_model::vm::VmName;
 use super::LibvirtDriver;
 use crate::driver::{HvError, HvResult};
 use crate::quote::CommandLine;
+use crate::ssh::LineStream;
 
 /// Where deployments keep their files on a host.
 pub const DEPLOY_DIR: &str = "/var/lib/libvirt/overvisor";
@@ -29,23 +33,52 @@ pub const DEPLOY_DIR: &str = "/var/lib/libvirt/overvisor";
 /// prints one every second) before the step gives up.
 const SILENCE: Duration = Duration::from_secs(60);
 
-/// Downloads `$3` (URL) into `$1/<$2>.img` unless there, verifying the
-/// digest `$2` with `$4sum` (`sha256`/`sha512`); `$5`, if not empty, is
-/// the CA file curl trusts instead of the host's store. A lock per digest
-/// makes a second deployment of the same image wait for the first one's
-/// download and then find it cached; the partial file stays, so a retry
-/// resumes it (`curl -C -`). Prints `total N`, `have N` (every second),
-/// then `cached`/`fetched`, or `failed <why>`; the exit status is lost on
-/// a PTY, so these lines say it.
-const FETCH_SCRIPT: &str = r#"set -u
-dir=$1/images; sum=$2; url=$3; algo=$4; ca=$5
-set --
-[ -n "$ca" ] && set -- --cacert "$ca"
+/// The start both ways into the cache share: `$1` the deploy dir, `$2`
+/// the digest, `$3` its algorithm (`sha256`/`sha512`), shifted off. A lock
+/// per digest makes a second deployment of the same image wait for the
+/// first one's transfer and then find it cached (`cached`). The exit
+/// status is lost on a PTY, so the scripts' lines say how they ended.
+macro_rules! cache_enter {
+    () => {
+        r#"set -u
+dir=$1/images; sum=$2; algo=$3
+shift 3
 mkdir -p "$dir" || { echo "failed cannot create $dir"; exit 1; }
 cd "$dir" || exit 1
 exec 9>>"$sum.lock"
 flock 9
 if [ -f "$sum.img" ]; then echo cached; exit 0; fi
+echo "from $(stat -c %s "$sum.part" 2>/dev/null || echo 0)"
+"#
+    };
+}
+
+/// The end both share: verifies `$sum.part` against the digest and makes
+/// it the cached image (`fetched`); a mismatch removes it.
+macro_rules! cache_commit {
+    () => {
+        r#"echo "have $(stat -c %s "$sum.part")"
+got=$("${algo}sum" "$sum.part" | cut -d' ' -f1)
+if [ "$got" != "$sum" ]; then
+  rm -f "$sum.part"
+  echo "failed checksum mismatch: the image's $algo is $got, the profile says $sum"
+  exit 1
+fi
+chmod 0644 "$sum.part" && mv "$sum.part" "$sum.img" && rm -f "$sum.err"
+echo fetched
+"#
+    };
+}
+
+/// The host downloads `$4` (URL) into the cache; `$5`, if not empty, is
+/// the CA file curl trusts instead of the host's store. The partial file
+/// stays, so a retry resumes it (`curl -C -`). Prints `from N`, `total N`,
+/// `have N` (every second), then `cached`/`fetched`, or `failed <why>`.
+const FETCH_SCRIPT: &str = concat!(
+    cache_enter!(),
+    r#"url=$1; ca=$2
+set --
+[ -n "$ca" ] && set -- --cacert "$ca"
 total=$(curl -fsIL --max-time 30 "$@" "$url" 2>/dev/null | tr -d '\r' | awk 'tolower($1)=="content-length:"{n=$2} END{print n+0}')
 echo "total $total"
 curl -fsSL --connect-timeout 20 --speed-time 60 --speed-limit 1 "$@" -C - -o "$sum.part" "$url" 2>"$sum.err" &
@@ -55,16 +88,25 @@ while kill -0 "$pid" 2>/dev/null; do
   sleep 1
 done
 if ! wait "$pid"; then echo "failed download: $(tr '\n' ' ' < "$sum.err" | cut -c1-300)"; exit 1; fi
-echo "have $(stat -c %s "$sum.part")"
-got=$("${algo}sum" "$sum.part" | cut -d' ' -f1)
-if [ "$got" != "$sum" ]; then
-  rm -f "$sum.part"
-  echo "failed checksum mismatch: the image's $algo is $got, the profile says $sum"
-  exit 1
-fi
-chmod 0644 "$sum.part" && mv "$sum.part" "$sum.img" && rm -f "$sum.err"
-echo fetched
-"#;
+"#,
+    cache_commit!()
+);
+
+/// The control plane sends the image on stdin: after `from N` (what the
+/// host has of it), the first line it reads is `<from> <size>`, then the
+/// bytes from `from` on (`from` 0 starts the file afresh), then EOF. A
+/// stream that ends short (a cancelled job, a lost connection) keeps the
+/// partial file for the next attempt to resume.
+const RECEIVE_SCRIPT: &str = concat!(
+    cache_enter!(),
+    r#"read -r from size || { echo "failed the control plane sent no image"; exit 1; }
+[ "$from" = 0 ] && : > "$sum.part"
+cat >> "$sum.part" || { echo "failed cannot write $dir/$sum.part"; exit 1; }
+got=$(stat -c %s "$sum.part")
+if [ "$got" -lt "$size" ]; then echo "failed the stream ended after $got of $size bytes"; exit 1; fi
+"#,
+    cache_commit!()
+);
 
 /// `$1` URL, `$2` CA file or empty: prints the document (curl stops past
 /// [`LIST_MAX`] bytes; a checksum list is a few KiB).
@@ -118,6 +160,9 @@ pub enum FetchProgress {
     Total(u64),
     /// Bytes on the host so far.
     Have(u64),
+    /// The transfer starts here: what the host had of the image already
+    /// (a partial file an earlier attempt left).
+    From(u64),
 }
 
 /// What an image fetch ended with.
@@ -126,6 +171,140 @@ pub enum Fetched {
     /// Already in the cache: nothing was downloaded.
     Cached,
     Downloaded,
+}
+
+/// The host's side of an image the control plane streams to it.
+pub enum ImageReceive {
+    /// Nothing to send: the host has the image cached.
+    Done(Fetched),
+    /// The host waits for the image (holding its lock for the digest).
+    Wanted(ImageSender),
+}
+
+/// Sends an image to the host that waits for it; dropping it ends the
+/// stream (the host keeps what it has, for the next attempt to resume).
+pub struct ImageSender {
+    lines: LineStream,
+    have: u64,
+}
+
+/// How much of the image is sent in one SSH data message: the channel's
+/// window holds the sender back beyond that, so memory stays bounded.
+const CHUNK: usize = 64 << 10;
+
+impl ImageSender {
+    /// Bytes of the image the host already has (in its partial file).
+    pub fn have(&self) -> u64 {
+        self.have
+    }
+
+    /// Sends the verified image at `path` (`size` bytes) from what the host
+    /// has on, and waits for the host to verify and cache it. A host that
+    /// has more than `size` bytes starts afresh. Gives up when the host
+    /// takes no data for [`SILENCE`].
+    pub async fn send(
+        mut self,
+        path: &Path,
+        size: u64,
+        mut progress: impl FnMut(FetchProgress),
+    ) -> HvResult<Fetched> {
+        let from = if self.have <= size { self.have } else { 0 };
+        progress(FetchProgress::Total(size));
+        progress(FetchProgress::From(from));
+        let local =
+            |e: std::io::Error| HvError::Host(format!("cannot read {}: {e}", path.display()));
+        let mut file = tokio::fs::File::open(path).await.map_err(local)?;
+        file.seek(std::io::SeekFrom::Start(from))
+            .await
+            .map_err(local)?;
+        let sent = async {
+            self.lines
+                .write(format!("{from} {size}\n").as_bytes())
+                .await?;
+            let mut buf = vec![0u8; CHUNK];
+            let mut have = from;
+            loop {
+                let n = file.read(&mut buf).await.map_err(local)?;
+                if n == 0 {
+                    break;
+                }
+                tokio::time::timeout(SILENCE, self.lines.write(&buf[..n]))
+                    .await
+                    .map_err(|_| HvError::Timeout(SILENCE))??;
+                have += n as u64;
+                progress(FetchProgress::Have(have));
+            }
+            self.lines.eof().await?;
+            HvResult::Ok(())
+        };
+        match sent.await {
+            Ok(()) => transfer_outcome(&mut self.lines, &mut progress).await,
+            Err(e @ HvError::Timeout(_)) => Err(e),
+            // The host's own word says more than a broken pipe does (a
+            // full disk ends its `cat`, and with it the channel).
+            Err(e) => match transfer_outcome(&mut self.lines, &mut progress).await {
+                Err(said @ HvError::Host(_)) => Err(said),
+                _ => Err(e),
+            },
+        }
+    }
+}
+
+/// What a line of the cache scripts says.
+enum Event {
+    Progress(FetchProgress),
+    Done(Fetched),
+}
+
+/// The next word of a cache script: waits at most [`SILENCE`] (the
+/// download prints a line every second).
+async fn next_event(lines: &mut LineStream) -> HvResult<Event> {
+    loop {
+        let line = match tokio::time::timeout(SILENCE, lines.next_line()).await {
+            Err(_) => return Err(HvError::Timeout(SILENCE)),
+            Ok(line) => line?,
+        };
+        let Some(line) = line else {
+            return Err(HvError::Host(
+                "the image transfer ended without a word".into(),
+            ));
+        };
+        if let Some(event) = parse_event(line.trim())? {
+            return Ok(event);
+        }
+    }
+}
+
+fn parse_event(line: &str) -> HvResult<Option<Event>> {
+    let number = |n: &str| n.parse().unwrap_or(0);
+    Ok(Some(if let Some(n) = line.strip_prefix("total ") {
+        Event::Progress(FetchProgress::Total(number(n)))
+    } else if let Some(n) = line.strip_prefix("have ") {
+        Event::Progress(FetchProgress::Have(number(n)))
+    } else if let Some(n) = line.strip_prefix("from ") {
+        Event::Progress(FetchProgress::From(number(n)))
+    } else if line == "cached" {
+        Event::Done(Fetched::Cached)
+    } else if line == "fetched" {
+        Event::Done(Fetched::Downloaded)
+    } else if let Some(why) = line.strip_prefix("failed ") {
+        return Err(HvError::Host(why.to_owned()));
+    } else {
+        return Ok(None);
+    }))
+}
+
+/// Reads a cache script to its end, reporting its progress.
+async fn transfer_outcome(
+    lines: &mut LineStream,
+    progress: &mut impl FnMut(FetchProgress),
+) -> HvResult<Fetched> {
+    loop {
+        match next_event(lines).await? {
+            Event::Progress(p) => progress(p),
+            Event::Done(done) => return Ok(done),
+        }
+    }
 }
 
 /// The files of one deployed VM on its host.
@@ -198,34 +377,31 @@ impl LibvirtDriver {
         let args = [
             DEPLOY_DIR,
             &digest.hex,
-            url,
             digest.algorithm.as_str(),
+            url,
             ca_file.unwrap_or(""),
         ];
         // On a PTY, so the remote download dies with the channel (a
         // cancelled job leaves no curl behind; its partial file stays).
         let mut lines = self.ssh().stream_lines(&sh(FETCH_SCRIPT, &args)).await?;
+        transfer_outcome(&mut lines, &mut progress).await
+    }
+
+    /// Opens the host's side of an image the control plane streams to it
+    /// (over this connection): the host takes its lock for the digest and
+    /// says whether it has the image cached, or how much of it it has.
+    pub async fn image_receive(&self, digest: &ImageDigest) -> HvResult<ImageReceive> {
+        let args = [DEPLOY_DIR, &digest.hex, digest.algorithm.as_str()];
+        // Without a terminal: the image's bytes go to the script's stdin.
+        let mut lines = self.ssh().piped_lines(&sh(RECEIVE_SCRIPT, &args)).await?;
+        // The script waits for the image once it said `from N`.
         loop {
-            let line = match tokio::time::timeout(SILENCE, lines.next_line()).await {
-                Err(_) => return Err(HvError::Timeout(SILENCE)),
-                Ok(line) => line?,
-            };
-            let Some(line) = line else {
-                return Err(HvError::Host(
-                    "the image download ended without a word".into(),
-                ));
-            };
-            let line = line.trim();
-            if let Some(n) = line.strip_prefix("total ") {
-                progress(FetchProgress::Total(n.parse().unwrap_or(0)));
-            } else if let Some(n) = line.strip_prefix("have ") {
-                progress(FetchProgress::Have(n.parse().unwrap_or(0)));
-            } else if line == "cached" {
-                return Ok(Fetched::Cached);
-            } else if line == "fetched" {
-                return Ok(Fetched::Downloaded);
-            } else if let Some(why) = line.strip_prefix("failed ") {
-                return Err(HvError::Host(why.to_owned()));
+            match next_event(&mut lines).await? {
+                Event::Progress(FetchProgress::From(have)) => {
+                    return Ok(ImageReceive::Wanted(ImageSender { lines, have }));
+                }
+                Event::Progress(_) => {}
+                Event::Done(done) => return Ok(ImageReceive::Done(done)),
             }
         }
     }
@@ -362,11 +538,11 @@ mod tests {
     #[test]
     fn inputs_stay_positional() {
         // Every script takes its inputs as arguments, quoted once.
-        let args = [DEPLOY_DIR, "ab", "http://x/$(reboot)'", "sha256", ""];
+        let args = [DEPLOY_DIR, "ab", "sha256", "http://x/$(reboot)'", ""];
         let line = sh(FETCH_SCRIPT, &args).render();
         assert!(
             line.ends_with(
-                r#"sh /var/lib/libvirt/overvisor ab 'http://x/$(reboot)'\''' sha256 ''"#
+                r#"sh /var/lib/libvirt/overvisor ab sha256 'http://x/$(reboot)'\''' ''"#
             ),
             "{line}"
         );
@@ -380,5 +556,80 @@ mod tests {
             files.disk,
             "/var/lib/libvirt/overvisor/vms/00000000-0000-0000-0000-000000000000/disk.qcow2"
         );
+    }
+
+    #[test]
+    fn script_lines_are_events() {
+        assert!(matches!(
+            parse_event("from 12"),
+            Ok(Some(Event::Progress(FetchProgress::From(12))))
+        ));
+        assert!(matches!(
+            parse_event("have x"),
+            Ok(Some(Event::Progress(FetchProgress::Have(0))))
+        ));
+        assert!(matches!(
+            parse_event("cached"),
+            Ok(Some(Event::Done(Fetched::Cached)))
+        ));
+        assert!(matches!(parse_event("noise"), Ok(None)));
+        assert!(
+            matches!(parse_event("failed checksum mismatch: x"), Err(HvError::Host(m)) if m == "checksum mismatch: x")
+        );
+    }
+
+    /// Runs the receiving script here, as a host would, feeding `stdin`.
+    fn receive(dir: &Path, sum: &str, stdin: &[u8]) -> String {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", RECEIVE_SCRIPT, "sh"])
+            .arg(dir)
+            .args([sum, "sha256"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh runs");
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(stdin)
+            .expect("written");
+        let out = child.wait_with_output().expect("sh ends");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn a_short_stream_is_kept_and_resumed_and_a_bad_one_removed() {
+        use sha2::Digest;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let sum = hex::encode(sha2::Sha256::digest(&image));
+        let part = dir.path().join(format!("images/{sum}.part"));
+        // Cut short (a cancelled job): the part stays.
+        let mut first = b"0 100000\n".to_vec();
+        first.extend_from_slice(&image[..30_000]);
+        let out = receive(dir.path(), &sum, &first);
+        assert!(out.starts_with("from 0\n"), "{out}");
+        assert!(
+            out.contains("failed the stream ended after 30000 of 100000"),
+            "{out}"
+        );
+        assert_eq!(std::fs::metadata(&part).expect("kept").len(), 30_000);
+        // Resumed where it stopped: verified and cached.
+        let mut rest = b"30000 100000\n".to_vec();
+        rest.extend_from_slice(&image[30_000..]);
+        let out = receive(dir.path(), &sum, &rest);
+        assert!(out.starts_with("from 30000\n"), "{out}");
+        assert!(out.ends_with("fetched\n"), "{out}");
+        let cached = dir.path().join(format!("images/{sum}.img"));
+        assert_eq!(std::fs::read(&cached).expect("cached"), image);
+        assert_eq!(receive(dir.path(), &sum, b""), "cached\n");
+        // Wrong bytes: refused, and nothing is left to resume.
+        let other = "0".repeat(64);
+        let out = receive(dir.path(), &other, b"0 3\nabc");
+        assert!(out.contains("failed checksum mismatch"), "{out}");
+        assert!(!dir.path().join(format!("images/{other}.part")).exists());
+        assert!(!dir.path().join(format!("images/{other}.img")).exists());
     }
 }

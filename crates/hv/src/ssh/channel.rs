@@ -74,6 +74,16 @@ impl PtyChannel {
             .map_err(|source| SshError::Protocol { addr, source })
     }
 
+    /// Ends the command's stdin (the channel stays open for its output).
+    pub async fn eof(&mut self) -> Result<(), SshError> {
+        let addr = self.addr.clone();
+        self.ch
+            .get()
+            .eof()
+            .await
+            .map_err(|source| SshError::Protocol { addr, source })
+    }
+
     pub async fn resize(&mut self, cols: u32, rows: u32) -> Result<(), SshError> {
         let addr = self.addr.clone();
         self.ch
@@ -140,9 +150,9 @@ impl PipedChannel {
 
 /// Output lines of a long-lived PTY command, `\r\n` already trimmed.
 pub struct LineStream {
-    pub(super) pty: PtyChannel,
-    pub(super) buf: Vec<u8>,
-    pub(super) ended: bool,
+    pty: PtyChannel,
+    buf: Vec<u8>,
+    ended: bool,
 }
 
 /// Longest line kept whole; a longer one is cut (no host prints such lines,
@@ -150,6 +160,14 @@ pub struct LineStream {
 const MAX_LINE: usize = 64 << 10;
 
 impl LineStream {
+    pub(super) fn new(pty: PtyChannel) -> Self {
+        Self {
+            pty,
+            buf: Vec::new(),
+            ended: false,
+        }
+    }
+
     /// The next line; `Ok(None)` once the command ended.
     pub async fn next_line(&mut self) -> Result<Option<String>, SshError> {
         loop {
@@ -178,6 +196,17 @@ impl LineStream {
                 PtyOutput::Exit(_) => self.ended = true,
             }
         }
+    }
+
+    /// Writes to the command's stdin; waits while the host's SSH window
+    /// is full, so a slow host holds the sender back.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), SshError> {
+        self.pty.write(data).await
+    }
+
+    /// Ends the command's stdin.
+    pub async fn eof(&mut self) -> Result<(), SshError> {
+        self.pty.eof().await
     }
 
     pub async fn close(self) {

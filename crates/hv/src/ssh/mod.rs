@@ -782,11 +782,15 @@ impl SshSession {
     pub async fn stream_lines(&self, cmd: &CommandLine) -> Result<LineStream, SshError> {
         // Wide, so the remote side does not wrap long lines.
         let pty = self.open_pty(cmd, 4096, 24).await?;
-        Ok(LineStream {
-            pty,
-            buf: Vec::new(),
-            ended: false,
-        })
+        Ok(LineStream::new(pty))
+    }
+
+    /// Runs a command without a terminal, whose stdin the caller writes
+    /// (an image streamed to a file) and whose output it reads line by
+    /// line. Dropping it closes the command's stdin.
+    pub async fn piped_lines(&self, cmd: &CommandLine) -> Result<LineStream, SshError> {
+        let pty = self.open_interactive(cmd, None, Share::Commands).await?;
+        Ok(LineStream::new(pty))
     }
 
     /// A TCP connection from the host to `host:port` as seen from the host

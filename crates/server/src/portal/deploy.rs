@@ -191,6 +191,7 @@ impl DeployForm {
             username: optional(&self.username),
             locale: optional(&self.locale),
             timezone: optional(&self.timezone),
+            image_transfer: None,
         };
         Ok((host, request))
     }
