@@ -244,7 +244,12 @@ impl Inventory {
                 None => self.changed(),
             }
         }
-        self.touched.add(id);
+        // A resync that changed nothing is not written out for the other
+        // replicas (every minute, the whole fleet's documents otherwise):
+        // their `last_seen` of the host is that of its last change.
+        if !events.is_empty() {
+            self.touched.add(id);
+        }
         for event in events {
             bus.publish(owner, event);
         }
