@@ -120,17 +120,22 @@ impl Replicas {
         &self.id
     }
 
+    /// Whether hosts are shared with other replicas (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.shared.load(Ordering::Acquire)
+    }
+
     /// Whether this replica owns `host` now: runs its connection, events,
     /// resyncs and jobs.
     pub fn owns(&self, host: HostId) -> bool {
-        !self.shared.load(Ordering::Acquire) || self.owned_now().contains_key(&host)
+        !self.is_shared() || self.owned_now().contains_key(&host)
     }
 
     /// The generation of this replica's lease on `host`, if it owns it (0
     /// when hosts are not shared): a reconciler started for one
     /// generation stops when the host changed hands in between.
     pub(crate) fn owned_generation(&self, host: HostId) -> Option<i64> {
-        if !self.shared.load(Ordering::Acquire) {
+        if !self.is_shared() {
             return Some(0);
         }
         self.owned_now().get(&host).copied()
@@ -138,7 +143,7 @@ impl Replicas {
 
     /// Whether a job in `slot` (`host:<id>`, or none) may run here.
     pub(crate) fn may_run(&self, slot: Option<&str>) -> bool {
-        if !self.shared.load(Ordering::Acquire) {
+        if !self.is_shared() {
             return true;
         }
         match slot.and_then(|s| s.strip_prefix("host:")) {
@@ -149,9 +154,7 @@ impl Replicas {
 
     /// How many hosts this replica owns (every host when not shared).
     pub fn owned_count(&self) -> Option<usize> {
-        self.shared
-            .load(Ordering::Acquire)
-            .then(|| self.owned_now().len())
+        self.is_shared().then(|| self.owned_now().len())
     }
 
     fn owned_now(&self) -> std::sync::RwLockReadGuard<'_, HashMap<HostId, i64>> {

@@ -123,6 +123,10 @@ const HOP_BY_HOP: [HeaderName; 4] = [
 
 /// Passes a live request for another replica's host on to that replica.
 pub async fn to_owner(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    // A lone process owns every host: nothing to look at.
+    if !state.app.replicas().is_shared() {
+        return next.run(request).await;
+    }
     let Some((face, host_in)) = live_route(&request) else {
         return next.run(request).await;
     };

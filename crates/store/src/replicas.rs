@@ -73,17 +73,6 @@ impl Store {
         Ok(())
     }
 
-    /// Replicas heard from since `since`.
-    pub async fn replicas_alive(&self, since: DateTime<Utc>) -> Result<u64> {
-        let n: i64 = with_pool!(self, |pool| sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM replicas WHERE seen_ms >= $1",
-        )
-        .bind(since.timestamp_millis())
-        .fetch_one(pool)
-        .await)?;
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
     /// The replica whose lease on `host` is valid at `now`, and where it
     /// is reached.
     pub async fn host_owner_replica(
@@ -348,7 +337,14 @@ mod tests {
             .replica_heartbeat("r2", &ReplicaAddress::default(), t0, t0 - ttl)
             .await
             .expect("beat");
-        assert_eq!(store.replicas_alive(t0 - ttl).await.expect("alive"), 2);
+        assert_eq!(
+            store
+                .replica_loads(t0 - ttl, t0)
+                .await
+                .expect("alive")
+                .len(),
+            2
+        );
         // The owner of a host, with where it is reached.
         assert_eq!(store.host_owner_replica(h, t0).await.expect("owner"), None);
         store
@@ -402,9 +398,23 @@ mod tests {
             .replica_heartbeat("r1", &r1, t1, t1 - ttl)
             .await
             .expect("beat");
-        assert_eq!(store.replicas_alive(t1 - ttl).await.expect("alive"), 1);
+        assert_eq!(
+            store
+                .replica_loads(t1 - ttl, t1)
+                .await
+                .expect("alive")
+                .len(),
+            1
+        );
         store.replica_leave("r1").await.expect("leave");
-        assert_eq!(store.replicas_alive(t1 - ttl).await.expect("alive"), 0);
+        assert_eq!(
+            store
+                .replica_loads(t1 - ttl, t1)
+                .await
+                .expect("alive")
+                .len(),
+            0
+        );
     }
 
     crate::testdb::on_both_backends!(documents_grow_a_version_and_heartbeats_count_the_living);

@@ -202,7 +202,7 @@ impl App {
     /// the console's PTY or tunnel lives on the owner of its host). A
     /// ticket from a replica that is gone is refused as unknown.
     pub async fn console_issued_elsewhere(&self, ticket: &str) -> Result<Option<String>, AppError> {
-        let Some((issuer, _)) = ticket.split_once('.') else {
+        let (Some(issuer), _) = ticket_parts(ticket) else {
             return Ok(None);
         };
         if issuer == self.replicas().id() {
@@ -218,8 +218,11 @@ impl App {
 }
 
 /// A ticket is `<issuing replica>.<secret>`; only the secret is kept.
-fn ticket_secret(ticket: &str) -> &str {
-    ticket.split_once('.').map_or(ticket, |(_, secret)| secret)
+fn ticket_parts(ticket: &str) -> (Option<&str>, &str) {
+    match ticket.split_once('.') {
+        Some((issuer, secret)) => (Some(issuer), secret),
+        None => (None, ticket),
+    }
 }
 
 /// The audit action of a console session (and of a refused request).
@@ -320,7 +323,7 @@ impl SerialConsole {
     /// For a bridge holding off reading while its viewer's socket drains:
     /// resolves once the viewer fell too far behind or the credential that
     /// opened the console stopped being valid. Cancel-safe.
-    pub async fn held(&mut self) -> ConsoleEnd {
+    pub async fn fallen_behind(&mut self) -> ConsoleEnd {
         tokio::select! {
             biased;
             end = self.session.revoked() => end,
@@ -376,7 +379,7 @@ impl App {
         size: (u32, u32),
     ) -> Result<OpenConsole, AppError> {
         let grant = self.console_tickets().redeem(
-            ticket_secret(ticket),
+            ticket_parts(ticket).1,
             subject.id(),
             &subject.credential,
             Instant::now(),

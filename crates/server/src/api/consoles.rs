@@ -345,7 +345,7 @@ async fn serial_bridge(app: App, socket: WebSocket, mut console: SerialConsole) 
         let reading = socket.held.is_empty();
         tokio::select! {
             output = async {
-                if reading { console.read().await } else { Err(console.held().await) }
+                if reading { console.read().await } else { Err(console.fallen_behind().await) }
             } => end = match output {
                 Ok(ViewerOutput::Data(data)) => {
                     traffic.from_vm += data.len() as u64;
