@@ -19,7 +19,8 @@ use crate::stats::Samples;
 
 const DEPLOY_DIR: &str = "/var/lib/libvirt/overvisor";
 
-/// One deployment through the API, waited for; its wall time and job.
+/// One deployment through the API, waited for; its wall time and job (with
+/// `accepted_ms`, how long the POST took, added for [`Phases`]).
 async fn deploy(api: &Api, host_id: &str, name: &str) -> anyhow::Result<(Duration, Value)> {
     let started = Instant::now();
     let body = json!({"profile": "bench-cloud", "name": name, "vcpus": 1, "memory_mib": 256,
@@ -30,8 +31,9 @@ async fn deploy(api: &Api, host_id: &str, name: &str) -> anyhow::Result<(Duratio
     if reply.status.as_u16() != 202 {
         bail!("deploy {name}: {}", reply.describe());
     }
+    let accepted = started.elapsed();
     let id = reply.body["job"]["id"].as_str().context("no job id")?;
-    let job = loop {
+    let mut job = loop {
         let job = api.get(&format!("/api/v1/jobs/{id}?wait=60")).await?;
         if !matches!(job["status"].as_str(), Some("queued" | "running")) {
             break job;
@@ -40,7 +42,77 @@ async fn deploy(api: &Api, host_id: &str, name: &str) -> anyhow::Result<(Duratio
     if job["status"] != "succeeded" {
         bail!("job {id} ended {}: {}", job["status"], job["error"]);
     }
+    job["accepted_ms"] = json!(accepted.as_secs_f64() * 1000.0);
     Ok((started.elapsed(), job))
+}
+
+/// Where a deployment's time goes: the POST (checks before the job), the
+/// wait for a runner, each step, and from the job's end to the client
+/// seeing it; the host's own commands one by one.
+#[derive(Default)]
+struct Phases(Vec<(String, Samples)>);
+
+impl Phases {
+    fn push(&mut self, phase: &str, ms: f64) {
+        match self.0.iter_mut().find(|(p, _)| p == phase) {
+            Some((_, s)) => s.push_ms(ms),
+            None => {
+                let mut s = Samples::default();
+                s.push_ms(ms);
+                self.0.push((phase.to_owned(), s));
+            }
+        }
+    }
+
+    /// The phases of one API deployment that took `took` in all.
+    fn of_job(&mut self, job: &Value, took: Duration) {
+        let at = |v: &Value| {
+            v.as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        };
+        let ms = |a: chrono::DateTime<chrono::FixedOffset>,
+                  b: chrono::DateTime<chrono::FixedOffset>| {
+            (b - a).num_microseconds().unwrap_or(0) as f64 / 1000.0
+        };
+        let accepted = job["accepted_ms"].as_f64().unwrap_or(0.0);
+        self.push("POST until 202", accepted);
+        let (created, started, finished) = (
+            at(&job["created_at"]),
+            at(&job["started_at"]),
+            at(&job["finished_at"]),
+        );
+        if let (Some(c), Some(s)) = (created, started) {
+            self.push("queued", ms(c, s));
+        }
+        let mut steps_ms = 0.0;
+        for step in job["steps"].as_array().into_iter().flatten() {
+            if let (Some(a), Some(b)) = (at(&step["started_at"]), at(&step["finished_at"])) {
+                let name = step["name"].as_str().unwrap_or("?");
+                steps_ms += ms(a, b);
+                self.push(&format!("step {name}"), ms(a, b));
+            }
+        }
+        if let (Some(s), Some(f)) = (started, finished) {
+            self.push("job bookkeeping between steps", ms(s, f) - steps_ms);
+        }
+        if let (Some(c), Some(f)) = (created, finished) {
+            let total = took.as_secs_f64() * 1000.0;
+            self.push(
+                "end of job until the client saw it",
+                total - accepted - ms(c, f),
+            );
+        }
+    }
+
+    fn print(&self) {
+        for (phase, s) in &self.0 {
+            println!(
+                "     {phase:<36} median {:>7.1} ms  p95 {:>7.1} ms",
+                s.median(),
+                s.quantile(0.95)
+            );
+        }
+    }
 }
 
 /// Root commands inside `host`, off the async threads.
@@ -77,7 +149,12 @@ async fn remove(host: &LabHost, name: &str, uuid: &str) -> anyhow::Result<()> {
 /// The same VM made by the host's own commands: the job's domain XML under
 /// a new name and UUID, the seed copied beforehand; times `qemu-img
 /// create`, `virsh define` and `virsh start`.
-async fn by_hand(host: &LabHost, job: &Value, sha256: &str) -> anyhow::Result<Duration> {
+async fn by_hand(
+    host: &LabHost,
+    job: &Value,
+    sha256: &str,
+    phases: &mut Phases,
+) -> anyhow::Result<Duration> {
     let spec = &job["operation"]["spec"];
     let (old_uuid, xml) = (
         spec["uuid"].as_str().context("no uuid")?,
@@ -109,6 +186,12 @@ async fn by_hand(host: &LabHost, job: &Value, sha256: &str) -> anyhow::Result<Du
     )
     .await?;
     let started = Instant::now();
+    let mut mark = started;
+    let mut lap = |phase: &str| {
+        let now = Instant::now();
+        phases.push(phase, (now - mark).as_secs_f64() * 1000.0);
+        mark = now;
+    };
     root(
         host,
         "qemu-img",
@@ -126,13 +209,16 @@ async fn by_hand(host: &LabHost, job: &Value, sha256: &str) -> anyhow::Result<Du
         ],
     )
     .await?;
+    lap("qemu-img create");
     root(
         host,
         "virsh",
         vec!["define".into(), format!("{dir}/domain.xml")],
     )
     .await?;
+    lap("virsh define");
     root(host, "virsh", vec!["start".into(), name.clone()]).await?;
+    lap("virsh start");
     let took = started.elapsed();
     remove(host, &name, &uuid).await?;
     Ok(took)
@@ -207,11 +293,13 @@ pub async fn run(binary: &Path, lab: &Lab, runs: usize) -> anyhow::Result<()> {
     let host = &hosts[0];
     let host_id = id_of(host)?;
     let (mut ours, mut theirs) = (Samples::default(), Samples::default());
+    let (mut our_phases, mut their_phases) = (Phases::default(), Phases::default());
     for _ in 0..runs {
         let name = unique_name("bench-dep");
         let (took, job) = deploy(&api, &host_id, &name).await?;
         ours.push(took);
-        theirs.push(by_hand(host, &job, &image.sha256).await?);
+        our_phases.of_job(&job, took);
+        theirs.push(by_hand(host, &job, &image.sha256, &mut their_phases).await?);
         let uuid = job["result"]["uuid"]
             .as_str()
             .unwrap_or_default()
@@ -219,10 +307,12 @@ pub async fn run(binary: &Path, lab: &Lab, runs: usize) -> anyhow::Result<()> {
         remove(host, &name, &uuid).await?;
     }
     println!("   API vm.deploy, cached image → running   {}", ours.line());
+    our_phases.print();
     println!(
         "   root qemu-img create + define + start   {}",
         theirs.line()
     );
+    their_phases.print();
     println!(
         "   ratio of medians: {:.2}x (target ≤ 1.2x)",
         ours.median() / theirs.median()

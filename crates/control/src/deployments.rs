@@ -405,11 +405,9 @@ impl App {
                 lv.has_kvm(),
                 async {
                     let Some(name) = name else { return Ok(false) };
-                    match driver.vm_state(name).await {
-                        Err(HvError::NotFound(_)) => Ok(false),
-                        Ok(_) => Ok(true),
-                        Err(e) => Err(e),
-                    }
+                    // One `list` on the kept virsh, not a virsh per name.
+                    let names = lv.domain_names().await?;
+                    Ok(names.iter().any(|n| n == name.as_str()))
                 },
                 async {
                     if files.is_empty() {

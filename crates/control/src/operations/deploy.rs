@@ -197,10 +197,7 @@ pub async fn run(
         }
         3 => {
             let xml = format!("{}/domain.xml", files.dir);
-            lv.upload(&xml, spec.domain_xml.as_bytes())
-                .await
-                .map_err(fail)?;
-            lv.define_file(&xml).await.map_err(fail)?;
+            lv.define_xml(&xml, &spec.domain_xml).await.map_err(fail)?;
             cx.info(format!("defined {vm}")).await;
             Ok(None)
         }
@@ -218,7 +215,7 @@ pub async fn run(
             if !running {
                 r.driver.start(vm).await.map_err(fail)?;
             }
-            let state = r.driver.vm_state(vm).await.map_err(fail)?;
+            let state = lv.state_by_uuid(spec.uuid).await.map_err(fail)?;
             cx.info(format!("{vm} is {state}")).await;
             Ok(Some(
                 serde_json::json!({ "state": state, "uuid": spec.uuid }),

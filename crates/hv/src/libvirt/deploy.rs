@@ -140,6 +140,8 @@ mkdir -p "$(dirname "$1")"
 cat > "$1.tmp"
 chmod "$2" "$1.tmp"
 mv "$1.tmp" "$1"
+shift 2
+[ $# -eq 0 ] || exec "$@"
 "#;
 
 /// Prints those of its arguments that are regular files it can read.
@@ -458,6 +460,25 @@ impl LibvirtDriver {
         self.script(UPLOAD_SCRIPT, &[path, mode], Some(data)).await
     }
 
+    /// Writes the domain's XML to `path` and defines the domain from it,
+    /// in one command (a deployment waits for each round trip).
+    pub async fn define_xml(&self, path: &str, xml: &str) -> HvResult<()> {
+        let define = self.virsh(["define", "--file", path]);
+        let args: Vec<&str> = [path, "0644"]
+            .into_iter()
+            .chain(define.words().iter().map(String::as_str))
+            .collect();
+        let out = self
+            .ssh()
+            .exec_with_stdin(&sh(UPLOAD_SCRIPT, &args), xml.as_bytes())
+            .await?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(super::classify(&out, None))
+        }
+    }
+
     /// Those of `paths` that are regular files the automation user can read.
     pub async fn readable_files(&self, paths: &[&str]) -> HvResult<Vec<String>> {
         let out = self.ssh().exec(&sh(READABLE_SCRIPT, paths)).await?;
@@ -470,11 +491,6 @@ impl LibvirtDriver {
     /// Removes a VM's directory (overlay, seed, XML), if any.
     pub async fn vm_files_remove(&self, files: &VmFiles) -> HvResult<()> {
         self.script(REMOVE_SCRIPT, &[&files.dir], None).await
-    }
-
-    /// Defines the domain from an XML file on the host.
-    pub async fn define_file(&self, path: &str) -> HvResult<()> {
-        self.run(&["define", "--file", path], None).await.map(drop)
     }
 
     /// Stops `vm` at once if it runs; a VM that does not run or does not
@@ -505,29 +521,30 @@ impl LibvirtDriver {
         Ok(self.ssh().direct_streamlocal(&files.guest_socket).await?)
     }
 
-    /// `kvm` when the host can accelerate, else plain `qemu` (TCG).
+    /// `kvm` when the host can accelerate, else plain `qemu` (TCG). Asked
+    /// once: what virsh answered is kept for the driver's life; a failure
+    /// to ask (the connection) counts as no KVM this time only.
     pub async fn has_kvm(&self) -> HvResult<bool> {
-        Ok(self
-            .run(&["domcapabilities", "--virttype", "kvm"], None)
-            .await
-            .is_ok())
+        let asked = self
+            .kvm
+            .get_or_try_init(|| async {
+                match self
+                    .run(&["domcapabilities", "--virttype", "kvm"], None)
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(HvError::Host(_)) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })
+            .await;
+        Ok(asked.copied().unwrap_or(false))
     }
 
-    /// libvirt networks (active or not) and Linux bridges of the host.
-    pub async fn networks(&self) -> HvResult<(Vec<String>, Vec<String>)> {
-        let names = self.run(&["net-list", "--all", "--name"], None).await?;
+    /// The host's Linux bridges, sorted.
+    pub(super) async fn bridges(&self) -> HvResult<Vec<String>> {
         let out = self.ssh().exec(&sh(BRIDGES_SCRIPT, &[])).await?;
-        let words = |s: &str| -> Vec<String> {
-            let mut v: Vec<String> = s
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect();
-            v.sort();
-            v
-        };
-        Ok((words(&names), words(&out.stdout_text())))
+        Ok(super::parse::sorted_lines(&out.stdout_text()))
     }
 }
 
@@ -579,6 +596,42 @@ mod tests {
     }
 
     /// Runs the receiving script here, as a host would, feeding `stdin`.
+    #[test]
+    fn an_upload_runs_its_trailing_command_only_once_the_file_is_whole() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("new dir/domain.xml");
+        let upload = |then: &[&str]| {
+            let mut child = std::process::Command::new("sh")
+                .args(["-c", UPLOAD_SCRIPT, "sh"])
+                .arg(&file)
+                .arg("0640")
+                .args(then)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("sh runs");
+            let mut stdin = child.stdin.take().expect("piped");
+            stdin.write_all(b"<domain/>").expect("written");
+            drop(stdin);
+            child.wait_with_output().expect("sh ends")
+        };
+        let plain = upload(&[]);
+        assert!(plain.status.success());
+        assert!(plain.stdout.is_empty());
+        let then = upload(&["cat", "--", &file.to_string_lossy()]);
+        assert!(then.status.success());
+        assert_eq!(then.stdout, b"<domain/>", "the command sees the whole file");
+        let failed = upload(&["false"]);
+        assert!(!failed.status.success(), "its failure is the upload's");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file)
+            .expect("written")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640);
+    }
+
     fn receive(dir: &Path, sum: &str, stdin: &[u8]) -> String {
         use std::io::Write;
         let mut child = std::process::Command::new("sh")

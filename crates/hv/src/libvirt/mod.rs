@@ -33,6 +33,15 @@ const STATS_COMMAND: FixedCommand = "domstats --raw --state --balloon --vcpu";
 const USAGE_COMMAND: FixedCommand =
     "domstats --raw --state --cpu-total --balloon --block --interface --vcpu";
 
+/// What a host says of itself, in [`LibvirtDriver::facts`]' order.
+const FACTS_COMMANDS: [FixedCommand; 5] = [
+    "hostname",
+    "nodeinfo",
+    "nodememstats",
+    "version",
+    "net-list --all --name",
+];
+
 /// Whether a caller waits for the kept virsh when another call has it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wait {
@@ -50,6 +59,9 @@ pub struct LibvirtDriver {
     /// The kept interactive virsh for inventory reads (see [`shell`]);
     /// `None` until first used and after it failed.
     shell: Arc<tokio::sync::Mutex<Option<VirshShell>>>,
+    /// Whether libvirt offers KVM here, once virsh answered: it does not
+    /// change while the host runs, and a deployment asks every time.
+    kvm: Arc<tokio::sync::OnceCell<bool>>,
 }
 
 impl std::fmt::Debug for LibvirtDriver {
@@ -68,6 +80,7 @@ impl LibvirtDriver {
             ssh,
             uri: uri.into(),
             shell: Arc::default(),
+            kvm: Arc::default(),
         }
     }
 
@@ -288,24 +301,82 @@ impl LibvirtDriver {
                 Err(_) => return Ok(None),
             },
         };
-        let answer = async {
-            let shell = match &mut *slot {
-                Some(shell) => shell,
-                empty => empty
-                    .insert(VirshShell::open(&self.ssh, self.virsh(Vec::<String>::new())).await?),
-            };
-            let mut outputs: [String; N] = std::array::from_fn(|_| String::new());
-            for (out, command) in outputs.iter_mut().zip(commands) {
-                *out = shell.run(command).await?;
-            }
-            Ok(outputs)
+        let reused = slot.is_some();
+        let mut answer = self.fixed_on(&mut slot, commands).await;
+        if from_lost_connection(reused, &answer) {
+            *slot = None;
+            answer = self.fixed_on(&mut slot, commands).await;
         }
-        .await;
         if answer.is_err() {
             // Dropping the channel ends the remote virsh (its stdin closes).
             *slot = None;
         }
         answer.map(Some)
+    }
+
+    /// The kept virsh in `slot`, started if there is none.
+    async fn kept<'s>(&self, slot: &'s mut Option<VirshShell>) -> HvResult<&'s mut VirshShell> {
+        Ok(match slot {
+            Some(shell) => shell,
+            empty => {
+                empty.insert(VirshShell::open(&self.ssh, self.virsh(Vec::<String>::new())).await?)
+            }
+        })
+    }
+
+    /// `commands` on the kept virsh, one after the other.
+    async fn fixed_on<const N: usize>(
+        &self,
+        slot: &mut Option<VirshShell>,
+        commands: &[FixedCommand; N],
+    ) -> HvResult<[String; N]> {
+        let shell = self.kept(slot).await?;
+        let mut outputs: [String; N] = std::array::from_fn(|_| String::new());
+        for (out, command) in outputs.iter_mut().zip(commands) {
+            *out = shell.run(command).await?;
+        }
+        Ok(outputs)
+    }
+
+    /// The state of the domain with `uuid`, asked on the kept virsh (no
+    /// virsh started for it), else with a virsh of its own.
+    pub async fn state_by_uuid(&self, uuid: Uuid) -> HvResult<VmState> {
+        let mut slot = self.shell.lock().await;
+        let domstate = async |slot: &mut Option<VirshShell>| {
+            self.kept(slot)
+                .await?
+                .run_on("domstate --domain", uuid, "")
+                .await
+        };
+        let reused = slot.is_some();
+        let mut answer = domstate(&mut slot).await;
+        if from_lost_connection(reused, &answer) {
+            *slot = None;
+            answer = domstate(&mut slot).await;
+        }
+        let out = match answer {
+            Ok(Ok(out)) => out,
+            Ok(Err(refused)) => return Err(HvError::Host(refused)),
+            Err(e) => {
+                *slot = None;
+                drop(slot);
+                if matches!(e, HvError::Timeout(_)) || !self.ssh.status().await.connected {
+                    return Err(e);
+                }
+                self.run(&["domstate", "--domain", &uuid.to_string()], None)
+                    .await?
+            }
+        };
+        Ok(VmState::from_virsh(&out))
+    }
+
+    /// The names of every domain (one `list` on the kept virsh).
+    pub async fn domain_names(&self) -> HvResult<Vec<String>> {
+        let [names] = self.fixed_commands([LIST_COMMAND], Wait::Yes).await?;
+        Ok(parse::list_uuid_name(&names)?
+            .into_iter()
+            .map(|(_, name)| name)
+            .collect())
     }
 
     async fn info(&self, vm: &VmName) -> HvResult<VmInfo> {
@@ -352,11 +423,7 @@ impl LibvirtDriver {
         let mut slot = self.shell.lock().await;
         let mut found = Vec::with_capacity(vms.len());
         for uuid in vms {
-            let shell = match &mut *slot {
-                Some(shell) => shell,
-                empty => empty
-                    .insert(VirshShell::open(&self.ssh, self.virsh(Vec::<String>::new())).await?),
-            };
+            let shell = self.kept(&mut slot).await?;
             let mut ips = Vec::new();
             for source in ADDRESS_SOURCE_ARGS {
                 match shell.run_on("domifaddr --domain", *uuid, source).await {
@@ -415,16 +482,15 @@ impl LibvirtDriver {
             .map(drop)
     }
 
+    /// On the kept virsh (five RPCs, no virsh started), and the Linux
+    /// bridges from one small script beside it.
     async fn facts(&self) -> HvResult<HostFacts> {
-        let (hostname, nodeinfo, memstats, version, (networks, bridges)) = futures::try_join!(
-            self.run(&["hostname"], None),
-            self.run(&["nodeinfo"], None),
-            self.run(&["nodememstats"], None),
-            self.run(&["version"], None),
-            self.networks(),
+        let ([hostname, nodeinfo, memstats, version, networks], bridges) = futures::try_join!(
+            self.fixed_commands(FACTS_COMMANDS, Wait::Yes),
+            self.bridges(),
         )?;
         let mut facts = parse::host_facts(&hostname, &nodeinfo, &memstats, &version)?;
-        facts.networks = networks;
+        facts.networks = parse::sorted_lines(&networks);
         facts.bridges = bridges;
         Ok(facts)
     }
@@ -458,6 +524,13 @@ impl LibvirtDriver {
 }
 
 /// A fixed command's words, for running it as its own virsh.
+/// Whether `answer` came from a kept virsh (`reused`) whose connection was
+/// lost since it started (the host's sshd restarted, say): its channel is
+/// dead, and one started on the new connection is worth a second try.
+fn from_lost_connection<T>(reused: bool, answer: &HvResult<T>) -> bool {
+    reused && matches!(answer, Err(HvError::Transport(_)))
+}
+
 fn split(command: FixedCommand) -> Vec<&'static str> {
     command.split_ascii_whitespace().collect()
 }

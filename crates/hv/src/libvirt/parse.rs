@@ -29,6 +29,18 @@ pub fn list_uuid_name(out: &str) -> Result<Vec<(Uuid, String)>, HvError> {
         .collect()
 }
 
+/// The non-blank lines of `out`, trimmed and sorted (names one a line).
+pub fn sorted_lines(out: &str) -> Vec<String> {
+    let mut v: Vec<String> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    v.sort();
+    v
+}
+
 /// `virsh domstats --raw`: `Domain: 'name'` headers, then `  key=value`.
 pub fn domstats(out: &str) -> HashMap<String, HashMap<String, String>> {
     let mut all: HashMap<String, HashMap<String, String>> = HashMap::new();
