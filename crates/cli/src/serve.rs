@@ -58,6 +58,8 @@ pub async fn open_app(config: &Config) -> anyhow::Result<App> {
         profiles: Arc::new(profiles),
         deploy_emulated: config.deploy_emulated,
         image_cache_dir: config.data_dir.join("images"),
+        image_cache_keep: (config.image_cache_keep_days > 0)
+            .then(|| std::time::Duration::from_secs(config.image_cache_keep_days * 24 * 3600)),
         oidc: std::sync::Arc::new(overvisor_oidc::Oidc::new(config.oidc.clone())?),
         password_login: config.password_login,
         metrics: MetricsSettings {
@@ -221,6 +223,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         shutdown.clone(),
     );
+    app.image_cache_start(&shutdown);
     // Queued jobs, and jobs whose runner died (once their lease lapses),
     // run here as in any other replica on this database.
     if config.run_jobs {

@@ -95,3 +95,60 @@ fn a_bad_profile_stops_start_up_naming_file_and_field() {
     assert!(stderr.contains("broken.toml"), "{stderr}");
     assert!(stderr.contains("memory_mib"), "{stderr}");
 }
+
+/// Sets `path`'s modification time `days` back (its last use).
+fn unused_for_days(path: &std::path::Path, days: u64) {
+    let then = std::time::SystemTime::now() - std::time::Duration::from_secs(days * 24 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(then)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn images_the_control_plane_kept_are_pruned_once_unused_longer_than_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let images = data.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let file = |name: String, days: u64| {
+        let path = images.join(name);
+        std::fs::write(&path, b"image").unwrap();
+        unused_for_days(&path, days);
+        path
+    };
+    let stale = file(format!("{}.img", "a1".repeat(32)), 11);
+    let stale_part = file(format!("{}.part", "b2".repeat(32)), 11);
+    let recent = file(format!("{}.img", "c3".repeat(32)), 9);
+    let other = file("README".into(), 400);
+    let _app = TestApp::builder()
+        .data_dir(&data)
+        .env("OVERVISOR_IMAGE_CACHE_KEEP_DAYS", "10")
+        .start()
+        .await;
+    // Looked for as the service starts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while (stale.exists() || stale_part.exists()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!stale.exists(), "an image unused for 11 days is removed");
+    assert!(!stale_part.exists(), "so is a partial download");
+    assert!(recent.exists(), "one used 9 days ago stays");
+    assert!(other.exists(), "files that are not the cache's stay");
+}
+
+#[tokio::test]
+async fn a_bad_image_cache_keep_days_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_overvisor"))
+        .arg("serve")
+        .env("OVERVISOR_DATA_DIR", dir.path())
+        .env("OVERVISOR_IMAGE_CACHE_KEEP_DAYS", "3651")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("image_cache_keep_days"), "{stderr}");
+}

@@ -3,7 +3,8 @@
 //! downloaded once into `<dir>/<digest>.img`, resumably (`.part` and an
 //! HTTP range), verified before it is renamed into place, and shared by
 //! every deployment of it (one download at a time per digest). Nothing
-//! is ever read into memory whole.
+//! is ever read into memory whole. Each use sets an image's modification
+//! time, and [`ImageCache::prune`] removes what was not used for a while.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,33 @@ pub enum ImageCacheError {
     },
     #[error("the control plane's image cache: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// How often the cache is looked through for images unused too long.
+const PRUNE_EVERY: Duration = Duration::from_secs(6 * 3600);
+
+impl crate::App {
+    /// Removes the images unused for `image_cache_keep` now and every
+    /// [`PRUNE_EVERY`] until `shutdown`; nothing when that is off.
+    pub fn image_cache_start(&self, shutdown: &tokio_util::sync::CancellationToken) {
+        let Some(keep) = self.config().image_cache_keep else {
+            return;
+        };
+        let app = self.clone();
+        crate::spawn_until(shutdown, async move {
+            let mut every = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                every.tick().await;
+                for file in app.images().prune(keep).await {
+                    tracing::info!(
+                        file = %file.display(),
+                        unused_days = keep.as_secs() / 86_400,
+                        "removed a cached image nobody used for that long"
+                    );
+                }
+            }
+        });
+    }
 }
 
 /// One image cache per process.
@@ -79,6 +107,7 @@ impl ImageCache {
         let _held = lock.lock().await;
         let image = self.dir.join(format!("{}.img", digest.hex));
         if let Ok(meta) = tokio::fs::metadata(&image).await {
+            mark_used(&image).await?;
             return Ok((image, meta.len()));
         }
         tokio::fs::create_dir_all(&self.dir).await?;
@@ -96,6 +125,46 @@ impl ImageCache {
         tokio::fs::rename(&part, &image).await?;
         let size = tokio::fs::metadata(&image).await?.len();
         Ok((image, size))
+    }
+
+    /// Removes the images (and partial downloads) not used for `keep`,
+    /// except one a deployment holds right now; answers the files removed.
+    /// What cannot be read or removed is left, and logged.
+    pub async fn prune(&self, keep: Duration) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        let Ok(mut entries) = tokio::fs::read_dir(&self.dir).await else {
+            return removed; // Nothing was ever cached.
+        };
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let path = entry.path();
+            let Some(digest) = cache_file_digest(&path) else {
+                continue;
+            };
+            // The lock a deployment takes to fetch or find it: one that
+            // holds it is using it; one that comes later finds it gone.
+            let lock = {
+                let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+                locks.entry(digest.to_owned()).or_default().clone()
+            };
+            let Ok(_held) = lock.try_lock() else {
+                continue;
+            };
+            match unused_for(&path).await {
+                Ok(idle) if idle >= keep => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot read an image cache entry");
+                    continue;
+                }
+            }
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => removed.push(path),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot remove an unused image");
+                }
+            }
+        }
+        removed
     }
 
     /// Downloads `url` into `part`, resuming what it holds.
@@ -182,6 +251,35 @@ impl ImageCache {
     }
 }
 
+/// The digest a cache file is named by (`<hex>.img` or `<hex>.part`);
+/// `None` for anything else in the directory.
+fn cache_file_digest(path: &Path) -> Option<&str> {
+    let name = path.file_name()?.to_str()?;
+    let hex = name
+        .strip_suffix(".img")
+        .or_else(|| name.strip_suffix(".part"))?;
+    (!hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
+}
+
+/// Records a use of the cached `image` as its modification time.
+async fn mark_used(image: &Path) -> std::io::Result<()> {
+    let image = image.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::fs::File::options()
+            .write(true)
+            .open(&image)?
+            .set_modified(std::time::SystemTime::now())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// How long since `path` was last used (written or marked).
+async fn unused_for(path: &Path) -> std::io::Result<Duration> {
+    let modified = tokio::fs::metadata(path).await?.modified()?;
+    Ok(modified.elapsed().unwrap_or_default())
+}
+
 /// The hex digest of a file, read in pieces off the async threads.
 async fn file_digest(path: &Path, algorithm: DigestAlgorithm) -> std::io::Result<String> {
     let path = path.to_owned();
@@ -229,6 +327,67 @@ mod tests {
                 .expect("read")
                 .starts_with("ddaf35a193617aba")
         );
+    }
+
+    fn aged(path: &Path, days: u64) {
+        let then = std::time::SystemTime::now() - Duration::from_secs(days * 24 * 3600);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .expect("opened")
+            .set_modified(then)
+            .expect("set");
+    }
+
+    #[tokio::test]
+    async fn images_unused_for_a_while_are_pruned_and_used_or_held_ones_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = ImageCache::new(dir.path().to_owned());
+        let digest = |c: &str| ImageDigest {
+            algorithm: DigestAlgorithm::Sha256,
+            hex: c.repeat(32),
+        };
+        let file = |name: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, b"x").expect("written");
+            path
+        };
+        let old = file(format!("{}.img", "aa".repeat(32)));
+        let old_part = file(format!("{}.part", "bb".repeat(32)));
+        let recent = file(format!("{}.img", "cc".repeat(32)));
+        let used = file(format!("{}.img", "dd".repeat(32)));
+        let held = file(format!("{}.img", "ee".repeat(32)));
+        let stranger = file("notes.txt".into());
+        for path in [&old, &old_part, &used, &held, &stranger] {
+            aged(path, 40);
+        }
+        aged(&recent, 3);
+        // A deployment uses one: its age starts again.
+        cache
+            .image("http://127.0.0.1:9/x", &digest("dd"), |_| {})
+            .await
+            .expect("cached");
+        // Another deployment is fetching one right now.
+        let lock = {
+            let mut locks = cache.locks.lock().expect("not poisoned");
+            locks.entry("ee".repeat(32)).or_default().clone()
+        };
+        let holding = lock.lock().await;
+
+        let mut removed = cache.prune(Duration::from_secs(30 * 24 * 3600)).await;
+        removed.sort();
+        let mut want = vec![old.clone(), old_part.clone()];
+        want.sort();
+        assert_eq!(removed, want);
+        for kept in [&recent, &used, &held, &stranger] {
+            assert!(kept.exists(), "{} kept", kept.display());
+        }
+        drop(holding);
+        let removed = cache.prune(Duration::from_secs(30 * 24 * 3600)).await;
+        assert_eq!(removed, vec![held], "no longer held");
+        // A cache that was never made has nothing to prune.
+        let none = ImageCache::new(dir.path().join("never"));
+        assert!(none.prune(Duration::ZERO).await.is_empty());
     }
 
     #[tokio::test]

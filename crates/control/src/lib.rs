@@ -59,6 +59,8 @@ pub struct AppConfig {
     /// Where the control plane keeps the images it streams to hosts
     /// (`<data_dir>/images`).
     pub image_cache_dir: std::path::PathBuf,
+    /// Images there unused this long are removed; `None`: kept for good.
+    pub image_cache_keep: Option<Duration>,
     /// Usage sampling for the graphs.
     pub metrics: metrics::MetricsSettings,
     /// The OpenID Connect providers (none by default).
@@ -81,6 +83,7 @@ impl Default for AppConfig {
             profiles: std::sync::Arc::new(overvisor_deploy::Catalog::default()),
             deploy_emulated: false,
             image_cache_dir: std::path::PathBuf::from("data/images"),
+            image_cache_keep: Some(Duration::from_secs(30 * 24 * 3600)),
             metrics: metrics::MetricsSettings::default(),
             oidc: Arc::new(overvisor_oidc::Oidc::default()),
             password_login: true,
@@ -205,4 +208,18 @@ impl App {
     pub fn console_tickets(&self) -> &consoles::ConsoleTickets {
         &self.inner.console_tickets
     }
+}
+
+/// Runs `task` until it ends or `shutdown` is cancelled.
+pub(crate) fn spawn_until(
+    shutdown: &tokio_util::sync::CancellationToken,
+    task: impl Future<Output = ()> + Send + 'static,
+) {
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = task => {}
+            () = shutdown.cancelled() => {}
+        }
+    });
 }

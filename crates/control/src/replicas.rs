@@ -235,14 +235,14 @@ impl App {
             }
         });
         let app = self.clone();
-        spawn_until(&shutdown, async move { app.replicas_write_out().await });
+        crate::spawn_until(&shutdown, async move { app.replicas_write_out().await });
         let app = self.clone();
-        spawn_until(
+        crate::spawn_until(
             &shutdown,
             async move { app.replicas_pass_on_events().await },
         );
         let app = self.clone();
-        spawn_until(
+        crate::spawn_until(
             &shutdown,
             async move { app.replicas_mirror(&settings).await },
         );
@@ -603,17 +603,6 @@ impl App {
         }
         imported
     }
-}
-
-/// Runs `task` until it ends or `shutdown` is cancelled.
-fn spawn_until(shutdown: &CancellationToken, task: impl Future<Output = ()> + Send + 'static) {
-    let shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            () = task => {}
-            () = shutdown.cancelled() => {}
-        }
-    });
 }
 
 /// A job event on its way to the other replicas.

@@ -92,6 +92,11 @@ pub struct Config {
     /// cannot run guests. Off: KVM wherever libvirt offers it.
     #[serde(deserialize_with = "flag")]
     pub deploy_emulated: bool,
+    /// The images the control plane keeps to stream to hosts with no
+    /// route out (`<data_dir>/images`) are removed once unused this many
+    /// days (1..=3650); 0 keeps them for good. Hosts' own caches are not
+    /// touched.
+    pub image_cache_keep_days: u64,
     /// Every connected host (and its VMs) is sampled for the usage graphs
     /// this often, in seconds (1..=600); 0 turns sampling off. The graphs
     /// keep one hour at this step and one day at 10 minutes (or this step
@@ -159,6 +164,7 @@ impl Default for Config {
             job_lease_secs: 15,
             profiles_dir: None,
             deploy_emulated: false,
+            image_cache_keep_days: 30,
             metrics_step_secs: 30,
             metrics_per_vm: false,
             run_jobs: true,
@@ -294,6 +300,12 @@ impl Config {
                 "ssh_keepalive_secs must be between 1 and 300".into(),
             ));
         }
+        if self.image_cache_keep_days > 3650 {
+            return Err(ConfigError::Invalid(
+                "image_cache_keep_days must be between 1 and 3650, or 0 to keep images for good"
+                    .into(),
+            ));
+        }
         if self.metrics_step_secs > 600 {
             return Err(ConfigError::Invalid(
                 "metrics_step_secs must be between 1 and 600, or 0 to turn sampling off".into(),
@@ -423,6 +435,7 @@ const FIELDS: &[&str] = &[
     "job_lease_secs",
     "profiles_dir",
     "deploy_emulated",
+    "image_cache_keep_days",
     "metrics_step_secs",
     "metrics_per_vm",
     "run_jobs",
@@ -613,6 +626,8 @@ mod tests {
             "ssh_command_timeout_secs = 4\n",
             "consoles_per_host = 0\n",
             "consoles_per_host = 65\n",
+            "image_cache_keep_days = 3651\n",
+            "image_cache_keep_days = -1\n",
             "ssh_keepalive_secs = 0\n",
             "ssh_keepalive_secs = 301\n",
             "event_streams_per_credential = 4097\n",
