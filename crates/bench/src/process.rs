@@ -30,9 +30,14 @@ pub struct Memory {
     pub rss: f64,
     /// `VmHWM`: the peak resident size so far.
     pub hwm: f64,
+    /// `RssAnon`: the resident part that is not a file's pages (the heap,
+    /// stacks). Pages of the binary that were run count in `rss` only;
+    /// they come and go with the page cache and are not the process's
+    /// own growth.
+    pub anon: f64,
 }
 
-/// `VmRSS` and `VmHWM` of `proc`.
+/// `VmRSS`, `VmHWM` and `RssAnon` of `proc`.
 pub fn memory(proc: Proc) -> anyhow::Result<Memory> {
     let path = format!("{}/status", proc.dir());
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
@@ -47,6 +52,7 @@ pub fn memory(proc: Proc) -> anyhow::Result<Memory> {
     Ok(Memory {
         rss: field("VmRSS:")?,
         hwm: field("VmHWM:")?,
+        anon: field("RssAnon:")?,
     })
 }
 

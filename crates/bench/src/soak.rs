@@ -67,24 +67,27 @@ impl Counters {
 struct Sample {
     at: Duration,
     rss: f64,
+    /// `RssAnon`: `rss` without the binary's pages.
+    anon: f64,
     fds: usize,
     threads: usize,
 }
 
 fn sample(pid: u32, at: Duration) -> anyhow::Result<Sample> {
-    let rss = memory(Proc::Pid(pid))?.rss;
+    let memory = memory(Proc::Pid(pid))?;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
     let threads = std::fs::read_dir(format!("/proc/{pid}/task"))?.count();
     Ok(Sample {
         at,
-        rss,
+        rss: memory.rss,
+        anon: memory.anon,
         fds,
         threads,
     })
 }
 
-/// Least-squares slope of RSS over time, in MiB per hour.
-fn rss_slope_per_hour(samples: &[Sample]) -> f64 {
+/// Least-squares slope of `of` (MiB) over time, in MiB per hour.
+fn slope_per_hour(samples: &[Sample], of: impl Fn(&Sample) -> f64) -> f64 {
     let n = samples.len() as f64;
     if n < 2.0 {
         return 0.0;
@@ -94,10 +97,10 @@ fn rss_slope_per_hour(samples: &[Sample]) -> f64 {
         .map(|s| s.at.as_secs_f64() / 3600.0)
         .collect();
     let mean_x = xs.iter().sum::<f64>() / n;
-    let mean_y = samples.iter().map(|s| s.rss).sum::<f64>() / n;
+    let mean_y = samples.iter().map(&of).sum::<f64>() / n;
     let (mut num, mut den) = (0.0, 0.0);
     for (x, s) in xs.iter().zip(samples) {
-        num += (x - mean_x) * (s.rss - mean_y);
+        num += (x - mean_x) * (of(s) - mean_y);
         den += (x - mean_x) * (x - mean_x);
     }
     if den == 0.0 { 0.0 } else { num / den }
@@ -226,14 +229,17 @@ async fn soak(
 
     let pid = service.pid();
     let mut samples = Vec::new();
-    println!("   t(min)   RSS MiB   fds  threads   requests  errors   jobs   events  streams");
+    println!(
+        "   t(min)   RSS MiB  anon MiB   fds  threads   requests  errors   jobs   events  streams"
+    );
     loop {
         let now = Instant::now();
         let s = sample(pid, started.elapsed())?;
         println!(
-            "   {:6.1}  {:8.1}  {:4}  {:7}  {:9}  {:6}  {:5}  {:7}  {:7}",
+            "   {:6.1}  {:8.1}  {:8.1}  {:4}  {:7}  {:9}  {:6}  {:5}  {:7}  {:7}",
             s.at.as_secs_f64() / 60.0,
             s.rss,
+            s.anon,
             s.fds,
             s.threads,
             counters.requests.load(Ordering::Relaxed),
@@ -426,11 +432,14 @@ async fn report(samples: &[Sample], counters: &Counters, reads: &Samples, jobs: 
     println!("   --");
     if let (Some(first), Some(last)) = (first, last) {
         println!(
-            "   after warm-up: RSS {:.1} → {:.1} MiB (max {:.1}), slope {:+.2} MiB/hour; fds {} → {}; threads {} → {}",
+            "   after warm-up: RSS {:.1} → {:.1} MiB (max {:.1}), slope {:+.2} MiB/hour; of it anonymous {:.1} → {:.1} MiB, slope {:+.2} MiB/hour; fds {} → {}; threads {} → {}",
             first.rss,
             last.rss,
             max_rss,
-            rss_slope_per_hour(&steady),
+            slope_per_hour(&steady, |s| s.rss),
+            first.anon,
+            last.anon,
+            slope_per_hour(&steady, |s| s.anon),
             first.fds,
             last.fds,
             first.threads,
@@ -460,6 +469,7 @@ mod tests {
         Sample {
             at: Duration::from_secs(secs),
             rss,
+            anon: rss / 2.0,
             fds: 0,
             threads: 0,
         }
@@ -468,10 +478,11 @@ mod tests {
     #[test]
     fn slope_is_mib_per_hour() {
         let flat = [at(0, 30.0), at(600, 30.0), at(1200, 30.0)];
-        assert_eq!(rss_slope_per_hour(&flat), 0.0);
+        assert_eq!(slope_per_hour(&flat, |s| s.rss), 0.0);
         // +1 MiB every 10 minutes = +6 MiB/hour.
         let growing = [at(0, 30.0), at(600, 31.0), at(1200, 32.0)];
-        assert!((rss_slope_per_hour(&growing) - 6.0).abs() < 1e-9);
-        assert_eq!(rss_slope_per_hour(&growing[..1]), 0.0);
+        assert!((slope_per_hour(&growing, |s| s.rss) - 6.0).abs() < 1e-9);
+        assert!((slope_per_hour(&growing, |s| s.anon) - 3.0).abs() < 1e-9);
+        assert_eq!(slope_per_hour(&growing[..1], |s| s.rss), 0.0);
     }
 }
