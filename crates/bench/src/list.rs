@@ -157,6 +157,7 @@ pub async fn run(hosts: usize, per_host: usize, requests: usize) -> anyhow::Resu
             started: Instant::now(),
             max_body_bytes: 1 << 20,
             peers: reqwest::Client::new(),
+            sockets: tokio_util::task::TaskTracker::new(),
         }),
     };
     let router = overvisor_server::api_router(state, 1 << 20)

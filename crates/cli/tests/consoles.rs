@@ -265,6 +265,26 @@ async fn a_host_that_goes_away_ends_the_console_with_a_reason_and_an_audit_row()
     assert_eq!(detail_field(&row, "bytes_to_vm"), sent.to_string());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_console_ends_saying_the_service_stops() {
+    let lab = Lab::load();
+    let mut app = TestApp::start().await;
+    let (_, token, _) = app.create_user("ivo", "operator").await;
+    let api = app.client(&token);
+    let host = id(&register(&api, &lab, lab.host("ovh1")).await);
+    let guest = running_guest(&lab, "con-stop").await;
+    let mut ws = open(&app, &token, &ticket(&api, &host, &guest.name).await)
+        .await
+        .unwrap();
+    control_until(&mut ws, |_| true).await;
+
+    app.signal_stop();
+    let closed = text_frame(&mut ws).await;
+    assert_eq!(closed["type"], "closed", "{closed}");
+    assert_eq!(closed["reason"], "shutting_down", "{closed}");
+    assert_eq!(app.terminate(), Some(0), "{}", app.logs());
+}
+
 /// A guest of our own on ovh1, running and at its shell.
 async fn running_guest(lab: &Lab, prefix: &str) -> overvisor_testkit::TestGuest {
     let ovh1 = lab.host("ovh1");

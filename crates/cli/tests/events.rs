@@ -574,3 +574,17 @@ fn a_bad_stream_cap_stops_start_up() {
         );
     }
 }
+
+#[tokio::test]
+async fn streams_end_saying_the_service_stops_and_never_hold_up_its_exit() {
+    let mut app = app().await;
+    let token = app.admin_token.clone();
+    let admin = app.client(&token);
+    let mut ws = ws_with_key(&app, &token).await;
+    let mut sse = sse_open(&admin).await;
+    app.signal_stop();
+    ws_expect_closed(&mut ws, PROMPTLY, 1012, "shutting_down").await;
+    sse_expect_closed(&mut sse, PROMPTLY, "shutting_down").await;
+    // The SSE response ended, so the drain had nothing left to wait for.
+    assert_eq!(app.terminate(), Some(0), "{}", app.logs());
+}

@@ -400,6 +400,28 @@ async fn replicas_share_hosts_and_survive_a_sigkill_and_a_rolling_restart() {
     )
     .await;
 
+    // A relayed console stays open into the rolling restart: the first of
+    // its two replicas to stop tells the viewer to reconnect.
+    // The guest that runs now: the one started above, else ovh1's, started
+    // again on its host.
+    let c = if h == 0 {
+        lab.host("ovh1").virsh(&["start", &guests[0].name]);
+        0
+    } else {
+        h
+    };
+    guests[c].wait_ready(1, Duration::from_secs(120));
+    let holder = wait_owner(&apps.iter().collect::<Vec<_>>(), &hosts[c]).await;
+    let relay = (holder + 1) % 3;
+    let ticket =
+        console_socket::ticket(&apps[relay].client(&token), &hosts[c], &guests[c].name).await;
+    let mut console = console_socket::open(&apps[relay], &token, &ticket)
+        .await
+        .unwrap();
+    console_socket::type_keys(&mut console, &mut 0, "\recho still-$((6*7))\r").await;
+    console_socket::read_until(&mut console, "still-42").await;
+    let mut console = Some(console);
+
     // Rolling restart of all three while a client polls through a
     // "load balancer" that tries the next replica when one refuses the
     // connection. No request fails on every replica, and every answer is
@@ -462,6 +484,17 @@ async fn replicas_share_hosts_and_survive_a_sigkill_and_a_rolling_restart() {
     });
     for (i, app) in apps.iter_mut().enumerate() {
         assert_eq!(app.terminate(), Some(0), "replica {i} did not stop cleanly");
+        // The first of the two to stop tells the viewer to reconnect
+        // (1012): the relay itself, or the owner through it.
+        if (i == relay || i == holder)
+            && let Some(mut console) = console.take()
+        {
+            assert_eq!(
+                console_socket::close_code(&mut console).await,
+                Some(1012),
+                "replica {i} stopped (owner {holder}, relay {relay})"
+            );
+        }
         app.restart().await;
         bases.lock().unwrap()[i] = app.api.clone();
         wait_listed(&app.client(&token), &prefix, &want, "a restarted replica").await;

@@ -147,6 +147,9 @@ pub struct EventBus {
     credentials: broadcast::Sender<UserId>,
     /// Client streams open per credential.
     open_streams: Arc<Mutex<HashMap<Credential, usize>>>,
+    /// Cancelled when the service shuts down: every client stream and
+    /// console then ends with [`StreamEnd::ShuttingDown`].
+    closing: tokio_util::sync::CancellationToken,
 }
 
 /// One open client stream counted against its credential; uncounted when
@@ -184,7 +187,22 @@ impl EventBus {
             seq: AtomicU64::new(1),
             credentials,
             open_streams: Arc::default(),
+            closing: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Ends every client's event stream and console with
+    /// [`StreamEnd::ShuttingDown`] (the service is stopping): clients learn
+    /// why and reconnect, to another replica or to this one restarted,
+    /// and the service need not wait for them to leave on their own.
+    pub fn close_client_streams(&self) {
+        self.closing.cancel();
+    }
+
+    /// Cancelled once [`EventBus::close_client_streams`] was called, for
+    /// client connections that hold no credential watch (console relays).
+    pub fn closing(&self) -> tokio_util::sync::CancellationToken {
+        self.closing.clone()
     }
 
     /// Counts one more stream for `credential`, unless it already has
@@ -334,6 +352,9 @@ pub enum StreamEnd {
     /// The account's role changed, and with it what the stream may show:
     /// reconnect to get the stream the new role allows.
     RoleChanged,
+    /// The service is stopping: reconnect (another replica, or this one
+    /// once restarted, answers).
+    ShuttingDown,
 }
 
 impl StreamEnd {
@@ -342,6 +363,7 @@ impl StreamEnd {
         match self {
             Self::CredentialsInvalid => "credentials_revoked",
             Self::RoleChanged => "role_changed",
+            Self::ShuttingDown => "shutting_down",
         }
     }
 
@@ -350,6 +372,7 @@ impl StreamEnd {
         match self {
             Self::CredentialsInvalid => "credentials revoked or expired",
             Self::RoleChanged => "role changed; reconnect",
+            Self::ShuttingDown => "service shutting down; reconnect",
         }
     }
 
@@ -427,6 +450,7 @@ pub struct CredentialWatch {
     presented: PresentedCredential,
     changes: broadcast::Receiver<UserId>,
     every: tokio::time::Interval,
+    closing: tokio_util::sync::CancellationToken,
     /// A re-check was triggered and has not completed yet. Kept across
     /// cancelled `next()` calls, so a trigger is never lost.
     due: bool,
@@ -439,6 +463,7 @@ impl CredentialWatch {
     async fn triggered(&mut self, user: UserId) {
         loop {
             tokio::select! {
+                () = self.closing.cancelled() => return,
                 _ = self.every.tick() => return,
                 change = self.changes.recv() => match change {
                     Ok(changed) if changed != user => {}
@@ -457,6 +482,9 @@ impl CredentialWatch {
     /// account), `Err(end)` when the stream must end. A failure to ask the
     /// database keeps the stream and is retried at the next trigger.
     async fn recheck(&self, current: &Subject) -> Result<Subject, Option<StreamEnd>> {
+        if self.closing.is_cancelled() {
+            return Err(Some(StreamEnd::ShuttingDown));
+        }
         let fresh = match self
             .app
             .authenticate_presented(&self.presented, current.source_ip.clone())
@@ -641,6 +669,7 @@ impl App {
             presented,
             changes,
             every,
+            closing: self.events().closing.clone(),
             due: false,
         })
     }

@@ -310,16 +310,22 @@ pub async fn console_relay(
         }
         Err(e) => return Err(unavailable(e.to_string())),
     };
+    let (sockets, closing) = (state.settings.sockets.clone(), state.app.events().closing());
     Ok(upgrade
         .protocols(["binary"])
-        .on_upgrade(move |socket| relay_frames(socket, upstream)))
+        .on_upgrade(move |socket| sockets.track_future(relay_frames(socket, upstream, closing))))
 }
 
 type Upstream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Passes frames both ways until either side ends, and the end with them.
-async fn relay_frames(socket: axum::extract::ws::WebSocket, upstream: Upstream) {
+/// Passes frames both ways until either side ends, and the end with them;
+/// when this replica stops (`closing`), tells the viewer to reconnect.
+async fn relay_frames(
+    socket: axum::extract::ws::WebSocket,
+    upstream: Upstream,
+    closing: tokio_util::sync::CancellationToken,
+) {
     use axum::extract::ws::{CloseFrame, Message};
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message as Up;
@@ -328,6 +334,17 @@ async fn relay_frames(socket: axum::extract::ws::WebSocket, upstream: Upstream) 
     let (mut up_tx, mut up_rx) = upstream.split();
     loop {
         tokio::select! {
+            () = closing.cancelled() => {
+                let end = overvisor_control::events::StreamEnd::ShuttingDown;
+                let _ = down_tx
+                    .send(Message::Close(Some(CloseFrame {
+                        code: crate::api::events::CLOSE_SHUTTING_DOWN,
+                        reason: end.message().into(),
+                    })))
+                    .await;
+                let _ = up_tx.send(Up::Close(None)).await;
+                break;
+            }
             frame = up_rx.next() => {
                 let frame = match frame {
                     Some(Ok(Up::Binary(data))) => Message::Binary(data),

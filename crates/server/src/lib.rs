@@ -50,7 +50,14 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// The client that forwards requests to other replicas.
     pub peers: reqwest::Client,
+    /// Every upgraded socket (event streams, consoles, relays): once the
+    /// listeners have drained, the service waits a moment for them to say
+    /// goodbye (they end on shutdown) before it exits.
+    pub sockets: tokio_util::task::TaskTracker,
 }
+
+/// How long a stopping service waits for its sockets' last frames.
+const SOCKETS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Builds the router served on the API port.
 pub fn api_router(state: AppState, max_body: usize) -> Router {
@@ -129,11 +136,22 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let limits = config.connection_limits();
+    let sockets = state.settings.sockets.clone();
     let ui = ui_router(state.clone(), config.max_body_bytes);
     let api = api_router(state, config.max_body_bytes);
     tokio::try_join!(
         listen::serve_listener(listeners.ui, ui, limits, shutdown.clone()),
         listen::serve_listener(listeners.api, api, limits, shutdown),
     )?;
+    sockets.close();
+    if tokio::time::timeout(SOCKETS_GRACE, sockets.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = sockets.len(),
+            "sockets still open after {SOCKETS_GRACE:?}; closing them"
+        );
+    }
     Ok(())
 }

@@ -86,6 +86,22 @@ pub async fn text_frame(ws: &mut Ws) -> Value {
     wait_event(ws, PATIENCE, |v| v["type"] != "control").await
 }
 
+/// Skips frames until the close frame; its code (`None`: closed without one).
+pub async fn close_code(ws: &mut Ws) -> Option<u16> {
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(msg) = ws.next().await {
+            match msg {
+                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .expect("the console never closed")
+}
+
 /// Skips frames until a `control` frame that `want` accepts.
 pub async fn control_until(ws: &mut Ws, want: impl Fn(&Value) -> bool) -> Value {
     wait_event(ws, PATIENCE, |v| v["type"] == "control" && want(v)).await

@@ -249,13 +249,21 @@ impl TestApp {
         }
     }
 
+    /// Sends SIGTERM (the service starts stopping) without waiting.
+    pub fn signal_stop(&self) {
+        if let Some(child) = &self.child {
+            let sent = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            assert!(sent.is_ok_and(|s| s.success()), "kill -TERM failed");
+        }
+    }
+
     /// Sends SIGTERM and waits for a graceful exit; returns its status code.
     pub fn terminate(&mut self) -> Option<i32> {
+        self.signal_stop();
         let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(status)) = child.try_wait() {

@@ -43,7 +43,9 @@ use tokio::sync::{mpsc, oneshot};
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::api::events::{CLOSE_CREDENTIALS, CLOSE_ROLE_CHANGED, presented_credential};
+use crate::api::events::{
+    CLOSE_CREDENTIALS, CLOSE_ROLE_CHANGED, CLOSE_SHUTTING_DOWN, presented_credential,
+};
 use crate::api::vms::vm_name;
 use crate::auth::{Caller, check_same_origin};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -172,12 +174,12 @@ pub async fn console_socket(
     let upgrade = upgrade
         .max_message_size(MAX_INPUT_FRAME)
         .protocols(["binary"]);
+    let sockets = state.settings.sockets.clone();
     Ok(match console {
-        OpenConsole::Serial(console) => {
-            upgrade.on_upgrade(move |socket| serial_bridge(app, socket, console))
-        }
+        OpenConsole::Serial(console) => upgrade
+            .on_upgrade(move |socket| sockets.track_future(serial_bridge(app, socket, console))),
         OpenConsole::Vnc(console) => {
-            upgrade.on_upgrade(move |socket| vnc_bridge(app, socket, console))
+            upgrade.on_upgrade(move |socket| sockets.track_future(vnc_bridge(app, socket, console)))
         }
     }
     .into_response())
@@ -386,7 +388,7 @@ async fn serial_bridge(app: App, socket: WebSocket, mut console: SerialConsole) 
             }
         }
     }
-    let end = end.unwrap_or(ConsoleEnd::ClientClosed);
+    let end = why_ended(&app, end);
     // Audited as it ends, not once the farewell has had its seconds.
     app.console_closed(console.leave(), end, traffic).await;
     socket.close(end, true).await;
@@ -446,7 +448,7 @@ async fn vnc_bridge(app: App, socket: WebSocket, mut console: VncConsole) {
             }
         }
     }
-    let end = end.unwrap_or(ConsoleEnd::ClientClosed);
+    let end = why_ended(&app, end);
     let _ = console.tunnel.shutdown().await;
     app.console_closed(console.session, end, traffic).await;
     socket.close(end, false).await;
@@ -493,10 +495,23 @@ async fn control(
     }
 }
 
+/// Why a console ended, as its viewer should hear it: a host connection
+/// lost while the service stops was cut by the stop (a replica releases
+/// its hosts as it goes), so the viewer is told to reconnect.
+fn why_ended(app: &App, end: Option<ConsoleEnd>) -> ConsoleEnd {
+    match end.unwrap_or(ConsoleEnd::ClientClosed) {
+        ConsoleEnd::HostDisconnected if app.events().closing().is_cancelled() => {
+            ConsoleEnd::Credentials(StreamEnd::ShuttingDown)
+        }
+        end => end,
+    }
+}
+
 fn close_code(end: ConsoleEnd) -> u16 {
     match end {
         ConsoleEnd::Credentials(StreamEnd::CredentialsInvalid) => CLOSE_CREDENTIALS,
         ConsoleEnd::Credentials(StreamEnd::RoleChanged) => CLOSE_ROLE_CHANGED,
+        ConsoleEnd::Credentials(StreamEnd::ShuttingDown) => CLOSE_SHUTTING_DOWN,
         ConsoleEnd::ClientClosed | ConsoleEnd::DomainStopped => 1000,
         ConsoleEnd::HostDisconnected => 1011,
         ConsoleEnd::ClientTooSlow => 1008,

@@ -13,7 +13,9 @@
 //! `{"type":"closed","reason":"credentials_revoked"|"role_changed",...}`;
 //! a WebSocket then gets a close frame with code [`CLOSE_CREDENTIALS`]
 //! (sign in again) or [`CLOSE_ROLE_CHANGED`] (reconnect), and an SSE
-//! response ends after a final `event: closed`.
+//! response ends after a final `event: closed`. So it does, with
+//! `"shutting_down"` and [`CLOSE_SHUTTING_DOWN`], when the service stops:
+//! a stream never holds up a shutdown.
 //!
 //! One credential may hold at most `event_streams_per_credential` streams
 //! at once; one more is answered `429 too_many_streams` before any upgrade.
@@ -48,6 +50,9 @@ const SUBSCRIBED: &str = r#"{"type":"subscribed"}"#;
 pub const CLOSE_CREDENTIALS: u16 = 4401;
 /// WebSocket close code: the account's role changed (as HTTP 403); reconnect.
 pub const CLOSE_ROLE_CHANGED: u16 = 4403;
+/// WebSocket close code: the service is stopping; reconnect (RFC 6455's
+/// "Service Restart").
+pub const CLOSE_SHUTTING_DOWN: u16 = 1012;
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -61,9 +66,9 @@ pub struct EventsParams {
     responses(
         (status = 101, description = "WebSocket of JSON events: `{\"seq\", \"at\", \"type\", ...}`; \
             closed with code 4401 when the credential is revoked or expires, 4403 when the account's role changes, \
-            after a last `{\"type\":\"closed\",\"reason\"}` message"),
+            1012 when the service shuts down (reconnect), after a last `{\"type\":\"closed\",\"reason\"}` message"),
         (status = 200, description = "With `Accept: text/event-stream`: the same events as SSE, \
-            ending with `event: closed` when the credential stops being valid", content_type = "text/event-stream"),
+            ending with `event: closed` when the credential stops being valid or the service shuts down", content_type = "text/event-stream"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 429, body = ErrorBody, description = "This API key or session already has as many streams open \
             as `event_streams_per_credential` allows (the message names the limit); nothing was upgraded")))]
@@ -86,9 +91,14 @@ pub async fn events_stream(
         .app
         .events_subscribe_client(&subject, presented, filter)?;
     match ws {
-        Ok(upgrade) => Ok(upgrade
-            .on_upgrade(move |socket| pump_websocket(socket, subscription))
-            .into_response()),
+        Ok(upgrade) => {
+            let sockets = state.settings.sockets.clone();
+            Ok(upgrade
+                .on_upgrade(move |socket| {
+                    sockets.track_future(pump_websocket(socket, subscription))
+                })
+                .into_response())
+        }
         Err(_) if wants_sse(&headers) => Ok(sse(subscription).into_response()),
         Err(_) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -127,6 +137,7 @@ fn close_code(end: StreamEnd) -> u16 {
     match end {
         StreamEnd::CredentialsInvalid => CLOSE_CREDENTIALS,
         StreamEnd::RoleChanged => CLOSE_ROLE_CHANGED,
+        StreamEnd::ShuttingDown => CLOSE_SHUTTING_DOWN,
     }
 }
 
