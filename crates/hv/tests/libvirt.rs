@@ -315,6 +315,29 @@ done"#;
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn usage_samples_and_facts_run_on_the_same_kept_virsh() {
+    let lab = Lab::load();
+    let d = common::driver(&lab, lab.host("ovh2")).await;
+    d.list_vms().await.unwrap();
+    let kept = our_processes(&d, KEPT_VIRSH).await;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    for _ in 0..3 {
+        let reading = d.sample().await.unwrap();
+        assert!(reading.memory_total_bytes.is_some_and(|b| b > 0));
+        let facts = d.host_facts().await.unwrap();
+        assert!(facts.cpus > 0);
+    }
+    // The usage command is the longest the kept virsh runs: once readline
+    // redrew it (an 80-column line), the framing failed and every sample
+    // replaced the kept virsh.
+    assert_eq!(
+        our_processes(&d, KEPT_VIRSH).await,
+        kept,
+        "samples and facts ran on the kept virsh without replacing it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn inventory_lists_share_one_kept_virsh_replaced_when_it_dies() {
     let lab = Lab::load();
     let host = lab.host("ovh2");

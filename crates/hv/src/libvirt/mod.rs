@@ -92,7 +92,7 @@ impl LibvirtDriver {
         &self.uri
     }
 
-    /// `env LC_ALL=C virsh -q -c <uri> <args…>`, every word quoted later.
+    /// `env LC_ALL=C COLUMNS=4096 virsh -q -c <uri> <args…>`, every word quoted later.
     fn virsh<I, S>(&self, args: I) -> CommandLine
     where
         I: IntoIterator<Item = S>,
@@ -101,15 +101,20 @@ impl LibvirtDriver {
         self.virsh_loud(["-q"]).args(args)
     }
 
-    /// `env LC_ALL=C virsh <args…> -c <uri>`: without `-q`, virsh also
-    /// says what it is doing (e.g. that a console is attached).
+    /// `env LC_ALL=C COLUMNS=4096 virsh <args…> -c <uri>`: without `-q`,
+    /// virsh also says what it is doing (e.g. that a console is attached).
+    /// `COLUMNS` is for the kept interactive virsh: without a terminal,
+    /// readline takes the line to be 80 columns wide and redraws a longer
+    /// command scrolled (`\r<…`) instead of echoing it, which the framing
+    /// cannot read; every usage sample failed that way. Other commands
+    /// ignore it.
     fn virsh_loud<I, S>(&self, args: I) -> CommandLine
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
         CommandLine::new("env")
-            .args(["LC_ALL=C", "virsh"])
+            .args(["LC_ALL=C", "COLUMNS=4096", "virsh"])
             .args(args)
             .arg("-c")
             .arg(self.uri.clone())
@@ -757,7 +762,7 @@ mod tests {
         let line = d.virsh(["start", "--domain", "a b"]).render();
         assert_eq!(
             line,
-            "env LC_ALL=C virsh -q -c qemu:///system start --domain 'a b'"
+            "env LC_ALL=C COLUMNS=4096 virsh -q -c qemu:///system start --domain 'a b'"
         );
     }
 }
