@@ -325,6 +325,14 @@ mod tests {
         );
 
         let ttl = chrono::Duration::seconds(15);
+        // Replicas heard from within the TTL before `at`.
+        let alive = async |at| {
+            store
+                .replica_loads(at - ttl, at)
+                .await
+                .expect("alive")
+                .len()
+        };
         let r1 = ReplicaAddress {
             api: Some("http://10.0.0.9:8001".to_owned()),
             ui: Some("http://10.0.0.9:8000".to_owned()),
@@ -337,14 +345,7 @@ mod tests {
             .replica_heartbeat("r2", &ReplicaAddress::default(), t0, t0 - ttl)
             .await
             .expect("beat");
-        assert_eq!(
-            store
-                .replica_loads(t0 - ttl, t0)
-                .await
-                .expect("alive")
-                .len(),
-            2
-        );
+        assert_eq!(alive(t0).await, 2);
         // The owner of a host, with where it is reached.
         assert_eq!(store.host_owner_replica(h, t0).await.expect("owner"), None);
         store
@@ -398,23 +399,9 @@ mod tests {
             .replica_heartbeat("r1", &r1, t1, t1 - ttl)
             .await
             .expect("beat");
-        assert_eq!(
-            store
-                .replica_loads(t1 - ttl, t1)
-                .await
-                .expect("alive")
-                .len(),
-            1
-        );
+        assert_eq!(alive(t1).await, 1);
         store.replica_leave("r1").await.expect("leave");
-        assert_eq!(
-            store
-                .replica_loads(t1 - ttl, t1)
-                .await
-                .expect("alive")
-                .len(),
-            0
-        );
+        assert_eq!(alive(t1).await, 0);
     }
 
     crate::testdb::on_both_backends!(documents_grow_a_version_and_heartbeats_count_the_living);

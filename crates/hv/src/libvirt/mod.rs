@@ -280,11 +280,7 @@ impl LibvirtDriver {
         match self.on_shell(&commands, wait).await {
             Ok(Some(outputs)) => return Ok(outputs),
             Ok(None) => {}
-            Err(e @ HvError::Timeout(_)) => return Err(e),
-            Err(e) if !self.ssh.status().await.connected => return Err(e),
-            Err(e) => {
-                tracing::debug!(addr = %self.ssh.addr(), error = %e, "kept virsh failed; running virsh per command");
-            }
+            Err(e) => self.alone_after(e).await?,
         }
         let runs = commands.map(|c| async move { self.run(&split(c), None).await });
         let outputs = futures::future::try_join_all(runs).await?;
@@ -306,17 +302,57 @@ impl LibvirtDriver {
                 Err(_) => return Ok(None),
             },
         };
+        let commands = *commands;
+        self.on_kept(&mut slot, move |shell| {
+            Box::pin(async move {
+                let mut outputs: [String; N] = std::array::from_fn(|_| String::new());
+                for (out, command) in outputs.iter_mut().zip(commands) {
+                    *out = shell.run(command).await?;
+                }
+                Ok(outputs)
+            })
+        })
+        .await
+        .map(Some)
+    }
+
+    /// `Ok(())` when a command the kept virsh failed is worth running with
+    /// a virsh of its own; else the error. After a timeout or with the
+    /// connection gone it is not: that would only double the wait.
+    async fn alone_after(&self, e: HvError) -> HvResult<()> {
+        if matches!(e, HvError::Timeout(_)) || !self.ssh.status().await.connected {
+            return Err(e);
+        }
+        tracing::debug!(addr = %self.ssh.addr(), error = %e, "kept virsh failed; running virsh per command");
+        Ok(())
+    }
+
+    /// `work` on the kept virsh in `slot`, started if there is none. One
+    /// kept from a connection lost since (the host's sshd restarted, say)
+    /// fails on its dead channel: then `work` runs once more on a virsh
+    /// started on the new connection. A failure empties `slot` (dropping
+    /// the channel ends the remote virsh: its stdin closes).
+    async fn on_kept<T>(
+        &self,
+        slot: &mut Option<VirshShell>,
+        work: impl for<'s> Fn(&'s mut VirshShell) -> BoxFuture<'s, HvResult<T>>,
+    ) -> HvResult<T> {
         let reused = slot.is_some();
-        let mut answer = self.fixed_on(&mut slot, commands).await;
-        if from_lost_connection(reused, &answer) {
+        let mut answer = match self.kept(slot).await {
+            Ok(shell) => work(shell).await,
+            Err(e) => Err(e),
+        };
+        if reused && matches!(answer, Err(HvError::Transport(_))) {
             *slot = None;
-            answer = self.fixed_on(&mut slot, commands).await;
+            answer = match self.kept(slot).await {
+                Ok(shell) => work(shell).await,
+                Err(e) => Err(e),
+            };
         }
         if answer.is_err() {
-            // Dropping the channel ends the remote virsh (its stdin closes).
             *slot = None;
         }
-        answer.map(Some)
+        answer
     }
 
     /// The kept virsh in `slot`, started if there is none.
@@ -329,45 +365,21 @@ impl LibvirtDriver {
         })
     }
 
-    /// `commands` on the kept virsh, one after the other.
-    async fn fixed_on<const N: usize>(
-        &self,
-        slot: &mut Option<VirshShell>,
-        commands: &[FixedCommand; N],
-    ) -> HvResult<[String; N]> {
-        let shell = self.kept(slot).await?;
-        let mut outputs: [String; N] = std::array::from_fn(|_| String::new());
-        for (out, command) in outputs.iter_mut().zip(commands) {
-            *out = shell.run(command).await?;
-        }
-        Ok(outputs)
-    }
-
     /// The state of the domain with `uuid`, asked on the kept virsh (no
     /// virsh started for it), else with a virsh of its own.
     pub async fn state_by_uuid(&self, uuid: Uuid) -> HvResult<VmState> {
-        let mut slot = self.shell.lock().await;
-        let domstate = async |slot: &mut Option<VirshShell>| {
-            self.kept(slot)
-                .await?
-                .run_on("domstate --domain", uuid, "")
-                .await
+        let answer = {
+            let mut slot = self.shell.lock().await;
+            self.on_kept(&mut slot, |shell| {
+                Box::pin(shell.run_on("domstate --domain", uuid, ""))
+            })
+            .await
         };
-        let reused = slot.is_some();
-        let mut answer = domstate(&mut slot).await;
-        if from_lost_connection(reused, &answer) {
-            *slot = None;
-            answer = domstate(&mut slot).await;
-        }
         let out = match answer {
             Ok(Ok(out)) => out,
             Ok(Err(refused)) => return Err(HvError::Host(refused)),
             Err(e) => {
-                *slot = None;
-                drop(slot);
-                if matches!(e, HvError::Timeout(_)) || !self.ssh.status().await.connected {
-                    return Err(e);
-                }
+                self.alone_after(e).await?;
                 self.run(&["domstate", "--domain", &uuid.to_string()], None)
                     .await?
             }
@@ -529,13 +541,6 @@ impl LibvirtDriver {
 }
 
 /// A fixed command's words, for running it as its own virsh.
-/// Whether `answer` came from a kept virsh (`reused`) whose connection was
-/// lost since it started (the host's sshd restarted, say): its channel is
-/// dead, and one started on the new connection is worth a second try.
-fn from_lost_connection<T>(reused: bool, answer: &HvResult<T>) -> bool {
-    reused && matches!(answer, Err(HvError::Transport(_)))
-}
-
 fn split(command: FixedCommand) -> Vec<&'static str> {
     command.split_ascii_whitespace().collect()
 }
