@@ -188,16 +188,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
+    // Event streams and consoles end with a reason when the service stops:
+    // clients reconnect at once, and the drain below does not wait on them.
+    let (closing_app, stopping) = (app.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        stopping.cancelled().await;
+        closing_app.events().close_client_streams();
+    });
     // Identity providers are discovered in the background: one that is
     // down must not keep the service from starting (it is tried again on
     // first use).
-    // Event streams and consoles end with a reason when the service stops:
-    // clients reconnect at once, and the drain below does not wait on them.
-    let closing = (app.clone(), shutdown.clone());
-    tokio::spawn(async move {
-        closing.1.cancelled().await;
-        closing.0.events().close_client_streams();
-    });
     let oidc_app = app.clone();
     tokio::spawn(async move { oidc_app.oidc_warm_up().await });
     // Replicas on one PostgreSQL database share the hosts: this one takes
