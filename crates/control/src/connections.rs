@@ -140,20 +140,10 @@ struct Live {
     driver: Arc<dyn Hypervisor>,
 }
 
-/// A host key mismatch as last seen, so a later "in backoff" error caused
-/// by it still reads as the mismatch it is.
-#[derive(Debug, Clone)]
-struct Mismatch {
-    address: String,
-    expected: String,
-    presented: String,
-}
-
 /// The live drivers, one per host.
 pub struct Connections {
     factory: Arc<dyn DriverFactory>,
     live: Mutex<HashMap<HostId, Live>>,
-    mismatches: Mutex<HashMap<HostId, Mismatch>>,
 }
 
 impl Connections {
@@ -161,7 +151,6 @@ impl Connections {
         Self {
             factory,
             live: Mutex::new(HashMap::new()),
-            mismatches: Mutex::new(HashMap::new()),
         }
     }
 
@@ -200,15 +189,10 @@ impl Connections {
         }
     }
 
-    fn mismatches(&self) -> std::sync::MutexGuard<'_, HashMap<HostId, Mismatch>> {
-        self.mismatches.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Drops the host's driver; its connection closes when the last call
     /// using it returns.
     pub fn forget(&self, host: HostId) {
         self.live().remove(&host);
-        self.mismatches().remove(&host);
     }
 
     /// How many hosts have a driver now.
@@ -218,14 +202,6 @@ impl Connections {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-fn mismatch_error(m: Mismatch) -> AppError {
-    AppError::HostKeyMismatch {
-        address: m.address,
-        expected: m.expected,
-        presented: m.presented,
     }
 }
 
@@ -286,8 +262,9 @@ impl App {
     }
 
     /// Turns a driver error into the application's, naming the host. A host
-    /// key mismatch also drops the connection, so every later call checks
-    /// the key again and says so (rather than "in backoff").
+    /// key mismatch met by this call also drops the connection, so the next
+    /// call checks the key again (a key put back on the host is noticed at
+    /// once); one behind another caller's backoff keeps it.
     pub fn host_error(&self, host: &Host, err: HvError) -> AppError {
         let name = &host.name;
         match err {
@@ -297,33 +274,19 @@ impl App {
                 "host {name} did not answer within {} s",
                 after.as_secs()
             )),
-            HvError::Transport(SshError::HostKeyMismatch {
-                addr,
-                expected,
-                presented,
-            }) => {
-                let seen = Mismatch {
-                    address: addr,
+            // Met now, or by the attempt the session backs off from (another
+            // caller, such as the inventory, connected first).
+            HvError::Transport(ref e)
+                if let Some((address, expected, presented)) = e.host_key_mismatch() =>
+            {
+                if matches!(e, SshError::HostKeyMismatch { .. }) {
+                    self.connections().forget(host.id);
+                }
+                AppError::HostKeyMismatch {
+                    address: address.to_owned(),
                     expected: expected.to_string(),
                     presented: presented.to_string(),
-                };
-                self.connections().forget(host.id);
-                self.connections()
-                    .mismatches()
-                    .insert(host.id, seen.clone());
-                mismatch_error(seen)
-            }
-            // Someone else's call (the inventory, a job) met the mismatch
-            // first and this one only sees the session waiting to retry.
-            HvError::Transport(SshError::Backoff { ref last_error, .. })
-                if let Some(seen) = self
-                    .connections()
-                    .mismatches()
-                    .get(&host.id)
-                    .filter(|m| last_error.contains(&m.presented))
-                    .cloned() =>
-            {
-                mismatch_error(seen)
+                }
             }
             HvError::Transport(SshError::Timeout { what, after, .. }) => {
                 AppError::HostTimeout(format!(

@@ -50,18 +50,19 @@ struct FakeHost {
 impl FakeHost {
     fn state(&self, vm: &VmName) -> HvResult<VmState> {
         self.state_reads.fetch_add(1, Ordering::SeqCst);
+        let mismatch = || SshError::HostKeyMismatch {
+            addr: "10.0.0.9:22".into(),
+            expected: fp(FP),
+            presented: fp(OTHER_FP),
+        };
         if self.mismatch && self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
-            return Err(HvError::Transport(SshError::HostKeyMismatch {
-                addr: "10.0.0.9:22".into(),
-                expected: fp(FP),
-                presented: fp(OTHER_FP),
-            }));
+            return Err(HvError::Transport(mismatch()));
         }
         if self.mismatch {
             return Err(HvError::Transport(SshError::Backoff {
                 addr: "10.0.0.9:22".into(),
                 retry_in: std::time::Duration::from_secs(1),
-                last_error: format!("host key ... presented {OTHER_FP}"),
+                last_error: Box::new(mismatch()),
             }));
         }
         self.vms
@@ -592,6 +593,42 @@ async fn host_errors_are_named() {
         f.app.host_facts(&alice, h.id).await,
         Err(AppError::HostTimeout(m)) if m.contains("10.0.0.9")
     ));
+}
+
+/// The race a busy host meets: the inventory's reconciler connects first and
+/// meets the changed key, so a request sees only the session backing off
+/// from it. That is still the mismatch (409 naming both keys), not
+/// "unreachable", and the connection is kept for the backoff to pace.
+#[tokio::test]
+async fn a_mismatch_met_by_another_caller_is_still_named() {
+    let f = fixture(FakeHost {
+        mismatch: true,
+        // The first attempt was someone else's.
+        calls: AtomicUsize::new(1),
+        ..FakeHost::default()
+    })
+    .await;
+    let alice = user(&f.app, "alice", Role::Operator).await;
+    let h = f
+        .app
+        .host_create(&alice, new_host("10.0.0.9"))
+        .await
+        .unwrap()
+        .0;
+    for _ in 0..2 {
+        match act(&f.app, &alice, h.id, &vm("web"), VmAction::Start).await {
+            Err(AppError::HostKeyMismatch {
+                address,
+                expected,
+                presented,
+            }) => {
+                assert_eq!(address, "10.0.0.9:22");
+                assert_eq!((expected.as_str(), presented.as_str()), (FP, OTHER_FP));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(f.factory.made.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

@@ -64,6 +64,23 @@ async fn wrong_pinned_key_is_refused() {
         msg.contains(&h1.host_key_fingerprint) && msg.contains(&h2.host_key_fingerprint),
         "{msg}"
     );
+
+    // A second caller of the same session meets the backoff, which still
+    // says (typed) that the key is what failed.
+    let ssh = SshSession::new(common::config(&lab, h1, common::pinned(h2)));
+    let echo = CommandLine::new("true");
+    let first = ssh.exec(&echo).await.unwrap_err();
+    assert!(matches!(first, SshError::HostKeyMismatch { .. }), "{first}");
+    let second = ssh.exec(&echo).await.unwrap_err();
+    assert!(matches!(second, SshError::Backoff { .. }), "{second}");
+    let (_, expected, presented) = second.host_key_mismatch().unwrap();
+    assert_eq!(
+        (expected.as_str(), presented.as_str()),
+        (
+            h2.host_key_fingerprint.as_str(),
+            h1.host_key_fingerprint.as_str()
+        )
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -71,7 +71,7 @@ impl PtyChannel {
             .get()
             .data(data)
             .await
-            .map_err(|source| SshError::Protocol { addr, source })
+            .map_err(|source| SshError::protocol(addr, source))
     }
 
     /// Ends the command's stdin (the channel stays open for its output).
@@ -81,7 +81,7 @@ impl PtyChannel {
             .get()
             .eof()
             .await
-            .map_err(|source| SshError::Protocol { addr, source })
+            .map_err(|source| SshError::protocol(addr, source))
     }
 
     pub async fn resize(&mut self, cols: u32, rows: u32) -> Result<(), SshError> {
@@ -90,7 +90,7 @@ impl PtyChannel {
             .get()
             .window_change(cols, rows, 0, 0)
             .await
-            .map_err(|source| SshError::Protocol { addr, source })
+            .map_err(|source| SshError::protocol(addr, source))
     }
 
     /// The next output, or the end. Waits as long as the remote side is

@@ -129,10 +129,7 @@ impl SessionHostKey {
                 expected,
                 presented,
             },
-            _ => SshError::Protocol {
-                addr,
-                source: russh::Error::UnknownKey,
-            },
+            _ => SshError::protocol(addr, russh::Error::UnknownKey),
         }
     }
 
@@ -175,8 +172,8 @@ pub async fn probe_host_key(
             addr,
             after: connect_timeout,
         }),
-        (Ok(Err(russh::Error::IO(source))), None) => Err(SshError::Connect { addr, source }),
-        (Ok(Err(source)), None) => Err(SshError::Protocol { addr, source }),
+        (Ok(Err(russh::Error::IO(source))), None) => Err(SshError::connect(addr, source)),
+        (Ok(Err(source)), None) => Err(SshError::protocol(addr, source)),
         (Ok(Ok(_)), None) => Err(SshError::Disconnected {
             addr,
             reason: "server presented no host key".into(),

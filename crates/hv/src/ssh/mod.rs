@@ -148,14 +148,15 @@ impl SshConfig {
     }
 }
 
-/// Everything that can go wrong on the way to a host and back.
-#[derive(Debug, thiserror::Error)]
+/// Everything that can go wrong on the way to a host and back. Cloneable (the
+/// sources are shared) so a session can keep the failure it backs off from.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SshError {
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         addr: String,
         #[source]
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     #[error("no SSH session with {addr} within {after:?}")]
     ConnectTimeout { addr: String, after: Duration },
@@ -169,11 +170,13 @@ pub enum SshError {
     },
     #[error("{user}@{addr} did not accept our key")]
     AuthRejected { addr: String, user: String },
+    /// The last attempt failed and the next is not due yet. The failure is
+    /// kept typed, so a caller can still tell a changed host key apart.
     #[error("{addr} is unreachable (last error: {last_error}); next attempt in {retry_in:?}")]
     Backoff {
         addr: String,
         retry_in: Duration,
-        last_error: String,
+        last_error: Box<SshError>,
     },
     #[error("connection to {addr} lost: {reason}")]
     Disconnected { addr: String, reason: String },
@@ -201,11 +204,39 @@ pub enum SshError {
     Protocol {
         addr: String,
         #[source]
-        source: russh::Error,
+        source: Arc<russh::Error>,
     },
 }
 
 impl SshError {
+    pub(crate) fn connect(addr: String, source: std::io::Error) -> Self {
+        Self::Connect {
+            addr,
+            source: Arc::new(source),
+        }
+    }
+
+    pub(crate) fn protocol(addr: String, source: russh::Error) -> Self {
+        Self::Protocol {
+            addr,
+            source: Arc::new(source),
+        }
+    }
+
+    /// The host key mismatch behind this error, met now or by the attempt
+    /// the session is backing off from: `(address, expected, presented)`.
+    pub fn host_key_mismatch(&self) -> Option<(&str, &HostKeyFingerprint, &HostKeyFingerprint)> {
+        match self {
+            Self::HostKeyMismatch {
+                addr,
+                expected,
+                presented,
+            } => Some((addr, expected, presented)),
+            Self::Backoff { last_error, .. } => last_error.host_key_mismatch(),
+            _ => None,
+        }
+    }
+
     /// Whether the host could not be reached or talked to at all (as
     /// opposed to a command that ran and failed): the host is disconnected.
     pub fn is_connection(&self) -> bool {
@@ -262,8 +293,8 @@ type SshHandle = Handle<ClientHandler>;
 struct ConnState {
     handle: Option<Arc<SshHandle>>,
     failures: u32,
-    retry_at: Option<Instant>,
-    last_error: Option<String>,
+    /// When the next attempt is due, and why the last one failed.
+    retry: Option<(Instant, SshError)>,
 }
 
 struct Inner {
@@ -362,7 +393,7 @@ impl SshSession {
         let st = self.inner.state.lock().await;
         ConnectionStatus {
             connected: st.handle.as_ref().is_some_and(|h| !h.is_closed()),
-            last_error: st.last_error.clone(),
+            last_error: st.retry.as_ref().map(|(_, e)| e.to_string()),
             consecutive_failures: st.failures,
         }
     }
@@ -422,13 +453,13 @@ impl SshSession {
             tracing::info!(addr = %self.inner.addr, "SSH connection dropped");
             st.handle = None;
         }
-        if let Some(at) = st.retry_at {
+        if let Some((at, last_error)) = &st.retry {
             let now = Instant::now();
-            if now < at {
+            if now < *at {
                 return Err(SshError::Backoff {
                     addr: self.inner.addr.clone(),
-                    retry_in: at - now,
-                    last_error: st.last_error.clone().unwrap_or_default(),
+                    retry_in: *at - now,
+                    last_error: Box::new(last_error.clone()),
                 });
             }
         }
@@ -466,9 +497,8 @@ impl SshSession {
                     .backoff_initial
                     .saturating_mul(factor)
                     .min(cfg.backoff_max);
-                st.retry_at = Some(Instant::now() + backoff);
-                st.last_error = Some(e.to_string());
                 tracing::warn!(addr = %self.inner.addr, error = %e, ?backoff, "SSH connect failed");
+                st.retry = Some((Instant::now() + backoff, e.clone()));
                 Err(e)
             }
         }
@@ -486,17 +516,14 @@ impl SshSession {
             Err(russh::Error::UnknownKey) => {
                 return Err(self.inner.host_key.refused(addr, expected));
             }
-            Err(russh::Error::IO(source)) => return Err(SshError::Connect { addr, source }),
-            Err(source) => return Err(SshError::Protocol { addr, source }),
+            Err(russh::Error::IO(source)) => return Err(SshError::connect(addr, source)),
+            Err(source) => return Err(SshError::protocol(addr, source)),
         };
         let hash = if cfg.key.private_key().algorithm().is_rsa() {
             handle
                 .best_supported_rsa_hash()
                 .await
-                .map_err(|source| SshError::Protocol {
-                    addr: addr.clone(),
-                    source,
-                })?
+                .map_err(|source| SshError::protocol(addr.clone(), source))?
                 .flatten()
         } else {
             None
@@ -507,10 +534,7 @@ impl SshSession {
                 PrivateKeyWithHashAlg::new(cfg.key.private_key().clone(), hash),
             )
             .await
-            .map_err(|source| SshError::Protocol {
-                addr: addr.clone(),
-                source,
-            })?;
+            .map_err(|source| SshError::protocol(addr.clone(), source))?;
         if !auth.success() {
             return Err(SshError::AuthRejected {
                 addr,
@@ -541,7 +565,7 @@ impl SshSession {
                 addr,
                 reason: format!("{reason:?}"),
             },
-            source => SshError::Protocol { addr, source },
+            source => SshError::protocol(addr, source),
         }
     }
 
