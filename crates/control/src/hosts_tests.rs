@@ -12,8 +12,8 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use overvisor_hv::{ClientKey, HvError, HvResult, Hypervisor, PresentedHostKey, SshError};
 use overvisor_model::account::{Credential, Email, Outcome, Role, UserName};
-use overvisor_model::host::HostSecret;
 use overvisor_model::host::{Host, HostChanges, HostFacts, HostKeyFingerprint, HostKind, NewHost};
+use overvisor_model::host::{HostId, HostSecret};
 use overvisor_model::job::JobStatus;
 use overvisor_model::vm::{VmAction, VmEvent, VmInfo, VmName, VmState, VmSummary};
 use overvisor_store::{MasterKey, Sealer, Store};
@@ -558,10 +558,12 @@ async fn transitions_are_checked_before_the_host_is_asked() {
     assert!(all.is_empty(), "no second row per job: {all:?}");
 }
 
-#[tokio::test]
-async fn host_errors_are_named() {
+/// A host whose key changed, registered by alice; `calls_before` attempts
+/// to connect were made before (by another caller).
+async fn changed_key_host(calls_before: usize) -> (Fixture, Subject, HostId) {
     let f = fixture(FakeHost {
         mismatch: true,
+        calls: AtomicUsize::new(calls_before),
         ..FakeHost::default()
     })
     .await;
@@ -572,51 +574,14 @@ async fn host_errors_are_named() {
         .await
         .unwrap()
         .0;
-    // First the mismatch itself, then (another caller's session waiting to
-    // retry) still the mismatch, not "unreachable".
-    for _ in 0..2 {
-        match act(&f.app, &alice, h.id, &vm("web"), VmAction::Start).await {
-            Err(AppError::HostKeyMismatch {
-                expected,
-                presented,
-                ..
-            }) => {
-                assert_eq!((expected.as_str(), presented.as_str()), (FP, OTHER_FP));
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-    // Each mismatch drops the connection, so the next call checks the key
-    // again: two calls, two drivers.
-    assert_eq!(f.factory.made.load(Ordering::SeqCst), 2);
-    assert!(matches!(
-        f.app.host_facts(&alice, h.id).await,
-        Err(AppError::HostTimeout(m)) if m.contains("10.0.0.9")
-    ));
+    (f, alice, h.id)
 }
 
-/// The race a busy host meets: the inventory's reconciler connects first and
-/// meets the changed key, so a request sees only the session backing off
-/// from it. That is still the mismatch (409 naming both keys), not
-/// "unreachable", and the connection is kept for the backoff to pace.
-#[tokio::test]
-async fn a_mismatch_met_by_another_caller_is_still_named() {
-    let f = fixture(FakeHost {
-        mismatch: true,
-        // The first attempt was someone else's.
-        calls: AtomicUsize::new(1),
-        ..FakeHost::default()
-    })
-    .await;
-    let alice = user(&f.app, "alice", Role::Operator).await;
-    let h = f
-        .app
-        .host_create(&alice, new_host("10.0.0.9"))
-        .await
-        .unwrap()
-        .0;
-    for _ in 0..2 {
-        match act(&f.app, &alice, h.id, &vm("web"), VmAction::Start).await {
+/// Starting a VM on it fails `times` times with the mismatch, naming the
+/// address and both keys.
+async fn start_meets_the_mismatch(f: &Fixture, alice: &Subject, host: HostId, times: usize) {
+    for _ in 0..times {
+        match act(&f.app, alice, host, &vm("web"), VmAction::Start).await {
             Err(AppError::HostKeyMismatch {
                 address,
                 expected,
@@ -628,6 +593,31 @@ async fn a_mismatch_met_by_another_caller_is_still_named() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn host_errors_are_named() {
+    let (f, alice, h) = changed_key_host(0).await;
+    // First the mismatch itself, then (the session waiting to retry) still
+    // the mismatch, not "unreachable".
+    start_meets_the_mismatch(&f, &alice, h, 2).await;
+    // The mismatch met drops the connection, so the next call checks the
+    // key again: two calls, two drivers.
+    assert_eq!(f.factory.made.load(Ordering::SeqCst), 2);
+    assert!(matches!(
+        f.app.host_facts(&alice, h).await,
+        Err(AppError::HostTimeout(m)) if m.contains("10.0.0.9")
+    ));
+}
+
+/// The race a busy host meets: the inventory's reconciler connects first and
+/// meets the changed key, so a request sees only the session backing off
+/// from it. That is still the mismatch (409 naming both keys), not
+/// "unreachable", and the connection is kept for the backoff to pace.
+#[tokio::test]
+async fn a_mismatch_met_by_another_caller_is_still_named() {
+    let (f, alice, h) = changed_key_host(1).await;
+    start_meets_the_mismatch(&f, &alice, h, 2).await;
     assert_eq!(f.factory.made.load(Ordering::SeqCst), 1);
 }
 
