@@ -22,7 +22,6 @@ use cloud_guest::{
     Deployed, GuestAccount, crypt_accepts, deploy, guest_ip, guest_ssh_when_up, remove_vm,
 };
 use overvisor_testkit::{Lab, LabHost, unique_name};
-use reqwest::StatusCode;
 
 /// Files on `host` (its libvirt state, configuration and logs, the VM's
 /// directory but not its disk, which is the guest's own) that hold any of
@@ -69,15 +68,7 @@ async fn an_agent_provisioned_guest_gets_its_secrets_sealed_and_the_host_keeps_n
     )
     .await;
     // The provision step waits for the guest's first boot.
-    let deadline = std::time::Instant::now() + cloud_guest::BOOT;
-    let job = loop {
-        let (status, job) = api.get(&format!("/api/v1/jobs/{job_id}?wait=60")).await;
-        assert_eq!(status, StatusCode::OK, "{job}");
-        if !matches!(job["status"].as_str(), Some("queued" | "running")) {
-            break job;
-        }
-        assert!(std::time::Instant::now() < deadline, "still running: {job}");
-    };
+    let job = lab_hosts::job_finished_within(api, job_id, cloud_guest::BOOT).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let uuid = job["result"]["uuid"].as_str().unwrap().to_owned();
     let names: Vec<&str> = job["steps"]

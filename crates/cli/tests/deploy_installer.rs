@@ -4,10 +4,14 @@
 //! emulated TPM 2.0, the installer and the generated `Autounattend.xml`
 //! media as CD-ROMs, a blank disk. The domain is defined and started (it
 //! runs the firmware, which finds nothing to boot on the stand-in); the
-//! live definition and the media on the host are checked, then a
-//! deployment whose start fails is undone to nothing: domain, disk, media,
-//! UEFI variable store, TPM state. An installer the host lacks is a 400
-//! before any job.
+//! live definition and the media on the host are checked while the job
+//! waits for Setup, and once its wait is over the media is detached and
+//! deleted. Setup's end is proven with a real guest agent: the lab's
+//! Debian guest is put on the deployment's disk as Setup would put
+//! Windows there, and once its agent answers the job removes the media at
+//! once. A deployment whose start fails is undone to nothing: domain,
+//! disk, media, UEFI variable store, TPM state. An installer the host
+//! lacks is a 400 before any job.
 //!
 //! Host: ovh11 (shared with the agent-provisioned cloud guest; only VMs of
 //! these tests' own names and UUIDs are looked at).
@@ -19,8 +23,9 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Duration;
 
-use lab_hosts::{id, job_finished, register};
+use lab_hosts::{id, job_at_step, job_finished, job_finished_within, register};
 use overvisor_testkit::{Lab, LabHost, unique_name};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -60,6 +65,7 @@ host_path = "{iso}"
 
 [windows]
 image_name = "Windows Server 2022 SERVERSTANDARD"
+setup_minutes = 1
 
 [defaults]
 vcpus = 1
@@ -82,22 +88,32 @@ struct Setup {
 }
 
 async fn setup(lab: &Lab, host: &LabHost) -> Setup {
+    setup_with(lab, host, |iso, _| {
+        // The same with an installer that is not on the host.
+        let gone = iso.replace("installer.iso", "missing.iso");
+        vec![
+            ("lab-win", windows_profile(iso)),
+            ("lab-win-gone", windows_profile(&gone)),
+        ]
+    })
+    .await
+}
+
+/// The service with the profiles `profiles` makes from the stand-in
+/// installer's path and the directory it is in, and `host` registered.
+async fn setup_with(
+    lab: &Lab,
+    host: &LabHost,
+    profiles: impl FnOnce(&str, &Path) -> Vec<(&'static str, String)>,
+) -> Setup {
     let media = tempfile::tempdir().unwrap();
     let iso = stand_in_iso(media.path());
     assert!(host.path_exists(Path::new(&iso)), "the host sees the ISO");
-    let profiles = tempfile::tempdir().unwrap();
-    std::fs::write(profiles.path().join("lab-win.toml"), windows_profile(&iso)).unwrap();
-    // The same with an installer that is not on the host.
-    let gone = iso.replace("installer.iso", "missing.iso");
-    std::fs::write(
-        profiles.path().join("lab-win-gone.toml"),
-        windows_profile(&gone),
-    )
-    .unwrap();
-    let app = TestApp::builder()
-        .deploy_profiles(profiles.path())
-        .start()
-        .await;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in profiles(&iso, media.path()) {
+        std::fs::write(dir.path().join(format!("{name}.toml")), text).unwrap();
+    }
+    let app = TestApp::builder().deploy_profiles(dir.path()).start().await;
     let (_, token, _) = app.create_user("wanda", "operator").await;
     let api = app.client(&token);
     let host_id = id(&register(&api, lab, host).await);
@@ -105,7 +121,7 @@ async fn setup(lab: &Lab, host: &LabHost) -> Setup {
         api,
         host_id,
         _app: app,
-        _dirs: (media, profiles),
+        _dirs: (media, dir),
     }
 }
 
@@ -156,11 +172,14 @@ async fn a_windows_deployment_boots_its_installer_with_uefi_tpm_and_autounattend
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
     assert_eq!(accepted["credentials"]["username"], "ops");
     let password = accepted["credentials"]["password"].as_str().unwrap();
-    let job = job_finished(&s.api, accepted["job"]["id"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    assert_eq!(job["result"]["state"], "running", "{job}");
+    let job_id = accepted["job"]["id"].as_str().unwrap();
+    // The VM runs; the job waits for Setup (a minute, this profile says).
+    let job = job_at_step(&s.api, job_id, "setup").await;
     assert!(!job.to_string().contains(password), "{job}");
-    let uuid = job["result"]["uuid"].as_str().unwrap().to_owned();
+    let uuid = job["operation"]["spec"]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let dir = format!("{DEPLOY_DIR}/vms/{uuid}");
     let iso = job["operation"]["spec"]["host_files"]
         .as_array()
@@ -260,6 +279,161 @@ async fn a_windows_deployment_boots_its_installer_with_uefi_tpm_and_autounattend
         assert!(unattend.contains(part), "{part} not in {unattend}");
     }
     assert_eq!(unattend.matches(password).count(), 2, "{unattend}");
+    // No virtio-win, so no guest agent is installed.
+    assert!(!unattend.contains("qemu-ga"), "{unattend}");
+
+    // Nothing answers on the stand-in: when the wait is over the media is
+    // removed all the same, and the VM stays for the operator.
+    let waited = SetupOutcome {
+        setup: "unconfirmed",
+        said: "Setup was not seen to finish within 1 min",
+        within: Duration::from_secs(180),
+    };
+    waited.check(&s.api, job_id, host, &name, password).await;
+
+    remove_vm(host, &name, &uuid);
+}
+
+/// How an installer deployment's job ends once its `setup` step is over.
+struct SetupOutcome {
+    /// The step's `setup` output.
+    setup: &'static str,
+    /// In the job's log.
+    said: &'static str,
+    within: Duration,
+}
+
+impl SetupOutcome {
+    /// The job succeeds so, the VM still runs, the media is removed, and
+    /// the password is nowhere in the job.
+    async fn check(&self, api: &Api, job_id: &str, host: &LabHost, name: &str, password: &str) {
+        let job = job_finished_within(api, job_id, self.within).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert_eq!(job["result"]["setup"], self.setup, "{job}");
+        assert_eq!(job["result"]["state"], "running", "{job}");
+        assert!(job.to_string().contains(self.said), "{job}");
+        assert!(!job.to_string().contains(password), "{job}");
+        let uuid = job["result"]["uuid"].as_str().unwrap();
+        media_removed(host, name, &format!("{DEPLOY_DIR}/vms/{uuid}/seed.iso"));
+        assert_eq!(host.domstate(name), "running");
+    }
+}
+
+/// The media at `path` is deleted from the host and no drive of `name`
+/// holds it, live or in its definition; the drive itself stays, empty.
+fn media_removed(host: &LabHost, name: &str, path: &str) {
+    assert!(gone(host, path), "{path} is left");
+    for xml in [
+        host.virsh(&["dumpxml", "--domain", name]),
+        host.virsh(&["dumpxml", "--domain", name, "--inactive"]),
+    ] {
+        assert!(!xml.contains(path), "{xml}");
+        let cdroms = disks(&xml)
+            .into_iter()
+            .filter(|d| d.starts_with("type='file' device='cdrom'"))
+            .count();
+        assert!(cdroms >= 2, "the installer and the emptied drive: {xml}");
+    }
+}
+
+/// A profile like the stand-in's, but one the lab's Debian guest can boot
+/// from its disk once it is there: no Secure Boot (its loader is
+/// unsigned), virtio buses (Debian's cloud kernel has no AHCI), hence a
+/// virtio-win ISO (a stand-in too: its drivers and agent are never read),
+/// with which Autounattend.xml installs the guest agent.
+fn agent_profile(iso: &str, virtio_win: &str) -> String {
+    windows_profile(iso)
+        .replace("secure_boot = true", "secure_boot = false")
+        .replace("tpm = true", "tpm = false")
+        .replace("\"sata\"", "\"virtio\"")
+        .replace("\"e1000e\"", "\"virtio\"")
+        .replace("memory_mib = 256", "memory_mib = 768")
+        .replace(
+            "setup_minutes = 1",
+            &format!(
+                "setup_minutes = 15\nvirtio_win_iso = \"{virtio_win}\"\nvirtio_win_dir = \"2k22\""
+            ),
+        )
+}
+
+/// The end of Setup as the job sees it: the guest agent answers. Windows
+/// cannot run here, so the test does what Setup does to the VM — an
+/// operating system with a guest agent is put on the blank disk and the VM
+/// boots it (the lab's Debian guest, under TCG) — and the job, waiting,
+/// removes the media as soon as the agent answers.
+#[tokio::test]
+async fn the_autounattend_media_goes_once_the_guest_agent_answers() {
+    let lab = Lab::load();
+    let host = lab.host("ovh11");
+    let s = setup_with(&lab, host, |iso, dir| {
+        let virtio_win = dir.join("virtio-win.iso");
+        std::fs::copy(iso, &virtio_win).unwrap();
+        vec![(
+            "lab-win-agent",
+            agent_profile(iso, virtio_win.to_str().unwrap()),
+        )]
+    })
+    .await;
+    let (api, host_id) = (&s.api, &s.host_id);
+    let name = unique_name("winagent");
+    let mut body = request_of(
+        "lab-win-agent",
+        &name,
+        json!({"bridge": lab.guest_network.bridge}),
+    );
+    body["memory_mib"] = json!(768);
+    let (status, accepted) = api
+        .post(&format!("/api/v1/hosts/{host_id}/deployments"), body)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let password = accepted["credentials"]["password"].as_str().unwrap();
+    let job_id = accepted["job"]["id"].as_str().unwrap();
+    let job = job_at_step(api, job_id, "setup").await;
+    assert!(
+        job.to_string()
+            .contains("the guest agent answers), at most 15 min"),
+        "{job}"
+    );
+    let uuid = job["operation"]["spec"]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dir = format!("{DEPLOY_DIR}/vms/{uuid}");
+    let seed_path = format!("{dir}/seed.iso");
+    // With virtio-win, Setup is told to install the agent from it.
+    let out = host.run_as_root(
+        "isoinfo",
+        &["-i", &seed_path, "-J", "-x", "/Autounattend.xml"],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(r"guest-agent\qemu-ga-x86_64.msi"),
+        "{out:?}"
+    );
+
+    // Setup's work: the system on the disk, then a boot from it.
+    host.virsh(&["destroy", "--domain", &name]);
+    let disk = format!("{dir}/disk.qcow2");
+    let image = lab.cloud_image.path.to_str().unwrap();
+    let out = host.run_as_root(
+        "qemu-img",
+        &["convert", "-f", "qcow2", "-O", "qcow2", image, &disk],
+    );
+    assert!(out.status.success(), "{out:?}");
+    host.virsh(&["start", "--domain", &name]);
+
+    let finished = SetupOutcome {
+        setup: "finished",
+        said: "Setup finished: the guest agent answered",
+        within: Duration::from_secs(600),
+    };
+    finished.check(api, job_id, host, &name, password).await;
+    let ping = host.virsh(&[
+        "qemu-agent-command",
+        "--domain",
+        &name,
+        r#"{"execute":"guest-ping"}"#,
+    ]);
+    assert!(ping.contains("return"), "{ping}");
 
     remove_vm(host, &name, &uuid);
 }

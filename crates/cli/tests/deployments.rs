@@ -395,17 +395,7 @@ async fn a_uefi_deployment_cancelled_after_its_start_leaves_no_nvram() {
     let name = unique_name("dep-uefi");
     let accepted = deploy(&api, &ids[0], request("lab-uefi", &name, &lab)).await;
     let job_id = accepted["job"]["id"].as_str().unwrap();
-    let job = loop {
-        let (_, job) = api.get(&format!("/api/v1/jobs/{job_id}")).await;
-        if step(&job, "provision")["status"] == "running" {
-            break job;
-        }
-        assert!(
-            matches!(job["status"].as_str(), Some("queued" | "running")),
-            "{job}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let job = lab_hosts::job_at_step(&api, job_id, "provision").await;
     let uuid = job["operation"]["spec"]["uuid"].as_str().unwrap();
     let nvram = format!("{DEPLOY_DIR}/vms/{uuid}/VARS.fd");
     let xml = host.virsh(&["dumpxml", "--domain", &name]);

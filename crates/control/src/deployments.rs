@@ -25,7 +25,8 @@ use overvisor_model::InvalidInput;
 use overvisor_model::host::{Host, HostFacts, HostId, HostKind};
 use overvisor_model::job::{Job, JobQuery};
 use overvisor_model::operation::{
-    AgentSeed, ChecksumList, DeployImage, DeploySpec, ImageTransfer, Operation, vm_target,
+    AgentSeed, ChecksumList, DeployImage, DeploySpec, ImageTransfer, Operation, SetupWait,
+    vm_target,
 };
 use overvisor_model::vm::VmName;
 
@@ -211,6 +212,10 @@ impl App {
                 domain_xml: xml,
                 meta_data,
                 agent: agent_seed,
+                setup: deployment.profile.windows.as_ref().map(|w| SetupWait {
+                    minutes: w.setup_minutes,
+                    agent_expected: w.virtio_win.is_some(),
+                }),
             }),
         };
         let grant = authorized.grant(subject, Action::Operate);

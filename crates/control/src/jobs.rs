@@ -217,8 +217,11 @@ fn timeout_of(op: &Operation) -> Duration {
     match op {
         Operation::VmAction { .. } | Operation::VmDelete { .. } => Duration::from_secs(180),
         // Image downloads dominate; a stalled one fails sooner (the fetch
-        // gives up after a minute without progress).
-        Operation::VmDeploy { .. } => Duration::from_secs(1800),
+        // gives up after a minute without progress). An installer's wait
+        // for Setup ends on its own before the job's time is up.
+        Operation::VmDeploy { spec, .. } => {
+            Duration::from_secs(1800) + spec.setup.map_or(Duration::ZERO, |s| s.limit())
+        }
         Operation::HostCreate { .. }
         | Operation::HostUpdate { .. }
         | Operation::HostDelete { .. } => Duration::from_secs(60),

@@ -13,6 +13,7 @@
 mod deploy;
 mod host;
 mod provision;
+mod setup;
 mod test;
 pub(crate) mod vm;
 

@@ -8,7 +8,9 @@
 //! the deployment's generated password (Windows has no hashed form, so the
 //! seed ISO holds it in plain text: the job deletes the ISO after
 //! installation). With a virtio-win ISO, its storage and network drivers
-//! are loaded during Setup and added to the installed system.
+//! are loaded during Setup and added to the installed system, with the
+//! virtio-serial driver and the QEMU guest agent from the same ISO: the
+//! agent answering is how the deployment sees Setup finish.
 
 use serde::Serialize;
 
@@ -29,6 +31,11 @@ const SETUP_LANGUAGE: &str = "en-US";
 /// and the drivers take three CD-ROM letters in an order Setup decides.
 /// Paths on drives without the drivers are skipped.
 const CDROM_LETTERS: [char; 3] = ['D', 'E', 'F'];
+/// The QEMU guest agent's installer on the virtio-win ISO.
+const GUEST_AGENT_MSI: &str = "guest-agent\\qemu-ga-x86_64.msi";
+/// In the specialize pass the installed Windows has given the CD-ROMs
+/// letters of its own, after C: and whatever else it found.
+const SPECIALIZE_LETTERS: &str = "D E F G H I J K";
 
 #[derive(Serialize)]
 #[serde(rename = "unattend")]
@@ -85,6 +92,9 @@ struct Component {
     user_data: Option<UserData>,
 
     #[serde(skip_serializing_if = "Option::is_none")]
+    run_synchronous: Option<RunSynchronous>,
+
+    #[serde(skip_serializing_if = "Option::is_none")]
     computer_name: Option<Text<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     time_zone: Option<Text<String>>,
@@ -127,6 +137,22 @@ struct PathAndCredentials {
     action: &'static str,
     #[serde(rename = "@wcm:keyValue")]
     key: String,
+    path: Text<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RunSynchronous {
+    run_synchronous_command: Vec<RunSynchronousCommand>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RunSynchronousCommand {
+    #[serde(rename = "@wcm:action")]
+    action: &'static str,
+    order: Text<u32>,
+    description: Text<&'static str>,
     path: Text<String>,
 }
 
@@ -335,23 +361,40 @@ fn disk_configuration() -> DiskConfiguration {
     }
 }
 
-/// virtio-win driver directories for the profile's buses, on every drive
-/// letter the ISO may have; `None` without virtio-win or virtio devices.
-fn driver_paths(deployment: &Deployment) -> Option<DriverPaths> {
+/// The virtio-win drivers Setup loads (WinPE): those of the profile's
+/// virtio buses.
+fn setup_drivers(deployment: &Deployment) -> Vec<&'static str> {
     let profile = &deployment.profile;
-    let virtio_win = profile.windows.as_ref()?.virtio_win.as_ref()?;
     let storage = match profile.disk_bus {
         DiskBus::Virtio => Some("viostor"),
         DiskBus::Scsi => Some("vioscsi"),
         DiskBus::Sata => None,
     };
     let network = (profile.nic_model == NicModel::Virtio).then_some("NetKVM");
+    [storage, network].into_iter().flatten().collect()
+}
+
+/// The drivers added to the installed Windows: Setup's, and the
+/// virtio-serial port the guest agent talks through.
+fn system_drivers(deployment: &Deployment) -> Vec<&'static str> {
+    let mut drivers = setup_drivers(deployment);
+    drivers.push("vioserial");
+    drivers
+}
+
+fn virtio_win(deployment: &Deployment) -> Option<&crate::profile::VirtioWin> {
+    deployment.profile.windows.as_ref()?.virtio_win.as_ref()
+}
+
+/// `drivers`' directories on the virtio-win ISO, on every drive letter it
+/// may have; `None` without virtio-win or drivers.
+fn driver_paths(deployment: &Deployment, drivers: &[&str]) -> Option<DriverPaths> {
+    let virtio_win = virtio_win(deployment)?;
     let paths: Vec<_> = CDROM_LETTERS
         .iter()
         .flat_map(|letter| {
-            [storage, network]
-                .into_iter()
-                .flatten()
+            drivers
+                .iter()
                 .map(move |driver| format!("{letter}:\\{driver}\\{}\\amd64", virtio_win.os_dir))
         })
         .collect();
@@ -364,6 +407,26 @@ fn driver_paths(deployment: &Deployment) -> Option<DriverPaths> {
                 path: text(path),
             })
             .collect(),
+    })
+}
+
+/// Installs the QEMU guest agent from the virtio-win ISO, wherever
+/// Windows put it, as SYSTEM while Setup specializes the installed system;
+/// the agent starts with Windows and answers from the next boot on.
+/// `None` without virtio-win.
+fn guest_agent_install(deployment: &Deployment) -> Option<RunSynchronous> {
+    virtio_win(deployment)?;
+    let msi = GUEST_AGENT_MSI;
+    Some(RunSynchronous {
+        run_synchronous_command: vec![RunSynchronousCommand {
+            action: "add",
+            order: text(1),
+            description: text("QEMU guest agent from virtio-win"),
+            path: text(format!(
+                "cmd.exe /c for %d in ({SPECIALIZE_LETTERS}) do \
+                 if exist %d:\\{msi} msiexec /i %d:\\{msi} /qn /norestart"
+            )),
+        }],
     })
 }
 
@@ -392,7 +455,6 @@ pub fn autounattend_xml(
         c.user_locale = Some(text(locale.clone()));
         c
     };
-    let drivers = driver_paths(deployment);
     let with_drivers = |name, paths: Option<DriverPaths>| {
         paths.map(|p| Component {
             driver_paths: Some(p),
@@ -408,7 +470,7 @@ pub fn autounattend_xml(
     })];
     pe.extend(with_drivers(
         "Microsoft-Windows-PnpCustomizationsWinPE",
-        drivers.clone(),
+        driver_paths(deployment, &setup_drivers(deployment)),
     ));
     pe.push(Component {
         disk_configuration: Some(disk_configuration()),
@@ -441,19 +503,27 @@ pub fn autounattend_xml(
     }];
     // Drivers loaded in WinPE serve Setup; these are added to the
     // installed Windows too (the network driver matters only there).
-    if let Some(c) = with_drivers("Microsoft-Windows-PnpCustomizationsNonWinPE", drivers) {
+    if let Some(c) = with_drivers(
+        "Microsoft-Windows-PnpCustomizationsNonWinPE",
+        driver_paths(deployment, &system_drivers(deployment)),
+    ) {
         settings.push(Settings {
             pass: "offlineServicing",
             component: vec![c],
         });
     }
+    let mut specialize = vec![Component {
+        computer_name: Some(text(deployment.hostname.to_ascii_uppercase())),
+        time_zone: Some(text(deployment.timezone.clone())),
+        ..Component::new("Microsoft-Windows-Shell-Setup")
+    }];
+    specialize.extend(guest_agent_install(deployment).map(|run| Component {
+        run_synchronous: Some(run),
+        ..Component::new("Microsoft-Windows-Deployment")
+    }));
     settings.push(Settings {
         pass: "specialize",
-        component: vec![Component {
-            computer_name: Some(text(deployment.hostname.to_ascii_uppercase())),
-            time_zone: Some(text(deployment.timezone.clone())),
-            ..Component::new("Microsoft-Windows-Shell-Setup")
-        }],
+        component: specialize,
     });
     let extra_admin = !deployment.username.eq_ignore_ascii_case("administrator");
     settings.push(Settings {

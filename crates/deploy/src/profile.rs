@@ -351,6 +351,9 @@ pub struct WindowsFile {
     pub virtio_win_iso: Option<String>,
     /// The OS directory inside the virtio-win ISO (`2k22` for Server 2022).
     pub virtio_win_dir: Option<String>,
+    /// How long the deployment waits for Setup to finish (the guest agent
+    /// answers) before it removes the Autounattend media anyway.
+    pub setup_minutes: Option<u32>,
 }
 
 /// A checked profile, as the API lists it and deployments use it.
@@ -424,7 +427,18 @@ pub struct WindowsOptions {
     pub image_name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub virtio_win: Option<VirtioWin>,
+    /// The longest the deployment waits for Setup to finish, seen as the
+    /// QEMU guest agent (installed from virtio-win) answering; then the
+    /// Autounattend media, which holds the password, is detached and
+    /// deleted from the host either way.
+    pub setup_minutes: u32,
 }
+
+/// How long a Windows deployment waits for Setup by default: an unattended
+/// Server install takes 10–30 minutes on KVM.
+pub const SETUP_MINUTES_DEFAULT: u32 = 90;
+/// At most a day: the media must not stay on the host for longer.
+const SETUP_MINUTES_MAX: u32 = 24 * 60;
 
 /// The virtio-win driver ISO and the directory of this Windows version in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -649,9 +663,17 @@ impl WindowsFile {
                 ));
             }
         };
+        let setup_minutes = self.setup_minutes.unwrap_or(SETUP_MINUTES_DEFAULT);
+        if !(1..=SETUP_MINUTES_MAX).contains(&setup_minutes) {
+            return Err(InvalidInput::new(
+                "windows.setup_minutes",
+                format!("must be 1 to {SETUP_MINUTES_MAX}"),
+            ));
+        }
         Ok(WindowsOptions {
             image_name: self.image_name,
             virtio_win,
+            setup_minutes,
         })
     }
 }

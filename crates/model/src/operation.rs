@@ -107,6 +107,28 @@ pub struct DeploySpec {
     /// agent receives the sealed payload once the VM runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentSeed>,
+    /// An installer's last step: wait for Setup to finish, then detach and
+    /// delete the Autounattend media (it holds the password in clear).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<SetupWait>,
+}
+
+/// How an installer deployment waits for Setup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetupWait {
+    /// The longest wait for the guest agent to answer; then the media is
+    /// removed anyway and the job says Setup was not seen to finish.
+    pub minutes: u32,
+    /// Whether the installed system gets a guest agent (from virtio-win):
+    /// without one, the wait is only the time limit.
+    pub agent_expected: bool,
+}
+
+impl SetupWait {
+    pub fn limit(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.minutes) * 60)
+    }
 }
 
 /// What the seed of an agent-provisioned VM carries: public values only.

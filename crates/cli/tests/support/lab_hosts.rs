@@ -90,13 +90,46 @@ pub fn id(host: &Value) -> String {
 
 /// Waits (long-poll) for job `id` to end and returns it.
 pub async fn job_finished(api: &Api, id: &str) -> Value {
-    let (status, done) = api.get(&format!("/api/v1/jobs/{id}?wait=60")).await;
-    assert_eq!(status, StatusCode::OK, "{done}");
-    assert!(
-        !matches!(done["status"].as_str(), Some("queued" | "running")),
-        "job {id} still unfinished after 60 s: {done}"
-    );
-    done
+    job_finished_within(api, id, Duration::from_secs(60)).await
+}
+
+fn unfinished(job: &Value) -> bool {
+    matches!(job["status"].as_str(), Some("queued" | "running"))
+}
+
+/// Waits (the API's long poll) for job `id` to end, at most `within`.
+pub async fn job_finished_within(api: &Api, id: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, job) = api.get(&format!("/api/v1/jobs/{id}?wait=60")).await;
+        assert_eq!(status, StatusCode::OK, "{job}");
+        if !unfinished(&job) {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} still unfinished after {within:?}: {job}"
+        );
+    }
+}
+
+/// Waits for job `id` to be running its step `name`; the job must not end
+/// before.
+pub async fn job_at_step(api: &Api, id: &str, name: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, job) = api.get(&format!("/api/v1/jobs/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{job}");
+        let step = job["steps"]
+            .as_array()
+            .and_then(|steps| steps.iter().find(|s| s["name"] == name));
+        if step.is_some_and(|s| s["status"] == "running") {
+            return job;
+        }
+        assert!(unfinished(&job), "the job ended before {name}: {job}");
+        assert!(Instant::now() < deadline, "never reached {name}: {job}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Runs a VM action as a job and waits for it to succeed.

@@ -15,7 +15,10 @@
 //!
 //! An agent-provisioned deployment has a sixth step, `provision`
 //! (`operations/provision.rs`): the guest agent's key, the sealed payload
-//! delivered, applied. It has no undo of its own: `start`'s stops the VM.
+//! delivered, applied. An installer's sixth step is `setup`
+//! (`operations/setup.rs`): wait for Setup to finish, then detach and
+//! delete the Autounattend media. Neither has an undo of its own: `start`'s
+//! stops the VM.
 //!
 //! Undo, in reverse: `start` → destroy, `define` → undefine (with the UEFI
 //! variable store and the TPM state libvirt made at the start), `overlay`
@@ -60,13 +63,20 @@ const STEPS: [StepDef; 5] = [
     },
 ];
 
-/// The steps of a deployment: [`STEPS`], and `provision` when the guest
-/// agent receives the secrets.
+/// The steps of a deployment: [`STEPS`], then `provision` when the guest
+/// agent receives the secrets, or `setup` when an installer's media is
+/// removed once Setup finished.
 pub fn steps(spec: &DeploySpec) -> Vec<StepDef> {
     let mut steps = STEPS.to_vec();
     if spec.agent.is_some() {
         steps.push(StepDef {
             name: super::provision::STEP,
+            has_undo: false,
+        });
+    }
+    if spec.setup.is_some() {
+        steps.push(StepDef {
+            name: super::setup::STEP,
             has_undo: false,
         });
     }
@@ -200,6 +210,9 @@ pub async fn run(
             lv.define_xml(&xml, &spec.domain_xml).await.map_err(fail)?;
             cx.info(format!("defined {vm}")).await;
             Ok(None)
+        }
+        5 if let Some(wait) = spec.setup => {
+            super::setup::wait_then_remove_media(cx, lv, vm, spec, wait, fail).await
         }
         5 => super::provision::deliver(cx, lv, &files, spec, secret)
             .await
@@ -428,7 +441,7 @@ async fn stream_image(
     Ok(sender.send(&path, size, progress).await?)
 }
 
-fn percent(have: u64, total: u64) -> u8 {
+pub(super) fn percent(have: u64, total: u64) -> u8 {
     let p = u128::from(have.min(total)) * 100 / u128::from(total.max(1));
     u8::try_from(p).unwrap_or(100)
 }

@@ -29,6 +29,10 @@ fn builtin_profile_golden() {
         !names.iter().any(|n| n == "DriverPaths"),
         "no drivers without virtio-win"
     );
+    assert!(
+        !xml.contains("qemu-ga"),
+        "no guest agent without virtio-win"
+    );
     golden("autounattend-windows-server-2022.xml", &xml);
 }
 
@@ -42,14 +46,47 @@ fn virtio_drivers_golden() {
         !names.iter().any(|n| n == "LocalAccounts"),
         "Administrator only"
     );
-    // Storage and network drivers on D:, E: and F:, in both passes.
+    // Storage and network drivers on D:, E: and F:, in both passes; the
+    // virtio-serial driver (for the guest agent) in the installed system.
     assert_eq!(
         names.iter().filter(|n| *n == "PathAndCredentials").count(),
-        12
+        6 + 9
     );
     assert!(xml.contains(r"E:\viostor\2k22\amd64"));
     assert!(xml.contains(r"F:\NetKVM\2k22\amd64"));
+    assert_eq!(xml.matches(r"\vioserial\2k22\amd64").count(), 3);
+    // The guest agent is installed while Setup specializes the system.
+    let specialize = xml
+        .split(r#"<settings pass="specialize">"#)
+        .nth(1)
+        .and_then(|s| s.split("</settings>").next())
+        .expect("a specialize pass");
+    assert!(
+        specialize.contains(r"msiexec /i %d:\guest-agent\qemu-ga-x86_64.msi /qn"),
+        "{specialize}"
+    );
     golden("autounattend-virtio.xml", &xml);
+}
+
+#[test]
+fn sata_with_virtio_win_still_gets_the_guest_agent() {
+    let mut d = deployment(|_| {});
+    d.profile = crate::profile::tests::windows_virtio("sata");
+    d.profile.nic_model = NicModel::E1000e;
+    let xml = autounattend_xml(&d, &fixed_password()).expect("xml");
+    let names = well_formed(&xml);
+    // Setup needs no driver; the installed system gets virtio-serial.
+    assert!(
+        !names
+            .iter()
+            .any(|n| n == "Microsoft-Windows-PnpCustomizationsWinPE")
+    );
+    assert!(
+        !xml.contains("Microsoft-Windows-PnpCustomizationsWinPE"),
+        "{xml}"
+    );
+    assert_eq!(xml.matches(r"\vioserial\2k22\amd64").count(), 3, "{xml}");
+    assert!(xml.contains("qemu-ga-x86_64.msi"), "{xml}");
 }
 
 #[test]

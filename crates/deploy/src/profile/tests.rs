@@ -225,13 +225,26 @@ fn windows_rules() {
             WINDOWS.replace("[windows]", "[windows]\nvirtio_win_iso = \"/isos/v.iso\""),
             "windows.virtio_win_dir",
         ),
+        (
+            WINDOWS.replace("[windows]", "[windows]\nsetup_minutes = 0"),
+            "windows.setup_minutes",
+        ),
+        (
+            WINDOWS.replace("[windows]", "[windows]\nsetup_minutes = 1441"),
+            "windows.setup_minutes",
+        ),
     ];
     assert_refused(cases);
     let p = windows_virtio("virtio");
+    let windows = p.windows.expect("[windows]");
     assert_eq!(
-        p.windows.and_then(|w| w.virtio_win).map(|v| v.os_dir),
+        windows.virtio_win.map(|v| v.os_dir),
         Some("2k22".to_owned())
     );
+    assert_eq!(windows.setup_minutes, SETUP_MINUTES_DEFAULT);
+    let quick =
+        check(&WINDOWS.replace("[windows]", "[windows]\nsetup_minutes = 5")).expect("valid");
+    assert_eq!(quick.windows.map(|w| w.setup_minutes), Some(5));
 }
 
 #[test]

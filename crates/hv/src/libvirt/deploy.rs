@@ -151,6 +151,11 @@ const READABLE_SCRIPT: &str =
 /// `$1` VM dir: removes it whatever it holds.
 const REMOVE_SCRIPT: &str = r#"rm -rf -- "$1""#;
 
+/// The guest agent's no-op: it answers once the agent runs.
+const GUEST_PING: &str = r#"{"execute":"guest-ping"}"#;
+/// How long libvirt waits for the agent's answer.
+const GUEST_PING_TIMEOUT_SECS: &str = "5";
+
 /// Lists Linux bridges, one per line.
 const BRIDGES_SCRIPT: &str =
     r#"for d in /sys/class/net/*/bridge; do [ -d "$d" ] && basename "$(dirname "$d")"; done; true"#;
@@ -513,6 +518,61 @@ impl LibvirtDriver {
             Ok(()) | Err(HvError::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether `vm`'s QEMU guest agent answers `guest-ping` now: `Err` with
+    /// why not (no agent yet, the VM does not run) when it does not. A VM
+    /// that is gone or a lost connection is an error.
+    pub async fn guest_agent_ping(&self, vm: &VmName) -> HvResult<Result<(), String>> {
+        let args = [
+            "qemu-agent-command",
+            "--domain",
+            vm.as_str(),
+            "--timeout",
+            GUEST_PING_TIMEOUT_SECS,
+            GUEST_PING,
+        ];
+        match self.run(&args, Some((vm, None))).await {
+            Ok(_) => Ok(Ok(())),
+            Err(HvError::Host(why)) => Ok(Err(why)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ejects the media at `path` from every drive of `vm` holding it, in
+    /// the running VM and in its definition (the drive stays, empty: SATA
+    /// has no hot unplug), then deletes the file. Returns whether a drive
+    /// held it; doing it again finds none and is fine.
+    pub async fn media_remove(&self, vm: &VmName, path: &str) -> HvResult<bool> {
+        use crate::driver::Hypervisor as _;
+        let running = self.vm_state(vm).await? == overvisor_model::vm::VmState::Running;
+        let scopes: &[(&str, Option<&str>)] = if running {
+            &[("--live", None), ("--config", Some("--inactive"))]
+        } else {
+            &[("--config", Some("--inactive"))]
+        };
+        let mut held = false;
+        for (scope, list) in scopes {
+            let mut args = vec!["domblklist", "--domain", vm.as_str(), "--details"];
+            args.extend(*list);
+            let drives = self.run(&args, Some((vm, None))).await?;
+            for target in super::parse::drives_holding(&drives, path) {
+                let eject = [
+                    "change-media",
+                    "--domain",
+                    vm.as_str(),
+                    "--path",
+                    target.as_str(),
+                    "--eject",
+                    "--force",
+                    scope,
+                ];
+                self.run(&eject, Some((vm, None))).await?;
+                held = true;
+            }
+        }
+        self.script(REMOVE_SCRIPT, &[path], None).await?;
+        Ok(held)
     }
 
     /// A connection to the guest agent's port of the VM with `files`,

@@ -436,6 +436,20 @@ pub fn domifaddr(out: &str) -> Vec<String> {
     ips
 }
 
+/// The targets (`sdb`) of the drives whose source is `path`, in `virsh
+/// domblklist --details` output (`Type Device Target Source` rows; a
+/// source may hold spaces, an empty drive shows `-`).
+pub fn drives_holding(out: &str, path: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|line| {
+            let mut cols = line.split_whitespace();
+            let (_kind, _device, target) = (cols.next()?, cols.next()?, cols.next()?);
+            let source = cols.collect::<Vec<_>>().join(" ");
+            (source == path).then(|| target.to_owned())
+        })
+        .collect()
+}
+
 /// One line of `virsh event --all --loop`, e.g.
 /// `event 'lifecycle' for domain 'web': Started Booted`. Other lines
 /// (blank, "event loop timed out") give `None`.

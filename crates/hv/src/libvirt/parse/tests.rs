@@ -255,3 +255,18 @@ fn host_usage_from_node_stats() {
     );
     assert_eq!(host_usage("", ""), (None, None, None));
 }
+
+#[test]
+fn drives_holding_a_file_are_found_by_source() {
+    let out = "file   disk    vda   /var/lib/libvirt/overvisor/vms/u/disk.qcow2\n\
+               file   cdrom   sda   /isos/win.iso\n\
+               file   cdrom   sdb   /var/lib/libvirt/overvisor/vms/u/seed.iso\n\
+               file   cdrom   sdc   -\n";
+    let seed = "/var/lib/libvirt/overvisor/vms/u/seed.iso";
+    assert_eq!(drives_holding(out, seed), vec!["sdb".to_owned()]);
+    // Ejected already: no drive holds it.
+    assert!(drives_holding(&out.replace(seed, "-"), seed).is_empty());
+    assert!(drives_holding("", seed).is_empty());
+    // Not a prefix match.
+    assert!(drives_holding(out, "/isos/win").is_empty());
+}
