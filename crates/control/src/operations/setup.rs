@@ -11,6 +11,10 @@
 //! fails or is cancelled before then loses the media with everything else
 //! (the directory `overlay`'s undo removes).
 //!
+//! First, for the installer's "Press any key to boot from CD or DVD" (a
+//! stock Microsoft ISO under UEFI waits for it), space is pressed once a
+//! second for half a minute.
+//!
 //! The step has no undo: `start`'s stops the VM. Resumed (its runner died),
 //! it waits afresh; removing media that is gone already is fine.
 
@@ -29,6 +33,13 @@ pub const STEP: &str = "setup";
 
 /// Between two questions to the guest agent.
 const POLL: Duration = Duration::from_secs(10);
+/// Microsoft's installer ISOs boot under UEFI only after "Press any key to
+/// boot from CD or DVD", shown for a few seconds once the firmware has
+/// found the blank disk empty. Space is pressed once a second for this
+/// long after the start; by the time Setup reboots into the installed
+/// system (which boots first from then on) the presses are long over.
+const BOOT_PROMPT_PRESSES: u32 = 30;
+const BOOT_PROMPT_KEY: &str = "KEY_SPACE";
 
 pub async fn wait_then_remove_media(
     cx: &StepCx<'_>,
@@ -38,6 +49,8 @@ pub async fn wait_then_remove_media(
     wait: SetupWait,
     fail: impl Fn(HvError) -> JobError,
 ) -> StepResult {
+    let started = Instant::now();
+    let deadline = started + wait.limit();
     let minutes = wait.minutes;
     if wait.agent_expected {
         cx.info(format!(
@@ -51,8 +64,9 @@ pub async fn wait_then_remove_media(
         ))
         .await;
     }
-    let started = Instant::now();
-    let deadline = started + wait.limit();
+    if !cx.resumed {
+        press_for_the_boot_prompt(cx, lv, vm).await;
+    }
     let mut why_not = String::from("not asked yet");
     let finished = loop {
         match lv.guest_agent_ping(vm).await {
@@ -105,6 +119,26 @@ pub async fn wait_then_remove_media(
         "waited_s": waited,
         "media_removed": true,
     })))
+}
+
+/// Presses space for the installer's boot prompt. A press that fails (the
+/// VM was stopped) ends the presses; Setup may still start without them
+/// (a no-prompt ISO), so the wait goes on.
+async fn press_for_the_boot_prompt(cx: &StepCx<'_>, lv: &LibvirtDriver, vm: &VmName) {
+    let mut pressed = 0;
+    for _ in 0..BOOT_PROMPT_PRESSES {
+        if let Err(e) = lv.send_key(vm, BOOT_PROMPT_KEY).await {
+            cx.warn(format!("cannot press a key on {vm}: {e}")).await;
+            break;
+        }
+        pressed += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    cx.info(format!(
+        "pressed space {pressed} times, once a second, for the installer's \"Press any key to \
+         boot from CD or DVD\""
+    ))
+    .await;
 }
 
 fn millis(d: Duration) -> u64 {

@@ -539,6 +539,17 @@ impl LibvirtDriver {
         }
     }
 
+    /// Presses `key` (a Linux key code name, e.g. `KEY_SPACE`) on `vm`'s
+    /// keyboard.
+    pub async fn send_key(&self, vm: &VmName, key: &str) -> HvResult<()> {
+        self.run(
+            &["send-key", "--domain", vm.as_str(), key],
+            Some((vm, None)),
+        )
+        .await
+        .map(drop)
+    }
+
     /// Ejects the media at `path` from every drive of `vm` holding it, in
     /// the running VM and in its definition (the drive stays, empty: SATA
     /// has no hot unplug), then deletes the file. Returns whether a drive
