@@ -156,11 +156,14 @@ async fn steps_job(api: &Api, body: Value) -> String {
     job["id"].as_str().unwrap().to_owned()
 }
 
-/// Waits until step `index` of job `id` is running.
+/// Waits until step `index` of job `id` is running and has said so.
 async fn step_running(api: &Api, id: &str, index: usize) {
     for _ in 0..400 {
         let (_, job) = api.get(&format!("/api/v1/jobs/{id}")).await;
-        if job["steps"][index]["status"] == "running" {
+        // The step is marked running a moment before it logs that it ran:
+        // a test that kills the service in between would lose the line.
+        let ran = format!("step {} ran", index + 1);
+        if job["steps"][index]["status"] == "running" && log_lines(&job).contains(&ran) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
