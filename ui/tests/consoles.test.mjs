@@ -86,11 +86,19 @@ async function openConsole(page) {
   await page.goto(vmPage);
   await page.locator('#vm-console').click();
   await page.waitForURL(/\/console$/);
+  await consoleConnected(page);
+}
+
+/** Waits for the page's console to connect; if it does not, says what the
+ * page shows and what the service logged last. */
+async function consoleConnected(page) {
   try {
     await page.locator('#console-status[data-state="connected"]').waitFor({ timeout: PATIENCE });
   } catch (error) {
     const said = await page.locator('#console-status').innerText().catch(() => '?');
-    throw new Error(`the console did not connect; it says "${said}" (${error.message})`);
+    const logged = server.logs().split('\n').slice(-30).join('\n');
+    throw new Error(`the console did not connect; it says "${said}" (${error.message})\n` +
+      `the service's last lines:\n${logged}`);
   }
 }
 
@@ -200,7 +208,7 @@ describe('consoles', () => {
     await signIn(page, server, 'admin', server.admin.password);
     await page.goto(vmPage);
     await page.locator('#vm-display').click();
-    await page.locator('#console-status[data-state="connected"]').waitFor({ timeout: PATIENCE });
+    await consoleConnected(page);
     // noVNC paints into a canvas: some of its pixels are lit.
     await page.waitForFunction(() => {
       const canvas = document.querySelector('#console-screen canvas');
