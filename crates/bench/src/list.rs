@@ -158,6 +158,7 @@ pub async fn run(hosts: usize, per_host: usize, requests: usize) -> anyhow::Resu
             max_body_bytes: 1 << 20,
             peers: reqwest::Client::new(),
             sockets: tokio_util::task::TaskTracker::new(),
+            vouch: overvisor_server::vouch::Vouch::new(app.replica_vouch_key().as_slice()),
         }),
     };
     let router = overvisor_server::api_router(state, 1 << 20)

@@ -172,6 +172,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("http://{ui}")),
         started,
         max_body_bytes: config.max_body_bytes,
+        vouch: overvisor_server::vouch::Vouch::new(app.replica_vouch_key().as_slice()),
         peers: reqwest::Client::builder()
             // A forwarded answer is passed back as it is, redirects included.
             .redirect(reqwest::redirect::Policy::none())

@@ -126,6 +126,29 @@ async fn wait_owner(apps: &[&TestApp], host: &str) -> usize {
     }
 }
 
+/// The source addresses of the console sessions audited, newest first,
+/// once there are `count` (a session is audited when it ends).
+async fn audited_console_sources(app: &TestApp, token: &str, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, rows) = app
+            .client(token)
+            .get("/api/v1/audit?all=true&action=vm.console")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{rows}");
+        let sources: Vec<String> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["source_ip"].as_str().map(str::to_owned))
+            .collect();
+        if sources.len() >= count || Instant::now() >= deadline {
+            return sources;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_share_hosts_and_survive_a_sigkill_and_a_rolling_restart() {
     let lab = Lab::load();
@@ -253,12 +276,32 @@ async fn replicas_share_hosts_and_survive_a_sigkill_and_a_rolling_restart() {
         .unwrap()
         .to_owned();
     assert_eq!(issuer, replica_id(&apps[owner]), "{ticket}");
-    let mut console = console_socket::open(&apps[third], &token, &ticket)
+    // The viewer comes from 127.0.0.2; replicas reach each other from
+    // 127.0.0.1. The relay vouches for the viewer's address, so the
+    // owner's audit row of the session names it.
+    let viewer = std::net::IpAddr::from([127, 0, 0, 2]);
+    let mut console = console_socket::open_from(&apps[third], &token, &ticket, Some(viewer))
         .await
         .unwrap();
     console_socket::type_keys(&mut console, &mut 0, "\recho relayed-$((6*7))\r").await;
     console_socket::read_until(&mut console, "relayed-42").await;
     drop(console);
+    let audited = audited_console_sources(&apps[owner], &token, 1).await;
+    assert_eq!(audited, ["127.0.0.2"]);
+    // A viewer cannot name an address of its own: the header is not
+    // believed without a replica's MAC.
+    let ticket =
+        console_socket::ticket(&apps[owner].client(&token), &hosts[0], &guests[0].name).await;
+    let mut request = console_socket::socket_request(&apps[owner], &token, &ticket);
+    request.headers_mut().insert(
+        "x-overvisor-client",
+        "203.0.113.9 1800000000 00".parse().unwrap(),
+    );
+    let (mut console, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    console_socket::text_frame(&mut console).await;
+    drop(console);
+    let audited = audited_console_sources(&apps[owner], &token, 2).await;
+    assert_eq!(audited, ["127.0.0.1", "127.0.0.2"]);
 
     // The portal's VM page needs the host's connection too: on a replica
     // that does not own the host it is the owner's page.

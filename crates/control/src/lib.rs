@@ -159,6 +159,12 @@ impl App {
         &self.inner.sealer
     }
 
+    /// The key replicas vouch for a forwarded request's client address
+    /// with: the same on every replica of one master key.
+    pub fn replica_vouch_key(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        self.sealer().derive_key("replica client address")
+    }
+
     /// The key that signs guests' sealed provisioning payloads, derived
     /// from the master key (the same on every replica, stored nowhere).
     pub fn provisioning_key(&self) -> overvisor_provision::ProvisioningKey {

@@ -68,19 +68,30 @@ pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// Where the request came from: the peer address, or the left-most
-/// `X-Forwarded-For` entry when the operator says a trusted proxy is in front.
+/// Where the request came from: the client another replica vouches for
+/// (a request it forwarded here), else the left-most `X-Forwarded-For`
+/// entry when the operator says a trusted proxy is in front, else the peer
+/// address.
 pub fn client_info(parts: &Parts, settings: &Settings) -> ClientInfo {
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ci| ci.0.ip().to_string());
+    let vouched = parts
+        .headers
+        .get(&crate::vouch::CLIENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            settings.vouch.verify(v, parts.method.as_str(), path)
+        })
+        .map(|ip| ip.to_string());
     let forwarded = settings
         .trust_forwarded_for
         .then(|| forwarded_for(&parts.headers))
         .flatten();
     ClientInfo {
-        ip: forwarded.or(peer),
+        ip: vouched.or(forwarded).or(peer),
         user_agent: parts
             .headers
             .get(header::USER_AGENT)

@@ -10,6 +10,8 @@
 //! console's socket is relayed to the replica that issued its ticket
 //! (`api::consoles`).
 
+use std::net::IpAddr;
+
 use axum::body::{Body, to_bytes};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, Method, StatusCode, header};
@@ -213,9 +215,18 @@ async fn forward(
         format!("{}{path}", owner.trim_end_matches('/')),
     );
     for (name, value) in &parts.headers {
-        if !HOP_BY_HOP.contains(name) {
+        if !HOP_BY_HOP.contains(name) && *name != crate::vouch::CLIENT {
             outgoing = outgoing.header(name, value);
         }
+    }
+    if let Some(client) = client_of(state, &parts) {
+        outgoing = outgoing.header(
+            &crate::vouch::CLIENT,
+            state
+                .settings
+                .vouch
+                .sign(client, parts.method.as_str(), path),
+        );
     }
     let answer = outgoing
         .header(&FORWARDED_BY, state.app.replicas().id())
@@ -230,6 +241,14 @@ async fn forward(
     }
     let bytes = answer.bytes().await?;
     Ok(response.body(Body::from(bytes))?)
+}
+
+/// The client of a request as this replica sees it, to vouch for.
+fn client_of(state: &AppState, parts: &axum::http::request::Parts) -> Option<IpAddr> {
+    crate::auth::client_info(parts, &state.settings)
+        .ip?
+        .parse()
+        .ok()
 }
 
 /// On the owner: says which replica served a forwarded request.
@@ -263,6 +282,7 @@ pub async fn console_relay(
     issuer: &str,
     path: &str,
     headers: &axum::http::HeaderMap,
+    client: Option<&str>,
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -296,6 +316,13 @@ pub async fn console_relay(
     );
     if let Ok(me) = header::HeaderValue::from_str(state.app.replicas().id()) {
         request.headers_mut().insert(FORWARDED_BY, me);
+    }
+    let vouched = client
+        .and_then(|ip| ip.parse().ok())
+        .map(|ip| state.settings.vouch.sign(ip, "GET", path))
+        .and_then(|v| header::HeaderValue::from_str(&v).ok());
+    if let Some(vouched) = vouched {
+        request.headers_mut().insert(crate::vouch::CLIENT, vouched);
     }
     let upstream = match tokio_tungstenite::connect_async(request).await {
         Ok((upstream, _)) => upstream,

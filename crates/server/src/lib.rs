@@ -14,6 +14,7 @@ pub mod forward;
 pub mod listen;
 pub mod observe;
 pub mod portal;
+pub mod vouch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,6 +55,8 @@ pub struct Settings {
     /// listeners have drained, the service waits a moment for them to say
     /// goodbye (they end on shutdown) before it exits.
     pub sockets: tokio_util::task::TaskTracker,
+    /// Vouches for the client of a request passed to another replica.
+    pub vouch: vouch::Vouch,
 }
 
 /// How long a stopping service waits for its sockets' last frames.

@@ -54,7 +54,35 @@ pub fn socket_request(
 /// Opens a ticket's socket with `token`; a refusal comes back as its
 /// status and JSON body.
 pub async fn open(app: &TestApp, token: &str, ticket: &Value) -> Result<Ws, (u16, Value)> {
-    match tokio_tungstenite::connect_async(socket_request(app, token, ticket)).await {
+    open_from(app, token, ticket, None).await
+}
+
+/// Like [`open`], from the local address `from` when given (a client
+/// that is not where the replicas are).
+pub async fn open_from(
+    app: &TestApp,
+    token: &str,
+    ticket: &Value,
+    from: Option<std::net::IpAddr>,
+) -> Result<Ws, (u16, Value)> {
+    let request = socket_request(app, token, ticket);
+    let connected = match from {
+        None => tokio_tungstenite::connect_async(request).await,
+        Some(ip) => {
+            let to: std::net::SocketAddr = app
+                .api
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .parse()
+                .unwrap();
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind((ip, 0).into()).unwrap();
+            let stream = socket.connect(to).await.unwrap();
+            let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+            tokio_tungstenite::client_async(request, stream).await
+        }
+    };
+    match connected {
         Ok((mut ws, _)) => {
             assert_eq!(text_frame(&mut ws).await["type"], "connected");
             Ok(ws)

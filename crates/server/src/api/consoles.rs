@@ -162,7 +162,9 @@ pub async fn console_socket(
     // Several replicas: the console lives where its ticket was issued.
     if let Some(issuer) = state.app.console_issued_elsewhere(&ticket).await? {
         let path = format!("{SOCKET_PREFIX}{ticket}");
-        return crate::forward::console_relay(&state, &issuer, &path, &headers, upgrade).await;
+        let client = subject.source_ip.as_deref();
+        return crate::forward::console_relay(&state, &issuer, &path, &headers, client, upgrade)
+            .await;
     }
     let presented = presented_credential(&headers, &state.settings, &subject)?;
     let console = state
