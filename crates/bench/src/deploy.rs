@@ -22,9 +22,22 @@ const DEPLOY_DIR: &str = "/var/lib/libvirt/overvisor";
 /// One deployment through the API, waited for; its wall time and job (with
 /// `accepted_ms`, how long the POST took, added for [`Phases`]).
 async fn deploy(api: &Api, host_id: &str, name: &str) -> anyhow::Result<(Duration, Value)> {
+    deploy_by(api, host_id, name, None).await
+}
+
+/// [`deploy`] with the image's way to the host (`host`, `stream`) given.
+async fn deploy_by(
+    api: &Api,
+    host_id: &str,
+    name: &str,
+    transfer: Option<&str>,
+) -> anyhow::Result<(Duration, Value)> {
     let started = Instant::now();
-    let body = json!({"profile": "bench-cloud", "name": name, "vcpus": 1, "memory_mib": 256,
+    let mut body = json!({"profile": "bench-cloud", "name": name, "vcpus": 1, "memory_mib": 256,
         "disk_gib": 4, "network": {"bridge": "br0"}, "username": "bench"});
+    if let Some(transfer) = transfer {
+        body["image_transfer"] = json!(transfer);
+    }
     let reply = api
         .post(&format!("/api/v1/hosts/{host_id}/deployments"), Some(&body))
         .await?;
@@ -224,6 +237,113 @@ async fn by_hand(
     Ok(took)
 }
 
+/// How long step `name` of `job` took.
+fn step_ms(job: &Value, name: &str) -> Option<f64> {
+    let at = |v: &Value| {
+        v.as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    };
+    let step = job["steps"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == name)?;
+    let (a, b) = (at(&step["started_at"])?, at(&step["finished_at"])?);
+    Some((b - a).num_microseconds()? as f64 / 1000.0)
+}
+
+/// The image's way to a host whose cache lacks it: the host's own
+/// download (`curl` + `sha256sum` as root, the baseline), the job's
+/// `image` step downloading on the host, and the job's `image` step with
+/// the control plane sending it over the SSH connection (from its own
+/// cache, filled by a first, unmeasured stream).
+async fn transfers(
+    api: &Api,
+    host: &LabHost,
+    host_id: &str,
+    image: &overvisor_testkit::CloudImage,
+    runs: usize,
+) -> anyhow::Result<()> {
+    let cached = format!("{DEPLOY_DIR}/images/{}", image.sha256);
+    let uncache = || async {
+        root(
+            host,
+            "rm",
+            vec![
+                "-f".into(),
+                format!("{cached}.img"),
+                format!("{cached}.part"),
+            ],
+        )
+        .await
+    };
+    let mb = image.size as f64 / 1e6;
+    println!(
+        "== Image transfer to a host without it ({}, {runs} runs, {mb:.0} MB)",
+        host.name
+    );
+    let mut samples: Vec<(&str, Samples)> = [
+        "root curl + sha256sum",
+        "API transfer=host",
+        "API transfer=stream",
+    ]
+    .into_iter()
+    .map(|what| (what, Samples::default()))
+    .collect();
+    // Fills the control plane's own cache (not measured).
+    uncache().await?;
+    let name = unique_name("bench-xfer");
+    let (_, job) = deploy_by(api, host_id, &name, Some("stream")).await?;
+    remove(
+        host,
+        &name,
+        job["result"]["uuid"].as_str().unwrap_or_default(),
+    )
+    .await?;
+    let scratch = "/var/tmp/overvisor-bench-image".to_owned();
+    for _ in 0..runs {
+        let started = Instant::now();
+        root(
+            host,
+            "curl",
+            vec![
+                "-sSf".into(),
+                "-o".into(),
+                scratch.clone(),
+                image.url.clone(),
+            ],
+        )
+        .await?;
+        root(host, "sha256sum", vec![scratch.clone()]).await?;
+        samples[0].1.push(started.elapsed());
+        root(host, "rm", vec!["-f".into(), scratch.clone()]).await?;
+        for (i, transfer) in [(1, "host"), (2, "stream")] {
+            uncache().await?;
+            let name = unique_name("bench-xfer");
+            let (_, job) = deploy_by(api, host_id, &name, Some(transfer)).await?;
+            let ms = step_ms(&job, "image").context("no image step times")?;
+            samples[i].1.push_ms(ms);
+            remove(
+                host,
+                &name,
+                job["result"]["uuid"].as_str().unwrap_or_default(),
+            )
+            .await?;
+        }
+    }
+    for (what, s) in &samples {
+        println!(
+            "   {what:<38} {}  ({:.0} MB/s at the median)",
+            s.line(),
+            mb / (s.median() / 1000.0)
+        );
+    }
+    println!(
+        "   ratio of medians, stream / host download: {:.2}x",
+        samples[2].1.median() / samples[1].1.median()
+    );
+    Ok(())
+}
+
 fn path(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -346,6 +466,7 @@ pub async fn run(binary: &Path, lab: &Lab, runs: usize) -> anyhow::Result<()> {
         "   all ten, wall time: {:.0} ms",
         wall.as_secs_f64() * 1000.0
     );
+    transfers(&api, &hosts[1], &id_of(&hosts[1])?, image, runs.min(5)).await?;
     service.terminate(Duration::from_secs(30))?;
     Ok(())
 }

@@ -83,10 +83,12 @@ total=$(curl -fsIL --max-time 30 "$@" "$url" 2>/dev/null | tr -d '\r' | awk 'tol
 echo "total $total"
 curl -fsSL --connect-timeout 20 --speed-time 60 --speed-limit 1 "$@" -C - -o "$sum.part" "$url" 2>"$sum.err" &
 pid=$!
-while kill -0 "$pid" 2>/dev/null; do
+# Progress from a reporter of its own, so the end of the download is seen
+# at once rather than at the reporter's next tick.
+(while kill -0 "$pid" 2>/dev/null; do
   echo "have $(stat -c %s "$sum.part" 2>/dev/null || echo 0)"
   sleep 1
-done
+done) &
 if ! wait "$pid"; then echo "failed download: $(tr '\n' ' ' < "$sum.err" | cut -c1-300)"; exit 1; fi
 "#,
     cache_commit!()
