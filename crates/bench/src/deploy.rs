@@ -79,14 +79,6 @@ impl Phases {
 
     /// The phases of one API deployment that took `took` in all.
     fn of_job(&mut self, job: &Value, took: Duration) {
-        let at = |v: &Value| {
-            v.as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        };
-        let ms = |a: chrono::DateTime<chrono::FixedOffset>,
-                  b: chrono::DateTime<chrono::FixedOffset>| {
-            (b - a).num_microseconds().unwrap_or(0) as f64 / 1000.0
-        };
         let accepted = job["accepted_ms"].as_f64().unwrap_or(0.0);
         self.push("POST until 202", accepted);
         let (created, started, finished) = (
@@ -98,12 +90,9 @@ impl Phases {
             self.push("queued", ms(c, s));
         }
         let mut steps_ms = 0.0;
-        for step in job["steps"].as_array().into_iter().flatten() {
-            if let (Some(a), Some(b)) = (at(&step["started_at"]), at(&step["finished_at"])) {
-                let name = step["name"].as_str().unwrap_or("?");
-                steps_ms += ms(a, b);
-                self.push(&format!("step {name}"), ms(a, b));
-            }
+        for (name, took) in step_times(job) {
+            steps_ms += took;
+            self.push(&format!("step {name}"), took);
         }
         if let (Some(s), Some(f)) = (started, finished) {
             self.push("job bookkeeping between steps", ms(s, f) - steps_ms);
@@ -237,18 +226,34 @@ async fn by_hand(
     Ok(took)
 }
 
+/// A job's timestamp field.
+fn at(v: &Value) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    v.as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+}
+
+/// Milliseconds from `a` to `b`.
+fn ms(a: chrono::DateTime<chrono::FixedOffset>, b: chrono::DateTime<chrono::FixedOffset>) -> f64 {
+    (b - a).num_microseconds().unwrap_or(0) as f64 / 1000.0
+}
+
+/// Each finished step of `job`: its name and how long it took (ms).
+fn step_times(job: &Value) -> impl Iterator<Item = (&str, f64)> {
+    job["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|step| {
+            let (a, b) = (at(&step["started_at"])?, at(&step["finished_at"])?);
+            Some((step["name"].as_str().unwrap_or("?"), ms(a, b)))
+        })
+}
+
 /// How long step `name` of `job` took.
 fn step_ms(job: &Value, name: &str) -> Option<f64> {
-    let at = |v: &Value| {
-        v.as_str()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-    };
-    let step = job["steps"]
-        .as_array()?
-        .iter()
-        .find(|s| s["name"] == name)?;
-    let (a, b) = (at(&step["started_at"])?, at(&step["finished_at"])?);
-    Some((b - a).num_microseconds()? as f64 / 1000.0)
+    step_times(job)
+        .find(|(n, _)| *n == name)
+        .map(|(_, took)| took)
 }
 
 /// The image's way to a host whose cache lacks it: the host's own

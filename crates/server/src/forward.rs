@@ -10,8 +10,6 @@
 //! console's socket is relayed to the replica that issued its ticket
 //! (`api::consoles`).
 
-use std::net::IpAddr;
-
 use axum::body::{Body, to_bytes};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, Method, StatusCode, header};
@@ -219,14 +217,10 @@ async fn forward(
             outgoing = outgoing.header(name, value);
         }
     }
-    if let Some(client) = client_of(state, &parts) {
-        outgoing = outgoing.header(
-            &crate::vouch::CLIENT,
-            state
-                .settings
-                .vouch
-                .sign(client, parts.method.as_str(), path),
-        );
+    let client = crate::auth::client_info(&parts, &state.settings).ip;
+    let method = parts.method.as_str();
+    if let Some(vouched) = state.settings.vouch.header(client.as_deref(), method, path) {
+        outgoing = outgoing.header(&crate::vouch::CLIENT, vouched);
     }
     let answer = outgoing
         .header(&FORWARDED_BY, state.app.replicas().id())
@@ -241,14 +235,6 @@ async fn forward(
     }
     let bytes = answer.bytes().await?;
     Ok(response.body(Body::from(bytes))?)
-}
-
-/// The client of a request as this replica sees it, to vouch for.
-fn client_of(state: &AppState, parts: &axum::http::request::Parts) -> Option<IpAddr> {
-    crate::auth::client_info(parts, &state.settings)
-        .ip?
-        .parse()
-        .ok()
 }
 
 /// On the owner: says which replica served a forwarded request.
@@ -317,11 +303,7 @@ pub async fn console_relay(
     if let Ok(me) = header::HeaderValue::from_str(state.app.replicas().id()) {
         request.headers_mut().insert(FORWARDED_BY, me);
     }
-    let vouched = client
-        .and_then(|ip| ip.parse().ok())
-        .map(|ip| state.settings.vouch.sign(ip, "GET", path))
-        .and_then(|v| header::HeaderValue::from_str(&v).ok());
-    if let Some(vouched) = vouched {
+    if let Some(vouched) = state.settings.vouch.header(client, "GET", path) {
         request.headers_mut().insert(crate::vouch::CLIENT, vouched);
     }
     let upstream = match tokio_tungstenite::connect_async(request).await {

@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::http::HeaderName;
+use axum::http::{HeaderName, HeaderValue};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -49,8 +49,15 @@ impl Vouch {
     }
 
     /// The header's value: `ip` sent `method path` now.
-    pub fn sign(&self, ip: IpAddr, method: &str, path: &str) -> String {
+    fn sign(&self, ip: IpAddr, method: &str, path: &str) -> String {
         self.sign_at(ip, method, path, now())
+    }
+
+    /// [`CLIENT`]'s value for a request passed on for `client` (an address
+    /// as [`crate::auth::client_info`] gives it); `None` without one.
+    pub fn header(&self, client: Option<&str>, method: &str, path: &str) -> Option<HeaderValue> {
+        let ip: IpAddr = client?.parse().ok()?;
+        HeaderValue::from_str(&self.sign(ip, method, path)).ok()
     }
 
     fn sign_at(&self, ip: IpAddr, method: &str, path: &str, at: u64) -> String {
