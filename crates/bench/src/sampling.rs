@@ -6,14 +6,18 @@
 //! driver gets it, turning it into points, keeping them and publishing
 //! the event — as a share of one core at the default 30-second step. The
 //! SSH round trip itself is the host's work and the connection's, measured
-//! by the fleet mode.
+//! by the fleet mode. With several replicas, each sample is also passed on
+//! to the others: the owner cuts it into announcements, each other replica
+//! reads them and keeps the points; both are timed too.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use overvisor_control::metrics::{Metrics, MetricsSettings, Sample};
 use overvisor_hv::libvirt::parse;
 use overvisor_model::metrics::{CpuReading, HostReading};
+use overvisor_store::replicas::MAX_ANNOUNCEMENT;
 
 use crate::list::{app_with_admin, synthetic_host};
 use crate::process;
@@ -59,6 +63,7 @@ pub async fn run(hosts: usize, per_host: usize, rounds: u64) -> anyhow::Result<(
     }
     let (rss_inventory, _) = process::memory_mib()?;
     let mut per_sample = Samples::default();
+    let mut samples = Vec::with_capacity(hosts * rounds as usize);
     let start = Instant::now();
     let cpu_start = process::cpu_ms()?;
     for round in 0..rounds {
@@ -83,9 +88,10 @@ pub async fn run(hosts: usize, per_host: usize, rounds: u64) -> anyhow::Result<(
                 memory_used_bytes: Some(100 << 30),
                 vms,
             };
-            let event = app.metrics().record(host, unix, at, reading);
-            app.events().publish(host.owner, event);
+            let sample = app.metrics().record(host, unix, at, reading);
+            app.events().publish(host.owner, sample.event());
             per_sample.push(began.elapsed());
+            samples.push(sample);
         }
     }
     // CPU time is counted in scheduler ticks: over the whole run, per sample.
@@ -103,6 +109,7 @@ pub async fn run(hosts: usize, per_host: usize, rounds: u64) -> anyhow::Result<(
         per_sample.line()
     );
     let share = cpu_per_sample * hosts as f64 / 30_000.0 * 100.0;
+    relayed(&samples, owner)?;
     println!(
         "   {hosts} hosts every 30 s: {} of one core",
         versus(share, 5.0, "%")
@@ -110,6 +117,44 @@ pub async fn run(hosts: usize, per_host: usize, rounds: u64) -> anyhow::Result<(
     println!(
         "   whole process RSS with sampling: {}",
         versus(rss_sampled, 150.0, "MiB")
+    );
+    Ok(())
+}
+
+/// The other replicas' side of sampling: each sample cut into
+/// announcements (the owner's work), then read and kept by a replica that
+/// does not own the host (each other replica's).
+fn relayed(samples: &[Sample], owner: overvisor_model::account::UserId) -> anyhow::Result<()> {
+    let elsewhere = Metrics::new(&MetricsSettings::default());
+    let (mut cut, mut kept) = (Samples::default(), Samples::default());
+    let mut announcements = 0;
+    for sample in samples {
+        let began = std::time::Instant::now();
+        // The envelope takes about 100 bytes of an announcement.
+        let parts = sample
+            .clone()
+            .parts(MAX_ANNOUNCEMENT - 128)
+            .ok_or_else(|| anyhow::anyhow!("a VM larger than an announcement"))?;
+        let payloads = parts
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()?;
+        cut.push(began.elapsed());
+        announcements += payloads.len();
+        let began = std::time::Instant::now();
+        for payload in &payloads {
+            let part: Sample = serde_json::from_str(payload)?;
+            elsewhere.record_relayed(owner, &part);
+            std::hint::black_box(part.event());
+        }
+        kept.push(began.elapsed());
+    }
+    println!(
+        "   passed on to other replicas: {:.1} announcements per host sample; cut and written by the owner {}; \
+         read and kept by each other replica {}",
+        announcements as f64 / samples.len() as f64,
+        cut.line(),
+        kept.line()
     );
     Ok(())
 }

@@ -1,10 +1,11 @@
-//! Three `overvisor serve` replicas on one PostgreSQL database and real
-//! lab hosts: each host is owned by one replica, every replica lists every
+//! `overvisor serve` replicas on one PostgreSQL database and real lab
+//! hosts: each host is owned by one replica, every replica lists every
 //! VM, a lifecycle request made on any replica is carried out by the
 //! host's owner, and the replicas survive a SIGKILL and a rolling restart
-//! (after which the hosts are spread evenly again).
+//! (after which the hosts are spread evenly again). Usage graphs are
+//! whole on every replica.
 //!
-//! Hosts: `ovh1`–`ovh3`, shared with other tests; only domains of our own
+//! Hosts: `ovh1`–`ovh5`, shared with other tests; only domains of our own
 //! are defined and touched on them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,27 +23,39 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_stream::{events, wait_event};
-use lab_hosts::{id, job_finished, register};
+use lab_hosts::{act, id, job_finished, register};
 use overvisor_testkit::{Lab, TestGuest, unique_name};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Api, TestApp};
+use support::{Api, TestApp, TestAppBuilder};
 
 /// Lease of a host on a replica, and of a job on a runner (seconds): short,
 /// so a takeover happens within the test's patience.
 const LEASE_SECS: &str = "3";
 
-/// Starts a replica on the database named in `dir`'s `postgres-url` file.
-async fn replica(dir: &Path, master_key: &str) -> TestApp {
+/// A master key for replicas to share.
+fn new_master_key() -> String {
+    use base64::Engine;
+    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    base64::engine::general_purpose::STANDARD.encode([*a.as_bytes(), *b.as_bytes()].concat())
+}
+
+/// A replica on PostgreSQL with short leases: the first one makes the
+/// database; others get `.data_dir(D)` where `D/../postgres-url` names it
+/// ([`join`]).
+fn replica_builder(master_key: &str) -> TestAppBuilder {
     TestApp::builder()
         .postgres()
-        .data_dir(&dir.join("data"))
         .env("OVERVISOR_MASTER_KEY", master_key)
         .env("OVERVISOR_HOST_LEASE_SECS", LEASE_SECS)
         .env("OVERVISOR_JOB_LEASE_SECS", LEASE_SECS)
         .env("OVERVISOR_TEST_JOBS", "1")
-        .start()
-        .await
+}
+
+/// `builder` made a replica on `first`'s database, its data in `dir`.
+fn join(builder: TestAppBuilder, first: &TestApp, dir: &Path) -> TestAppBuilder {
+    std::fs::write(dir.join("postgres-url"), first.postgres_url().unwrap()).unwrap();
+    builder.data_dir(&dir.join("data"))
 }
 
 /// The hosts a replica owns now, from what it logged (taken on, handed over).
@@ -152,26 +165,14 @@ async fn audited_console_sources(app: &TestApp, token: &str, count: usize) -> Ve
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_share_hosts_and_survive_a_sigkill_and_a_rolling_restart() {
     let lab = Lab::load();
-    let master_key = {
-        use base64::Engine;
-        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-        base64::engine::general_purpose::STANDARD.encode([*a.as_bytes(), *b.as_bytes()].concat())
-    };
-    let first = TestApp::builder()
-        .postgres()
-        .env("OVERVISOR_MASTER_KEY", &master_key)
-        .env("OVERVISOR_HOST_LEASE_SECS", LEASE_SECS)
-        .env("OVERVISOR_JOB_LEASE_SECS", LEASE_SECS)
-        .env("OVERVISOR_TEST_JOBS", "1")
-        .start()
-        .await;
+    let master_key = new_master_key();
+    let first = replica_builder(&master_key).start().await;
     let token = first.admin_token.clone();
-    let url = first.postgres_url().unwrap().to_owned();
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut apps = vec![first];
     for dir in &dirs {
-        std::fs::write(dir.path().join("postgres-url"), &url).unwrap();
-        apps.push(replica(dir.path(), &master_key).await);
+        let builder = join(replica_builder(&master_key), &apps[0], dir.path());
+        apps.push(builder.start().await);
     }
 
     // Three hosts registered on one replica; a domain of ours on each.
@@ -567,5 +568,177 @@ async fn replicas_share_hosts_and_survive_a_sigkill_and_a_rolling_restart() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    drop(guests);
+}
+
+/// The latest `series` value of a metrics window with a time of at least
+/// `since`, and the earliest time with one.
+fn measured(window: &Value, series: &str, since: u64) -> (Option<f64>, Option<u64>) {
+    let times = window["times"].as_array().cloned().unwrap_or_default();
+    let values = window[series].as_array().cloned().unwrap_or_default();
+    let known: Vec<(u64, f64)> = times
+        .iter()
+        .zip(&values)
+        .filter_map(|(t, v)| Some((t.as_u64()?, v.as_f64()?)))
+        .collect();
+    (
+        known
+            .iter()
+            .rev()
+            .find(|(t, _)| *t >= since)
+            .map(|(_, v)| *v),
+        known.first().map(|(t, _)| *t),
+    )
+}
+
+/// Polls `path` on `api` until `ready` accepts its window.
+async fn window_when(api: &Api, path: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, window) = api.get(path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {window}");
+        if ready(&window) {
+            return window;
+        }
+        assert!(Instant::now() < deadline, "{what}: {window}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Only a host's owner samples it, and passes each sample on: the other
+/// replica draws the VM graphs of a host it does not own and the fleet's
+/// totals of every host, streams the samples as they come, leaves them
+/// out of its Prometheus export (the owner exports them), and goes on
+/// with the history it holds when it takes the host over.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_replica_draws_every_graph_and_keeps_it_through_a_takeover() {
+    let lab = Lab::load();
+    let master_key = new_master_key();
+    let sampled = |builder: TestAppBuilder| {
+        builder
+            .env("OVERVISOR_METRICS_STEP_SECS", "1")
+            .env("OVERVISOR_METRICS_PER_VM", "true")
+    };
+    let first = sampled(replica_builder(&master_key)).start().await;
+    let token = first.admin_token.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let second = sampled(join(replica_builder(&master_key), &first, dir.path()))
+        .start()
+        .await;
+    let mut apps = [first, second];
+
+    let prefix = unique_name("repgraph");
+    let mut hosts = Vec::new();
+    let mut guests: Vec<TestGuest> = Vec::new();
+    for name in ["ovh4", "ovh5"] {
+        let lab_host = lab.host(name);
+        hosts.push(id(&register(&apps[0].client(&token), &lab, lab_host).await));
+        guests.push(lab.define_guest(lab_host, &format!("{prefix}-{name}")));
+    }
+    let owner = wait_owner(&[&apps[0], &apps[1]], &hosts[0]).await;
+    wait_owner(&[&apps[0], &apps[1]], &hosts[1]).await;
+    let reader = 1 - owner;
+    act(
+        &apps[owner].client(&token),
+        &hosts[0],
+        &guests[0].name,
+        "start",
+    )
+    .await;
+    let api = apps[reader].client(&token);
+    let (_, page) = api
+        .get(&format!("/api/v1/vms?name={}", guests[0].name))
+        .await;
+    let uuid = page["items"][0]["uuid"].as_str().unwrap().to_owned();
+
+    // The owner's samples reach the reader's event stream.
+    let mut samples = events(&apps[reader], &token, "metrics").await;
+    let host0 = hosts[0].clone();
+    let sample = wait_event(&mut samples, Duration::from_secs(30), |e| {
+        e["type"] == "metrics.sampled"
+            && e["host_id"] == host0.as_str()
+            && e["vms"]
+                .as_array()
+                .is_some_and(|vms| vms.iter().any(|vm| vm["uuid"] == uuid.as_str()))
+    })
+    .await;
+    assert!(
+        sample["host"]["memory_used_bytes"].as_f64().unwrap() > 0.0,
+        "{sample}"
+    );
+
+    // The reader draws the VM's graph (it keeps what it was passed) ...
+    let vm_path = format!("/api/v1/vms/{uuid}/metrics");
+    let window = window_when(
+        &api,
+        &vm_path,
+        "no CPU figures of the VM on the reader",
+        |w| {
+            measured(w, "cpu_percent", 0).0.is_some()
+                && measured(w, "memory_used_bytes", 0).0.is_some()
+        },
+    )
+    .await;
+    assert_eq!(window["step_secs"], 1, "{window}");
+    let (_, first_measured) = measured(&window, "memory_used_bytes", 0);
+    let first_measured = first_measured.unwrap();
+
+    // ... and the fleet's totals count both hosts, whoever owns them.
+    let mut cpus = 0;
+    for host in &hosts {
+        let (status, facts) = api.get(&format!("/api/v1/hosts/{host}/facts")).await;
+        assert_eq!(status, StatusCode::OK, "{facts}");
+        cpus += facts["cpus"].as_u64().unwrap();
+    }
+    window_when(
+        &api,
+        "/api/v1/metrics/fleet",
+        "the fleet lacks a host",
+        |w| {
+            w["capacity"]["cpus"].as_u64() == Some(cpus)
+                && measured(w, "memory_used_bytes", 0).0.is_some()
+        },
+    )
+    .await;
+
+    // The owner exports the host to Prometheus; the reader does not.
+    let labels = format!("host_id=\"{}\"", hosts[0]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !apps[owner].metrics_text().await.contains(&labels) {
+        assert!(
+            Instant::now() < deadline,
+            "the owner never exported the host"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let exported = apps[reader].metrics_text().await;
+    assert!(!exported.contains(&labels), "{exported}");
+    assert!(
+        !exported.contains(&format!("vm_uuid=\"{uuid}\"")),
+        "{exported}"
+    );
+
+    // The owner dies; the reader takes the host over and samples it on,
+    // after the history it was passed.
+    apps[owner].kill();
+    let killed_at = unix_now();
+    wait_owner(&[&apps[reader]], &hosts[0]).await;
+    let window = window_when(&api, &vm_path, "no CPU figures after the takeover", |w| {
+        measured(w, "cpu_percent", killed_at + 1).0.is_some()
+    })
+    .await;
+    assert_eq!(
+        measured(&window, "memory_used_bytes", 0).1,
+        Some(first_measured),
+        "the history from before the takeover is gone: {window}"
+    );
+    assert!(first_measured < killed_at, "{window}");
     drop(guests);
 }

@@ -4,6 +4,12 @@
 //! each sample is announced on the event bus (`metrics.sampled`, sent only
 //! to streams that ask for it), and Prometheus gets per-host aggregates.
 //!
+//! Where replicas share hosts, only a host's owner samples it; it passes
+//! each sample's points on to the other replicas ([`Sample`]), which keep
+//! them in rings of their own and announce them too. So every replica
+//! draws every graph and the fleet's totals, and a replica that takes a
+//! host over goes on with the history it already holds.
+//!
 //! Nothing is persisted: a restart starts the graphs afresh, as a
 //! monitoring gap rather than a lost record (jobs and audit are the
 //! records).
@@ -20,8 +26,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use overvisor_hv::Hypervisor;
 use overvisor_model::account::UserId;
 use overvisor_model::host::{Host, HostId};
-use overvisor_model::metrics::{CpuReading, HostReading, Point, Range, Series as S};
-use serde::Serialize;
+use overvisor_model::metrics::{CpuReading, HostReading, Point, Range, SERIES, Series as S};
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
@@ -83,6 +89,105 @@ struct VmHistory {
     latest: Option<(u64, Point)>,
 }
 
+impl VmHistory {
+    fn new(shape: &Shape) -> Self {
+        Self {
+            series: Series::new(shape),
+            last: None,
+            vcpus: None,
+            memory_max_bytes: None,
+            latest: None,
+        }
+    }
+}
+
+/// One host's sampling round as points: what its history keeps, what the
+/// `metrics.sampled` event announces, and what other replicas are told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub host_id: HostId,
+    pub name: String,
+    /// Unix seconds at the start of the step it fills.
+    pub at: u64,
+    pub step_secs: u64,
+    pub cpus: Option<u32>,
+    pub memory_total_bytes: Option<u64>,
+    /// The host's figures, in [`S::ALL`] order.
+    pub host: [Option<f64>; SERIES],
+    /// Every VM with a history on the host (of this part, when passed on
+    /// in parts).
+    pub vms: Vec<VmSample>,
+    /// The whole sample, or its last part.
+    pub complete: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmSample {
+    pub uuid: Uuid,
+    pub vcpus: Option<u32>,
+    pub values: [Option<f64>; SERIES],
+}
+
+impl Sample {
+    /// The event announcing it.
+    pub fn event(&self) -> Event {
+        Event::MetricsSampled {
+            host_id: self.host_id,
+            at: self.at,
+            step_secs: self.step_secs,
+            host: Values::of(&Point { values: self.host }),
+            vms: self
+                .vms
+                .iter()
+                .map(|vm| VmValues {
+                    uuid: vm.uuid,
+                    values: Values::of(&Point { values: vm.values }),
+                })
+                .collect(),
+        }
+    }
+
+    /// The sample in parts whose JSON takes at most `max_bytes` each (a
+    /// host with many VMs is passed on in several announcements); each
+    /// part carries the host's figures, the last is `complete`. `None`
+    /// when not even one VM fits a part.
+    pub fn parts(self, max_bytes: usize) -> Option<Vec<Sample>> {
+        if json_len(&self) <= max_bytes {
+            return Some(vec![self]);
+        }
+        let (vms, bare) = (
+            self.vms,
+            Sample {
+                vms: Vec::new(),
+                complete: false,
+                ..self
+            },
+        );
+        let bare_len = json_len(&bare);
+        let mut parts = vec![bare.clone()];
+        let mut used = bare_len;
+        for vm in vms {
+            // The VM's JSON and the comma before it.
+            let len = json_len(&vm) + 1;
+            if bare_len + len > max_bytes {
+                return None;
+            }
+            if used + len > max_bytes {
+                parts.push(bare.clone());
+                used = bare_len;
+            }
+            used += len;
+            if let Some(part) = parts.last_mut() {
+                part.vms.push(vm);
+            }
+        }
+        if let Some(last) = parts.last_mut() {
+            last.complete = true;
+        }
+        Some(parts)
+    }
+}
+
 impl Metrics {
     pub fn new(settings: &MetricsSettings) -> Self {
         let step = settings.step.map_or(30, |s| s.as_secs().max(1));
@@ -101,37 +206,48 @@ impl Metrics {
         write(&self.hosts).remove(&host);
     }
 
-    fn history(&self, host: &Host) -> Arc<Mutex<HostHistory>> {
-        if let Some(h) = read(&self.hosts).get(&host.id) {
-            return h.clone();
+    /// `host`'s history, made empty if it has none; its owner and name
+    /// are set to these.
+    fn history(&self, host: HostId, owner: UserId, name: &str) -> Arc<Mutex<HostHistory>> {
+        let history = read(&self.hosts).get(&host).cloned();
+        let history = history.unwrap_or_else(|| {
+            write(&self.hosts)
+                .entry(host)
+                .or_insert_with(|| self.empty_history(owner, name))
+                .clone()
+        });
+        {
+            let mut h = lock(&history);
+            h.owner = owner;
+            if h.name != name {
+                name.clone_into(&mut h.name);
+            }
         }
-        write(&self.hosts)
-            .entry(host.id)
-            .or_insert_with(|| {
-                Arc::new(Mutex::new(HostHistory {
-                    owner: host.owner,
-                    name: host.name.clone(),
-                    cpus: None,
-                    memory_total_bytes: None,
-                    series: Series::new(&self.shape),
-                    last_at: None,
-                    last_cpu: None,
-                    latest: None,
-                    vms: HashMap::new(),
-                }))
-            })
-            .clone()
+        history
+    }
+
+    fn empty_history(&self, owner: UserId, name: &str) -> Arc<Mutex<HostHistory>> {
+        Arc::new(Mutex::new(HostHistory {
+            owner,
+            name: name.to_owned(),
+            cpus: None,
+            memory_total_bytes: None,
+            series: Series::new(&self.shape),
+            last_at: None,
+            last_cpu: None,
+            latest: None,
+            vms: HashMap::new(),
+        }))
     }
 
     /// Turns a reading taken at `at` (wall time `unix_secs`) into points,
-    /// keeps them, and returns the event announcing them.
-    pub fn record(&self, host: &Host, unix_secs: u64, at: Instant, reading: HostReading) -> Event {
+    /// keeps them, and returns them as a [`Sample`] (for the event that
+    /// announces them, and for other replicas).
+    pub fn record(&self, host: &Host, unix_secs: u64, at: Instant, reading: HostReading) -> Sample {
         let shape = self.shape;
         let slot = shape.slot(unix_secs);
-        let history = self.history(host);
+        let history = self.history(host.id, host.owner, &host.name);
         let mut h = lock(&history);
-        h.owner = host.owner;
-        h.name.clone_from(&host.name);
         // A reading more than two steps after the previous one (the host
         // was away) is a fresh start, not one long interval.
         let elapsed = h
@@ -140,7 +256,7 @@ impl Metrics {
             .filter(|e| e.as_secs() <= shape.step_secs * 2 + 1);
         let fresh = elapsed.is_none();
         let elapsed = elapsed.unwrap_or(Duration::ZERO);
-        let mut vm_points = Vec::with_capacity(reading.vms.len());
+        let mut vms = Vec::with_capacity(reading.vms.len());
         let mut seen = HashMap::with_capacity(reading.vms.len());
         for vm in &reading.vms {
             seen.insert(vm.uuid, ());
@@ -149,24 +265,25 @@ impl Metrics {
             if !vm.running && !h.vms.contains_key(&vm.uuid) {
                 continue;
             }
-            let entry = h.vms.entry(vm.uuid).or_insert_with(|| VmHistory {
-                series: Series::new(&shape),
-                last: None,
-                vcpus: None,
-                memory_max_bytes: None,
-                latest: None,
-            });
+            let entry = h
+                .vms
+                .entry(vm.uuid)
+                .or_insert_with(|| VmHistory::new(&shape));
             let before = if fresh { None } else { entry.last.as_ref() };
             let point = rates::vm_point(before, vm, elapsed);
             entry.last = vm.running.then(|| VmCounters::of(vm));
             entry.vcpus = vm.vcpus.or(entry.vcpus);
             entry.series.put(&shape, slot, &point);
             entry.latest = Some((slot, point));
-            vm_points.push((vm.uuid, point));
+            vms.push(VmSample {
+                uuid: vm.uuid,
+                vcpus: entry.vcpus,
+                values: point.values,
+            });
         }
         // VMs the host no longer has: their history goes with them.
         h.vms.retain(|uuid, _| seen.contains_key(uuid));
-        let points: Vec<Point> = vm_points.iter().map(|(_, p)| *p).collect();
+        let points: Vec<Point> = vms.iter().map(|v| Point { values: v.values }).collect();
         let before_cpu = if fresh { None } else { h.last_cpu };
         let host_point = rates::host_point(before_cpu, &reading, &points);
         h.cpus = reading.cpus.or(h.cpus);
@@ -175,24 +292,60 @@ impl Metrics {
         h.last_at = Some(at);
         h.series.put(&shape, slot, &host_point);
         h.latest = Some((slot, host_point));
-        Event::MetricsSampled {
+        Sample {
             host_id: host.id,
+            name: host.name.clone(),
             at: slot * shape.step_secs,
             step_secs: shape.step_secs,
-            host: Values::of(&host_point),
-            vms: vm_points
-                .into_iter()
-                .map(|(uuid, p)| VmValues {
-                    uuid,
-                    values: Values::of(&p),
-                })
-                .collect(),
+            cpus: h.cpus,
+            memory_total_bytes: h.memory_total_bytes,
+            host: host_point.values,
+            vms,
+            complete: true,
         }
+    }
+
+    /// Keeps the points of a sample another replica took (of a host it
+    /// owns, `owner` being the host's account); `false`, keeping nothing,
+    /// when that replica samples at another step than this one.
+    pub fn record_relayed(&self, owner: UserId, sample: &Sample) -> bool {
+        let shape = self.shape;
+        if sample.step_secs != shape.step_secs {
+            return false;
+        }
+        let slot = sample.at / shape.step_secs;
+        let history = self.history(sample.host_id, owner, &sample.name);
+        let mut h = lock(&history);
+        for vm in &sample.vms {
+            let point = Point { values: vm.values };
+            let entry = h
+                .vms
+                .entry(vm.uuid)
+                .or_insert_with(|| VmHistory::new(&shape));
+            entry.vcpus = vm.vcpus.or(entry.vcpus);
+            entry.series.put(&shape, slot, &point);
+            entry.latest = Some((slot, point));
+        }
+        h.cpus = sample.cpus.or(h.cpus);
+        h.memory_total_bytes = sample.memory_total_bytes.or(h.memory_total_bytes);
+        // The host's point travels in every part of a sample; it is kept
+        // once, from the last part, which also closes the sample: a VM
+        // none of its parts named is gone or has no history on the owner.
+        if sample.complete {
+            h.vms
+                .retain(|_, vm| vm.latest.is_some_and(|(at, _)| at >= slot));
+            let point = Point {
+                values: sample.host,
+            };
+            h.series.put(&shape, slot, &point);
+            h.latest = Some((slot, point));
+        }
+        true
     }
 
     /// Sets a host's logical CPUs, for hosts whose readings do not say.
     pub fn note_host_cpus(&self, host: &Host, cpus: u32) {
-        lock(&self.history(host)).cpus = Some(cpus);
+        lock(&self.history(host.id, host.owner, &host.name)).cpus = Some(cpus);
     }
 
     /// Sets what the inventory knows of a VM's size (its memory ceiling
@@ -291,12 +444,15 @@ impl Metrics {
         w
     }
 
-    /// Prometheus text for every host (and with `per_vm`, every VM) whose
-    /// latest point is current. Names come from `vm_name`.
+    /// Prometheus text for every host that `sampled_here` accepts (and
+    /// with `per_vm`, its VMs) whose latest point is current. Names come
+    /// from `vm_name`. (A replica exports what it samples, so a scraper of
+    /// every replica counts each host once.)
     pub fn prometheus(
         &self,
         per_vm: bool,
         now: u64,
+        sampled_here: impl Fn(HostId) -> bool,
         vm_name: impl Fn(Uuid) -> Option<String>,
     ) -> String {
         // Older than two steps (and than a few seconds, for short steps
@@ -305,6 +461,7 @@ impl Metrics {
         let current = self.shape.slot(now.saturating_sub(stale));
         let histories: Vec<_> = read(&self.hosts)
             .iter()
+            .filter(|(id, _)| sampled_here(**id))
             .map(|(id, h)| (*id, h.clone()))
             .collect();
         let mut rows: HashMap<&'static str, Vec<String>> = HashMap::new();
@@ -507,6 +664,10 @@ impl MetricsWindow {
     }
 }
 
+fn json_len<T: Serialize>(value: &T) -> usize {
+    serde_json::to_vec(value).map_or(usize::MAX, |json| json.len())
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -578,9 +739,11 @@ impl App {
             return String::new();
         }
         let snapshot = self.inventory().snapshot();
+        let replicas = self.replicas();
         self.metrics().prometheus(
             self.config().metrics.per_vm_prometheus,
             unix_now(),
+            |host| replicas.owns(host),
             |uuid| snapshot.vm(uuid).map(|vm| vm.name.clone()),
         )
     }
@@ -630,8 +793,11 @@ impl App {
             };
             match reading {
                 Ok(reading) => {
-                    let event = self.metrics().record(&host, unix, at, reading);
-                    self.events().publish(host.owner, event);
+                    let sample = self.metrics().record(&host, unix, at, reading);
+                    self.events().publish(host.owner, sample.event());
+                    if self.replicas().is_shared() {
+                        self.replicas_pass_on_sample(host.owner, sample).await;
+                    }
                 }
                 Err(err) => {
                     tracing::debug!(host = %host.name, error = %err, "sampling failed");
@@ -725,12 +891,14 @@ mod tests {
         metrics.record(&h, base, t0, reading(0, 0, 0, 0, &[vm]));
         // 30 s later: the host 2 CPUs 25 % busy; the VM half a vCPU and
         // 300 bytes/s in.
-        let event = metrics.record(
-            &h,
-            base + 30,
-            t0 + Duration::from_secs(30),
-            reading(15_000_000_000, 60_000_000_000, 15_000_000_000, 9000, &[vm]),
-        );
+        let event = metrics
+            .record(
+                &h,
+                base + 30,
+                t0 + Duration::from_secs(30),
+                reading(15_000_000_000, 60_000_000_000, 15_000_000_000, 9000, &[vm]),
+            )
+            .event();
         let Event::MetricsSampled {
             at, host: hv, vms, ..
         } = &event
@@ -771,7 +939,7 @@ mod tests {
         );
 
         // Prometheus: host aggregates; per-VM only when asked.
-        let text = metrics.prometheus(false, base + 45, |_| Some("web \"1\"".into()));
+        let text = metrics.prometheus(false, base + 45, |_| true, |_| Some("web \"1\"".into()));
         assert!(
             text.contains(&format!(
                 "overvisor_host_cpu_percent{{host_id=\"{}\",host=\"hv1\"}} 25",
@@ -784,13 +952,17 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("overvisor_vm_"), "{text}");
-        let text = metrics.prometheus(true, base + 45, |_| Some("web \"1\"".into()));
+        let text = metrics.prometheus(true, base + 45, |_| true, |_| Some("web \"1\"".into()));
         assert!(
             text.contains(&format!("vm_uuid=\"{vm}\",vm=\"web \\\"1\\\"\"}} 50")),
             "{text}"
         );
         // Stale figures (the host stopped answering) are not exported.
-        assert!(metrics.prometheus(true, base + 300, |_| None).is_empty());
+        assert!(
+            metrics
+                .prometheus(true, base + 300, |_| true, |_| None)
+                .is_empty()
+        );
 
         // A VM that has never run has no history; one that stops keeps its.
         let off = Uuid::new_v4();
@@ -822,6 +994,129 @@ mod tests {
         );
         metrics.forget(h.id);
         assert!(metrics.host_window(h.id, Range::Hour, base + 75).is_none());
+    }
+
+    /// Every window of `host` (and its `vms`, and the fleet) as JSON, for
+    /// comparing two replicas' histories.
+    fn windows(metrics: &Metrics, host: HostId, vms: &[Uuid], now: u64) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for range in [Range::Hour, Range::Day] {
+            let json = |w: Option<MetricsWindow>| serde_json::to_value(w).expect("json");
+            out.push(json(metrics.host_window(host, range, now)));
+            out.extend(
+                vms.iter()
+                    .map(|vm| json(metrics.vm_window(host, *vm, range, now))),
+            );
+            out.push(json(Some(metrics.fleet_window(|_| true, range, now))));
+        }
+        out
+    }
+
+    #[test]
+    fn samples_passed_on_in_parts_draw_the_same_graphs_on_another_replica() {
+        let owner = UserId(Uuid::new_v4());
+        let h = host(owner);
+        let vms: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+        let sampler = Metrics::new(&MetricsSettings::default());
+        let elsewhere = Metrics::new(&MetricsSettings::default());
+        let t0 = Instant::now();
+        let base = 1_800_000_000; // a multiple of the 30 s step
+        let pass_on = |sample: Sample| {
+            let many = sample.vms.len() == 5;
+            let parts = sample.parts(450).expect("a VM fits a part");
+            assert!(!many || parts.len() > 2, "five VMs need three parts of 450 bytes");
+            for (i, part) in parts.iter().enumerate() {
+                let json = serde_json::to_string(part).expect("json");
+                assert!(json.len() <= 450, "part {i}: {} bytes", json.len());
+                assert_eq!(part.complete, i + 1 == parts.len());
+                let read: Sample = serde_json::from_str(&json).expect("read back");
+                assert!(elsewhere.record_relayed(owner, &read));
+            }
+            parts
+                .iter()
+                .flat_map(|p| p.vms.iter().map(|v| v.uuid))
+                .collect::<Vec<_>>()
+        };
+        for round in 0..4u64 {
+            let n = round * 15_000_000_000;
+            let sample = sampler.record(
+                &h,
+                base + round * 30,
+                t0 + Duration::from_secs(round * 30),
+                reading(n, 4 * n, n / 2, round * 9000, &vms),
+            );
+            assert_eq!(pass_on(sample), vms, "every VM passed on once, in order");
+        }
+        let now = base + 100;
+        assert_eq!(
+            windows(&sampler, h.id, &vms, now),
+            windows(&elsewhere, h.id, &vms, now)
+        );
+        let w = elsewhere.host_window(h.id, Range::Hour, now).expect("host");
+        assert_eq!(w.cpu_percent.last(), Some(&Some(25.0)));
+        assert_eq!(w.capacity.cpus, Some(2));
+
+        // Two VMs are gone from the host: gone from the other replica too,
+        // once the sample's last part has come.
+        let sample = sampler.record(
+            &h,
+            base + 120,
+            t0 + Duration::from_secs(120),
+            reading(0, 0, 0, 0, &vms[..3]),
+        );
+        pass_on(sample);
+        assert!(
+            elsewhere
+                .vm_window(h.id, vms[4], Range::Hour, now + 30)
+                .is_none()
+        );
+        assert_eq!(
+            windows(&sampler, h.id, &vms, now + 30),
+            windows(&elsewhere, h.id, &vms, now + 30)
+        );
+
+        // The other replica exports none of it to Prometheus: a scraper of
+        // both counts the host once.
+        assert!(
+            !sampler
+                .prometheus(true, now + 30, |_| true, |_| None)
+                .is_empty()
+        );
+        assert!(
+            elsewhere
+                .prometheus(true, now + 30, |_| false, |_| None)
+                .is_empty()
+        );
+
+        // A replica sampling at another step keeps nothing of it.
+        let other_step = Metrics::new(&MetricsSettings {
+            step: Some(Duration::from_secs(10)),
+            ..MetricsSettings::default()
+        });
+        let sample = sampler.record(
+            &h,
+            base + 150,
+            t0 + Duration::from_secs(150),
+            reading(0, 0, 0, 0, &vms),
+        );
+        assert!(!other_step.record_relayed(owner, &sample));
+        assert!(
+            other_step
+                .host_window(h.id, Range::Hour, now + 60)
+                .is_none()
+        );
+
+        // A part too small for even one VM is refused, not cut short.
+        assert!(sample.clone().parts(100).is_none());
+        // A small sample is one complete part.
+        let parts = Sample {
+            vms: Vec::new(),
+            ..sample
+        }
+        .parts(7900)
+        .expect("fits");
+        assert_eq!(parts.len(), 1);
+        assert!(parts[0].complete);
     }
 
     #[test]

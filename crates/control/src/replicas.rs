@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::App;
 use crate::events::Event;
 use crate::inventory::mirror::HostMirror;
+use crate::metrics::Sample;
 
 /// How replicas share hosts.
 #[derive(Debug, Clone)]
@@ -96,6 +97,9 @@ pub struct Replicas {
     /// A document could not be applied yet (its host is not registered
     /// here yet): every version is compared again shortly.
     retry: AtomicBool,
+    /// A sample at another metrics step than this replica's was ignored
+    /// (said once).
+    step_warned: AtomicBool,
     /// Rings when the host registry changed: free hosts are taken at once
     /// rather than at the next round.
     pub(crate) tick_now: tokio::sync::Notify,
@@ -109,6 +113,7 @@ impl Default for Replicas {
             owned: RwLock::default(),
             applied: std::sync::Mutex::default(),
             retry: AtomicBool::new(false),
+            step_warned: AtomicBool::new(false),
             tick_now: tokio::sync::Notify::new(),
         }
     }
@@ -492,6 +497,7 @@ impl App {
                 owner: envelope.owner,
                 event: Some(envelope.event.clone()),
                 reread: None,
+                sample: None,
             });
             if payload.as_ref().is_ok_and(|p| p.len() > MAX_ANNOUNCEMENT) {
                 payload = serde_json::to_string(&Relayed {
@@ -499,6 +505,7 @@ impl App {
                     owner: envelope.owner,
                     event: None,
                     reread: Reread::of(&envelope.event),
+                    sample: None,
                 });
             }
             let sent = match payload {
@@ -525,6 +532,10 @@ impl App {
         if relayed.from == self.replicas().id() {
             return;
         }
+        if let Some(sample) = relayed.sample {
+            self.replicas_sample_arrived(relayed.owner, &sample);
+            return;
+        }
         let event = match (relayed.event, relayed.reread) {
             (Some(event), _) => event,
             (None, Some(Reread::Job(id))) => match self.store().job_get(id).await {
@@ -546,6 +557,57 @@ impl App {
             (None, None) => return,
         };
         self.events().publish_relayed(relayed.owner, event);
+    }
+
+    /// Passes a usage sample this replica took on to the others, in as
+    /// many announcements as its VMs need.
+    pub(crate) async fn replicas_pass_on_sample(&self, owner: UserId, sample: Sample) {
+        let from = self.replicas().id().to_owned();
+        let host = sample.host_id;
+        let envelope = |sample| Relayed {
+            from: from.clone(),
+            owner,
+            event: None,
+            reread: None,
+            sample,
+        };
+        // What the envelope adds around the sample, with room to spare.
+        let wrapping = serde_json::to_string(&envelope(None)).map_or(0, |e| e.len()) + 16;
+        let Some(parts) = sample.parts(MAX_ANNOUNCEMENT.saturating_sub(wrapping)) else {
+            tracing::warn!(%host, "a usage sample too large to pass on to other replicas");
+            return;
+        };
+        for part in parts {
+            let sent = match serde_json::to_string(&envelope(Some(part))) {
+                Ok(payload) if payload.len() <= MAX_ANNOUNCEMENT => {
+                    self.store().announce_event(&payload).await
+                }
+                _ => {
+                    tracing::warn!(%host, "a usage sample too large to pass on to other replicas");
+                    return;
+                }
+            };
+            if let Err(err) = sent {
+                tracing::debug!(%host, error = %err, "cannot pass a usage sample on to other replicas");
+                return;
+            }
+        }
+    }
+
+    /// Keeps and announces here a sample of a host another replica owns.
+    fn replicas_sample_arrived(&self, owner: UserId, sample: &Sample) {
+        // The owner's own samples are the ones it keeps (a sample sent
+        // just before this replica took the host over is one step late).
+        if self.replicas().owns(sample.host_id) {
+            return;
+        }
+        if self.metrics().record_relayed(owner, sample) {
+            self.events().publish_relayed(owner, sample.event());
+        } else if !self.replicas().step_warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(host = %sample.host_id, step_secs = sample.step_secs,
+                "ignoring usage samples taken at another step than this replica's: \
+                 give every replica the same metrics step");
+        }
     }
 
     async fn replicas_mirror_all(&self) {
@@ -615,6 +677,9 @@ struct Relayed {
     event: Option<Event>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reread: Option<Reread>,
+    /// A usage sample (or part of one) of a host the sender owns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sample: Option<Sample>,
 }
 
 /// What to read again when the event itself was too large to announce.
