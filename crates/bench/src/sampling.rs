@@ -16,8 +16,11 @@ use tokio::time::Instant;
 
 use overvisor_control::metrics::{Metrics, MetricsSettings, Sample};
 use overvisor_hv::libvirt::parse;
+use overvisor_model::account::UserId;
+use overvisor_model::host::Host;
 use overvisor_model::metrics::{CpuReading, HostReading};
 use overvisor_store::replicas::MAX_ANNOUNCEMENT;
+use uuid::Uuid;
 
 use crate::list::{app_with_admin, synthetic_host};
 use crate::process;
@@ -63,13 +66,62 @@ pub async fn run(hosts: usize, per_host: usize, rounds: u64) -> anyhow::Result<(
     }
     let (rss_inventory, _) = process::memory_mib()?;
     let mut per_sample = Samples::default();
-    let mut samples = Vec::with_capacity(hosts * rounds as usize);
     let start = Instant::now();
     let cpu_start = process::cpu_ms()?;
     for round in 0..rounds {
-        let unix = 1_800_000_000 + round * 30;
-        let at = start + Duration::from_secs(round * 30);
-        for (host, names, uuids) in &fleet {
+        for (took, _) in take_round(&app, &fleet, start, round) {
+            per_sample.push(took);
+        }
+    }
+    // CPU time is counted in scheduler ticks: over the whole run, per sample.
+    let cpu_per_sample = (process::cpu_ms()? - cpu_start) / per_sample.len() as f64;
+    let (rss_sampled, _) = process::memory_mib()?;
+    let history = rss_sampled - rss_inventory;
+    let bytes = app.metrics().shape().series_bytes();
+    println!(
+        "   RSS with the inventory {rss_inventory:.1} MiB; with every history {rss_sampled:.1} MiB \
+         (+{history:.1} MiB, {:.2} KiB per VM; the rings alone {bytes} B per VM or host)",
+        history * 1024.0 / (hosts * per_host) as f64
+    );
+    println!(
+        "   per host sample (parse 100 domains, points, rings, event): wall {}; CPU {cpu_per_sample:.3} ms on average",
+        per_sample.line()
+    );
+    let share = cpu_per_sample * hosts as f64 / 30_000.0 * 100.0;
+    println!(
+        "   {hosts} hosts every 30 s: {} of one core",
+        versus(share, 5.0, "%")
+    );
+    println!(
+        "   whole process RSS with sampling: {}",
+        versus(rss_sampled, 150.0, "MiB")
+    );
+    // As many rounds again, each sample passed on as it is taken (after
+    // the memory figures: the other replica's histories are a second
+    // copy of every ring).
+    let mut elsewhere = Relayed::new();
+    for round in rounds..2 * rounds {
+        for (_, sample) in take_round(&app, &fleet, start, round) {
+            elsewhere.pass_on(sample, owner)?;
+        }
+    }
+    elsewhere.report();
+    Ok(())
+}
+
+/// Every host's sample of `round`, as the service takes it: parsed,
+/// turned into points, kept and announced; each with the time it took.
+fn take_round(
+    app: &overvisor_control::App,
+    fleet: &[(Host, Vec<String>, Vec<Uuid>)],
+    start: Instant,
+    round: u64,
+) -> Vec<(std::time::Duration, Sample)> {
+    let unix = 1_800_000_000 + round * 30;
+    let at = start + Duration::from_secs(round * 30);
+    fleet
+        .iter()
+        .map(|(host, names, uuids)| {
             let text = domstats_text(names, round);
             let began = std::time::Instant::now();
             let stats = parse::domstats(&text);
@@ -90,71 +142,60 @@ pub async fn run(hosts: usize, per_host: usize, rounds: u64) -> anyhow::Result<(
             };
             let sample = app.metrics().record(host, unix, at, reading);
             app.events().publish(host.owner, sample.event());
-            per_sample.push(began.elapsed());
-            samples.push(sample);
-        }
-    }
-    // CPU time is counted in scheduler ticks: over the whole run, per sample.
-    let cpu_per_sample = (process::cpu_ms()? - cpu_start) / per_sample.len() as f64;
-    let (rss_sampled, _) = process::memory_mib()?;
-    let history = rss_sampled - rss_inventory;
-    let bytes = app.metrics().shape().series_bytes();
-    println!(
-        "   RSS with the inventory {rss_inventory:.1} MiB; with every history {rss_sampled:.1} MiB \
-         (+{history:.1} MiB, {:.2} KiB per VM; the rings alone {bytes} B per VM or host)",
-        history * 1024.0 / (hosts * per_host) as f64
-    );
-    println!(
-        "   per host sample (parse 100 domains, points, rings, event): wall {}; CPU {cpu_per_sample:.3} ms on average",
-        per_sample.line()
-    );
-    let share = cpu_per_sample * hosts as f64 / 30_000.0 * 100.0;
-    relayed(&samples, owner)?;
-    println!(
-        "   {hosts} hosts every 30 s: {} of one core",
-        versus(share, 5.0, "%")
-    );
-    println!(
-        "   whole process RSS with sampling: {}",
-        versus(rss_sampled, 150.0, "MiB")
-    );
-    Ok(())
+            (began.elapsed(), sample)
+        })
+        .collect()
 }
 
 /// The other replicas' side of sampling: each sample cut into
 /// announcements (the owner's work), then read and kept by a replica that
 /// does not own the host (each other replica's).
-fn relayed(samples: &[Sample], owner: overvisor_model::account::UserId) -> anyhow::Result<()> {
-    let elsewhere = Metrics::new(&MetricsSettings::default());
-    let (mut cut, mut kept) = (Samples::default(), Samples::default());
-    let mut announcements = 0;
-    for sample in samples {
+struct Relayed {
+    elsewhere: Metrics,
+    cut: Samples,
+    kept: Samples,
+    announcements: usize,
+}
+
+impl Relayed {
+    fn new() -> Self {
+        Self {
+            elsewhere: Metrics::new(&MetricsSettings::default()),
+            cut: Samples::default(),
+            kept: Samples::default(),
+            announcements: 0,
+        }
+    }
+
+    fn pass_on(&mut self, sample: Sample, owner: UserId) -> anyhow::Result<()> {
         let began = std::time::Instant::now();
         // The envelope takes about 100 bytes of an announcement.
         let parts = sample
-            .clone()
             .parts(MAX_ANNOUNCEMENT - 128)
             .ok_or_else(|| anyhow::anyhow!("a VM larger than an announcement"))?;
         let payloads = parts
             .iter()
             .map(serde_json::to_string)
             .collect::<Result<Vec<_>, _>>()?;
-        cut.push(began.elapsed());
-        announcements += payloads.len();
+        self.cut.push(began.elapsed());
+        self.announcements += payloads.len();
         let began = std::time::Instant::now();
         for payload in &payloads {
             let part: Sample = serde_json::from_str(payload)?;
-            elsewhere.record_relayed(owner, &part);
+            self.elsewhere.record_relayed(owner, &part);
             std::hint::black_box(part.event());
         }
-        kept.push(began.elapsed());
+        self.kept.push(began.elapsed());
+        Ok(())
     }
-    println!(
-        "   passed on to other replicas: {:.1} announcements per host sample; cut and written by the owner {}; \
-         read and kept by each other replica {}",
-        announcements as f64 / samples.len() as f64,
-        cut.line(),
-        kept.line()
-    );
-    Ok(())
+
+    fn report(&self) {
+        println!(
+            "   passed on to other replicas: {:.1} announcements per host sample; cut and written by the owner {}; \
+             read and kept by each other replica {}",
+            self.announcements as f64 / self.cut.len().max(1) as f64,
+            self.cut.line(),
+            self.kept.line()
+        );
+    }
 }

@@ -1024,7 +1024,10 @@ mod tests {
         let pass_on = |sample: Sample| {
             let many = sample.vms.len() == 5;
             let parts = sample.parts(450).expect("a VM fits a part");
-            assert!(!many || parts.len() > 2, "five VMs need three parts of 450 bytes");
+            assert!(
+                !many || parts.len() > 2,
+                "five VMs need three parts of 450 bytes"
+            );
             for (i, part) in parts.iter().enumerate() {
                 let json = serde_json::to_string(part).expect("json");
                 assert!(json.len() <= 450, "part {i}: {} bytes", json.len());

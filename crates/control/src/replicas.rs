@@ -452,8 +452,13 @@ impl App {
             self.replicas_mirror_all().await;
             loop {
                 tokio::select! {
-                    _ = retry.tick(), if self.replicas().retry.swap(false, Ordering::AcqRel) => {
-                        self.replicas_mirror_all().await;
+                    // The flag is read at each tick, not as a guard: a
+                    // guard is read only when the loop comes round, which
+                    // a quiet listener delays until the periodic check.
+                    _ = retry.tick() => {
+                        if self.replicas().retry.swap(false, Ordering::AcqRel) {
+                            self.replicas_mirror_all().await;
+                        }
                     }
                     news = listener.next() => match news {
                         Ok(ReplicaNews::Written { host, version }) => {

@@ -110,7 +110,10 @@ pub async fn run(
                 .join(", ")
         );
 
-        // Idle: what each replica and PostgreSQL spend while nothing happens.
+        // Idle: what each replica and PostgreSQL spend while nothing happens,
+        // once the registrations' tail (jobs' events, first resyncs, first
+        // samples) is over: a sampling step after everything is listed.
+        tokio::time::sleep(Duration::from_secs(30)).await;
         let window = Duration::from_secs(60);
         let pids: Vec<u32> = services.iter().flatten().map(Service::pid).collect();
         let before: Vec<f64> = pids
