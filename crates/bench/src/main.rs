@@ -75,6 +75,9 @@ struct Args {
     /// Fleet mode: timed full resyncs.
     #[arg(long, default_value_t = 10)]
     fleet_resyncs: usize,
+    /// Fleet mode: timed host steps of the deployment wizard.
+    #[arg(long, default_value_t = 20)]
+    fleet_wizard_pages: usize,
     /// Only deployments: a `vm.deploy` job from a cached image against the
     /// host's own commands (--runs times), then ten at once over five hosts.
     #[arg(long)]
@@ -197,6 +200,7 @@ fn fleet_args(args: &Args) -> fleet::FleetArgs {
         requests: args.requests,
         event_runs: args.runs,
         resyncs: args.fleet_resyncs,
+        wizard_pages: args.fleet_wizard_pages,
         log_filter: args.fleet_log.clone(),
         sync_timeout: Duration::from_secs(args.fleet_sync_timeout),
         replicas: args.fleet_replicas,

@@ -55,6 +55,8 @@ pub struct Service {
     child: Child,
     /// `http://127.0.0.1:PORT` of the API listener.
     pub api: String,
+    /// ... and of the portal's.
+    pub ui: String,
     /// The bootstrap administrator's API key, when the banner was read and
     /// the data directory was fresh.
     banner_key: Option<mpsc::Receiver<String>>,
@@ -91,6 +93,7 @@ impl Service {
         Ok(Self {
             child,
             api: format!("http://127.0.0.1:{api_port}"),
+            ui: format!("http://127.0.0.1:{ui_port}"),
             banner_key,
         })
     }

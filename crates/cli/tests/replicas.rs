@@ -691,22 +691,76 @@ async fn every_replica_draws_every_graph_and_keeps_it_through_a_takeover() {
     let first_measured = first_measured.unwrap();
 
     // ... and the fleet's totals count both hosts, whoever owns them.
-    let mut cpus = 0;
+    let mut cpus = Vec::new();
     for host in &hosts {
         let (status, facts) = api.get(&format!("/api/v1/hosts/{host}/facts")).await;
         assert_eq!(status, StatusCode::OK, "{facts}");
-        cpus += facts["cpus"].as_u64().unwrap();
+        cpus.push(facts["cpus"].as_u64().unwrap());
     }
     window_when(
         &api,
         "/api/v1/metrics/fleet",
         "the fleet lacks a host",
         |w| {
-            w["capacity"]["cpus"].as_u64() == Some(cpus)
+            w["capacity"]["cpus"].as_u64() == Some(cpus.iter().sum())
                 && measured(w, "memory_used_bytes", 0).0.is_some()
         },
     )
     .await;
+
+    // The host's own graph is the reader's to draw: not forwarded.
+    let host_path = format!("/api/v1/hosts/{}/metrics", hosts[0]);
+    let answer = api
+        .request(reqwest::Method::GET, &host_path)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert!(
+        !answer.headers().contains_key("x-overvisor-served-by"),
+        "the host's graph was forwarded to its owner"
+    );
+    let window: Value = answer.json().await.unwrap();
+    assert_eq!(
+        window["capacity"]["cpus"].as_u64(),
+        Some(cpus[0]),
+        "{window}"
+    );
+    assert!(
+        measured(&window, "memory_used_bytes", 0).0.is_some(),
+        "{window}"
+    );
+
+    // The deployment wizard's list of hosts on the reader shows what the
+    // owner's host has free, from the samples it was passed.
+    let (_, _, password) = apps[owner].create_user("wizard-admin", "admin").await;
+    let (portal, status, body) = Api::login(&apps[reader].ui, "wizard-admin", &password).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, host0) = api.get(&format!("/api/v1/hosts/{}", hosts[0])).await;
+    let host0_name = host0["name"].as_str().unwrap();
+    let page = portal
+        .http
+        .post(format!("{}/deploy", apps[reader].ui))
+        .form(&[
+            ("csrf_token", portal.csrf.as_deref().unwrap()),
+            ("profile", "debian-12"),
+            ("go", "host"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    let choice = html
+        .split(&format!("data-host=\"{host0_name}\""))
+        .nth(1)
+        .and_then(|rest| rest.split("</label>").next())
+        .unwrap_or_else(|| panic!("no choice for {host0_name}: {html}"));
+    assert!(choice.contains("data-free-memory>"), "{choice}");
+    assert!(
+        choice.contains(&format!("of {} CPUs free", cpus[0])),
+        "{choice}"
+    );
 
     // The owner exports the host to Prometheus; the reader does not.
     let labels = format!("host_id=\"{}\"", hosts[0]);

@@ -34,6 +34,8 @@ use futures::StreamExt;
 
 use crate::audit::Target;
 use crate::authz::{Action, Authorized, Resource, Subject, authorize, authorize_owned};
+use crate::inventory::{Connectivity, HostLoad};
+use crate::metrics::{HostNow, unix_now};
 use crate::{App, AppError};
 
 const KIND: &str = "vm.deploy";
@@ -78,18 +80,67 @@ pub struct HostCapacity {
 impl HostCapacity {
     /// CPUs not given to a running VM (0 when overcommitted).
     pub fn free_cpus(&self) -> u64 {
-        u64::from(self.facts.cpus).saturating_sub(self.running_vcpus)
+        self.room().free_cpus
     }
 
     /// Memory free on the host as its kernel counts it (running guests'
-    /// memory included), or, if the host does not say, total memory less
+    /// memory taken off), or, if the host does not say, total memory less
     /// that of its running VMs.
     pub fn free_memory_mib(&self) -> u64 {
-        self.facts.memory_free_mib.unwrap_or_else(|| {
-            self.facts
-                .memory_total_mib
-                .saturating_sub(self.running_memory_mib)
-        })
+        self.room().free_memory_mib
+    }
+
+    pub fn room(&self) -> HostRoom {
+        HostRoom::new(
+            self.facts.cpus,
+            self.facts.memory_total_mib,
+            self.facts.memory_free_mib,
+            HostLoad {
+                vms: self.running_vms,
+                vcpus: self.running_vcpus,
+                memory_mib: self.running_memory_mib,
+            },
+        )
+    }
+}
+
+/// What a host has free for a new VM: what the wizard's list of hosts
+/// shows, from the host's facts or from its latest usage sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostRoom {
+    pub cpus: u32,
+    /// CPUs not given to an active VM (0 when overcommitted).
+    pub free_cpus: u64,
+    pub memory_total_mib: u64,
+    pub free_memory_mib: u64,
+    /// Its active VMs, as the inventory last saw them.
+    pub running_vms: usize,
+}
+
+impl HostRoom {
+    /// `free_memory_mib` as the host says; without it, total memory less
+    /// that of its active VMs (`load`, as the inventory last saw them).
+    fn new(cpus: u32, memory_total_mib: u64, free_memory_mib: Option<u64>, load: HostLoad) -> Self {
+        Self {
+            cpus,
+            free_cpus: u64::from(cpus).saturating_sub(load.vcpus),
+            memory_total_mib,
+            free_memory_mib: free_memory_mib
+                .unwrap_or_else(|| memory_total_mib.saturating_sub(load.memory_mib)),
+            running_vms: load.vms,
+        }
+    }
+
+    /// From the host's latest usage sample, which counts as used what the
+    /// facts do not count as free.
+    fn sampled(now: HostNow, load: HostLoad) -> Self {
+        let free = now.memory_total_bytes.saturating_sub(now.memory_used_bytes);
+        Self::new(
+            now.cpus,
+            now.memory_total_bytes >> 20,
+            Some(free >> 20),
+            load,
+        )
     }
 }
 
@@ -287,29 +338,28 @@ impl App {
     }
 
     /// Every host `subject` may deploy to (its libvirt hosts; an admin's:
-    /// everyone's), by name, each with its capacity or why the host did
-    /// not tell. Asks the hosts at once (a few at a time), each within the
-    /// same time a deployment gives it. `Ok(None)`: another replica holds
-    /// the host's connection; the steps after choosing it are its owner's.
+    /// everyone's), by name, each with what it has free or why that is not
+    /// known. A host with a current usage sample is answered from it (every
+    /// replica has every host's samples), without asking the host; the
+    /// others this replica holds the connection of are asked at once (a
+    /// few at a time), each within the time a deployment gives it.
+    /// `Ok(None)`: another replica holds the connection and no sample is
+    /// current (sampling is off, or the host just connected); the steps
+    /// after choosing it are the owner's.
     pub async fn vm_deploy_hosts(
         &self,
         subject: &Subject,
-    ) -> Result<Vec<(Host, Result<Option<HostCapacity>, AppError>)>, AppError> {
+    ) -> Result<Vec<(Host, Result<Option<HostRoom>, AppError>)>, AppError> {
         authorize(subject, Action::Operate, Resource::OwnedBy(subject.id()))?;
         let hosts = self.hosts_list(subject).await?;
+        let now = unix_now();
         let asked = hosts
             .into_iter()
             .filter(|h| h.kind == HostKind::Libvirt)
             .filter_map(|h| authorize_owned(subject, Action::Operate, h).ok())
             .map(|host| async move {
-                let capacity = if self.replicas().owns(host.get().id) {
-                    self.deploy_host_look(&host, None, &[])
-                        .await
-                        .map(|(c, ..)| Some(c))
-                } else {
-                    Ok(None)
-                };
-                (host.into_inner(), capacity)
+                let room = self.deploy_host_room(&host, now).await;
+                (host.into_inner(), room)
             });
         let mut answers: Vec<_> = futures::stream::iter(asked)
             .buffered(HOSTS_ASKED_AT_ONCE)
@@ -317,6 +367,36 @@ impl App {
             .await;
         answers.sort_by(|(a, _), (b, _)| a.name.cmp(&b.name));
         Ok(answers)
+    }
+
+    /// What `host` has free, for [`Self::vm_deploy_hosts`].
+    async fn deploy_host_room(
+        &self,
+        host: &Authorized<Host>,
+        now: u64,
+    ) -> Result<Option<HostRoom>, AppError> {
+        let h = host.get();
+        let status = self.inventory().host_status(h.id);
+        let connected = status
+            .as_ref()
+            .is_some_and(|s| s.status == Connectivity::Connected);
+        let load = self.inventory().host_load(h.id);
+        if connected && let Some(sampled) = self.metrics().host_now(h.id, now) {
+            return Ok(Some(HostRoom::sampled(sampled, load)));
+        }
+        if self.replicas().owns(h.id) {
+            let (capacity, ..) = self.deploy_host_look(host, None, &[]).await?;
+            return Ok(Some(capacity.room()));
+        }
+        match status {
+            Some(s) if s.status == Connectivity::Disconnected => {
+                Err(AppError::HostUnreachable(match s.last_error {
+                    Some(why) => format!("host {} is not connected: {why}", h.name),
+                    None => format!("host {} is not connected", h.name),
+                }))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The checks of every stage up to `upto`, in order: first those of the
@@ -680,5 +760,54 @@ mod tests {
             assert_eq!(refused.field, "host");
             assert!(refused.message.contains(says), "{refused:?}");
         }
+    }
+
+    #[test]
+    fn a_host_has_as_much_room_by_its_sample_as_by_its_facts() {
+        let load = HostLoad {
+            vms: 3,
+            vcpus: 6,
+            memory_mib: 3072,
+        };
+        let sampled = HostRoom::sampled(
+            HostNow {
+                cpus: 4,
+                memory_total_bytes: 16 << 30,
+                memory_used_bytes: 5 << 30,
+            },
+            load,
+        );
+        let room = HostRoom {
+            cpus: 4,
+            free_cpus: 0,
+            memory_total_mib: 16 << 10,
+            free_memory_mib: 11 << 10,
+            running_vms: 3,
+        };
+        assert_eq!(sampled, room);
+        let facts = HostFacts {
+            cpus: 4,
+            memory_total_mib: 16 << 10,
+            memory_free_mib: Some(11 << 10),
+            ..HostFacts::default()
+        };
+        let capacity = HostCapacity {
+            facts,
+            running_vms: load.vms,
+            running_vcpus: load.vcpus,
+            running_memory_mib: load.memory_mib,
+        };
+        assert_eq!(capacity.room(), room);
+        // A host that does not say what is free: its total less its VMs'.
+        let capacity = HostCapacity {
+            facts: HostFacts {
+                memory_free_mib: None,
+                ..capacity.facts
+            },
+            running_vcpus: 1,
+            ..capacity
+        };
+        assert_eq!(capacity.free_memory_mib(), (16 << 10) - 3072);
+        assert_eq!(capacity.free_cpus(), 3);
     }
 }

@@ -101,6 +101,14 @@ impl VmHistory {
     }
 }
 
+/// A host's size and use by its latest sample ([`Metrics::host_now`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostNow {
+    pub cpus: u32,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+}
+
 /// One host's sampling round as points: what its history keeps, what the
 /// `metrics.sampled` event announces, and what other replicas are told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -444,6 +452,29 @@ impl Metrics {
         w
     }
 
+    /// The oldest slot whose point is current at `now`: older than two
+    /// steps (and than a few seconds, for short steps on a busy service)
+    /// is stale, the host stopped answering.
+    fn current_slot(&self, now: u64) -> u64 {
+        let stale = (2 * self.shape.step_secs).max(STALE_AFTER_SECS);
+        self.shape.slot(now.saturating_sub(stale))
+    }
+
+    /// A host's size and memory in use by its latest sample, when that is
+    /// current: what any replica knows of a host, whoever samples it.
+    pub fn host_now(&self, host: HostId, now: u64) -> Option<HostNow> {
+        let history = read(&self.hosts).get(&host).cloned()?;
+        let h = lock(&history);
+        let (_, point) = h
+            .latest
+            .filter(|(slot, _)| *slot >= self.current_slot(now))?;
+        Some(HostNow {
+            cpus: h.cpus?,
+            memory_total_bytes: h.memory_total_bytes?,
+            memory_used_bytes: point.get(S::MemoryUsedBytes)? as u64,
+        })
+    }
+
     /// Prometheus text for every host that `sampled_here` accepts (and
     /// with `per_vm`, its VMs) whose latest point is current. Names come
     /// from `vm_name`. (A replica exports what it samples, so a scraper of
@@ -455,10 +486,7 @@ impl Metrics {
         sampled_here: impl Fn(HostId) -> bool,
         vm_name: impl Fn(Uuid) -> Option<String>,
     ) -> String {
-        // Older than two steps (and than a few seconds, for short steps
-        // on a busy service) is stale: the host stopped answering.
-        let stale = (2 * self.shape.step_secs).max(STALE_AFTER_SECS);
-        let current = self.shape.slot(now.saturating_sub(stale));
+        let current = self.current_slot(now);
         let histories: Vec<_> = read(&self.hosts)
             .iter()
             .filter(|(id, _)| sampled_here(**id))
@@ -668,7 +696,7 @@ fn json_len<T: Serialize>(value: &T) -> usize {
     serde_json::to_vec(value).map_or(usize::MAX, |json| json.len())
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -937,6 +965,18 @@ mod tests {
                 .times
                 .is_empty()
         );
+
+        // The host's size and use now, while the sample is current (two
+        // steps), for the deployment wizard.
+        let now = HostNow {
+            cpus: 2,
+            memory_total_bytes: 8 << 30,
+            memory_used_bytes: 2 << 30,
+        };
+        assert_eq!(metrics.host_now(h.id, base + 45), Some(now));
+        assert_eq!(metrics.host_now(h.id, base + 119), Some(now));
+        assert_eq!(metrics.host_now(h.id, base + 120), None);
+        assert_eq!(metrics.host_now(HostId(Uuid::new_v4()), base + 45), None);
 
         // Prometheus: host aggregates; per-VM only when asked.
         let text = metrics.prometheus(false, base + 45, |_| true, |_| Some("web \"1\"".into()));

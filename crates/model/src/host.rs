@@ -59,7 +59,7 @@ impl std::str::FromStr for HostKind {
 pub struct UnknownHostKind(pub String);
 
 /// What a host says about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HostFacts {
     pub hostname: String,
     pub cpu_model: String,
@@ -70,6 +70,9 @@ pub struct HostFacts {
     pub cores_per_socket: Option<u32>,
     pub threads_per_core: Option<u32>,
     pub memory_total_mib: u64,
+    /// What the host can give a new VM: on libvirt, free memory with
+    /// buffers and page cache (the kernel gives them back); the rest is
+    /// what the usage graph counts as used.
     pub memory_free_mib: Option<u64>,
     /// e.g. "QEMU" or "Hyper-V".
     pub hypervisor: String,

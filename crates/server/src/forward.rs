@@ -44,17 +44,10 @@ enum HostIn {
 }
 
 /// The routes that use a host's connection while the request waits.
-const LIVE_ROUTES: [(Method, &str, Face, HostIn); 12] = [
+const LIVE_ROUTES: [(Method, &str, Face, HostIn); 11] = [
     (
         Method::GET,
         "/api/v1/hosts/{id}/facts",
-        Face::Api,
-        HostIn::Path(4),
-    ),
-    // Usage samples are kept by the replica that takes them.
-    (
-        Method::GET,
-        "/api/v1/hosts/{id}/metrics",
         Face::Api,
         HostIn::Path(4),
     ),

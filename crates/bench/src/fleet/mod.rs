@@ -3,7 +3,8 @@
 //! the real `overvisor serve` binary, registers every host of a lab
 //! instance of its own (e.g. 200 hosts × 100 domains) through the API,
 //! restarts the service so all hosts connect at once, and then measures
-//! through HTTP: the VM list at that size, host event → `/api/v1/events`,
+//! through HTTP: the VM list and the deployment wizard's host step at that
+//! size, host event → `/api/v1/events`,
 //! full resyncs as jobs, and the service's memory at that many host
 //! connections. Timings are printed, never asserted.
 
@@ -12,6 +13,7 @@ pub(crate) mod events;
 pub(crate) mod hyperv;
 mod replicas;
 mod resync;
+pub(crate) mod wizard;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -39,6 +41,8 @@ pub struct FleetArgs {
     pub event_runs: usize,
     /// Timed full resyncs.
     pub resyncs: usize,
+    /// Timed host steps of the deployment wizard.
+    pub wizard_pages: usize,
     /// `OVERVISOR_LOG` of the service.
     pub log_filter: String,
     /// Longest wait for every host to be connected and synced.
@@ -179,6 +183,14 @@ async fn measure(
     // CPU is in this figure and every VM's history in the next one.
     idle_cpu(pid, Duration::from_secs(60)).await?;
     memory_line("after two sampling steps", pid)?;
+    println!(
+        "== F6. The deployment wizard's host step ({} pages)",
+        args.wizard_pages
+    );
+    let portals = wizard::admin_portals(&api, std::slice::from_ref(&service.ui)).await?;
+    for portal in &portals {
+        wizard::host_step(portal, hosts.len(), args.wizard_pages).await?;
+    }
 
     list_latency(&api, args.requests, &QUERIES).await?;
     memory_line("after the list rounds", pid)?;

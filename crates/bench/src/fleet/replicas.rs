@@ -1,7 +1,8 @@
 //! `bench --fleet --fleet-replicas N --database-url URL`: the fleet under
 //! several replicas on one PostgreSQL database. N `overvisor serve`
 //! processes share the lab instance's hosts (each host owned by one of
-//! them); measured: the list on each replica, a host event → the event
+//! them); measured: the list and the deployment wizard's host step on
+//! each replica, a host event → the event
 //! stream of a replica that does NOT own the host (the inventory travels
 //! owner → database → NOTIFY → mirror), PostgreSQL's and each replica's
 //! CPU at idle, and how long the survivors take to own every host of a
@@ -16,7 +17,7 @@ use overvisor_testkit::{Lab, LabHost};
 use serde_json::Value;
 
 use super::api::Api;
-use super::{FleetArgs, QUERIES, list_latency, register, wait_synced_from};
+use super::{FleetArgs, QUERIES, list_latency, register, wait_synced_from, wizard};
 use crate::process::{self, Proc};
 use crate::service::{Launch, Service};
 use crate::stats::versus;
@@ -148,6 +149,17 @@ pub async fn run(
         for (i, api) in apis.iter().enumerate() {
             println!("   replica {i}:");
             list_latency(api, args.requests, &QUERIES).await?;
+        }
+
+        println!(
+            "== R2b. The deployment wizard's host step on each replica ({} pages)",
+            args.wizard_pages
+        );
+        let uis: Vec<String> = services.iter().flatten().map(|s| s.ui.clone()).collect();
+        let portals = wizard::admin_portals(&apis[0], &uis).await?;
+        for (i, portal) in portals.iter().enumerate() {
+            println!("   replica {i}:");
+            wizard::host_step(portal, hosts.len(), args.wizard_pages).await?;
         }
 
         // The event host's owner, and a replica that does not own it.

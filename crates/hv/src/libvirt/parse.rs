@@ -139,14 +139,24 @@ pub fn host_usage(
         _ => None,
     };
     let total = kib("total");
-    let used = total.map(|t| {
-        let spare = ["free", "buffers", "cached"]
+    let used = total.map(|t| t.saturating_sub(spare_kib(&mem).unwrap_or(0)));
+    (reading, total.map(|k| k * 1024), used.map(|k| k * 1024))
+}
+
+/// Memory the kernel can hand out, from `nodememstats` (KiB): free, plus
+/// buffers and page cache, which it gives back on demand. The facts' free
+/// memory and the usage graph's used memory (the rest) both count it so,
+/// so the deployment wizard says the same whichever it reads. `None`
+/// without a `free` line.
+fn spare_kib(mem: &HashMap<String, String>) -> Option<u64> {
+    let kib = |k: &str| mem.get(k).and_then(|v| leading_number(v));
+    let free = kib("free")?;
+    Some(
+        ["buffers", "cached"]
             .iter()
             .filter_map(|k| kib(k))
-            .fold(0u64, u64::saturating_add);
-        t.saturating_sub(spare)
-    });
-    (reading, total.map(|k| k * 1024), used.map(|k| k * 1024))
+            .fold(free, u64::saturating_add),
+    )
 }
 
 /// The parts of a domain's XML we show.
@@ -402,10 +412,7 @@ pub fn host_facts(
         cores_per_socket: small("Core(s) per socket"),
         threads_per_core: small("Thread(s) per core"),
         memory_total_mib: memory_kib / 1024,
-        memory_free_mib: mem
-            .get("free")
-            .and_then(|v| leading_number(v))
-            .map(|k| k / 1024),
+        memory_free_mib: spare_kib(&mem).map(|k| k / 1024),
         hypervisor,
         hypervisor_version,
         management_version,

@@ -16,7 +16,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use overvisor_control::AppError;
-use overvisor_control::deployments::{DeployStage, HostCapacity};
+use overvisor_control::deployments::{DeployStage, HostCapacity, HostRoom};
 use overvisor_deploy::request::{NetworkAttachment, default_username};
 use overvisor_deploy::{DeploymentRequest, Profile};
 use overvisor_model::account::GuestKey;
@@ -260,7 +260,7 @@ impl From<ApiError> for StepError {
 pub struct HostChoice {
     pub host: Host,
     /// `Ok(None)`: shown once chosen (another replica asks the host).
-    pub capacity: Result<Option<HostCapacity>, String>,
+    pub capacity: Result<Option<HostRoom>, String>,
 }
 
 #[derive(Template)]

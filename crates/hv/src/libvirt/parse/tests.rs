@@ -136,7 +136,8 @@ fn facts() {
     let nodeinfo = "CPU model:           x86_64\nCPU(s):              2\nCPU frequency:       2100 MHz\n\
                     CPU socket(s):       1\nCore(s) per socket:  2\nThread(s) per core:  1\n\
                     NUMA cell(s):        1\nMemory size:         7694540 KiB\n";
-    let mem = "total  :             24731700 KiB\nfree   :             20136480 KiB\n";
+    let mem = "total  :             24731700 KiB\nfree   :             20136480 KiB\n\
+               buffers:                 2048 KiB\ncached :                10240 KiB\n";
     let version = "Compiled against library: libvirt 9.0.0\nUsing library: libvirt 9.0.0\n\
                    Using API: QEMU 9.0.0\nRunning hypervisor: QEMU 7.2.22\n";
     let f = host_facts("ovh1\n", nodeinfo, mem, version).expect("parses");
@@ -144,7 +145,8 @@ fn facts() {
     assert_eq!(f.cpus, 2);
     assert_eq!(f.cpu_mhz, Some(2100));
     assert_eq!(f.memory_total_mib, 7514);
-    assert_eq!(f.memory_free_mib, Some(19664));
+    // Free counts buffers and page cache, as the usage graph does.
+    assert_eq!(f.memory_free_mib, Some(19676));
     assert_eq!(f.hypervisor, "QEMU");
     assert_eq!(f.hypervisor_version, "7.2.22");
     assert_eq!(f.management_version, "9.0.0");
@@ -252,6 +254,13 @@ fn host_usage_from_node_stats() {
     assert_eq!(
         used,
         Some((24_683_792 - 21_928_020 - 21_036 - 1_983_140) * 1024)
+    );
+    // The facts call the rest free: the two add up to the total.
+    let nodeinfo = "CPU(s): 2\nMemory size: 24683792 KiB\n";
+    let facts = host_facts("h", nodeinfo, mem, "").expect("parses");
+    assert_eq!(
+        facts.memory_free_mib,
+        Some((24_683_792 * 1024 - used.expect("used")) >> 20)
     );
     assert_eq!(host_usage("", ""), (None, None, None));
 }
