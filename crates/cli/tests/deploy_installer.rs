@@ -83,7 +83,7 @@ disk_gib = 1
 struct Setup {
     api: Api,
     host_id: String,
-    _app: TestApp,
+    app: TestApp,
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
@@ -120,10 +120,13 @@ async fn setup_with(
     Setup {
         api,
         host_id,
-        _app: app,
+        app,
         _dirs: (media, dir),
     }
 }
+
+/// A key of the right shape (not a real one).
+const PRODUCT_KEY: &str = "VDYBY-N7KWH-9GXR3-XBQX3-CVHD8";
 
 fn request(name: &str, network: Value) -> Value {
     request_of("lab-win", name, network)
@@ -162,20 +165,25 @@ async fn a_windows_deployment_boots_its_installer_with_uefi_tpm_and_autounattend
     let host = lab.host("ovh11");
     let s = setup(&lab, host).await;
     let name = unique_name("win");
+    // A product key, typed in lower case.
+    let mut body = request(&name, json!({"bridge": lab.guest_network.bridge}));
+    body["product_key"] = json!(PRODUCT_KEY.to_ascii_lowercase());
     let (status, accepted) = s
         .api
-        .post(
-            &format!("/api/v1/hosts/{}/deployments", s.host_id),
-            request(&name, json!({"bridge": lab.guest_network.bridge})),
-        )
+        .post(&format!("/api/v1/hosts/{}/deployments", s.host_id), body)
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
     assert_eq!(accepted["credentials"]["username"], "ops");
+    assert!(!accepted.to_string().contains("VDYBY"), "{accepted}");
     let password = accepted["credentials"]["password"].as_str().unwrap();
     let job_id = accepted["job"]["id"].as_str().unwrap();
     // The VM runs; the job waits for Setup (a minute, this profile says).
     let job = job_at_step(&s.api, job_id, "setup").await;
     assert!(!job.to_string().contains(password), "{job}");
+    assert!(
+        !job.to_string().to_ascii_uppercase().contains("VDYBY"),
+        "{job}"
+    );
     let uuid = job["operation"]["spec"]["uuid"]
         .as_str()
         .unwrap()
@@ -279,6 +287,17 @@ async fn a_windows_deployment_boots_its_installer_with_uefi_tpm_and_autounattend
         assert!(unattend.contains(part), "{part} not in {unattend}");
     }
     assert_eq!(unattend.matches(password).count(), 2, "{unattend}");
+    // The product key: Setup's and the one Windows activates with.
+    assert!(
+        unattend.contains(&format!(
+            "<ProductKey><Key>{PRODUCT_KEY}</Key><WillShowUI>OnError</WillShowUI></ProductKey>"
+        )),
+        "{unattend}"
+    );
+    assert!(
+        unattend.contains(&format!("<ProductKey>{PRODUCT_KEY}</ProductKey>")),
+        "{unattend}"
+    );
     // No virtio-win, so no guest agent is installed.
     assert!(!unattend.contains("qemu-ga"), "{unattend}");
 
@@ -294,8 +313,80 @@ async fn a_windows_deployment_boots_its_installer_with_uefi_tpm_and_autounattend
         within: Duration::from_secs(180),
     };
     waited.check(&s.api, job_id, host, &name, password).await;
+    let (_, job) = s.api.get(&format!("/api/v1/jobs/{job_id}")).await;
+    assert!(
+        !job.to_string().to_ascii_uppercase().contains("VDYBY"),
+        "{job}"
+    );
+    let logs = s.app.logs().to_ascii_uppercase();
+    assert!(!logs.contains("VDYBY"), "the product key was logged");
 
     remove_vm(host, &name, &uuid);
+}
+
+/// The portal's wizard asks for a product key on a Windows profile's name
+/// step, refuses a malformed one next to its field, and shows on the
+/// confirm step only that one was given.
+#[tokio::test]
+async fn the_wizard_asks_a_windows_deployment_for_its_product_key() {
+    let lab = Lab::load();
+    let host = lab.host("ovh11");
+    let s = setup(&lab, host).await;
+    let (_, _, password) = s.app.create_user("wendy", "admin").await;
+    let (portal, status, body) = Api::login(&s.app.ui, "wendy", &password).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let network = format!("bridge:{}", lab.guest_network.bridge);
+    let name = unique_name("winwiz");
+    let step = |go: &'static str, key: &'static str| {
+        let form = [
+            ("csrf_token", portal.csrf.clone().unwrap()),
+            ("profile", "lab-win".into()),
+            ("host", s.host_id.clone()),
+            ("vcpus", "1".into()),
+            ("memory_mib", "256".into()),
+            ("disk_gib", "2".into()),
+            ("network", network.clone()),
+            ("name", name.clone()),
+            ("username", "ops".into()),
+            ("product_key", key.into()),
+            ("go", go.into()),
+        ];
+        let request = portal.http.post(format!("{}/deploy", s.app.ui)).form(&form);
+        async move {
+            let answer = request.send().await.unwrap();
+            (answer.status(), answer.text().await.unwrap())
+        }
+    };
+    let (status, page) = step("name", "").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains(r#"id="d-product-key""#), "{page}");
+    let (status, page) = step("confirm", "VDYBY-N7KWH-9GXR3-XBQX3-CV<D8").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains(r#"id="err-product_key""#), "{page}");
+    assert!(page.contains("five groups of five"), "{page}");
+    let (status, page) = step("confirm", PRODUCT_KEY).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains(r#"<td id="deploy-product-key">given</td>"#),
+        "{page}"
+    );
+    // A Linux profile's pages carry no product key, not even hidden.
+    let form = [
+        ("csrf_token", portal.csrf.clone().unwrap()),
+        ("profile", "debian-12".into()),
+        ("go", "profile".into()),
+    ];
+    let page = portal
+        .http
+        .post(format!("{}/deploy", s.app.ui))
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("product_key"), "{page}");
 }
 
 /// How an installer deployment's job ends once its `setup` step is over.

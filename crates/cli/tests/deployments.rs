@@ -329,6 +329,9 @@ async fn hostile_input_is_refused_before_any_job() {
         with("timezone", json!("../../etc/shadow")),
         with("locale", json!("en_US.UTF-8;id")),
         with("image_transfer", json!("pigeon")),
+        // A product key is for Windows profiles, and has one shape.
+        with("product_key", json!("VDYBY-N7KWH-9GXR3-XBQX3-CVHD8")),
+        with("product_key", json!("VDYBY;reboot")),
         with("extra", json!(1)),
     ];
     for body in hostile {

@@ -966,6 +966,17 @@ async fn deploy_shows_the_credentials_once_then_waits_for_its_job() {
     assert!(answer["credentials"]["password"].is_string(), "{answer}");
     let id = answer["job"]["id"].as_str().unwrap();
     cli.run(&["job", "watch", id]).code(1);
+    // A product key is read from a file and sent (refused here, on a Linux
+    // profile), and never echoed.
+    let key_file = profiles.path().join("product-key");
+    std::fs::write(&key_file, "VDYBY-N7KWH-9GXR3-XBQX3-CVHD8\n").unwrap();
+    let out = deploy(&["--product-key-file", key_file.to_str().unwrap()]).code(1);
+    assert!(
+        out.stderr.contains("only for Windows profiles"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("VDYBY") && !out.stdout.contains("VDYBY"));
     // Nothing of the VM is left on the host.
     assert!(ovh1.try_virsh(&["domstate", "--domain", &name]).is_err());
     assert!(

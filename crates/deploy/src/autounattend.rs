@@ -96,6 +96,9 @@ struct Component {
 
     #[serde(skip_serializing_if = "Option::is_none")]
     computer_name: Option<Text<String>>,
+    /// Shell-Setup's, in specialize: the key Windows activates with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    product_key: Option<Text<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     time_zone: Option<Text<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -259,6 +262,18 @@ struct UserData {
     accept_eula: Text<bool>,
     full_name: Text<&'static str>,
     organization: Text<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    product_key: Option<SetupProductKey>,
+}
+
+/// The key Setup installs with (it picks the edition from it on retail
+/// and volume media); Setup asks only if it is refused.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct SetupProductKey {
+    key: Text<String>,
+    #[serde(rename = "WillShowUI")]
+    will_show_ui: Text<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -493,6 +508,10 @@ pub fn autounattend_xml(
             accept_eula: text(true),
             full_name: text("Overvisor"),
             organization: text("Overvisor"),
+            product_key: deployment.product_key.as_ref().map(|key| SetupProductKey {
+                key: text(key.expose().to_owned()),
+                will_show_ui: text("OnError"),
+            }),
         }),
         ..Component::new("Microsoft-Windows-Setup")
     });
@@ -514,6 +533,10 @@ pub fn autounattend_xml(
     }
     let mut specialize = vec![Component {
         computer_name: Some(text(deployment.hostname.to_ascii_uppercase())),
+        product_key: deployment
+            .product_key
+            .as_ref()
+            .map(|key| text(key.expose().to_owned())),
         time_zone: Some(text(deployment.timezone.clone())),
         ..Component::new("Microsoft-Windows-Shell-Setup")
     }];

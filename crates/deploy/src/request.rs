@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 
 use crate::catalog::Catalog;
 use crate::profile::{ImageSource, ImageTransfer, OsFamily, Profile, Sizing, check_transfer};
+use crate::secret::{ProductKey, RequestSecret};
 use crate::ssh_keys::check_public_key;
 use crate::text::check_chars;
 
@@ -56,6 +57,14 @@ pub struct DeploymentRequest {
     /// plane sends it over the host's SSH connection).
     #[serde(default)]
     pub image_transfer: Option<ImageTransfer>,
+    /// Windows only: the product key Setup installs with and activates
+    /// (`XXXXX-XXXXX-XXXXX-XXXXX-XXXXX`), for installer media that asks
+    /// for one (evaluation media does not). It goes only into the
+    /// Autounattend.xml sealed to the job: never stored otherwise, logged
+    /// or shown again.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "XXXXX-XXXXX-XXXXX-XXXXX-XXXXX")]
+    pub product_key: Option<RequestSecret>,
 }
 
 /// Where the VM's network card is plugged in on the host.
@@ -85,6 +94,8 @@ pub struct Deployment {
     pub username: String,
     pub locale: Locale,
     pub timezone: String,
+    /// Windows only.
+    pub product_key: Option<ProductKey>,
 }
 
 /// A language and region, `en-US`.
@@ -141,6 +152,7 @@ pub struct CheckedAccount {
     pub ssh_keys: Vec<String>,
     pub locale: Locale,
     pub timezone: String,
+    pub product_key: Option<ProductKey>,
 }
 
 impl DeploymentRequest {
@@ -162,6 +174,7 @@ impl DeploymentRequest {
             ssh_keys,
             locale,
             timezone,
+            product_key,
         } = self.check_account(profile)?;
         Ok(Deployment {
             profile: profile.clone(),
@@ -174,6 +187,7 @@ impl DeploymentRequest {
             username,
             locale,
             timezone,
+            product_key,
         })
     }
 
@@ -254,7 +268,8 @@ impl DeploymentRequest {
         })
     }
 
-    /// The guest account: user name, SSH keys, locale, time zone.
+    /// The guest account: user name, SSH keys, locale, time zone (and a
+    /// Windows product key).
     pub fn check_account(&self, profile: &Profile) -> Result<CheckedAccount, InvalidInput> {
         let username = self.username.as_deref().ok_or_else(|| {
             InvalidInput::new(
@@ -267,11 +282,22 @@ impl DeploymentRequest {
         let locale = Locale::parse(self.locale.as_deref().unwrap_or("en-US"))?;
         let timezone = self.timezone.as_deref().unwrap_or("UTC");
         check_timezone(timezone, profile.os)?;
+        let product_key = match (&self.product_key, profile.os) {
+            (None, _) => None,
+            (Some(key), OsFamily::Windows) => Some(ProductKey::parse("product_key", key.expose())?),
+            (Some(_), OsFamily::Linux) => {
+                return Err(InvalidInput::new(
+                    "product_key",
+                    "is only for Windows profiles",
+                ));
+            }
+        };
         Ok(CheckedAccount {
             username: username.to_owned(),
             ssh_keys,
             locale,
             timezone: timezone.to_owned(),
+            product_key,
         })
     }
 }

@@ -9,6 +9,9 @@ use rand::rngs::OsRng;
 use sha_crypt::{PasswordHasher, ShaCrypt};
 use zeroize::Zeroizing;
 
+use overvisor_model::InvalidInput;
+use serde::{Deserialize, Serialize};
+
 use crate::GenerateError;
 
 /// Letters and digits without look-alikes (0/O, 1/l/I), so the password
@@ -75,10 +78,98 @@ impl fmt::Debug for GeneratedPassword {
     }
 }
 
+/// Secret text as a request carries it (a Windows product key): as typed,
+/// never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RequestSecret(String);
+
+impl RequestSecret {
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RequestSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RequestSecret(<redacted>)")
+    }
+}
+
+/// Five groups of five letters and digits.
+const PRODUCT_KEY_GROUPS: usize = 5;
+
+/// A checked Windows product key (`XXXXX-XXXXX-XXXXX-XXXXX-XXXXX`, upper
+/// case): it reaches only the Autounattend.xml sealed to the job; wiped
+/// from memory when dropped, never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProductKey(Zeroizing<String>);
+
+impl ProductKey {
+    /// `text` (either case) as a product key; the error names `field` and
+    /// never repeats the text.
+    pub fn parse(field: &str, text: &str) -> Result<Self, InvalidInput> {
+        let groups: Vec<&str> = text.split('-').collect();
+        let well_formed = groups.len() == PRODUCT_KEY_GROUPS
+            && groups
+                .iter()
+                .all(|g| g.len() == 5 && g.bytes().all(|b| b.is_ascii_alphanumeric()));
+        if !well_formed {
+            return Err(InvalidInput::new(
+                field,
+                "must look like XXXXX-XXXXX-XXXXX-XXXXX-XXXXX (five groups of five letters \
+                 and digits)",
+            ));
+        }
+        Ok(Self(Zeroizing::new(text.to_ascii_uppercase())))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ProductKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ProductKey(<redacted>)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use sha_crypt::PasswordVerifier;
+
+    #[test]
+    fn product_keys_are_checked_and_never_printed() {
+        let key = ProductKey::parse("product_key", "vdyby-n7kwh-9gxr3-xbqx3-cvhd8").expect("ok");
+        assert_eq!(key.expose(), "VDYBY-N7KWH-9GXR3-XBQX3-CVHD8");
+        assert_eq!(format!("{key:?}"), "ProductKey(<redacted>)");
+        let typed = RequestSecret::new("VDYBY-N7KWH-9GXR3-XBQX3-CVHD8");
+        assert_eq!(format!("{typed:?}"), "RequestSecret(<redacted>)");
+        for bad in [
+            "",
+            "VDYBY-N7KWH-9GXR3-XBQX3",
+            "VDYBY-N7KWH-9GXR3-XBQX3-CVHD8-AAAAA",
+            "VDYBYN7KWH9GXR3XBQX3CVHD8",
+            "VDYBY-N7KWH-9GXR3-XBQX3-CVHD",
+            "VDYBY-N7KWH-9GXR3-XBQX3-CVH<8",
+            "VDYBY-N7KWH-9GXR3-XBQX3-CVHD8\n",
+            " VDYBY-N7KWH-9GXR3-XBQX3-CVHD8",
+            "VDYBY-N7KWH-9GXR3-XBQX3-CVHDÄ",
+        ] {
+            let refused = ProductKey::parse("product_key", bad).expect_err(bad);
+            assert_eq!(refused.field, "product_key");
+            assert!(
+                bad.is_empty() || !refused.message.contains(bad.trim()),
+                "{refused:?}"
+            );
+        }
+    }
 
     #[test]
     fn passwords_are_random_and_complex() {

@@ -132,6 +132,10 @@ pub struct DeployArgs {
     /// Time zone, e.g. Europe/Berlin.
     #[arg(long)]
     timezone: Option<String>,
+    /// Windows: a file holding the product key (a file, so the key stays
+    /// out of shell history and the process list).
+    #[arg(long, value_name = "FILE")]
+    product_key_file: Option<PathBuf>,
     #[command(flatten)]
     wait: WaitOpts,
 }
@@ -282,6 +286,10 @@ async fn deploy(client: &Client, format: Format, args: DeployArgs) -> Result<()>
     }
     if let Some(tz) = args.timezone {
         body.insert("timezone".into(), json!(tz));
+    }
+    if let Some(path) = &args.product_key_file {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path.display(), e))?;
+        body.insert("product_key".into(), json!(text.trim()));
     }
     let accepted = client
         .post(&["hosts", &host, "deployments"], &Value::Object(body))

@@ -2,6 +2,7 @@ use super::*;
 use crate::catalog::Catalog;
 use crate::iso::tests::isoinfo;
 use crate::request::tests::request;
+use crate::secret::RequestSecret;
 use crate::xml::tests::{golden, well_formed};
 
 /// A fixed password, so the golden files are stable.
@@ -100,6 +101,40 @@ fn the_password_goes_where_windows_reads_it() {
     );
     assert!(xml.contains("<Name>ops</Name>"));
     assert!(xml.contains("<ComputerName>WEB-01</ComputerName>"));
+    assert!(!xml.contains("ProductKey"), "no key asked for: {xml}");
+}
+
+#[test]
+fn a_product_key_goes_to_setup_and_to_activation() {
+    let d = deployment(|r| {
+        r.product_key = Some(RequestSecret::new("vdyby-n7kwh-9gxr3-xbqx3-cvhd8"));
+    });
+    let xml = autounattend_xml(&d, &fixed_password()).expect("xml");
+    well_formed(&xml);
+    let compact: String = xml.split_whitespace().collect();
+    // windowsPE: Setup installs with it, and asks only if it is refused.
+    let pe = compact
+        .split(r#"<settingspass="specialize">"#)
+        .next()
+        .expect("windowsPE");
+    assert!(
+        pe.contains(
+            "<ProductKey><Key>VDYBY-N7KWH-9GXR3-XBQX3-CVHD8</Key><WillShowUI>OnError</WillShowUI></ProductKey>"
+        ),
+        "{xml}"
+    );
+    assert!(pe.contains("<Organization>Overvisor</Organization><ProductKey>"));
+    // specialize: Shell-Setup's key, which Windows activates with.
+    let specialize = compact
+        .split(r#"<settingspass="specialize">"#)
+        .nth(1)
+        .and_then(|rest| rest.split("</settings>").next())
+        .expect("specialize");
+    assert!(
+        specialize.contains("<ProductKey>VDYBY-N7KWH-9GXR3-XBQX3-CVHD8</ProductKey>"),
+        "{xml}"
+    );
+    assert_eq!(compact.matches("VDYBY-N7KWH-9GXR3-XBQX3-CVHD8").count(), 2);
 }
 
 #[test]

@@ -24,6 +24,7 @@ pub(crate) fn request(profile: &str) -> DeploymentRequest {
         locale: None,
         timezone: None,
         image_transfer: None,
+        product_key: None,
     }
 }
 
@@ -188,9 +189,28 @@ fn windows_rules() {
     let mut r = ok.clone();
     r.name = "12345".into();
     assert_eq!(refused(&r).field, "name");
-    let mut r = ok;
+    let mut r = ok.clone();
     r.memory_mib = 1024;
     assert_eq!(refused(&r).field, "memory_mib");
+    // A product key: checked, upper-cased; refused naming the field, never
+    // repeating it; and only for Windows.
+    let mut r = ok;
+    r.product_key = Some(RequestSecret::new("vdyby-n7kwh-9gxr3-xbqx3-cvhd8"));
+    let d = r.check(&catalog()).expect("a product key");
+    let key = d.product_key.expect("kept");
+    assert_eq!(key.expose(), "VDYBY-N7KWH-9GXR3-XBQX3-CVHD8");
+    assert!(!format!("{r:?}").contains("VDYBY") && !format!("{r:?}").contains("vdyby"));
+    r.product_key = Some(RequestSecret::new("VDYBY-N7KWH-9GXR3-XBQX3-CV<D8"));
+    let e = refused(&r);
+    assert_eq!(e.field, "product_key");
+    assert!(!e.message.contains("VDYBY"), "{e:?}");
+    let mut linux = request("debian-12");
+    linux.product_key = Some(RequestSecret::new("VDYBY-N7KWH-9GXR3-XBQX3-CVHD8"));
+    let e = refused(&linux);
+    assert_eq!(
+        (e.field.as_str(), e.message.as_str()),
+        ("product_key", "is only for Windows profiles")
+    );
 }
 
 #[test]

@@ -18,6 +18,7 @@ use axum::routing::{get, post};
 use overvisor_control::AppError;
 use overvisor_control::deployments::{DeployStage, HostCapacity, HostRoom};
 use overvisor_deploy::request::{NetworkAttachment, default_username};
+use overvisor_deploy::secret::RequestSecret;
 use overvisor_deploy::{DeploymentRequest, Profile};
 use overvisor_model::account::GuestKey;
 use overvisor_model::host::{Host, HostId};
@@ -107,7 +108,14 @@ impl Step {
             Step::Profile => &["profile"],
             Step::Host => &["host"],
             Step::Size => &["vcpus", "memory_mib", "disk_gib", "network"],
-            Step::Name => &["name", "username", "ssh_keys", "locale", "timezone"],
+            Step::Name => &[
+                "name",
+                "username",
+                "ssh_keys",
+                "locale",
+                "timezone",
+                "product_key",
+            ],
             Step::Confirm => &[],
         }
     }
@@ -154,6 +162,9 @@ pub struct DeployForm {
     /// Blank: the default (`UTC`, or the Windows id for it).
     #[serde(default)]
     pub timezone: String,
+    /// Windows only; blank: none (evaluation media).
+    #[serde(default)]
+    pub product_key: String,
     /// The step to show next.
     #[serde(default)]
     go: String,
@@ -192,6 +203,7 @@ impl DeployForm {
             locale: optional(&self.locale),
             timezone: optional(&self.timezone),
             image_transfer: None,
+            product_key: optional(&self.product_key).map(RequestSecret::new),
         };
         Ok((host, request))
     }
@@ -683,6 +695,7 @@ mod tests {
             ssh_keys: "ssh-ed25519 AAAA a\r\n\r\n  ssh-ed25519 BBBB b  \r\n".into(),
             locale: " ".into(),
             timezone: " Europe/Berlin ".into(),
+            product_key: " ".into(),
             go: "confirm".into(),
         };
         let (host, req) = form.request().unwrap();
@@ -708,6 +721,16 @@ mod tests {
         assert_eq!((req.username, req.ssh_keys), (None, None));
         assert_eq!(req.locale, None, "blank: the default");
         assert_eq!(req.timezone.as_deref(), Some("Europe/Berlin"));
+        assert_eq!(req.product_key, None, "blank: none");
+        let keyed = DeployForm {
+            product_key: " VDYBY-N7KWH-9GXR3-XBQX3-CVHD8 ".into(),
+            ..form.clone()
+        };
+        let (_, req) = keyed.request().unwrap();
+        assert_eq!(
+            req.product_key.as_ref().map(RequestSecret::expose),
+            Some("VDYBY-N7KWH-9GXR3-XBQX3-CVHD8")
+        );
         let bad = DeployForm {
             vcpus: "two".into(),
             ..form.clone()
