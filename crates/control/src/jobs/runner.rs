@@ -124,10 +124,24 @@ impl App {
                 return;
             }
         };
+        self.jobs_leases_renewed(live, &leases);
+    }
+
+    /// Passes on cancel requests to the `live` jobs (as listed before the
+    /// renewal) and stops those the renewal did not return.
+    pub(super) fn jobs_leases_renewed(
+        &self,
+        live: Vec<(JobId, super::LiveJob)>,
+        leases: &[overvisor_store::jobs::Lease],
+    ) {
         for (id, job) in live {
             match leases.iter().find(|l| l.id == id) {
                 Some(lease) if lease.cancel_requested => job.cancel.cancel(),
                 Some(_) => {}
+                // A job that ended since the list was taken is forgotten
+                // before its end is written, so it is not renewed: it is
+                // not lost (stopping it would cut its audit row short).
+                None if !self.jobs().is_live(id) => {}
                 None => {
                     tracing::warn!(job = %id, "lost the lease of a job; stopping it here");
                     job.lost.cancel();

@@ -513,6 +513,25 @@ async fn a_runner_that_lost_its_lease_stops_without_writing_or_undoing() {
 }
 
 #[tokio::test]
+async fn a_job_that_ends_while_its_lease_is_renewed_is_not_lost() {
+    let f = fixture_without_runner().await;
+    let id = JobId(uuid::Uuid::new_v4());
+    // Listed as live before the renewal, then ended (forgotten, its end
+    // written) before the renewal ran: the renewal did not return it.
+    let ended = f.app.jobs().register(id);
+    f.app.jobs().forget(id);
+    f.app.jobs_leases_renewed(vec![(id, ended.clone())], &[]);
+    assert!(!ended.lost.is_cancelled(), "an ended job is not lost");
+    // Still running here, and not renewed: another runner took it.
+    let running = f.app.jobs().register(id);
+    f.app.jobs_leases_renewed(vec![(id, running.clone())], &[]);
+    assert!(
+        running.lost.is_cancelled(),
+        "a job another runner took is stopped"
+    );
+}
+
+#[tokio::test]
 async fn jobs_wait_for_a_free_host_slot() {
     let f = fixture().await;
     let s = subject(Role::Operator);
