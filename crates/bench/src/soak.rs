@@ -6,6 +6,7 @@
 //! and no request, job or stream fails. It prints one line per sample and
 //! a summary (RSS slope by least squares over the samples after warm-up).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,6 +74,23 @@ struct Sample {
     threads: usize,
 }
 
+/// The thread ids of the service's SQLite connection workers (one thread
+/// per pooled connection, named `sqlx-sqlite-worker-N`; `comm` keeps 15
+/// bytes of it).
+fn database_workers(pid: u32) -> anyhow::Result<BTreeSet<u32>> {
+    let mut workers = BTreeSet::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?;
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("sqlx-sqlite")
+            && let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok())
+        {
+            workers.insert(tid);
+        }
+    }
+    Ok(workers)
+}
+
 fn sample(pid: u32, at: Duration) -> anyhow::Result<Sample> {
     let memory = memory(Proc::Pid(pid))?;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
@@ -84,6 +102,23 @@ fn sample(pid: u32, at: Duration) -> anyhow::Result<Sample> {
         fds,
         threads,
     })
+}
+
+/// The service's warnings and errors, counted, with the first few.
+fn report_log(log: &Path) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("sqlx"))
+        .collect();
+    println!(
+        "   service log: {} warnings, errors and sqlx lines ({} from sqlx)",
+        lines.len(),
+        lines.iter().filter(|l| l.contains("sqlx")).count()
+    );
+    for line in lines.iter().take(5) {
+        println!("   | {line}");
+    }
 }
 
 /// Least-squares slope of `of` (MiB) over time, in MiB per hour.
@@ -145,15 +180,18 @@ pub async fn run(binary: &Path, lab: &Lab, args: &SoakArgs) -> anyhow::Result<()
 
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
+    let log = dir.path().join("overvisor.log");
     let mut service = Service::spawn(&Launch {
         binary,
         data_dir: &data,
-        log_filter: "warn",
-        log_file: None,
+        // sqlx says at info why it drops a pooled connection.
+        log_filter: "warn,sqlx=info",
+        log_file: Some(&log),
         read_banner: true,
         env: &[],
     })?;
     let result = soak(&mut service, lab, &hosts, &guests, args).await;
+    report_log(&log);
     let stopped = service.terminate(Duration::from_secs(30));
     // `virsh destroy` of a TCG guest takes 1-2 s: off the async threads.
     tokio::task::spawn_blocking(move || {
@@ -228,6 +266,23 @@ async fn soak(
     }
 
     let pid = service.pid();
+    // Every database worker thread seen, polled more often than the
+    // samples so a short-lived one is not missed.
+    let first_workers = database_workers(pid)?;
+    let workers_seen = Arc::new(std::sync::Mutex::new(first_workers.clone()));
+    let watcher = {
+        let seen = workers_seen.clone();
+        tokio::spawn(async move {
+            while Instant::now() < deadline {
+                if let Ok(now) = database_workers(pid)
+                    && let Ok(mut seen) = seen.lock()
+                {
+                    seen.extend(now);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
     let mut samples = Vec::new();
     println!(
         "   t(min)   RSS MiB  anon MiB   fds  threads   requests  errors   jobs   events  streams"
@@ -264,6 +319,14 @@ async fn soak(
         }
     }
     report(&samples, &counters, &reads, &jobs).await;
+    watcher.await?;
+    let seen = workers_seen.lock().map(|s| s.len()).unwrap_or_default();
+    let alive = database_workers(pid)?.len();
+    println!(
+        "   database worker threads: {} at the start, {alive} at the end, {} started during the soak",
+        first_workers.len(),
+        seen.saturating_sub(first_workers.len()),
+    );
     Ok(())
 }
 

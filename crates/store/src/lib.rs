@@ -397,6 +397,11 @@ impl Store {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
+            // A file needs no recycled connections (pool defaults made for
+            // servers behind proxies): each new one is a new worker thread,
+            // with its own malloc arena and an empty page cache.
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connect_with(options.clone())
             .await?;
         if let Some(path) = file {
