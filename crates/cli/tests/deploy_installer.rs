@@ -337,8 +337,15 @@ async fn the_wizard_asks_a_windows_deployment_for_its_product_key() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let network = format!("bridge:{}", lab.guest_network.bridge);
     let name = unique_name("winwiz");
+    let post = |form: Vec<(&'static str, String)>| {
+        let request = portal.http.post(format!("{}/deploy", s.app.ui)).form(&form);
+        async move {
+            let answer = request.send().await.unwrap();
+            (answer.status(), answer.text().await.unwrap())
+        }
+    };
     let step = |go: &'static str, key: &'static str| {
-        let form = [
+        post(vec![
             ("csrf_token", portal.csrf.clone().unwrap()),
             ("profile", "lab-win".into()),
             ("host", s.host_id.clone()),
@@ -350,12 +357,7 @@ async fn the_wizard_asks_a_windows_deployment_for_its_product_key() {
             ("username", "ops".into()),
             ("product_key", key.into()),
             ("go", go.into()),
-        ];
-        let request = portal.http.post(format!("{}/deploy", s.app.ui)).form(&form);
-        async move {
-            let answer = request.send().await.unwrap();
-            (answer.status(), answer.text().await.unwrap())
-        }
+        ])
     };
     let (status, page) = step("name", "").await;
     assert_eq!(status, StatusCode::OK, "{page}");
@@ -371,21 +373,12 @@ async fn the_wizard_asks_a_windows_deployment_for_its_product_key() {
         "{page}"
     );
     // A Linux profile's pages carry no product key, not even hidden.
-    let form = [
+    let (_, page) = post(vec![
         ("csrf_token", portal.csrf.clone().unwrap()),
         ("profile", "debian-12".into()),
         ("go", "profile".into()),
-    ];
-    let page = portal
-        .http
-        .post(format!("{}/deploy", s.app.ui))
-        .form(&form)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    ])
+    .await;
     assert!(!page.contains("product_key"), "{page}");
 }
 

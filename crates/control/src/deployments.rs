@@ -69,12 +69,9 @@ pub enum DeployStage {
 #[derive(Debug, Clone)]
 pub struct HostCapacity {
     pub facts: HostFacts,
-    pub running_vms: usize,
-    /// vCPUs of its running VMs (they may exceed `facts.cpus`: CPUs are
-    /// shared, not reserved).
-    pub running_vcpus: u64,
-    /// Memory of its running VMs.
-    pub running_memory_mib: u64,
+    /// What its active VMs take (their vCPUs may exceed `facts.cpus`:
+    /// CPUs are shared, not reserved).
+    pub load: HostLoad,
 }
 
 impl HostCapacity {
@@ -95,11 +92,7 @@ impl HostCapacity {
             self.facts.cpus,
             self.facts.memory_total_mib,
             self.facts.memory_free_mib,
-            HostLoad {
-                vms: self.running_vms,
-                vcpus: self.running_vcpus,
-                memory_mib: self.running_memory_mib,
-            },
+            self.load,
         )
     }
 }
@@ -506,12 +499,9 @@ impl App {
         let (facts, kvm, taken, found) = tokio::time::timeout(PRECHECK_TIMEOUT, asked)
             .await
             .map_err(|_| err(HvError::Timeout(PRECHECK_TIMEOUT)))??;
-        let load = self.inventory().host_load(host.get().id);
         let capacity = HostCapacity {
             facts,
-            running_vms: load.vms,
-            running_vcpus: load.vcpus,
-            running_memory_mib: load.memory_mib,
+            load: self.inventory().host_load(host.get().id),
         };
         Ok((capacity, kvm, taken, found))
     }
@@ -791,12 +781,7 @@ mod tests {
             memory_free_mib: Some(11 << 10),
             ..HostFacts::default()
         };
-        let capacity = HostCapacity {
-            facts,
-            running_vms: load.vms,
-            running_vcpus: load.vcpus,
-            running_memory_mib: load.memory_mib,
-        };
+        let capacity = HostCapacity { facts, load };
         assert_eq!(capacity.room(), room);
         // A host that does not say what is free: its total less its VMs'.
         let capacity = HostCapacity {
@@ -804,8 +789,7 @@ mod tests {
                 memory_free_mib: None,
                 ..capacity.facts
             },
-            running_vcpus: 1,
-            ..capacity
+            load: HostLoad { vcpus: 1, ..load },
         };
         assert_eq!(capacity.free_memory_mib(), (16 << 10) - 3072);
         assert_eq!(capacity.free_cpus(), 3);

@@ -17,6 +17,18 @@ fn deployment(change: impl FnOnce(&mut crate::request::DeploymentRequest)) -> De
         .expect("valid")
 }
 
+/// The `<settings pass="…">` section of `xml`, its lines trimmed and
+/// joined (so assertions read as the document's nesting).
+fn settings_pass(xml: &str, pass: &str) -> String {
+    xml.split(&format!(r#"<settings pass="{pass}">"#))
+        .nth(1)
+        .and_then(|s| s.split("</settings>").next())
+        .unwrap_or_else(|| panic!("no {pass} pass in {xml}"))
+        .lines()
+        .map(str::trim)
+        .collect()
+}
+
 #[test]
 fn builtin_profile_golden() {
     let d = deployment(|r| {
@@ -57,11 +69,7 @@ fn virtio_drivers_golden() {
     assert!(xml.contains(r"F:\NetKVM\2k22\amd64"));
     assert_eq!(xml.matches(r"\vioserial\2k22\amd64").count(), 3);
     // The guest agent is installed while Setup specializes the system.
-    let specialize = xml
-        .split(r#"<settings pass="specialize">"#)
-        .nth(1)
-        .and_then(|s| s.split("</settings>").next())
-        .expect("a specialize pass");
+    let specialize = settings_pass(&xml, "specialize");
     assert!(
         specialize.contains(r"msiexec /i %d:\guest-agent\qemu-ga-x86_64.msi /qn"),
         "{specialize}"
@@ -111,12 +119,8 @@ fn a_product_key_goes_to_setup_and_to_activation() {
     });
     let xml = autounattend_xml(&d, &fixed_password()).expect("xml");
     well_formed(&xml);
-    let compact: String = xml.split_whitespace().collect();
     // windowsPE: Setup installs with it, and asks only if it is refused.
-    let pe = compact
-        .split(r#"<settingspass="specialize">"#)
-        .next()
-        .expect("windowsPE");
+    let pe = settings_pass(&xml, "windowsPE");
     assert!(
         pe.contains(
             "<ProductKey><Key>VDYBY-N7KWH-9GXR3-XBQX3-CVHD8</Key><WillShowUI>OnError</WillShowUI></ProductKey>"
@@ -125,16 +129,12 @@ fn a_product_key_goes_to_setup_and_to_activation() {
     );
     assert!(pe.contains("<Organization>Overvisor</Organization><ProductKey>"));
     // specialize: Shell-Setup's key, which Windows activates with.
-    let specialize = compact
-        .split(r#"<settingspass="specialize">"#)
-        .nth(1)
-        .and_then(|rest| rest.split("</settings>").next())
-        .expect("specialize");
+    let specialize = settings_pass(&xml, "specialize");
     assert!(
         specialize.contains("<ProductKey>VDYBY-N7KWH-9GXR3-XBQX3-CVHD8</ProductKey>"),
         "{xml}"
     );
-    assert_eq!(compact.matches("VDYBY-N7KWH-9GXR3-XBQX3-CVHD8").count(), 2);
+    assert_eq!(xml.matches("VDYBY-N7KWH-9GXR3-XBQX3-CVHD8").count(), 2);
 }
 
 #[test]
